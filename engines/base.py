@@ -1,0 +1,95 @@
+"""The backend protocol: every way to run a bundle looks the same to its callers.
+
+Shape (after Polygraphy's BaseRunner): the public verbs ``activate``, ``infer``, ``deactivate``
+and the context manager live here and do the shared checks once; a backend overrides only the
+``*_impl`` methods. ``infer`` records ``last_inference_time`` so bench/ reads every backend alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.bundle import Bundle
+
+__all__ = ["Backend", "BackendError", "Inference"]
+
+
+class BackendError(Exception):
+    """A backend that cannot run here or cannot run this input; one line for the user."""
+
+
+@dataclass
+class Inference:
+    probabilities: np.ndarray  # (B, n_tags) float32 in [0, 1]
+    embeddings: np.ndarray  # (B, embed_dim) float32
+
+
+class Backend:
+    """Base class. Subclasses set ``name`` and implement ``activate_impl``/``infer_impl``."""
+
+    name: str = "base"
+
+    def __init__(self, bundle: Bundle, max_batch: int = 64) -> None:
+        self.bundle = bundle
+        spec = bundle.frontend
+        self.input_shape = (spec.n_mels, spec.window_frames)
+        self.max_batch = int(max_batch)
+        self.is_active = False
+        self.last_inference_time: float | None = None  # seconds, wall clock around infer_impl
+        self.device = "cpu"
+        self.precision = "fp32"
+
+    # -- public verbs -------------------------------------------------------------------------
+    def activate(self) -> Backend:
+        if self.is_active:
+            return self
+        self.activate_impl()
+        self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, mel: np.ndarray) -> Inference:
+        """Log-mel windows ``(B, n_mels, window_frames)`` float32 → probabilities and embeddings."""
+        if not self.is_active:
+            raise BackendError(f"backend {self.name} is not active; call activate() first")
+        if mel.ndim != 3 or mel.shape[1:] != self.input_shape:
+            raise BackendError(f"input shape {tuple(mel.shape)} != (B, {self.input_shape[0]}, {self.input_shape[1]})")
+        lo, hi = self.batch_range
+        if not lo <= mel.shape[0] <= hi:
+            raise BackendError(f"batch {mel.shape[0]} outside the supported range {lo}..{hi} of {self.name}")
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        t0 = time.perf_counter()
+        out = self.infer_impl(mel)
+        self.last_inference_time = time.perf_counter() - t0
+        return out
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return (1, self.max_batch)
+
+    def describe(self) -> dict:
+        lo, hi = self.batch_range
+        return {"name": self.name, "device": self.device, "precision": self.precision, "batch_min": lo, "batch_max": hi}
+
+    def __enter__(self) -> Backend:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, mel: np.ndarray) -> Inference:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        pass
