@@ -5,6 +5,7 @@
 
 from engines.base import Backend, BackendError, Inference
 from engines.bundle import Bundle, BundleError, Manifest, save_bundle
+from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 from engines.model import ModelSpec
 
@@ -18,4 +19,5 @@ __all__ = [
     "save_bundle",
     "FrontEndSpec",
     "ModelSpec",
+    "UserError",
 ]

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.bundle import Bundle
+from engines.errors import UserError
 
 __all__ = ["Backend", "BackendError", "Inference"]
 
 
-class BackendError(Exception):
+class BackendError(UserError):
     """A backend that cannot run here or cannot run this input; one line for the user."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 from engines.model import ModelSpec
 
@@ -35,7 +36,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """A bundle that cannot be used; the message is one line meant for the user."""
 
 
