@@ -1,0 +1,180 @@
+"""Preallocated single-producer / single-consumer ring buffer of audio frames.
+
+Contract of the producer side (:meth:`RingBuffer.write`, called from the PortAudio callback or a
+file/stdin reader thread): it only copies samples in — at most two slice copies for the wrap —
+and bumps integer counters. No array allocation, no logging, no locks.
+
+Why no lock is needed (CPython with the GIL):
+
+- ``write_pos`` is written only by the producer and ``read_pos`` only by the consumer. Both are
+  plain Python ints that only grow (no modulo), so ``write_pos - read_pos`` is always the exact
+  fill level and "full" and "empty" can never be confused.
+- Rebinding an attribute to a new int object is a single atomic store under the GIL; the other
+  thread sees either the old or the new value, never a torn one.
+- The producer publishes ``write_pos`` only *after* its copy returned, and the consumer publishes
+  ``read_pos`` only *after* it finished reading. A GIL hand-over is a full memory barrier, so a
+  thread that sees the new position also sees the data behind it. A stale value is always
+  conservative: the consumer may see fewer frames than exist, the producer less free space.
+- Each counter has one writer: ``overflow_*`` belong to the producer, ``underflow_events`` to
+  the consumer.
+
+On a free-threaded (no-GIL) build the position stores would need real atomics; this module is
+written for the standard GIL build that the project targets.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["RingBuffer"]
+
+
+class RingBuffer:
+    """Fixed-capacity float32 ring of ``(capacity_frames, channels)`` audio frames.
+
+    Positions count frames since the last :meth:`reset` and never wrap; the slot of absolute
+    frame ``p`` is ``p % capacity``.
+
+    Args:
+        capacity_frames: Number of frames (samples per channel) the ring holds.
+        channels: Interleaved channel count of every written block.
+    """
+
+    def __init__(self, capacity_frames: int, channels: int = 1) -> None:
+        if capacity_frames <= 0:
+            raise ValueError(f"capacity_frames must be positive, got {capacity_frames}")
+        if channels <= 0:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.capacity = int(capacity_frames)
+        self.channels = int(channels)
+        self.buffer = np.zeros((self.capacity, self.channels), dtype=np.float32)
+        self.write_pos = 0  # producer-owned
+        self.read_pos = 0  # consumer-owned
+        self.overflow_samples = 0  # producer-owned: frames dropped because the ring was full
+        self.overflow_events = 0  # producer-owned: write() calls that dropped anything
+        self.underflow_events = 0  # consumer-owned: reads that asked for more than was there
+
+    # ---------------------------------------------------------------- producer side
+    def write(self, block: np.ndarray) -> int:
+        """Copy a block in; what does not fit is dropped and counted. Producer only.
+
+        Args:
+            block: ``(n, channels)`` frames, or ``(n,)`` when ``channels == 1``. Any real dtype;
+                it is cast to float32 during the copy (no intermediate array).
+
+        Returns:
+            Frames written (``n`` minus the frames counted in ``overflow_samples``).
+        """
+        if block.ndim == 1:
+            block = block.reshape(-1, 1)  # a view, no copy
+        n = block.shape[0]
+        wp = self.write_pos
+        free = self.capacity - (wp - self.read_pos)
+        k = n if n <= free else free
+        if k < n:
+            self.overflow_samples += n - k
+            self.overflow_events += 1
+        if k > 0:
+            start = wp % self.capacity
+            first = self.capacity - start
+            if k <= first:
+                np.copyto(self.buffer[start : start + k], block[:k], casting="unsafe")
+            else:
+                np.copyto(self.buffer[start:], block[:first], casting="unsafe")
+                np.copyto(self.buffer[: k - first], block[first:k], casting="unsafe")
+            self.write_pos = wp + k  # publish only after the copy
+        return k
+
+    # ---------------------------------------------------------------- consumer side
+    def available(self) -> int:
+        """Frames written but not yet consumed."""
+        return self.write_pos - self.read_pos
+
+    def free(self) -> int:
+        """Frames the producer can still write without overflow."""
+        return self.capacity - (self.write_pos - self.read_pos)
+
+    def views(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-copy views of the next ``n`` unread frames (default: all available).
+
+        Returns:
+            ``(first, second)``: two ``(k, channels)`` views of ``buffer`` whose concatenation
+            is the data; ``second`` is empty unless the span wraps. Valid until
+            :meth:`advance` lets the producer overwrite them.
+        """
+        avail = self.available()
+        n = avail if n is None else min(n, avail)
+        start = self.read_pos % self.capacity
+        first = min(n, self.capacity - start)
+        return self.buffer[start : start + first], self.buffer[: n - first]
+
+    def advance(self, n: int) -> None:
+        """Mark ``n`` frames consumed (after reading them via ``buffer``/:meth:`views`)."""
+        if n < 0 or n > self.available():
+            raise ValueError(f"cannot advance by {n}: {self.available()} frames available")
+        self.read_pos += n  # publish only after the consumer is done with the data
+
+    def read_into(self, out: np.ndarray, *, partial: bool = True) -> int:
+        """Copy up to ``len(out)`` unread frames into ``out`` and consume them.
+
+        A read *underflows* when fewer frames are available than ``len(out)``: it is counted in
+        ``underflow_events``. With ``partial=True`` (default) the available frames are still
+        copied; with ``partial=False`` nothing is consumed and 0 is returned.
+
+        Args:
+            out: ``(m, channels)`` destination, or ``(m,)`` when ``channels == 1``.
+            partial: Whether a short read copies what is there.
+
+        Returns:
+            Frames copied.
+        """
+        dst = out.reshape(-1, 1) if out.ndim == 1 else out
+        m = dst.shape[0]
+        avail = self.available()
+        if avail < m:
+            self.underflow_events += 1
+            if not partial:
+                return 0
+        first, second = self.views(m)
+        k1 = first.shape[0]
+        k2 = second.shape[0]
+        dst[:k1] = first
+        if k2:
+            dst[k1 : k1 + k2] = second
+        self.advance(k1 + k2)
+        return k1 + k2
+
+    def wait_available(self, n: int, timeout: float, poll_s: float = 0.001) -> bool:
+        """Block the consumer until ``n`` frames are available or ``timeout`` seconds pass.
+
+        Polls (the producer must not signal: no locks on the audio thread). A timeout counts one
+        underflow event.
+        """
+        deadline = time.monotonic() + timeout
+        while self.available() < n:
+            if time.monotonic() >= deadline:
+                self.underflow_events += 1
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def note_underflow(self) -> None:
+        """Count an underflow the consumer detected itself (e.g. a hop deadline missed)."""
+        self.underflow_events += 1
+
+    def reset(self) -> None:
+        """Empty the ring and zero the counters. Only while neither side is running."""
+        self.write_pos = 0
+        self.read_pos = 0
+        self.overflow_samples = 0
+        self.overflow_events = 0
+        self.underflow_events = 0
+        self.buffer.fill(0.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"RingBuffer(capacity={self.capacity}, channels={self.channels}, available={self.available()}, "
+            f"overflow_samples={self.overflow_samples}, underflow_events={self.underflow_events})"
+        )
