@@ -1,0 +1,41 @@
+"""Where the model bundle shipped inside the package lives.
+
+The training stage writes ``manifest.json`` and ``weights.safetensors`` into
+``rt_tagger/default_model/``; pyproject.toml's package data ships them, so everything works offline.
+Until that bundle exists, commands that need it say so plainly instead of guessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engines.bundle import MANIFEST_FILE, Bundle, BundleError
+
+__all__ = ["default_bundle_path", "DefaultModelMissing", "resolve_bundle", "load_bundle"]
+
+
+class DefaultModelMissing(BundleError):
+    """The install has no default bundle yet."""
+
+
+def default_bundle_path() -> Path:
+    """The package directory that holds the shipped default bundle (it may not exist yet)."""
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def resolve_bundle(path: str | Path | None) -> Path:
+    """The bundle to use: ``path`` when given, else the shipped default (which must exist)."""
+    if path is not None:
+        return Path(path)
+    default = default_bundle_path()
+    if not (default / MANIFEST_FILE).is_file():
+        raise DefaultModelMissing(
+            f"the default model is not in this install yet ({default} has no {MANIFEST_FILE}): "
+            "pass --bundle PATH to a model bundle"
+        )
+    return default
+
+
+def load_bundle(path: str | Path | None) -> Bundle:
+    """Load and verify the given bundle, or the shipped default."""
+    return Bundle.load(resolve_bundle(path))
