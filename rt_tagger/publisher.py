@@ -1,0 +1,310 @@
+"""ZeroMQ publisher: one two-frame message ``[b"tags.<stream_id>", json]`` per hop, never blocking.
+
+Socket set-up follows the pyzmq/zguide habits (STYLE.md §5): SNDHWM and LINGER are set before
+``bind``; every send uses ``NOBLOCK``. The socket is an XPUB, which subscribers see as a plain PUB
+(they use SUB sockets) but which also tells us when a subscriber arrives (:meth:`wait_for_subscriber`).
+
+Drops: with ``count_drops=True`` (default) the socket sets ``XPUB_NODROP``, so a full send queue
+raises ``zmq.Again`` instead of dropping silently; we count that drop and return ``False``. The
+pipeline never waits. The price: one stalled subscriber makes every subscriber miss the same
+messages (they all see the seq gap and ``drops.publisher_dropped``). With ``count_drops=False``
+libzmq drops per subscriber, silently for the publisher; only that subscriber sees seq gaps.
+
+Not thread-safe (ZeroMQ sockets are not): call ``publish`` from one thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from engines.errors import UserError
+from rt_tagger.curve import load_secret
+from rt_tagger.messages import (
+    BackendInfo,
+    DropCounters,
+    ModelInfo,
+    StageTimings,
+    TagMessage,
+    WindowInfo,
+)
+
+__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint"]
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+log = logging.getLogger(__name__)
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5}|\*)$")
+# Fields written after the rest of the body so that `publish` can time serialisation too.
+_TAIL = {"timings_ms", "publish_wall_time"}
+
+
+class PublisherError(UserError):
+    """Bad endpoint, busy port, remote bind not allowed, CURVE misconfiguration."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    transport: str  # "tcp" | "ipc" | "inproc"
+    host: str | None = None  # tcp only, brackets removed for IPv6
+    port: str | None = None  # tcp only: digits or "*" (any free port)
+    path: str | None = None  # ipc only
+
+    @property
+    def is_local(self) -> bool:
+        """True when nothing beyond this machine can connect (loopback tcp, ipc, inproc)."""
+        if self.transport != "tcp":
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # "*", an interface name or a hostname: treat as remote
+            return False
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Check a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH, inproc://NAME); one-line error if bad."""
+    url = str(url).strip()
+    if url.startswith("tcp://"):
+        m = _TCP.match(url)
+        if not m or (m["port"] != "*" and not 0 < int(m["port"]) < 65536):
+            raise PublisherError(
+                f"invalid endpoint: {url} (expected tcp://HOST:PORT, e.g. {DEFAULT_ENDPOINT})"
+            )
+        return Endpoint(url, "tcp", host=m["host"].strip("[]"), port=m["port"])
+    if url.startswith("ipc://"):
+        path = url[len("ipc://") :]
+        if not path or path.startswith("@"):
+            raise PublisherError(f"invalid endpoint: {url} (expected ipc:///path/to/socket)")
+        return Endpoint(url, "ipc", path=path)
+    if url.startswith("inproc://") and len(url) > len("inproc://"):
+        return Endpoint(url, "inproc")
+    raise PublisherError(f"invalid endpoint: {url!r} (use tcp://HOST:PORT or ipc:///path)")
+
+
+def _bind_error(ep: Endpoint, e: zmq.ZMQError) -> PublisherError:
+    if e.errno == errno.EADDRINUSE:
+        return PublisherError(f"address already in use: {ep.url}")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return PublisherError(f"address not available on this machine: {ep.url}")
+    if e.errno == errno.ENODEV:
+        return PublisherError(f"no such network interface: {ep.url}")
+    if ep.transport == "ipc" and ep.path and not Path(ep.path).parent.is_dir():
+        return PublisherError(f"ipc folder does not exist: {Path(ep.path).parent} ({ep.url})")
+    return PublisherError(f"cannot bind {ep.url}: {e.strerror}")
+
+
+class Publisher:
+    """Bind a ZeroMQ publisher and send :class:`TagMessage` objects without ever blocking.
+
+    Args:
+        endpoint: ``tcp://HOST:PORT`` (port ``*`` = any free one, see :attr:`endpoint`),
+            ``ipc:///path`` or ``inproc://name``. (Default: ``tcp://127.0.0.1:5556``)
+        sndhwm: messages queued per subscriber before sends are dropped. (Default: ``1000``)
+        allow_remote: required to bind anything beyond loopback (``*``, ``0.0.0.0``, a LAN IP).
+        curve_server_secret: the publisher's ``server.key_secret``; turns on CURVE encryption.
+        curve_clients: folder of accepted subscriber public keys (``*.key``); turns on ZAP
+            authentication of clients (needs ``curve_server_secret``).
+        linger_ms: how long ``close`` may wait to flush queued messages. (Default: ``200``)
+        count_drops: set ``XPUB_NODROP`` so drops are counted (see the module docstring).
+        context: a ZeroMQ context to use (default: a private one, terminated on close).
+
+    Raises:
+        PublisherError: invalid endpoint, port in use, remote bind without ``allow_remote``,
+            bad key files.
+    """
+
+    _closed = True  # until the socket exists; makes close()/__del__ safe after a failed __init__
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        sndhwm: int = 1000,
+        allow_remote: bool = False,
+        curve_server_secret: Path | None = None,
+        curve_clients: Path | None = None,
+        linger_ms: int = 200,
+        count_drops: bool = True,
+        context: zmq.Context | None = None,
+    ) -> None:
+        ep = parse_endpoint(endpoint)
+        if not ep.is_local and not allow_remote:
+            raise PublisherError(
+                f"refusing to bind {ep.url} beyond loopback; pass allow_remote (--allow-remote) "
+                "and preferably CURVE keys (--curve-secret)"
+            )
+        if curve_clients is not None and curve_server_secret is None:
+            raise PublisherError("--curve-clients needs --curve-secret (the publisher's server.key_secret)")
+        if sndhwm < 1:
+            raise PublisherError(f"sndhwm must be >= 1, got {sndhwm}")
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._auth = None
+        self._sent = 0
+        self._dropped = 0
+        self._subscribed = False
+        self._ser = TagMessage.__pydantic_serializer__
+        self._ser_t = StageTimings.__pydantic_serializer__
+        self.sock = self._ctx.socket(zmq.XPUB)
+        self._closed = False
+        try:
+            self.sock.setsockopt(zmq.SNDHWM, int(sndhwm))
+            self.sock.setsockopt(zmq.LINGER, int(linger_ms))
+            if count_drops:
+                self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+            if ep.transport == "tcp" and ":" in (ep.host or ""):
+                self.sock.setsockopt(zmq.IPV6, 1)
+            if curve_server_secret is not None:
+                self._setup_curve(Path(curve_server_secret), curve_clients)
+            elif not ep.is_local:
+                log.warning("publishing unencrypted and unauthenticated on %s (no CURVE keys)", ep.url)
+            try:
+                self.sock.bind(ep.url)
+            except zmq.ZMQError as e:
+                raise _bind_error(ep, e) from None
+            self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or ep.url
+        except BaseException:
+            self.close(linger_ms=0)
+            raise
+        log.info("publishing on %s (topic tags.<stream_id>)", self.endpoint)
+
+    def _setup_curve(self, secret_file: Path, clients: Path | None) -> None:
+        public, secret = load_secret(secret_file)
+        if clients is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            if not Path(clients).is_dir():
+                raise PublisherError(f"CURVE client key folder not found: {clients}")
+            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(__name__ + ".auth"))
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(clients))
+        self.sock.curve_secretkey = secret
+        self.sock.curve_publickey = public
+        self.sock.curve_server = True
+
+    # -- sending --------------------------------------------------------------------------------
+    def publish(self, msg: TagMessage) -> bool:
+        """Send one message with NOBLOCK; ``False`` (and a counted drop) if the queue is full.
+
+        Fills ``msg.drops.publisher_dropped``, ``msg.publish_wall_time`` and
+        ``msg.timings_ms.publish`` (entry until the body is serialised) before sending.
+        """
+        t0 = time.perf_counter()
+        msg.drops.publisher_dropped = self._dropped
+        if msg.timings_ms is None:
+            msg.timings_ms = StageTimings()
+        head = self._ser.to_json(msg, exclude=_TAIL)
+        msg.publish_wall_time = time.time()
+        msg.timings_ms.publish = (time.perf_counter() - t0) * 1e3
+        body = b"".join(
+            (
+                head[:-1],
+                b',"timings_ms":',
+                self._ser_t.to_json(msg.timings_ms),
+                b',"publish_wall_time":',
+                repr(msg.publish_wall_time).encode(),
+                b"}",
+            )
+        )
+        try:
+            self.sock.send_multipart((msg.topic, body), flags=zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.Again:
+            self._dropped += 1
+            return False
+        self._sent += 1
+        return True
+
+    def heartbeat(
+        self,
+        stream_id: str,
+        seq: int,
+        reason: str,
+        *,
+        drops: DropCounters | None = None,
+        backend: BackendInfo,
+        model: ModelInfo,
+        window: WindowInfo | None = None,
+        capture_wall_time: float | None = None,
+        active: list[str] | None = None,
+    ) -> bool:
+        """Build and publish a ``kind="heartbeat"`` message (see :meth:`TagMessage.heartbeat`)."""
+        msg = TagMessage.heartbeat(
+            stream_id,
+            seq,
+            reason,  # type: ignore[arg-type]
+            drops=drops,
+            backend=backend,
+            model=model,
+            window=window,
+            capture_wall_time=capture_wall_time,
+            active=active,
+        )
+        return self.publish(msg)
+
+    def wait_for_subscriber(self, timeout_s: float) -> bool:
+        """Wait until some subscriber has subscribed (XPUB notification); ``False`` on timeout.
+
+        Messages sent before a subscriber's subscription arrives are lost to it (ZeroMQ's
+        "slow joiner"); call this first when the first messages matter (tests, one-shot tagging).
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self._subscribed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                return self._subscribed
+            self._drain_subscriptions()
+        return True
+
+    def _drain_subscriptions(self) -> None:
+        while True:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self._subscribed = True
+                log.debug("subscription: %r", frame[1:])
+
+    @property
+    def sent(self) -> int:
+        """Messages handed to ZeroMQ (sent to every subscriber, or discarded when there is none)."""
+        return self._sent
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because a subscriber's queue was full (``count_drops`` only)."""
+        return self._dropped
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close the socket (waiting at most ``linger_ms`` to flush), stop auth, end the context."""
+        if self._closed:
+            return
+        self._closed = True
+        self.sock.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close must not hang interpreter exit
+        try:
+            self.close(linger_ms=0)
+        except Exception:  # noqa: BLE001
+            pass
