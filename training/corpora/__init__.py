@@ -1,0 +1,1 @@
+"""Corpus builders: synthetic labelled renders, real unlabelled music, packing for the GPU machine."""
