@@ -1,0 +1,165 @@
+"""What the numbers were measured on: CPU, cores, RAM, GPU, driver, library versions, git commit."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["machine_info", "machine_slug", "gpu_peak_tflops", "GPU_PEAK_TFLOPS"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Dense (no sparsity) fp16/bf16 tensor-core peak in TFLOP/s from the vendors' data sheets.
+# Matched by substring against torch.cuda.get_device_name(); first match wins, so order matters.
+GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 125.0),  # AWS g5 part (≈ A10)
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),
+    ("T4", 65.0),
+    ("V100", 125.0),
+]
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    """Dense fp16/bf16 tensor peak of a GPU by its device name, or None when unknown."""
+    for key, peak in GPU_PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - absent or broken toolkits are reported as absent
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        return round(int(m.group(1)) / 2**20, 1) if m else None
+    except OSError:
+        return None
+
+
+def _git_commit() -> dict[str, str | bool | None]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "bench", "engines", "rt_tagger")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def _gpu() -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    i = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(i)
+    name = torch.cuda.get_device_name(i)
+    driver = None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={i}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        driver = out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {
+        "name": name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "peak_fp16_bf16_dense_tflops": gpu_peak_tflops(name),
+        "count": torch.cuda.device_count(),
+    }
+
+
+@lru_cache(maxsize=1)
+def machine_info() -> dict:
+    """A JSON-ready description of this machine and the software that ran the benchmark."""
+    versions = {
+        "python": platform.python_version(),
+        **{
+            m: _version(m)
+            for m in (
+                "torch",
+                "torchaudio",
+                "numpy",
+                "numba",
+                "onnxruntime",
+                "librosa",
+                "zmq",
+                "tensorrt",
+                "tensorrt_rtx_bindings",
+            )
+        },
+    }
+    try:
+        import torch
+
+        torch_threads = torch.get_num_threads()
+    except ImportError:
+        torch_threads = None
+    return {
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gib": _ram_gib(),
+        "torch_threads": torch_threads,
+        # Other work on the machine skews CPU timings; the 1/5/15-min load average at the start says how busy it was.
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "gpu": _gpu(),
+        "versions": versions,
+        "git": _git_commit(),
+    }
+
+
+def machine_slug(info: dict, use_gpu: bool) -> str:
+    """A short file-name-safe machine label: the GPU name when one was used, else the CPU size."""
+    if use_gpu and info.get("gpu"):
+        name = info["gpu"]["name"].lower().replace("nvidia", "")
+    else:
+        name = f"cpu{info.get('cpu_affinity') or info.get('cpu_cores')}core"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -1,0 +1,182 @@
+"""Things that run one batch of log-mel windows and say how long it took (model and capacity modes).
+
+Two kinds:
+
+- :class:`BackendRunner` goes through the engines backend protocol exactly as the runtime does
+  (numpy in, numpy out, host↔device copies included), timed with the wall clock — the call only
+  returns once the probabilities are on the host, so no extra synchronisation is needed.
+- :class:`CudaGraphRunner` measures the model alone on the GPU: input already on the device,
+  fp16/bf16 weights in channels_last, one CUDA graph captured per batch size, timed with CUDA
+  events. This is the number to hold against the device's tensor peak.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bench.common import BenchError
+from engines.bundle import Bundle
+
+__all__ = ["Runner", "BackendRunner", "CudaGraphRunner", "make_runner", "flops_per_window", "random_windows"]
+
+
+def random_windows(bundle: Bundle, batch: int, seed: int = 0) -> np.ndarray:
+    """Log-mel-like input ``(batch, n_mels, frames)`` float32 in a realistic dB range."""
+    fe = bundle.frontend
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, fe.n_mels, fe.window_frames), dtype=np.float32) * 15.0 - 40.0).astype(
+        np.float32
+    )
+
+
+def flops_per_window(bundle: Bundle) -> float:
+    """Floating-point operations (multiply and add counted separately) of one window, by torch's counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bundle.build_model()
+    x = torch.from_numpy(random_windows(bundle, 1))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+class Runner:
+    """Runs batches of windows; ``time_batch`` returns the milliseconds of one run."""
+
+    name = "runner"
+    device = "cpu"
+    precision = "fp32"
+    timer = "wall"
+    max_batch = 1 << 30
+
+    def prepare(self, batch: int) -> None:
+        """Allocate inputs (and capture graphs) for ``batch``; not timed."""
+
+    def time_batch(self, batch: int) -> float:
+        raise NotImplementedError
+
+    def release(self, batch: int) -> None:
+        """Free what :meth:`prepare` made for ``batch``."""
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"runner": self.name, "device": self.device, "precision": self.precision, "timer": self.timer}
+
+
+class BackendRunner(Runner):
+    """A backend from ``engines.select`` through its public ``infer`` (what the runtime calls)."""
+
+    def __init__(self, bundle: Bundle, backend: str, max_batch: int) -> None:
+        from engines.select import open_backend
+
+        self.backend = open_backend(bundle, backend, max_batch=max_batch)
+        self.bundle = bundle
+        d = self.backend.describe()
+        self.name = d["name"]
+        self.device = d["device"]
+        self.precision = d["precision"]
+        self.max_batch = d["batch_max"]
+        self._inputs: dict[int, np.ndarray] = {}
+
+    def prepare(self, batch: int) -> None:
+        self._inputs[batch] = random_windows(self.bundle, batch)
+
+    def time_batch(self, batch: int) -> float:
+        x = self._inputs[batch]
+        t0 = time.perf_counter()
+        self.backend.infer(x)
+        return (time.perf_counter() - t0) * 1e3
+
+    def release(self, batch: int) -> None:
+        self._inputs.pop(batch, None)
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+
+class CudaGraphRunner(Runner):
+    """The model alone on a CUDA GPU: device-resident input, channels_last, one CUDA graph per batch."""
+
+    timer = "cuda-events"
+
+    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchError("runner cuda-graph needs a CUDA GPU; torch sees none here")
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        if precision not in dtypes:
+            raise BenchError(f"precision {precision!r} not one of {', '.join(dtypes)}")
+        self.torch = torch
+        self.dtype = dtypes[precision]
+        self.precision = precision
+        self.name = f"cuda-graph-{precision}"
+        self.device = f"cuda:{torch.cuda.current_device()}"
+        self.max_batch = max_batch
+        self.bundle = bundle
+        torch.backends.cudnn.benchmark = True
+        self.model = bundle.build_model().to("cuda", self.dtype).to(memory_format=torch.channels_last)
+        self.pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[int, tuple] = {}
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def prepare(self, batch: int) -> None:
+        torch = self.torch
+        x = torch.from_numpy(random_windows(self.bundle, batch)).to("cuda", self.dtype)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(3):  # cuDNN autotuning and lazy init happen here, not in the graph
+                self.model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            out = self.model(x)
+        self._graphs[batch] = (graph, x, out)
+
+    def time_batch(self, batch: int) -> float:
+        graph = self._graphs[batch][0]
+        self.start.record()
+        graph.replay()
+        self.end.record()
+        self.end.synchronize()
+        return float(self.start.elapsed_time(self.end))
+
+    def release(self, batch: int) -> None:
+        self._graphs.pop(batch, None)
+        self.torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.model = None
+
+
+def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
+    """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, else an engines backend name."""
+    if spec.startswith("cuda-graph"):
+        precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
+        return CudaGraphRunner(bundle, precision, max_batch)
+    return BackendRunner(bundle, spec, max_batch)
+
+
+def measure(
+    runner: Runner, batch: int, warmup: int, iters: int, min_iters: int, max_seconds: float
+) -> list[float]:
+    """Warm up, then time ``runner`` on ``batch`` until ``iters`` runs or ``max_seconds`` (≥ ``min_iters``)."""
+    runner.prepare(batch)
+    try:
+        for _ in range(warmup):
+            runner.time_batch(batch)
+        samples: list[float] = []
+        t_end = time.perf_counter() + max_seconds
+        while len(samples) < iters and (len(samples) < min_iters or time.perf_counter() < t_end):
+            samples.append(runner.time_batch(batch))
+        return samples
+    finally:
+        runner.release(batch)
