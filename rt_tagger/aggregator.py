@@ -1,0 +1,130 @@
+"""Rolling tag scores: a horizon over window scores, top-k, and on/off events with hysteresis.
+
+Each window's probabilities go in; out come the smoothed scores (mean over the last N windows, or
+an exponential moving average), the top-k tags and the tags that switched on or off.
+
+Hysteresis keeps tags from flickering: a tag turns *on* when its smoothed score reaches
+``on = t`` (the bundle's calibrated per-tag threshold) and turns *off* only when it falls to
+``off = t * off_ratio``. A score that wanders inside ``(off, on)`` changes nothing. An optional
+minimum dwell (stream seconds) also holds a state for a while after each switch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["Aggregator", "AggregateResult", "Event"]
+
+
+@dataclass(frozen=True)
+class Event:
+    tag: str
+    state: Literal["on", "off"]
+    time_s: float  # stream time of the window end that caused the switch
+
+
+@dataclass
+class AggregateResult:
+    scores: np.ndarray  # (n_tags,) smoothed scores
+    top: list[tuple[str, float]]  # best first
+    events: list[Event] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)  # tags on after this update, in tag order
+
+
+class Aggregator:
+    """Rolling horizon + top-k + hysteresis for one stream.
+
+    Args:
+        tags: Tag names in score order.
+        thresholds: Per-tag ``on`` thresholds (the bundle's calibrated thresholds).
+        mode: ``"mean"`` over the last ``horizon_windows`` windows, or ``"ema"``.
+        horizon_windows: N for ``mode="mean"``.
+        ema_alpha: Weight of the newest window for ``mode="ema"`` (the first window seeds the EMA).
+        top_k: Tags listed per update.
+        off_ratio: ``off = on * off_ratio``; 1.0 disables hysteresis.
+        min_dwell_s: A tag keeps its state at least this many stream seconds after a switch.
+    """
+
+    def __init__(
+        self,
+        tags: list[str],
+        thresholds: list[float] | np.ndarray,
+        *,
+        mode: Literal["mean", "ema"] = "mean",
+        horizon_windows: int = 4,
+        ema_alpha: float = 0.3,
+        top_k: int = 5,
+        off_ratio: float = 0.8,
+        min_dwell_s: float = 0.0,
+    ) -> None:
+        if mode not in ("mean", "ema"):
+            raise ValueError(f"mode must be 'mean' or 'ema', got {mode!r}")
+        if not 0.0 < off_ratio <= 1.0:
+            raise ValueError(f"off_ratio must be in (0, 1], got {off_ratio}")
+        self.tags = list(tags)
+        self.on_thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.on_thresholds.shape != (len(self.tags),):
+            raise ValueError(f"{self.on_thresholds.shape[0]} thresholds for {len(self.tags)} tags")
+        self.off_thresholds = self.on_thresholds * off_ratio
+        self.mode = mode
+        self.horizon = int(horizon_windows)
+        self.alpha = float(ema_alpha)
+        self.top_k = min(int(top_k), len(self.tags))
+        self.min_dwell_s = float(min_dwell_s)
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.tags)
+        self._history: deque[np.ndarray] = deque(maxlen=self.horizon)
+        self._sum = np.zeros(n, dtype=np.float64)
+        self._ema: np.ndarray | None = None
+        self.active = np.zeros(n, dtype=bool)
+        self._last_switch = np.full(n, -np.inf)
+        self.windows = 0
+
+    def _smooth(self, p: np.ndarray) -> np.ndarray:
+        if self.mode == "ema":
+            self._ema = p.copy() if self._ema is None else self._ema + self.alpha * (p - self._ema)
+            return self._ema
+        if len(self._history) == self.horizon:
+            self._sum -= self._history[0]
+        self._history.append(p)
+        self._sum += p
+        # Recompute exactly now and then so float drift of the running sum cannot build up.
+        if self.windows % 1024 == 0:
+            self._sum = np.sum(self._history, axis=0)
+        return self._sum / len(self._history)
+
+    def update(self, probabilities: np.ndarray, time_s: float) -> AggregateResult:
+        """Add one window's probabilities ``(n_tags,)``, ending at stream time ``time_s``."""
+        p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if p.shape[0] != len(self.tags):
+            raise ValueError(f"{p.shape[0]} scores for {len(self.tags)} tags")
+        scores = self._smooth(p)
+        self.windows += 1
+
+        may_switch = (time_s - self._last_switch) >= self.min_dwell_s
+        turn_on = ~self.active & (scores >= self.on_thresholds) & may_switch
+        turn_off = self.active & (scores <= self.off_thresholds) & may_switch
+        events = [Event(self.tags[i], "on", time_s) for i in np.flatnonzero(turn_on)]
+        events += [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(turn_off)]
+        changed = turn_on | turn_off
+        self.active ^= changed
+        self._last_switch[changed] = time_s
+
+        k = self.top_k
+        idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        top = [(self.tags[i], float(scores[i])) for i in idx]
+        active = [self.tags[i] for i in np.flatnonzero(self.active)]
+        return AggregateResult(scores=scores.astype(np.float32), top=top, events=events, active=active)
+
+    def close_events(self, time_s: float) -> list[Event]:
+        """``off`` events for every tag still on (end of stream), and clear the state."""
+        events = [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(self.active)]
+        self.active[:] = False
+        return events

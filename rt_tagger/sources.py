@@ -1,0 +1,449 @@
+"""Audio sources: microphone (PortAudio), audio files and raw PCM on stdin.
+
+Every source is a context manager with one interface (start on enter, stop and close on exit):
+``sample_rate``, ``channels``, ``ring`` (the :class:`~rt_tagger.ring.RingBuffer` it fills),
+``finished`` (no more audio will come), ``error`` (what stopped a reader thread, if anything) and
+counters. Each written block is recorded with the wall-clock time its last frame was captured and
+the time it arrived in the ring, so the pipeline can report capture→ring and processing latency.
+
+The microphone callback contract (PortAudio thread): copy ``indata`` into the preallocated ring,
+count status flags, store two floats in preallocated arrays. No allocation of arrays, no logging,
+no locks, nothing that blocks. File and stdin sources do their decoding on a reader thread and
+write into the ring the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from engines.errors import UserError
+from rt_tagger.ring import RingBuffer
+
+__all__ = [
+    "AudioInputError",
+    "DeviceError",
+    "Source",
+    "MicSource",
+    "FileSource",
+    "StdinSource",
+    "list_input_devices",
+    "resolve_device",
+    "PCM_FORMATS",
+]
+
+log = logging.getLogger(__name__)
+
+PCM_FORMATS = {"s16le": ("<i2", 1.0 / 32768.0), "f32le": ("<f4", 1.0)}
+_RECORDS = 4096  # recent blocks whose capture/arrival times are kept
+
+
+class AudioInputError(UserError):
+    """Audio that cannot be read: missing, empty, corrupt or unsupported input."""
+
+
+class DeviceError(UserError):
+    """An input device that does not exist or cannot be opened."""
+
+
+class Source:
+    """Base class: owns the ring and the per-block timing records.
+
+    Args:
+        sample_rate: Frames per second of the produced audio.
+        channels: Channels per frame.
+        ring_seconds: Ring capacity in seconds.
+    """
+
+    kind = "source"
+
+    def __init__(self, sample_rate: int, channels: int, ring_seconds: float = 10.0) -> None:
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.ring = RingBuffer(max(1, int(ring_seconds * self.sample_rate)), self.channels)
+        self.finished = False
+        self.error: BaseException | None = None
+        self.status_flags = 0  # PortAudio callbacks with overflow/underflow flags
+        self.started_wall: float | None = None
+        # Block records, written by the producer only: ring position after the block, wall time the
+        # block's last frame was captured, wall time it was in the ring.
+        self._rec_end = np.zeros(_RECORDS, dtype=np.int64)
+        self._rec_capture = np.zeros(_RECORDS, dtype=np.float64)
+        self._rec_arrival = np.zeros(_RECORDS, dtype=np.float64)
+        self._nrec = 0
+        self.last_arrival_wall: float | None = None
+
+    def _record(self, capture_wall: float, arrival_wall: float) -> None:
+        i = self._nrec % _RECORDS
+        self._rec_end[i] = self.ring.write_pos
+        self._rec_capture[i] = capture_wall
+        self._rec_arrival[i] = arrival_wall
+        self._nrec += 1  # publish after the record is complete
+        self.last_arrival_wall = arrival_wall
+
+    def times_at(self, pos: int) -> tuple[float | None, float | None]:
+        """``(capture_wall, arrival_wall)`` of the block that holds ring frame ``pos``.
+
+        Searches the most recent records; ``(None, None)`` when the block is no longer recorded.
+        """
+        n = self._nrec
+        for j in range(n - 1, max(-1, n - _RECORDS), -1):
+            i = j % _RECORDS
+            prev_end = self._rec_end[(j - 1) % _RECORDS] if j > 0 else 0
+            if prev_end <= pos < self._rec_end[i]:
+                return float(self._rec_capture[i]), float(self._rec_arrival[i])
+            if self._rec_end[i] <= pos:
+                break
+        return None, None
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "ring_overflow_samples": self.ring.overflow_samples,
+            "ring_overflow_events": self.ring.overflow_events,
+            "ring_underflow_events": self.ring.underflow_events,
+            "input_status_flags": self.status_flags,
+        }
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.sample_rate} Hz × {self.channels} ch"
+
+    # context manager -------------------------------------------------------------------------
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Source:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _ThreadSource(Source):
+    """A source whose producer is a daemon thread running :meth:`_produce`."""
+
+    def __init__(self, sample_rate: int, channels: int, ring_seconds: float, block_size: int) -> None:
+        super().__init__(sample_rate, channels, ring_seconds)
+        self.block_size = int(block_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.started_wall = time.time()
+        self._thread = threading.Thread(target=self._run, name=f"rt-tagger-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.error = e
+        finally:
+            self.finished = True
+
+    def _produce(self) -> None:
+        raise NotImplementedError
+
+    def _put(self, block: np.ndarray, capture_wall: float, *, backpressure: bool) -> None:
+        """Write a block; with ``backpressure`` wait for room instead of overflowing."""
+        if backpressure:
+            while self.ring.free() < block.shape[0] and not self._stop.is_set():
+                time.sleep(0.0005)
+        self.ring.write(block)
+        self._record(capture_wall, time.time())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._close()
+
+    def _close(self) -> None:
+        pass
+
+
+class FileSource(_ThreadSource):
+    """An audio file (wav, flac, ogg, mp3, … anything libsndfile reads), decoded block by block.
+
+    Args:
+        path: The file.
+        block_size: Frames per block.
+        realtime: Pace blocks at the file's real-time rate (a block "is captured" when its last
+            frame would have been); otherwise as fast as the consumer takes them (no overflow).
+        ring_seconds: Ring capacity.
+
+    Raises:
+        AudioInputError: missing, empty, unreadable or zero-length file.
+    """
+
+    kind = "file"
+
+    def __init__(
+        self, path: str | Path, block_size: int = 1024, realtime: bool = False, ring_seconds: float = 10.0
+    ):
+        import soundfile as sf
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise AudioInputError(f"audio file not found: {self.path}")
+        if not self.path.is_file():
+            raise AudioInputError(f"not a file: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise AudioInputError(f"audio file is empty (0 bytes): {self.path}")
+        try:
+            self._sf = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise AudioInputError(f"cannot decode {self.path}: {_sf_reason(e)}") from None
+        if self._sf.frames == 0:
+            self._sf.close()
+            raise AudioInputError(f"audio file has no samples (zero-length audio): {self.path}")
+        self.frames = self._sf.frames  # as the header says; a truncated file may hold fewer
+        self.realtime = bool(realtime)
+        self.frames_read = 0
+        super().__init__(self._sf.samplerate, self._sf.channels, ring_seconds, block_size)
+
+    def describe(self) -> str:
+        pace = "real time" if self.realtime else "fast"
+        return f"file {self.path.name} ({self.sample_rate} Hz × {self.channels} ch, {pace})"
+
+    def _produce(self) -> None:
+        import soundfile as sf
+
+        buf = np.empty((self.block_size, self.channels), dtype=np.float32)
+        t0 = time.time()
+        while not self._stop.is_set():
+            try:
+                n = self._sf.read(frames=self.block_size, dtype="float32", always_2d=True, out=buf).shape[0]
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioInputError(
+                    f"cannot decode {self.path} after {self.frames_read / self.sample_rate:.2f} s: {_sf_reason(e)}"
+                ) from None
+            if n == 0:
+                break
+            if self.realtime:
+                due = t0 + (self.frames_read + n) / self.sample_rate
+                delay = due - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                capture = due
+            else:
+                capture = time.time()
+            self._put(buf[:n], capture, backpressure=not self.realtime)
+            self.frames_read += n
+        if self.frames_read == 0 and not self._stop.is_set():
+            raise AudioInputError(f"no audio could be decoded from {self.path}")
+
+    def _close(self) -> None:
+        self._sf.close()
+
+
+class StdinSource(_ThreadSource):
+    """Raw interleaved PCM from a binary stream (``rt-tagger stream -``).
+
+    Args:
+        stream: A binary file object (``sys.stdin.buffer``, a pipe).
+        sample_rate: Frames per second.
+        channels: Interleaved channels.
+        fmt: ``s16le`` or ``f32le``.
+        block_size: Frames per read.
+        ring_seconds: Ring capacity.
+
+    A trailing partial frame at end of input is dropped, counted in ``trailing_bytes`` and logged.
+    """
+
+    kind = "stdin"
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        sample_rate: int,
+        channels: int = 1,
+        fmt: str = "s16le",
+        block_size: int = 1024,
+        ring_seconds: float = 10.0,
+    ) -> None:
+        if fmt not in PCM_FORMATS:
+            raise AudioInputError(f"unsupported PCM format {fmt!r}; supported: {', '.join(PCM_FORMATS)}")
+        if sample_rate <= 0 or channels <= 0:
+            raise AudioInputError(f"invalid PCM layout: rate={sample_rate}, channels={channels}")
+        self.stream = stream
+        self.fmt = fmt
+        self._dtype, self._scale = PCM_FORMATS[fmt]
+        self.frame_bytes = np.dtype(self._dtype).itemsize * channels
+        self.trailing_bytes = 0
+        self.frames_read = 0
+        super().__init__(sample_rate, channels, ring_seconds, block_size)
+
+    def describe(self) -> str:
+        return f"stdin {self.fmt} {self.sample_rate} Hz × {self.channels} ch"
+
+    def _produce(self) -> None:
+        want = self.block_size * self.frame_bytes
+        pending = b""
+        while not self._stop.is_set():
+            chunk = self.stream.read(want - len(pending))
+            if not chunk:
+                break
+            data = pending + chunk if pending else chunk
+            usable = len(data) - len(data) % self.frame_bytes
+            pending = data[usable:]
+            if usable == 0:
+                continue
+            block = np.frombuffer(data[:usable], dtype=self._dtype).reshape(-1, self.channels)
+            block = block.astype(np.float32) * np.float32(self._scale) if self._scale != 1.0 else block
+            self._put(block, time.time(), backpressure=True)
+            self.frames_read += block.shape[0]
+        if pending:
+            self.trailing_bytes = len(pending)
+            log.warning(
+                "stdin ended with a partial frame: %d trailing byte(s) dropped (frame = %d bytes)",
+                len(pending),
+                self.frame_bytes,
+            )
+
+
+# --------------------------------------------------------------------------- microphone
+def list_input_devices() -> list[dict]:
+    """Input-capable PortAudio devices: ``index, name, channels, default_samplerate, hostapi, default``."""
+    import sounddevice as sd
+
+    try:
+        devices = sd.query_devices()
+        default_in = sd.default.device[0]
+        apis = sd.query_hostapis()
+    except sd.PortAudioError as e:
+        raise DeviceError(f"cannot list audio devices: {e}") from None
+    out = []
+    for d in devices:
+        if d["max_input_channels"] > 0:
+            out.append(
+                {
+                    "index": d["index"],
+                    "name": d["name"],
+                    "channels": d["max_input_channels"],
+                    "default_samplerate": d["default_samplerate"],
+                    "hostapi": apis[d["hostapi"]]["name"],
+                    "default": d["index"] == default_in,
+                }
+            )
+    return out
+
+
+def _inputs_line(inputs: list[dict]) -> str:
+    return "; ".join(f"{d['index']}: {d['name']}" for d in inputs) or "none"
+
+
+def resolve_device(spec: str | int | None) -> int | None:
+    """A device index from an index or a case-insensitive name substring (None: system default)."""
+    inputs = list_input_devices()
+    if spec is None or spec == "":
+        if not inputs:
+            raise DeviceError("no audio input devices found")
+        return None
+    text = str(spec).strip()
+    if text.lstrip("-").isdigit():
+        idx = int(text)
+        if any(d["index"] == idx for d in inputs):
+            return idx
+        raise DeviceError(f"no input device with index {idx}; available inputs: {_inputs_line(inputs)}")
+    exact = [d for d in inputs if d["name"].lower() == text.lower()]
+    matches = exact or [d for d in inputs if text.lower() in d["name"].lower()]
+    if not matches:
+        raise DeviceError(f"no input device matches {text!r}; available inputs: {_inputs_line(inputs)}")
+    return matches[0]["index"]
+
+
+class MicSource(Source):
+    """A PortAudio input stream (sounddevice) feeding the ring from its callback.
+
+    Args:
+        device: Index or name substring (None: the default input).
+        sample_rate: Capture rate (None: the device's default).
+        channels: Requested channels (capped at what the device has).
+        block_size: Frames per callback (0 lets PortAudio choose).
+        ring_seconds: Ring capacity.
+    """
+
+    kind = "mic"
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        sample_rate: int | None = None,
+        channels: int = 1,
+        block_size: int = 1024,
+        ring_seconds: float = 10.0,
+    ) -> None:
+        import sounddevice as sd
+
+        self.device = resolve_device(device)
+        info = sd.query_devices(self.device, "input")
+        self.device_name = info["name"]
+        rate = int(sample_rate or info["default_samplerate"])
+        channels = max(1, min(int(channels), int(info["max_input_channels"])))
+        try:
+            sd.check_input_settings(device=self.device, samplerate=rate, channels=channels, dtype="float32")
+        except (sd.PortAudioError, ValueError) as e:
+            raise DeviceError(
+                f"input device {self.device_name!r} cannot capture {rate} Hz × {channels} ch: {e}"
+            ) from None
+        super().__init__(rate, channels, ring_seconds)
+        self.block_size = int(block_size)
+        self.input_overflows = 0
+        self._clock_offset = 0.0  # unix time - PortAudio stream time
+        self._stream = sd.InputStream(
+            device=self.device,
+            samplerate=rate,
+            channels=channels,
+            dtype="float32",
+            blocksize=self.block_size,
+            callback=self._callback,
+        )
+
+    def describe(self) -> str:
+        return f"mic {self.device_name!r} ({self.sample_rate} Hz × {self.channels} ch)"
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        # PortAudio thread: copy, count, record two floats. Nothing else (see the module docstring).
+        arrival = time.time()
+        if status:
+            self.status_flags += 1
+            if status.input_overflow:
+                self.input_overflows += 1
+        self.ring.write(indata)
+        adc = time_info.inputBufferAdcTime
+        if adc > 0.0:
+            capture = adc + self._clock_offset + (frames - 1) / self.sample_rate
+        else:  # some host APIs (ALSA's pulse plugin) report no ADC time: the block just arrived
+            capture = arrival
+        self._record(capture, arrival)
+
+    def start(self) -> None:
+        import sounddevice as sd
+
+        try:
+            self._clock_offset = time.time() - self._stream.time
+            self._stream.start()
+        except sd.PortAudioError as e:
+            raise DeviceError(f"cannot start input device {self.device_name!r}: {e}") from None
+        self.started_wall = time.time()
+
+    def stop(self) -> None:
+        try:
+            self._stream.stop()
+        finally:
+            self._stream.close()
+            self.finished = True
+
+
+def _sf_reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.replace("\n", " ")
