@@ -1,0 +1,100 @@
+"""Batched audio augmentations that run where the batch lives (the GPU in real runs).
+
+Waveform stage (before log-mel): random gain, background mixing with a crop of another track,
+additive white noise. Log-mel stage: a random EQ curve (tilt plus one peak/notch, in dB per mel
+band — a filter applied as per-band gains), and SpecAugment-style time and frequency masks.
+Pitch shift is done while cropping (:func:`training.views.sample_views`, ``max_semitones``).
+Every random draw uses the caller's generator, so a run is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.bank import AudioBank
+from training.views import gather_crops
+
+__all__ = ["AugmentSpec", "augment_wave", "augment_mel"]
+
+
+class AugmentSpec(BaseModel):
+    """Augmentation strengths; a probability of 0 or a range of 0 switches one off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gain_db: float = Field(6.0, ge=0, description="uniform gain in ±gain_db")
+    noise_p: float = Field(0.3, ge=0, le=1)
+    noise_snr_db: tuple[float, float] = (15.0, 40.0)
+    mix_p: float = Field(0.3, ge=0, le=1, description="probability of mixing in another track")
+    mix_snr_db: tuple[float, float] = (5.0, 15.0)
+    pitch_semitones: float = Field(1.0, ge=0, le=12, description="resampling shift in ±semitones")
+    eq_db: float = Field(6.0, ge=0, description="max tilt / peak gain of the EQ curve in dB")
+    eq_p: float = Field(0.5, ge=0, le=1)
+    freq_mask: int = Field(12, ge=0, description="max masked mel bands")
+    time_mask: int = Field(24, ge=0, description="max masked frames")
+    mask_p: float = Field(0.5, ge=0, le=1)
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-10).sqrt()
+
+
+def augment_wave(x: torch.Tensor, bank: AudioBank, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """Augment crops ``(N, T)`` in place of a copy; returns ``(N, T)``."""
+    n, t = x.shape
+    if spec.mix_p > 0:
+        other = torch.randint(len(bank), (n,), generator=gen, device=gen.device)
+        starts = (
+            torch.rand(n, generator=gen, device=gen.device) * (bank.lengths[other] - t).clamp(min=0)
+        ).long()
+        bg = gather_crops(bank, other, starts, t)
+        snr = _uniform(n, *spec.mix_snr_db, gen)[:, None]
+        scale = _rms(x) / _rms(bg) * torch.pow(10.0, -snr / 20)
+        on = (torch.rand(n, 1, generator=gen, device=gen.device) < spec.mix_p).float()
+        x = x + on * scale * bg
+    if spec.noise_p > 0:
+        noise = torch.randn(n, t, generator=gen, device=gen.device)
+        snr = _uniform(n, *spec.noise_snr_db, gen)[:, None]
+        on = (torch.rand(n, 1, generator=gen, device=gen.device) < spec.noise_p).float()
+        x = x + on * _rms(x) * torch.pow(10.0, -snr / 20) * noise
+    if spec.gain_db > 0:
+        g = _uniform(n, -spec.gain_db, spec.gain_db, gen)[:, None]
+        x = x * torch.pow(10.0, g / 20)
+    return x
+
+
+def augment_mel(mel: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """Augment log-mel ``(N, n_mels, frames)`` in dB; returns a new tensor."""
+    n, f, t = mel.shape
+    dev = mel.device
+    if spec.eq_p > 0 and spec.eq_db > 0:
+        band = torch.linspace(-1, 1, f, device=dev)[None, :]  # (1, F)
+        tilt = _uniform(n, -spec.eq_db, spec.eq_db, gen)[:, None] * band
+        center = _uniform(n, -1, 1, gen)[:, None]
+        width = _uniform(n, 0.05, 0.3, gen)[:, None]
+        peak = _uniform(n, -spec.eq_db, spec.eq_db, gen)[:, None] * torch.exp(
+            -0.5 * ((band - center) / width) ** 2
+        )
+        on = (torch.rand(n, 1, generator=gen, device=gen.device) < spec.eq_p).float()
+        mel = mel + (on * (tilt + peak))[:, :, None]
+    if spec.mask_p > 0 and (spec.freq_mask > 0 or spec.time_mask > 0):
+        fill = mel.mean(dim=(1, 2), keepdim=True)
+        on = torch.rand(n, generator=gen, device=gen.device) < spec.mask_p
+        mask = torch.zeros(n, f, t, dtype=torch.bool, device=dev)
+        if spec.freq_mask > 0:
+            w = (torch.rand(n, generator=gen, device=gen.device) * (spec.freq_mask + 1)).long()
+            s = (torch.rand(n, generator=gen, device=gen.device) * (f - w + 1)).long()
+            r = torch.arange(f, device=dev)[None, :]
+            mask |= ((r >= s[:, None]) & (r < (s + w)[:, None]) & on[:, None])[:, :, None]
+        if spec.time_mask > 0:
+            w = (torch.rand(n, generator=gen, device=gen.device) * (spec.time_mask + 1)).long()
+            s = (torch.rand(n, generator=gen, device=gen.device) * (t - w + 1)).long()
+            r = torch.arange(t, device=dev)[None, :]
+            mask |= ((r >= s[:, None]) & (r < (s + w)[:, None]) & on[:, None])[:, None, :]
+        mel = torch.where(mask, fill, mel)
+    return mel

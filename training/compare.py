@@ -1,0 +1,83 @@
+"""The pretext comparison: every pretext pretrained for the same number of steps on the same
+backbone and data, then probed at each label fraction, next to a random-init backbone probe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from training.loop import Dist
+from training.pretexts import PRETEXTS
+from training.recipe import Recipe
+
+__all__ = ["run_compare"]
+
+log = logging.getLogger(__name__)
+
+
+def run_compare(
+    recipe: Recipe, pretexts: list[str], out: Path, dist: Dist, workers: int = 0, progress: bool = True
+) -> dict:
+    """Writes ``out/compare.json`` (and a bar chart) and returns it."""
+    from training import stages
+    from training.bank import AudioBank
+    from training.plots import plot_compare
+
+    bad = [p for p in pretexts if p not in PRETEXTS]
+    if bad:
+        raise stages.DataError(f"unknown pretext {bad[0]!r}; choose from: {', '.join(PRETEXTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pre = [stages.load_bank(p, recipe, workers) for p in recipe.data.pretrain]
+    pre_bank = AudioBank.concat(pre).to(dist.device)
+    banks = {"labelled": stages.load_bank(recipe.data.labelled, recipe, workers, need_labels=True)}
+    if recipe.data.test:
+        banks["test"] = stages.load_bank(recipe.data.test, recipe, workers, need_labels=True)
+    load_s = time.perf_counter() - t0
+    rows = []
+
+    def probe_row(name: str, backbone: str | None, pre_summary: dict | None) -> None:
+        s = stages.run_probe(recipe, backbone, out / name / "probe", dist, workers, progress, banks=banks)
+        row = {
+            "name": name,
+            "pretrain": pre_summary,
+            "probe": {f: r["test"] for f, r in s["fractions"].items()},
+        }
+        rows.append(row)
+        _write(out, rows, load_s)
+
+    probe_row("random-init", None, None)
+    for name in pretexts:
+        r = recipe.model_copy(update={"pretrain": recipe.pretrain.model_copy(update={"pretext": name})})
+        from training.pretrain import pretrain
+
+        summary = pretrain(r, pre_bank, out / name, dist, resume=True, progress=progress)
+        probe_row(name, str(out / name), summary)
+    if dist.is_main:
+        plot_compare(rows, out / "compare.png")
+    return {"rows": rows}
+
+
+def _write(out: Path, rows: list[dict], load_s: float) -> None:
+    slim = []
+    for r in rows:
+        slim.append(
+            {
+                "name": r["name"],
+                "pretrain": r["pretrain"],
+                "probe": {
+                    f: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "per_tag": m["per_tag"]}
+                    for f, m in r["probe"].items()
+                },
+            }
+        )
+    (out / "compare.json").write_text(json.dumps({"load_seconds": load_s, "rows": slim}, indent=1) + "\n")
+    log.info(
+        "compare: %s",
+        " | ".join(
+            f"{r['name']}: " + ", ".join(f"{f}={m['roc_auc']:.3f}" for f, m in r["probe"].items())
+            for r in rows
+        ),
+    )
