@@ -254,6 +254,7 @@ def _summary(res, source, out=sys.stderr) -> None:
 def cmd_devices(args) -> int:
     from rt_tagger.sources import list_input_devices
 
+    _settings(args)  # invalid settings fail at start, whatever the command
     inputs = list_input_devices()
     if args.json:
         print(json.dumps(inputs, indent=2))

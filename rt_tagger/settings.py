@@ -100,7 +100,9 @@ class RuntimeSettings(BaseSettings):
     )
     stream_id: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     silence_rms: float = Field(1e-4, ge=0.0, description="hop RMS below this counts as silent (heartbeat)")
-    stall_hops: float = Field(2.0, gt=0.0, description="no new samples for this many hops: stalled (heartbeat)")
+    stall_hops: float = Field(
+        2.0, gt=0.0, description="no new samples for this many hops: stalled (heartbeat)"
+    )
     nonfinite: Literal["reject", "zero"] = Field(
         "reject", description="NaN/Inf input samples: reject the input, or replace them with 0 and count"
     )
@@ -138,10 +140,9 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown setting {loc}"
     value = err.get("input")
-    shown = repr(value) if isinstance(value, str) else value
     if isinstance(value, dict):
         return f"invalid setting {loc}: {err['msg']}"
-    return f"invalid setting {loc}={shown}: {err['msg']}"
+    return f"invalid setting {loc}={value}: {err['msg']}"
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> RuntimeSettings:

@@ -420,9 +420,8 @@ class MicSource(Source):
                 self.input_overflows += 1
         self.ring.write(indata)
         adc = time_info.inputBufferAdcTime
-        if adc > 0.0:
-            capture = adc + self._clock_offset + (frames - 1) / self.sample_rate
-        else:  # some host APIs (ALSA's pulse plugin) report no ADC time: the block just arrived
+        capture = adc + self._clock_offset + (frames - 1) / self.sample_rate
+        if not 0.0 < adc or capture > arrival:  # no (or an inconsistent) ADC time: it just arrived
             capture = arrival
         self._record(capture, arrival)
 
