@@ -1,0 +1,303 @@
+"""``rt-tagger bench stream``: end-to-end latency through the real streaming pipeline.
+
+Three OS processes, as users run them:
+
+1. the tagger: ``rt-tagger stream -`` (raw f32le PCM on stdin, publishing on a loopback port);
+2. the writer (this process): plays an audio file into the tagger's stdin at real-time pace in
+   small blocks (default 10 ms), each block written when its wall-clock time comes;
+3. the subscriber (:mod:`bench.stream_sub`): receives every message and records when it arrived.
+
+From the messages: per-stage timings (``timings_ms``: capture→ring, framing+mel, inference,
+aggregation, publish), capture→publish (``publish_wall_time - capture_wall_time``: the processing
+latency of the window's last sample), publish→receive and capture→receive, each as p50/p99/max;
+the drop counters; the time from starting the tagger to its first tags message; the tagger's
+resident memory (peak). Messages from the start-up backlog (before the tagger was ready, audio
+queued in the pipe) are kept apart: steady-state statistics start ``--skip-s`` seconds of stream
+time after the first message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import BenchError, bundle_info, new_document, open_bench_bundle
+from bench.machine import machine_info
+from bench.stats import summarize
+
+__all__ = ["add_arguments", "run", "COLUMNS", "plot", "STAGES"]
+
+DEMO = Path(__file__).resolve().parents[1] / "rt_tagger" / "demo" / "demo.ogg"
+STAGES = ("capture_to_ring", "framing_mel", "inference", "aggregation", "publish")
+COLUMNS = [
+    ("stage", "stage"),
+    ("n", "messages"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("max_ms", "max ms"),
+    ("mean_ms", "mean ms"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--file",
+        type=Path,
+        default=DEMO,
+        help=f"audio to play (default: the demo clip {DEMO.name}); looped to --seconds",
+    )
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio to play (default 30)")
+    p.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        help="PCM rate sent to the tagger (default: the file's; others resampled offline)",
+    )
+    p.add_argument("--channels", type=int, default=None, help="PCM channels sent (default: the file's)")
+    p.add_argument(
+        "--block-ms",
+        type=float,
+        default=10.0,
+        help="writer block in ms (default 10); also the tagger's read size",
+    )
+    p.add_argument("--hop", type=float, default=0.5, help="tagger hop in seconds (default 0.5)")
+    p.add_argument("--backend", default="auto", help="tagger backend (default auto)")
+    p.add_argument(
+        "--skip-s",
+        type=float,
+        default=2.0,
+        help="stream seconds after the first message left out of steady-state stats (default 2)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="give up when the tagger runs this much past the audio (default 120 s)",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _audio(path: Path, seconds: float, rate: int | None, channels: int | None) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as e:
+        raise BenchError(f"cannot read audio {path}: {e}") from None
+    if channels is not None and channels != x.shape[1]:
+        x = np.repeat(x.mean(axis=1, keepdims=True), channels, axis=1)
+    if rate is not None and rate != sr:
+        import torch
+        import torchaudio.functional as F
+
+        x = F.resample(torch.from_numpy(np.ascontiguousarray(x.T)), sr, rate).numpy().T
+        sr = rate
+    n = int(seconds * sr)
+    if x.shape[0] == 0:
+        raise BenchError(f"audio {path} is empty")
+    reps = -(-n // x.shape[0])
+    return np.ascontiguousarray(np.tile(x, (reps, 1))[:n], dtype=np.float32), sr
+
+
+class _RssWatcher(threading.Thread):
+    """Samples VmRSS/VmHWM of a process from /proc every 100 ms (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self.hwm_kib, self.last_kib = pid, 0, 0, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self.stop.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.last_kib = int(line.split()[1])
+                        self.peak_kib = max(self.peak_kib, self.last_kib)
+                    elif line.startswith("VmHWM:"):
+                        self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
+            except (OSError, ValueError, IndexError):
+                return
+            self.stop.wait(0.1)
+
+
+def _play(proc: subprocess.Popen, audio: np.ndarray, sr: int, block: int) -> dict:
+    """Write ``audio`` to the tagger's stdin in blocks at real-time pace; returns pacing stats."""
+    period = block / sr
+    late = []
+    t0 = time.perf_counter()
+    try:
+        for k, start in enumerate(range(0, audio.shape[0], block)):
+            due = t0 + k * period
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            late.append((time.perf_counter() - due) * 1e3)
+            proc.stdin.write(audio[start : start + block].tobytes())
+    except BrokenPipeError:
+        raise BenchError("the tagger closed its input early (see its stderr above)") from None
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    return {"blocks": len(late), "writer_late_ms": summarize(late)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    bundle, label = open_bench_bundle(args.bundle)
+    audio, sr = _audio(args.file, args.seconds, args.rate, args.channels)
+    block = max(1, int(round(args.block_ms * sr / 1e3)))
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    stream_id = f"bench{os.getpid()}"
+    info = machine_info()
+    doc = new_document("stream", info, {
+        "file": str(args.file), "seconds": audio.shape[0] / sr, "rate": sr, "channels": audio.shape[1],
+        "block_frames": block, "hop_s": args.hop, "backend": args.backend, "endpoint": endpoint, "skip_s": args.skip_s,
+        "source": "stdin PCM f32le (rt-tagger stream -), real-time pace",
+    })  # fmt: skip
+    doc["bundle"] = bundle_info(bundle, label)
+    tmp = Path(tempfile.mkdtemp(prefix="rt-bench-stream-"))
+    jsonl = tmp / "messages.jsonl"
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "bench.stream_sub", endpoint, f"tags.{stream_id}", str(jsonl)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if sub.stdout.readline().strip() != "ready":
+            raise BenchError("the bench subscriber did not start")
+        env = dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(block), PYTHONUNBUFFERED="1")
+        cmd = [
+            sys.executable, "-m", "rt_tagger.cli", "stream", "-", "--rate", str(sr), "--channels", str(audio.shape[1]),
+            "--format", "f32le", "--bundle", str(bundle.path), "--publish", endpoint, "--stream-id", stream_id,
+            "--hop", str(args.hop), "--backend", args.backend, "-q",
+        ]  # fmt: skip
+        stderr_path = tmp / "tagger.stderr"
+        with open(stderr_path, "w") as err:
+            t_start_wall = time.time()
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, bufsize=0, env=env
+            )
+            rss = _RssWatcher(proc.pid)
+            rss.start()
+            pacing = _play(proc, audio, sr, block)
+            try:
+                rc = proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise BenchError(
+                    f"the tagger did not finish within {args.timeout} s after the audio ended"
+                ) from None
+            finally:
+                rss.stop.set()
+                rss.join()
+        time.sleep(0.5)  # let the last messages cross
+        stderr = stderr_path.read_text()
+        if rc != 0:
+            raise BenchError(f"rt-tagger stream exited with {rc}: {stderr.strip().splitlines()[-1:] or ''}")
+    finally:
+        sub.terminate()
+        sub.wait(timeout=10)
+    received = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+    _analyse(doc, received, t_start_wall, args.skip_s)
+    doc["settings"]["writer"] = pacing
+    doc["summary"]["tagger_peak_rss_mib"] = round(max(rss.peak_kib, rss.hwm_kib) / 1024, 1)
+    doc["tagger_stderr_tail"] = stderr.strip().splitlines()[-5:]
+    doc["notes"].append(
+        "capture = the tagger's stdin read of the block holding the window's last sample (wall clock)"
+    )
+    doc["notes"].append(
+        f"steady-state rows skip messages in the first {args.skip_s} s of stream time after the first message"
+    )
+    return doc
+
+
+def _analyse(doc: dict, received: list[dict], t_start_wall: float, skip_s: float) -> None:
+    tags = [r for r in received if r["msg"].get("kind") == "tags"]
+    beats = [r for r in received if r["msg"].get("kind") == "heartbeat"]
+    seqs = [r["msg"]["seq"] for r in received]
+    gaps = sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False) if b > a + 1)
+    if not tags:
+        raise BenchError(f"no tags message received ({len(received)} messages in all)")
+    first_end = tags[0]["msg"]["window"]["end_s"]
+    steady = [r for r in tags if r["msg"]["window"]["end_s"] >= first_end + skip_s]
+    series: dict[str, list[float]] = {}
+
+    def add(name: str, rows: list[dict], fn) -> None:
+        vals = [v for v in (fn(r) for r in rows) if v is not None]
+        series[name] = vals
+        doc["results"].append(
+            {"stage": name, **{k if k == "n" else f"{k}_ms": v for k, v in summarize(vals).items()}}
+        )
+
+    for stage in STAGES:
+        add(stage, steady, lambda r, s=stage: (r["msg"].get("timings_ms") or {}).get(s))
+
+    def cap(r):
+        return (
+            (r["msg"]["publish_wall_time"] - r["msg"]["capture_wall_time"]) * 1e3
+            if r["msg"].get("capture_wall_time")
+            else None
+        )  # noqa: E731
+
+    add("capture->publish", steady, cap)
+    add("publish->receive", steady, lambda r: (r["recv"] - r["msg"]["publish_wall_time"]) * 1e3)
+    add(
+        "capture->receive",
+        steady,
+        lambda r: (
+            (r["recv"] - r["msg"]["capture_wall_time"]) * 1e3 if r["msg"].get("capture_wall_time") else None
+        ),
+    )
+    add("capture->publish (all, incl. start-up)", tags, cap)
+    doc["series_ms"] = {k: [round(v, 4) for v in vals] for k, vals in series.items()}
+    last = tags[-1]["msg"]
+    cp = summarize(series["capture->publish"])
+    doc["summary"] = {
+        "messages": len(received),
+        "tags_messages": len(tags),
+        "heartbeats": len(beats),
+        "steady_messages": len(steady),
+        "seq_gaps_at_subscriber": gaps,
+        "time_to_first_message_s": tags[0]["recv"] - t_start_wall,
+        "first_window_s": first_end,
+        "capture->publish p50 ms": cp["p50"],
+        "capture->publish p99 ms": cp["p99"],
+        "capture->publish max ms": cp["max"],
+        "drops": last.get("drops"),
+        "backend": last.get("backend"),
+    }
+
+
+def plot(doc: dict, stem) -> list:
+    from bench.plots import latency_plot
+
+    s = doc.get("series_ms", {})
+    keys = ("capture->publish", "inference", "framing_mel", "capture->receive")
+    return [
+        latency_plot(
+            {k: s[k] for k in keys if s.get(k)},
+            stem.with_name(stem.name + "-latency.png"),
+            "stream: end-to-end latency",
+        )
+    ]

@@ -1,0 +1,55 @@
+"""The subscriber process of ``bench stream``: receives messages and records when they arrived.
+
+Run as ``python -m bench.stream_sub ENDPOINT TOPIC OUT.jsonl``. Every received message becomes one
+JSON line ``{"recv": <unix time>, "msg": <message>}``; it exits on SIGINT/SIGTERM after flushing.
+A separate OS process on purpose: the latency a real subscriber sees includes the hop across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    import zmq
+
+    endpoint, topic, out_path = argv
+    stop = False
+
+    def handler(signum, frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100000)
+    sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoint)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    with open(out_path, "w") as out:
+        print("ready", flush=True)  # the parent waits for this line before starting the tagger
+        while not stop:
+            if not poller.poll(50):
+                continue
+            while True:
+                try:
+                    _topic, body = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                recv = time.time()
+                out.write(json.dumps({"recv": recv, "msg": json.loads(body)}) + "\n")
+            out.flush()
+    sock.close()
+    ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
