@@ -118,6 +118,8 @@ def search(probe, max_streams: int, tolerance: float) -> int:
 def run(args: argparse.Namespace) -> dict:
     bundle, label = open_bench_bundle(args.bundle)
     info = machine_info()
+    if args.runner is None:
+        args.runner = "cuda-graph-bf16" if info.get("gpu") else "torch-cpu"
     bound = args.bound_ms if args.bound_ms is not None else args.hop * 1e3
     settings = {
         k: getattr(args, k)

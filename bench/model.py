@@ -12,7 +12,7 @@ import argparse
 
 from bench.common import bundle_info, new_document, open_bench_bundle
 from bench.machine import machine_info
-from bench.runners import flops_per_window, make_runner, measure
+from bench.runners import auto_runners, flops_per_window, make_runner, measure
 from bench.stats import summarize
 
 __all__ = ["add_arguments", "run", "COLUMNS", "plot"]
@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     bundle, label = open_bench_bundle(args.bundle)
     info = machine_info()
+    gpu = bool(info.get("gpu"))
+    if args.batches is None:
+        args.batches = [2**i for i in range(13 if gpu else 7)]
     doc = new_document(
         "model",
         info,
@@ -66,8 +69,14 @@ def run(args: argparse.Namespace) -> dict:
     doc["bundle"]["flops_per_window"] = flops
     peak = (info.get("gpu") or {}).get("peak_fp16_bf16_dense_tflops")
     samples: dict[str, list[float]] = {}
-    for spec in [s.strip() for s in args.runners.split(",") if s.strip()]:
-        runner = make_runner(bundle, spec, max(args.batches))
+    if args.runners == "auto":
+        runners, notes = auto_runners(bundle, max(args.batches), gpu)
+        doc["notes"] += notes
+    else:
+        runners = [
+            make_runner(bundle, s.strip(), max(args.batches)) for s in args.runners.split(",") if s.strip()
+        ]
+    for runner in runners:
         try:
             for batch in args.batches:
                 if batch > runner.max_batch:

@@ -19,7 +19,16 @@ import numpy as np
 from bench.common import BenchError
 from engines.bundle import Bundle
 
-__all__ = ["Runner", "BackendRunner", "CudaGraphRunner", "make_runner", "flops_per_window", "random_windows"]
+__all__ = [
+    "Runner",
+    "BackendRunner",
+    "CudaGraphRunner",
+    "make_runner",
+    "auto_runners",
+    "measure",
+    "flops_per_window",
+    "random_windows",
+]
 
 
 def random_windows(bundle: Bundle, batch: int, seed: int = 0) -> np.ndarray:
@@ -163,6 +172,31 @@ def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
         precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
         return CudaGraphRunner(bundle, precision, max_batch)
     return BackendRunner(bundle, spec, max_batch)
+
+
+def auto_runners(bundle: Bundle, max_batch: int, gpu: bool) -> tuple[list[Runner], list[str]]:
+    """Every runner that opens here: on a GPU machine the CUDA-graph runners and the GPU backends,
+    else the CPU backends. Returns the runners and one note per backend that could not open."""
+    from engines.errors import UserError
+    from engines.select import BACKENDS
+
+    runners: list[Runner] = []
+    notes: list[str] = []
+    if gpu:
+        runners += [CudaGraphRunner(bundle, p, max_batch) for p in ("bf16", "fp16")]
+    for name in BACKENDS:
+        try:
+            r = BackendRunner(bundle, name, max_batch)
+        except (UserError, ImportError, OSError, RuntimeError) as e:
+            notes.append(
+                f"backend {name} not available here: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            )
+            continue
+        if r.device.startswith("cpu") == gpu:
+            r.close()  # CPU backends on a GPU machine (or GPU ones on CPU) are left to their own run
+            continue
+        runners.append(r)
+    return runners, notes
 
 
 def measure(

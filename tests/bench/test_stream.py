@@ -1,0 +1,18 @@
+from bench.stream import STAGES
+
+from .conftest import run_bench
+
+
+def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
+    doc = run_bench(
+        ["stream", "--bundle", str(tiny_bundle.path), "--seconds", "4", "--hop", "0.5", "--skip-s", "0.5",
+         "--backend", "torch-cpu"],
+        tmp_path, capsys,
+    )  # fmt: skip
+    s = doc["summary"]
+    assert s["tags_messages"] >= 3 and s["seq_gaps_at_subscriber"] == 0
+    assert s["time_to_first_message_s"] > 0 and s["tagger_peak_rss_mib"] > 50
+    assert set(s["drops"]) >= {"ring_overflow_samples", "publisher_dropped"}
+    rows = {r["stage"]: r for r in doc["results"]}
+    for stage in (*STAGES, "capture->publish", "publish->receive"):
+        assert rows[stage]["n"] >= 1 and rows[stage]["p99_ms"] >= 0
