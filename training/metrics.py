@@ -78,6 +78,6 @@ def embedding_std(emb: torch.Tensor) -> float:
 @torch.no_grad()
 def effective_rank(emb: torch.Tensor, eps: float = 1e-7) -> float:
     """exp(entropy) of the normalised singular values (RankMe): 1 on collapse, up to min(B, D)."""
-    s = torch.linalg.svdvals(emb.float() - emb.float().mean(0))
+    s = torch.linalg.svdvals(emb.float())
     p = s / (s.sum() + eps) + eps
     return float(torch.exp(-(p * p.log()).sum()))

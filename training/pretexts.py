@@ -138,9 +138,10 @@ class Clustering(_Teacher):
         n_prototypes: int = 1024,
         teacher_temp: float = 0.04,
         m_start: float = 0.996,
+        center_momentum: float = 0.9,
     ) -> None:
         super().__init__(model, DINOProjectionHead(model.spec.embed_dim, 1024, 256, n_prototypes), m_start)
-        self.loss = DINOLoss(n_prototypes, teacher_temp=teacher_temp)
+        self.loss = DINOLoss(n_prototypes, teacher_temp=teacher_temp, center_momentum=center_momentum)
 
     def pair_loss(self, outs, i, j, extra):
         t = extra["teacher"]
