@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,12 @@ MODES = {
 }
 
 
+def _tag(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", text):
+        raise argparse.ArgumentTypeError("use letters, digits, '.' and '_' only")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rt-tagger bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
@@ -48,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--no-save", action="store_true", help="do not write the results file")
         sp.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+        sp.add_argument("--tag", type=_tag, help="suffix for the results file name (e.g. bf16)")
         importlib.import_module(f"bench.{mode}").add_arguments(sp)
     return p
 
@@ -59,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     used_gpu = any(str(r.get("device", "")).startswith("cuda") for r in doc["results"])
     slug = machine_slug(doc["machine"], used_gpu)
     if not args.no_save:
-        path = save_document(doc, args.out_dir, slug)
+        path = save_document(doc, args.out_dir, slug, args.tag)
         if not args.no_plots and hasattr(mod, "plot"):
             try:
                 doc["plots"] = [str(p) for p in mod.plot(doc, path.with_suffix(""))]
             except Exception as e:  # noqa: BLE001 - a plot failing must not lose the measurements
                 doc["notes"].append(f"plotting failed: {type(e).__name__}: {e}")
-            path = save_document(doc, args.out_dir, slug)
+            path = save_document(doc, args.out_dir, slug, args.tag)
         doc["saved"] = str(path)
     if args.json:
         print(to_json({k: v for k, v in doc.items()}))

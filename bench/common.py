@@ -112,12 +112,12 @@ def new_document(mode: str, machine: dict, settings: dict) -> dict:
     }
 
 
-def save_document(doc: dict, out_dir: Path, slug: str) -> Path:
-    """Write ``doc`` as ``<out_dir>/<mode>-<slug>-<date>.json`` atomically; returns the path."""
+def save_document(doc: dict, out_dir: Path, slug: str, tag: str | None = None) -> Path:
+    """Write ``doc`` as ``<out_dir>/<mode>-<slug>-<date>[-<tag>].json`` atomically; returns the path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = doc["created"][:10]
-    path = out_dir / f"{doc['mode']}-{slug}-{date}.json"
+    path = out_dir / f"{doc['mode']}-{slug}-{date}{'-' + tag if tag else ''}.json"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
     try:
         with os.fdopen(fd, "w") as f:

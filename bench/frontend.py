@@ -207,7 +207,12 @@ def run(args: argparse.Namespace) -> dict:
                 doc["notes"].append(f"numba skipped: {e}")
                 continue
         elif impl == "librosa":
-            times, frames = _run_sliced(audio, spec, hop, _librosa_fn(spec))
+            try:
+                fn = _librosa_fn(spec)
+            except BenchError as e:
+                doc["notes"].append(f"librosa skipped: {e}")
+                continue
+            times, frames = _run_sliced(audio, spec, hop, fn)
             how = "new frames from minimal slice"
         elif impl == "torchaudio":
             times, frames = _run_sliced(audio, spec, hop, _torchaudio_fn(spec))

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> dict:
     doc["bundle"]["flops_per_window"] = flops
     peak = (info.get("gpu") or {}).get("peak_fp16_bf16_dense_tflops")
     samples: dict[str, list[float]] = {}
-    if args.runners == "auto":
-        runners, notes = auto_runners(bundle, max(args.batches), gpu)
+    if args.runners in ("auto", "backends"):
+        runners, notes = auto_runners(bundle, max(args.batches), gpu, graphs=args.runners == "auto")
         doc["notes"] += notes
     else:
         runners = [

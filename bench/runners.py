@@ -174,7 +174,9 @@ def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
     return BackendRunner(bundle, spec, max_batch)
 
 
-def auto_runners(bundle: Bundle, max_batch: int, gpu: bool) -> tuple[list[Runner], list[str]]:
+def auto_runners(
+    bundle: Bundle, max_batch: int, gpu: bool, graphs: bool = True
+) -> tuple[list[Runner], list[str]]:
     """Every runner that opens here: on a GPU machine the CUDA-graph runners and the GPU backends,
     else the CPU backends. Returns the runners and one note per backend that could not open."""
     from engines.errors import UserError
@@ -182,7 +184,7 @@ def auto_runners(bundle: Bundle, max_batch: int, gpu: bool) -> tuple[list[Runner
 
     runners: list[Runner] = []
     notes: list[str] = []
-    if gpu:
+    if gpu and graphs:
         runners += [CudaGraphRunner(bundle, p, max_batch) for p in ("bf16", "fp16")]
     for name in BACKENDS:
         try:

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite in one command (< 9 minutes on one H100/H200).
+#
+#   bash bench/run_gpu_suite.sh            # results into $OUT (device tool) or bench/results/gpu-run
+#
+# On the device machine, carry the wheels of packages its image lacks (.whl/: pyzmq, pydantic,
+# pydantic-core, pydantic-settings, python-dotenv, annotated-types, typing-inspection, soundfile,
+# cffi, pycparser, sounddevice; cp312 manylinux) — this script installs them into /tmp/site.
+#
+# Steps (each bounded by `timeout`, so one stuck step cannot eat the others' time):
+#   1. model: the model alone under CUDA graphs (bf16, fp16), batch 1..4096, CUDA events;
+#   2. model: every GPU backend of engines (torch CUDA, TensorRT where it opens) through infer();
+#   3. capacity: concurrent real-time streams at 0.5-s hop (model side, CUDA graphs bf16);
+#   4. stream: the real `rt-tagger stream -` pipeline at batch 1 with the auto-chosen backend
+#      (target: p99 capture→published ≤ 3 ms);
+#   5. frontend: numba vs torchaudio on this machine's CPU (librosa when installed).
+# What comes back: the JSON files, suite.log and gpu-results.tar.gz (JSON + PNG) — 8 files at most.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/results/gpu-run}"
+mkdir -p "$OUT"
+RES=/tmp/rt-bench-gpu
+rm -rf "$RES" && mkdir -p "$RES"
+LOG="$OUT/suite.log"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+PY=python3
+
+{
+  echo "== rt-tagger GPU bench suite, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && echo "installed wheels: $(ls .whl | tr '\n' ' ')"
+  fi
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+  $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
+
+  B="$PY -m bench"
+  step() {  # step SECONDS NAME ARGS...
+    local secs=$1 name=$2; shift 2
+    echo; echo "== [$name] $(date -u +%T) (limit ${secs}s): $*"
+    timeout --signal=INT --kill-after=15 "$secs" $B "$@" --out-dir "$RES" || echo "!! step $name failed or timed out (rc=$?)"
+  }
+  step 140 model-graphs model --runners cuda-graph-bf16,cuda-graph-fp16 --batches 1,2,4,8,16,32,64,128,256,512,1024,2048,4096 \
+       --iters 200 --max-seconds 2 --tag graphs
+  step 100 model-backends model --runners backends --batches 1,8,64,512,4096 --iters 100 --max-seconds 2 --tag backends
+  step 140 capacity capacity --runner cuda-graph-bf16 --hop 0.5 --max-batch 4096 --hops 10 --min-hops 5 --max-seconds 5
+  step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
+  step 40 frontend frontend --impls numba,librosa,torchaudio
+} 2>&1 | tee "$LOG"
+
+cp "$RES"/*.json "$OUT"/ 2>/dev/null
+tar -czf "$OUT/gpu-results.tar.gz" -C "$RES" . 2>/dev/null
+echo "results: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
