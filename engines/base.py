@@ -40,6 +40,8 @@ class Backend:
         self.max_batch = int(max_batch)
         self.is_active = False
         self.last_inference_time: float | None = None  # seconds, wall clock around infer_impl
+        self.last_device_time: float | None = None  # seconds by device events (GPU backends only)
+        self.selection = "forced"  # how open_backend chose it ("forced" or "auto: <why>")
         self.device = "cpu"
         self.precision = "fp32"
 
@@ -61,7 +63,9 @@ class Backend:
         if not self.is_active:
             raise BackendError(f"backend {self.name} is not active; call activate() first")
         if mel.ndim != 3 or mel.shape[1:] != self.input_shape:
-            raise BackendError(f"input shape {tuple(mel.shape)} != (B, {self.input_shape[0]}, {self.input_shape[1]})")
+            raise BackendError(
+                f"input shape {tuple(mel.shape)} != (B, {self.input_shape[0]}, {self.input_shape[1]})"
+            )
         lo, hi = self.batch_range
         if not lo <= mel.shape[0] <= hi:
             raise BackendError(f"batch {mel.shape[0]} outside the supported range {lo}..{hi} of {self.name}")
@@ -77,7 +81,13 @@ class Backend:
 
     def describe(self) -> dict:
         lo, hi = self.batch_range
-        return {"name": self.name, "device": self.device, "precision": self.precision, "batch_min": lo, "batch_max": hi}
+        return {
+            "name": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "batch_min": lo,
+            "batch_max": hi,
+        }
 
     def __enter__(self) -> Backend:
         return self.activate()

@@ -19,6 +19,7 @@ from engines.onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
     OUTPUT_NAMES,
+    PRECISIONS,
     OnnxError,
     check_onnx_file,
     export_onnx,
@@ -51,6 +52,10 @@ class OnnxRuntimeCPUBackend(Backend):
         onnx_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__(bundle, max_batch)
+        if precision not in PRECISIONS:
+            raise BackendError(
+                f"backend {self.name}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
         self.precision = precision
         self.threads = threads or available_cores()
         self.spinning = spinning

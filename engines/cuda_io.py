@@ -1,0 +1,69 @@
+"""Pinned host buffers, device buffers, a stream and timing events for the GPU backends.
+
+Both GPU backends (torch CUDA and TensorRT) move windows the same way: numpy → pinned host buffer
+→ ``non_blocking`` copy to a fixed device buffer on the backend's own stream → compute → copies
+back into pinned buffers → one event sync. Buffers are allocated once for ``max_batch`` and used
+as prefixes, so device addresses stay fixed (what CUDA graphs and TensorRT tensor addresses need).
+torch.cuda does the CUDA work, so there is no cuda-python dependency.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engines.base import BackendError
+
+__all__ = ["CudaIO", "require_cuda"]
+
+
+def require_cuda(backend_name: str, device: int = 0):
+    """Return ``torch.device`` for ``device`` or raise the one-line "unavailable" error."""
+    try:
+        import torch
+    except ImportError:
+        raise BackendError(f"backend {backend_name} unavailable: torch is not installed") from None
+    if not torch.cuda.is_available():
+        raise BackendError(f"backend {backend_name} unavailable: no CUDA GPU found")
+    if device >= torch.cuda.device_count():
+        raise BackendError(
+            f"backend {backend_name} unavailable: CUDA device {device} not found ({torch.cuda.device_count()} present)"
+        )
+    return torch.device("cuda", device)
+
+
+class CudaIO:
+    """Fixed host/device buffers for ``(B, *in_shape)`` float32 in and named ``(B, dim)`` float32 out."""
+
+    def __init__(self, device, max_batch: int, in_shape: tuple[int, ...], out_dims: dict[str, int]) -> None:
+        import torch
+
+        self.torch = torch
+        f32 = torch.float32
+        self.host_in = torch.empty((max_batch, *in_shape), dtype=f32, pin_memory=True)
+        self.dev_in = torch.empty((max_batch, *in_shape), dtype=f32, device=device)
+        self.host_out = {
+            k: torch.empty((max_batch, d), dtype=f32, pin_memory=True) for k, d in out_dims.items()
+        }
+        self.dev_out = {k: torch.empty((max_batch, d), dtype=f32, device=device) for k, d in out_dims.items()}
+        self.stream = torch.cuda.Stream(device)
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def upload(self, mel: np.ndarray):
+        """Copy ``mel`` into the pinned buffer and enqueue its copy to the device; returns the device view."""
+        b = mel.shape[0]
+        self.host_in[:b].numpy()[...] = mel
+        self.start.record(self.stream)
+        with self.torch.cuda.stream(self.stream):
+            self.dev_in[:b].copy_(self.host_in[:b], non_blocking=True)
+        return self.dev_in[:b]
+
+    def download(self, outs: dict, b: int) -> tuple[dict[str, np.ndarray], float]:
+        """Enqueue device → pinned copies of ``outs``, wait, and return numpy copies and device seconds."""
+        with self.torch.cuda.stream(self.stream):
+            for k, t in outs.items():
+                self.host_out[k][:b].copy_(t[:b], non_blocking=True)
+        self.end.record(self.stream)
+        self.end.synchronize()
+        seconds = self.start.elapsed_time(self.end) / 1e3
+        return {k: self.host_out[k][:b].numpy().copy() for k in outs}, seconds
