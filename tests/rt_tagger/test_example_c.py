@@ -1,0 +1,65 @@
+"""The C subscriber in examples/ builds with make and follows a live publisher in another process."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rt_tagger.messages import TagMessage
+from tests.rt_tagger.test_publisher import publisher_process
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c_subscriber"
+
+
+@pytest.fixture(scope="module")
+def c_subscriber(tmp_path_factory) -> Path:
+    for tool in ("make", "cc", "pkg-config"):
+        if shutil.which(tool) is None:
+            pytest.skip(
+                f"{tool} not found: cannot build the C example (apt-get install build-essential pkg-config)"
+            )
+    if subprocess.run(["pkg-config", "--exists", "libzmq"]).returncode != 0:
+        pytest.skip("libzmq headers not found (apt-get install libzmq3-dev)")
+    binary = tmp_path_factory.mktemp("c_sub") / "rt_tagger_sub"
+    build = subprocess.run(["make", "-C", str(EXAMPLE), f"BIN={binary}"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    assert "warning" not in build.stderr.lower(), build.stderr
+    return binary
+
+
+def test_c_subscriber_receives_well_formed_consecutive_messages_and_reports_the_gap(c_subscriber):
+    n, missing = 200, 150  # the publisher skips seq 150: the C program must say so
+    with publisher_process("tcp://127.0.0.1:*", n=n, skip=(missing,), wait_sub_s=30) as pub:
+        proc = subprocess.run(
+            [str(c_subscriber), "-e", pub.endpoint, "-n", str(n - 1), "-w", "30000"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        _, sent, dropped = pub.get("done")
+    assert proc.returncode == 0, proc.stderr
+    assert (sent, dropped) == (n - 1, 0)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == n - 1
+    msgs = []
+    for line in lines:
+        topic, body = line.split(" ", 1)
+        assert topic == "tags.test"
+        msgs.append(TagMessage.from_bytes(body))  # the C program passes the JSON through intact
+    assert [m.seq for m in msgs] == [s for s in range(n) if s != missing]
+    assert f"seq gap {missing - 1} -> {missing + 1} (1 missing)" in proc.stderr
+    assert f"-- {n - 1} messages, 1 gaps (1 missing), 0 malformed" in proc.stderr
+
+
+def test_c_subscriber_times_out_with_status_1(c_subscriber, tmp_path):
+    proc = subprocess.run(
+        [str(c_subscriber), "-e", f"ipc://{tmp_path}/nobody.sock", "-n", "1", "-w", "200"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "no message from" in proc.stderr
