@@ -115,8 +115,11 @@ def format_message(
 
 
 def _ascii_only(out: TextIO) -> bool:
+    encoding = getattr(out, "encoding", None)
+    if encoding is None:  # an in-memory text stream holds any character
+        return False
     try:
-        "█♥▏".encode(getattr(out, "encoding", None) or "ascii")
+        "█♥▏".encode(encoding)
         return False
     except (UnicodeEncodeError, LookupError):
         return True
@@ -211,9 +214,7 @@ def run_subscribe(
                 malformed += 1
                 first = str(e).splitlines()[0]
                 print(f"!! malformed message on {frames[0][:64]!r}: {first}", file=note, flush=True)
-                if raw_json:
-                    out.write(body.decode("utf-8", "replace") + "\n")
-                continue
+                continue  # never on stdout: --json output must stay valid JSON lines
             gap = seqs.check(msg.stream_id, msg.seq)
             if gap:
                 print(gap, file=note, flush=True)

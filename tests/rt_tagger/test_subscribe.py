@@ -1,0 +1,155 @@
+"""`rt-tagger subscribe`: the terminal view, gap reports, bad input, and its user errors."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import zmq
+
+from engines.errors import UserError
+from rt_tagger.messages import BackendInfo, DropCounters, ModelInfo, TagEvent
+from rt_tagger.subscribe import (
+    SeqTracker,
+    SubscribeTimeout,
+    add_arguments,
+    format_message,
+    main_from_args,
+    run_subscribe,
+)
+from tests.rt_tagger.test_publisher import ROOT, make_message, publisher_process
+
+
+def test_seq_tracker_reports_gaps_and_restarts_per_stream():
+    t = SeqTracker()
+    assert [t.check("a", s) for s in (0, 1, 2)] == [None, None, None]
+    assert t.check("b", 10) is None  # first message of another stream: no gap
+    assert t.check("a", 5) == "!! a: seq gap 2 -> 5 (2 missing)"
+    assert t.check("b", 11) is None
+    assert "went back" in t.check("a", 0)
+    assert (t.gaps, t.missing) == (1, 2)
+
+
+def test_format_message_shows_tags_latency_events_and_drops():
+    msg = make_message(42)
+    msg.publish_wall_time = msg.capture_wall_time + 0.0073
+    msg.events = [
+        TagEvent(tag="piano", state="on", time_s=25.0),
+        TagEvent(tag="drums", state="off", time_s=25.0),
+    ]
+    msg.drops = DropCounters(ring_overflow_samples=12, publisher_dropped=3)
+    line = format_message(msg, top_n=2)
+    assert "\n" not in line
+    assert " test " in line and "#42" in line and "t=25.0s" in line
+    assert "piano" in line and "guitar" in line and "drums ▏" not in line  # top_n=2
+    assert "█" in line  # a score bar
+    assert "on piano" in line and "+piano -drums" in line
+    assert "lat 7.3ms" in line
+    assert "drops ovf=12 pub=3" in line
+    ascii_line = format_message(msg, top_n=2, ascii_only=True)
+    ascii_line.encode("ascii")
+    assert "##" in ascii_line
+
+
+def test_format_heartbeat():
+    from rt_tagger.messages import TagMessage
+
+    hb = TagMessage.heartbeat(
+        "mic",
+        3,
+        "stalled",
+        backend=BackendInfo(name="t", device="c", precision="f"),
+        model=ModelInfo(name="m", weights_sha256="a"),
+    )
+    hb.publish_wall_time = 1.0
+    assert "♥ heartbeat (stalled)" in format_message(hb)
+    assert "<3 heartbeat (stalled)" in format_message(hb, ascii_only=True)
+
+
+def test_live_view_from_another_process_marks_heartbeats_and_gaps():
+    out, err = io.StringIO(), io.StringIO()
+    with publisher_process("tcp://127.0.0.1:*", n=12, heartbeat_every=5, skip=(7,), wait_sub_s=30) as pub:
+        rc = run_subscribe(pub.endpoint, count=11, timeout_s=30, out=out, err=err)
+    lines = out.getvalue().splitlines()
+    assert rc == 0
+    assert sum("#" in ln and " test " in ln for ln in lines) == 11
+    assert sum("♥ heartbeat (silent)" in ln for ln in lines) == 2  # seq 4 and 9
+    assert "!! test: seq gap 6 -> 8 (1 missing)" in lines
+    assert lines[-1].startswith("-- 11 messages, 1 gaps (1 missing), 0 malformed, streams: test")
+
+
+def test_malformed_messages_are_reported_and_skipped(tmp_path):
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"ipc://{tmp_path}/raw.sock")
+    out, err = io.StringIO(), io.StringIO()
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.setdefault(
+            "rc",
+            run_subscribe(
+                f"ipc://{tmp_path}/raw.sock", raw_json=True, count=3, timeout_s=20, out=out, err=err
+            ),
+        )
+    )
+    t.start()
+    try:
+        assert pub.poll(20_000) and pub.recv()[:1] == b"\x01"  # the subscription arrived
+        pub.send_multipart([b"tags.x", b"{not json"])
+        pub.send_multipart([b"tags.x", b"a", b"b"])
+        pub.send_multipart([b"tags.test", make_message(0).to_bytes()])
+        t.join(30)
+    finally:
+        pub.close()
+        ctx.term()
+    assert result["rc"] == 0
+    assert len(out.getvalue().splitlines()) == 1  # only the valid message reaches stdout
+    assert err.getvalue().count("!! malformed message") == 2
+    assert "3 frames, expected 2" in err.getvalue()
+
+
+def test_timeout_is_a_user_error(tmp_path):
+    with pytest.raises(SubscribeTimeout, match=r"no message from ipc://.* for 0.2 s \(received 0 of 2\)"):
+        run_subscribe(f"ipc://{tmp_path}/none.sock", count=2, timeout_s=0.2, out=io.StringIO())
+
+
+def test_arguments_and_their_checks():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args([])
+    assert (a.endpoint, a.topic, a.json, a.count, a.timeout) == (
+        "tcp://127.0.0.1:5556",
+        "tags.",
+        False,
+        None,
+        None,
+    )
+    with pytest.raises(UserError, match="--count"):
+        main_from_args(p.parse_args(["--count", "0"]))
+    with pytest.raises(UserError, match="invalid endpoint"):
+        main_from_args(p.parse_args(["--endpoint", "nonsense", "--count", "1"]))
+    with pytest.raises(UserError, match="needs --curve-server-key"):
+        main_from_args(p.parse_args(["--curve-client-keys", "k", "--count", "1"]))
+
+
+def test_cli_errors_are_one_line_and_nonzero():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt_tagger.subscribe", "--endpoint", "tcp://nowhere", "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "rt-tagger: error: invalid endpoint: tcp://nowhere (expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556)"
+    ]
+    assert "Traceback" not in proc.stderr
