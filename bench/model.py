@@ -27,6 +27,7 @@ COLUMNS = [
     ("p95_ms", "p95 ms"),
     ("p99_ms", "p99 ms"),
     ("max_ms", "max ms"),
+    ("device_p99_ms", "dev p99 ms"),
     ("windows_per_s", "windows/s"),
     ("achieved_gflops", "GFLOP/s"),
     ("pct_of_peak", "% peak"),
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> dict:
                     "pct_of_peak": 100 * gflops / 1e3 / peak if (on_gpu and peak) else None,
                     "samples_ms": [round(x, 4) for x in ms],
                 }
+                dev = summarize(getattr(runner, "device_ms", []) or [])
+                if dev["n"]:  # GPU backends: CUDA-event time of copy-in + compute + copy-out
+                    row.update({"device_p50_ms": dev["p50"], "device_p99_ms": dev["p99"]})
                 doc["results"].append(row)
                 samples[f"{runner.name} b{batch}"] = ms
         finally:

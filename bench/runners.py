@@ -60,6 +60,7 @@ class Runner:
     precision = "fp32"
     timer = "wall"
     max_batch = 1 << 30
+    device_ms: list[float]  # per timed run, device-event time where the backend reports one
 
     def prepare(self, batch: int) -> None:
         """Allocate inputs (and capture graphs) for ``batch``; not timed."""
@@ -94,12 +95,17 @@ class BackendRunner(Runner):
 
     def prepare(self, batch: int) -> None:
         self._inputs[batch] = random_windows(self.bundle, batch)
+        self.device_ms = []
 
     def time_batch(self, batch: int) -> float:
         x = self._inputs[batch]
         t0 = time.perf_counter()
         self.backend.infer(x)
-        return (time.perf_counter() - t0) * 1e3
+        wall = (time.perf_counter() - t0) * 1e3
+        dev = getattr(self.backend, "last_device_time", None)
+        if dev is not None:
+            self.device_ms.append(dev * 1e3)
+        return wall
 
     def release(self, batch: int) -> None:
         self._inputs.pop(batch, None)
@@ -209,6 +215,7 @@ def measure(
     try:
         for _ in range(warmup):
             runner.time_batch(batch)
+        runner.device_ms = []
         samples: list[float] = []
         t_end = time.perf_counter() + max_seconds
         while len(samples) < iters and (len(samples) < min_iters or time.perf_counter() < t_end):
