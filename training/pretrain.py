@@ -89,6 +89,7 @@ def pretrain(
 
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        pretext.to(memory_format=torch.channels_last)  # NHWC convolutions are the fast path for bf16
     t0 = time.perf_counter()
     with UtilSampler(dist.device) as util:
         history = run_loop(

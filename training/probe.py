@@ -134,12 +134,17 @@ def label_subset(idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 class _ProbeHead(nn.Module):
     """The model's ``embed`` + ``head`` as an MLP over pooled features (shares the parameters)."""
 
-    def __init__(self, model: ResNetTagger) -> None:
+    def __init__(self, model: ResNetTagger, aux: nn.Module | None = None) -> None:
         super().__init__()
-        self.embed, self.head = model.embed, model.head
+        self.embed, self.head, self.aux = model.embed, model.head, aux
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(feats))
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(feats)
+        logits = self.head(emb)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels) if labels is not None else logits
+        if labels is not None and self.aux is not None:
+            loss = loss + self.aux(emb, labels)  # an auxiliary objective (e.g. JETATAG) on the embedding
+        return loss
 
 
 def _track_scores(probs: torch.Tensor) -> np.ndarray:
@@ -157,16 +162,18 @@ def train_probe(
     out_dir: Path,
     dist: Dist,
     progress: bool = True,
+    aux: nn.Module | None = None,
 ) -> tuple[dict, list[dict]]:
     """Train ``model.embed`` + ``model.head`` on frozen features; keeps the best valid ROC-AUC state.
 
     Args:
         feats_tr: ``(n, k, D)`` pooled features of the labelled training tracks (k crops each).
         y_tr: ``(n, T)`` labels. feats_va, y_va: the same for validation.
+        aux: optional module ``aux(embedding, labels) -> loss`` trained alongside (JETATAG).
     Returns:
         (best validation metrics, loop history).
     """
-    probe = _ProbeHead(model).to(dist.device)
+    probe = _ProbeHead(model, aux).to(dist.device)
     n, k, d = feats_tr.shape
     flat = feats_tr.reshape(n * k, d)
     best = {"roc_auc": -1.0}
@@ -174,8 +181,7 @@ def train_probe(
 
     def step_fn(fwd, gen):
         pick = torch.randint(n * k, (loop.batch_size,), generator=gen, device=gen.device).to(flat.device)
-        logits = fwd(flat[pick])
-        return StepOut(F.binary_cross_entropy_with_logits(logits.float(), y_tr[pick // k]), n_views=len(pick))
+        return StepOut(fwd(flat[pick], y_tr[pick // k]), n_views=len(pick))
 
     def eval_fn(step):
         nonlocal best, best_state

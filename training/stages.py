@@ -49,6 +49,12 @@ class DataError(UserError):
 
 
 def _decode(path: Path, sample_rate: int) -> np.ndarray:
+    try:
+        from training.data.audio import read_audio
+    except ImportError:
+        read_audio = None
+    if read_audio is not None:
+        return read_audio(path, sample_rate)
     import soundfile as sf
 
     try:
@@ -67,9 +73,14 @@ def _open_table(path: Path):
     """The corpus' TrackTable through training.data (any supported layout)."""
     try:
         from training import data as tdata
-    except ImportError:  # training.data not landed yet: read the folder + tags.csv layout directly
-        return _read_tags_csv(path)
-    return tdata.load_table(path)
+    except ImportError:
+        tdata = None
+    # TODO(helper D's API): settle on the one loader entry point once training.data lands.
+    for name in ("load_table", "load_corpus", "open_corpus", "load"):
+        fn = getattr(tdata, name, None)
+        if callable(fn):
+            return fn(path)
+    return _read_tags_csv(path)
 
 
 def _read_tags_csv(path: Path):
@@ -338,6 +349,47 @@ def run_probe(
             results[f"{frac:g}"]["test"]["pr_auc"],
         )
         best_model = m
+    if recipe.jetatag.enabled:
+        from training.jetatag import JetatagAux, fit_tag_autoencoder
+
+        cfg = recipe.jetatag
+        y_tr = y_all[torch.as_tensor(tr)].to(dist.device)
+        ae = fit_tag_autoencoder(y_tr, cfg.tag_dim, seed=recipe.seed)
+        m = _new_model(recipe, tags, None, dist.device)
+        m.load_state_dict(model.state_dict())
+        aux = JetatagAux(ae, recipe.model.embed_dim, cfg.tag_dim, cfg.weight)
+        loop = cfg.loop.model_copy(update={"seed": recipe.seed})
+        valid, _ = train_probe(
+            m,
+            f_tr,
+            y_tr,
+            f_va,
+            y_all[torch.as_tensor(va)].to(dist.device),
+            tags,
+            loop,
+            out / "probe_jetatag",
+            dist,
+            progress,
+            aux=aux,
+        )
+        with torch.no_grad():
+            p = (
+                torch.sigmoid(m.head(m.embed(f_te.reshape(-1, f_te.shape[-1]))).float())
+                .view(f_te.shape[0], f_te.shape[1], -1)
+                .mean(1)
+                .cpu()
+                .numpy()
+            )
+        results["1+jetatag"] = {
+            "tracks": len(tr),
+            "valid_roc_auc": valid["roc_auc"],
+            "test": _scored(y_te, p, tags),
+        }
+        log.info(
+            "probe 1+jetatag: test ROC-AUC %.4f PR-AUC %.4f",
+            results["1+jetatag"]["test"]["roc_auc"],
+            results["1+jetatag"]["test"]["pr_auc"],
+        )
     probs_va, _ = predict_tracks(best_model, logmel, lab, va, k)
     thresholds = calibrate_thresholds(lab.labels[torch.as_tensor(va)].cpu().numpy(), probs_va)
     summary = {
@@ -394,6 +446,11 @@ def run_finetune(
         "test": test_m,
         "seconds": time.perf_counter() - t0,
     }
+    if recipe.data.real or (banks and "real" in banks):
+        real = (banks or {}).get("real") or load_bank(recipe.data.real, recipe, workers)
+        real = real.to(dist.device)
+        probs_real, _ = predict_tracks(model, logmel, real, np.arange(len(real)), 16)
+        summary["real_top_tags"] = top_tags(probs_real, real.names, tags)
     if dist.is_main:
         np.savez_compressed(
             out / "test_embeddings.npz", emb=emb_te, labels=y_te, tags=np.array(tags), probs=probs_te
