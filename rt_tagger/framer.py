@@ -68,9 +68,10 @@ def _fft_inplace(re, im, bitrev, tw_re, tw_im):
 def _frame_power(sig, start, win, bitrev, tw_re, tw_im, post_re, post_im, re, im, power, exponent):
     """Power spectrum ``|rfft(sig[start:start+n_fft] * win)|**exponent`` into ``power``."""
     h = re.shape[0]
+    seg = sig[start : start + 2 * h]
     for t in range(h):  # pack even/odd samples as one complex sequence of half length
-        re[t] = sig[start + 2 * t] * win[2 * t]
-        im[t] = sig[start + 2 * t + 1] * win[2 * t + 1]
+        re[t] = seg[2 * t] * win[2 * t]
+        im[t] = seg[2 * t + 1] * win[2 * t + 1]
     _fft_inplace(re, im, bitrev, tw_re, tw_im)
     for k in range(h + 1):
         ka = k % h
@@ -94,9 +95,10 @@ def _frame_power(sig, start, win, bitrev, tw_re, tw_im, post_re, post_im, re, im
 def _mel_db_column(power, fb_t, lo, hi, amin, db_off, out, col):
     """Mel bands of one power spectrum, in dB with a fixed floor, into ``out[:, col]``."""
     for m in range(fb_t.shape[0]):
+        weights = fb_t[m]
         acc = 0.0
-        for k in range(lo[m], hi[m]):
-            acc += power[k] * fb_t[m, k]
+        for k in range(lo[m], hi[m]):  # the band's non-zero weights only; same order as a dense sum
+            acc += power[k] * weights[k]
         if acc < amin:
             acc = amin
         out[m, col] = 10.0 * math.log10(acc) - db_off
@@ -151,14 +153,24 @@ def _window_frames(sig, first, n, hop, win, frames):
     n_fft = win.shape[0]
     for f in range(n):
         s = (first + f) * hop
+        seg = sig[s : s + n_fft]
+        dst = frames[f]
         for t in range(n_fft):
-            frames[f, t] = sig[s + t] * win[t]
+            dst[t] = seg[t] * win[t]
 
 
 @njit(cache=True)
-def _mel_db_columns(power, fb_t, lo, hi, amin, db_off, mel, col0):
-    for f in range(power.shape[0]):
-        _mel_db_column(power[f], fb_t, lo, hi, amin, db_off, mel, col0 + f)
+def _spectrum_mel_db_columns(spectrum, exponent, fb_t, lo, hi, amin, db_off, power, mel, col0):
+    """Power of each complex ``spectrum`` row, then mel and dB, into ``mel[:, col0 + f]``."""
+    for f in range(spectrum.shape[0]):
+        row = spectrum[f]
+        for k in range(row.shape[0]):
+            z = row[k]
+            p = z.real * z.real + z.imag * z.imag
+            if exponent != 2.0:
+                p = p ** (0.5 * exponent)
+            power[k] = p
+        _mel_db_column(power, fb_t, lo, hi, amin, db_off, mel, col0 + f)
 
 
 def training_constants(spec: FrontEndSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -383,21 +395,12 @@ class StreamingFrontEnd:
         if self._frames.shape[0] < keep:
             self._frames = np.zeros((keep, spec.n_fft), np.float64)
         _window_frames(self._sig, n_new - keep, keep, spec.hop_length, self._win, self._frames)
-        spectrum = np.fft.rfft(self._frames[:keep], n=spec.n_fft, axis=1)
-        power = spectrum.real**2 + spectrum.imag**2
-        if self._exponent != 2.0:
-            power = power ** (0.5 * self._exponent)
+        spectrum = np.fft.rfft(self._frames[:keep], n=spec.n_fft, axis=1)  # (keep, n_freqs) complex128
         _shift_window(self._mel, keep)
-        _mel_db_columns(
-            np.ascontiguousarray(power),
-            self._fb_t,
-            self._lo,
-            self._hi,
-            self._amin,
-            self._db_off,
-            self._mel,
-            w - keep,
-        )
+        _spectrum_mel_db_columns(
+            spectrum, self._exponent, self._fb_t, self._lo, self._hi, self._amin, self._db_off, self._power,
+            self._mel, w - keep,
+        )  # fmt: skip
 
     # -------------------------------------------------------------------------------- compile
     def warmup(self) -> None:

@@ -60,6 +60,8 @@ def _polyphase(hist, hist_start, n0, n1, L, M, left, table, out, out_off):
 
     ``hist[j]`` holds input sample ``hist_start + j``. The dot product may be vectorised
     (reassoc): its order is fixed by the code and the tap count, never by the block sizes.
+    float32 throughout (inputs are float32 anyway): twice the SIMD width of float64, and the
+    rounding (~1e-7, -138 dB full scale) stays far under the design attenuation.
     """
     taps = table.shape[1]
     for n in range(n0, n1):
@@ -71,7 +73,7 @@ def _polyphase(hist, hist_start, n0, n1, L, M, left, table, out, out_off):
         # vectorises the dot product (3x faster than indexing table[p, j] directly)
         seg = hist[k0 : k0 + taps]
         row = table[p]
-        acc = 0.0
+        acc = np.float32(0.0)
         for j in range(taps):
             acc += seg[j] * row[j]
         out[out_off + n - n0] = acc
@@ -173,12 +175,13 @@ class StreamingResampler:
             )
         self.passthrough = self.L == self.M
         if self.passthrough:
-            self.table = np.ones((1, 1))
+            self.table = np.ones((1, 1), np.float32)
             self.left = 0
         else:
-            self.table, self.left = design_table(self.L, self.M, *QUALITY[quality])
+            table, self.left = design_table(self.L, self.M, *QUALITY[quality])
+            self.table = table.astype(np.float32)
         self.right = self.table.shape[1] - 1 - self.left  # input samples of look-ahead (latency)
-        self._hist = np.zeros(max(4 * self.table.shape[1], 8192), dtype=np.float64)
+        self._hist = np.zeros(max(4 * self.table.shape[1], 8192), dtype=np.float32)
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -226,7 +229,7 @@ class StreamingResampler:
             return n
         need = self._hist_len + n
         if need > self._hist.shape[0]:
-            grown = np.zeros(max(need, 2 * self._hist.shape[0]), dtype=np.float64)
+            grown = np.zeros(max(need, 2 * self._hist.shape[0]), dtype=np.float32)
             grown[: self._hist_len] = self._hist[: self._hist_len]
             self._hist = grown
         self.dropped_samples += _ingest(x, self._hist, self._hist_len)
@@ -282,7 +285,7 @@ class StreamingResampler:
         total = -(-(self.samples_in * self.L) // self.M)
         pad = self.right
         if self._hist_len + pad > self._hist.shape[0]:
-            grown = np.zeros(self._hist_len + pad, dtype=np.float64)
+            grown = np.zeros(self._hist_len + pad, dtype=np.float32)
             grown[: self._hist_len] = self._hist[: self._hist_len]
             self._hist = grown
         self._hist[self._hist_len : self._hist_len + pad] = 0.0
