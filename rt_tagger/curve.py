@@ -7,9 +7,9 @@ subscribe.
 
 Files are the ZeroMQ certificate format (``zmq.auth.create_certificates``)::
 
-    KEYDIR/server.key             public: give it to subscribers (--curve-server-key)
+    KEYDIR/server.key             public: give it to subscribers (--curve-public)
     KEYDIR/server.key_secret      secret: the publisher's (--curve-secret), mode 0600
-    KEYDIR/client.key_secret      secret: a subscriber's own keys (--curve-client-keys), mode 0600
+    KEYDIR/client.key_secret      secret: a subscriber's own keys (--curve-client-dir), mode 0600
     KEYDIR/authorized_clients/    public keys the publisher accepts (client.key is put there)
 
 ``python -m rt_tagger.curve KEYDIR`` (or :func:`keygen_main`) writes them.
@@ -129,8 +129,8 @@ def keygen_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     k = generate_keys(a.key_dir, overwrite=a.force)
     print(f"publisher secret:  {k.server_secret}  (--curve-secret; keep private)")
-    print(f"publisher public:  {k.server_public}  (give to subscribers: --curve-server-key)")
-    print(f"subscriber secret: {k.client_secret}  (--curve-client-keys)")
+    print(f"publisher public:  {k.server_public}  (give to subscribers: --curve-public)")
+    print(f"subscriber secret: {k.client_secret}  (--curve-client-dir)")
     print(f"accepted clients:  {k.authorized_clients}/  (--curve-clients; add more *.key files here)")
     return 0
 

@@ -146,7 +146,7 @@ def _connect(
         sock.curve_publickey = public
         sock.curve_secretkey = secret
     elif curve_client_dir is not None:
-        raise UserError("--curve-client-keys needs --curve-server-key (the publisher's server.key)")
+        raise UserError("--curve-client-dir needs --curve-public (the publisher's server.key)")
     sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
     sock.connect(ep.url)
     return sock
@@ -258,11 +258,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=None, help="fail if no message arrives for this many seconds"
     )
     p.add_argument("--top", type=int, default=5, help="tags shown per line (default 5)")
+    p.add_argument("--curve-public", type=Path, default=None, help="publisher's public key file (server.key)")
     p.add_argument(
-        "--curve-server-key", type=Path, default=None, help="publisher's public key file (server.key)"
-    )
-    p.add_argument(
-        "--curve-client-keys",
+        "--curve-client-dir",
         type=Path,
         default=None,
         help="this subscriber's client.key_secret (or its folder)",
@@ -281,8 +279,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         raw_json=args.json,
         count=args.count,
         timeout_s=args.timeout,
-        curve_server_public=args.curve_server_key,
-        curve_client_dir=args.curve_client_keys,
+        curve_server_public=args.curve_public,
+        curve_client_dir=args.curve_client_dir,
         top_n=args.top,
     )
 

@@ -324,7 +324,7 @@ def test_curve_right_key_receives_wrong_key_and_plaintext_receive_nothing(tmp_pa
         good = start_subscriber(
             pub.endpoint,
             *("--json", "--count", "3", "--timeout", "30"),
-            *("--curve-server-key", str(keys.server_public), "--curve-client-keys", str(tmp_path / "keys")),
+            *("--curve-public", str(keys.server_public), "--curve-client-dir", str(tmp_path / "keys")),
         )
         # ...and three wrong ones at the same time, each waiting at most 3 s.
         bad = {

@@ -134,8 +134,8 @@ def test_arguments_and_their_checks():
         main_from_args(p.parse_args(["--count", "0"]))
     with pytest.raises(UserError, match="invalid endpoint"):
         main_from_args(p.parse_args(["--endpoint", "nonsense", "--count", "1"]))
-    with pytest.raises(UserError, match="needs --curve-server-key"):
-        main_from_args(p.parse_args(["--curve-client-keys", "k", "--count", "1"]))
+    with pytest.raises(UserError, match="needs --curve-public"):
+        main_from_args(p.parse_args(["--curve-client-dir", "k", "--count", "1"]))
 
 
 def test_cli_errors_are_one_line_and_nonzero():
