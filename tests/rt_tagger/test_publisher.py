@@ -194,10 +194,10 @@ def test_two_processes_receive_every_message_in_order(transport):
 def test_late_subscriber_gets_well_formed_consecutive_messages():
     with publisher_process("tcp://127.0.0.1:*", period_s=0.005, progress_at=30) as pub:
         pub.get("progress")  # 30+ messages already went out to nobody
-        sub = start_subscriber(pub.endpoint, "--json", "--count", "20", "--timeout", "30")
-        out, err = sub.communicate(timeout=90)
-    assert sub.returncode == 0, err
-    msgs = json_lines(out)  # from_bytes validates every field
+        t, res = subscribe_in_thread(pub.endpoint, count=20, timeout_s=30)
+        t.join(90)
+    assert res.get("rc") == 0, res
+    msgs = json_lines(res["out"].getvalue())  # from_bytes validates every field
     seqs = [m.seq for m in msgs]
     assert len(msgs) == 20 and seqs[0] > 30
     assert seqs == list(range(seqs[0], seqs[0] + 20))
