@@ -2,7 +2,8 @@
 
 Contract of the producer side (:meth:`RingBuffer.write`, called from the PortAudio callback or a
 file/stdin reader thread): it only copies samples in — at most two slice copies for the wrap —
-and bumps integer counters. No array allocation, no logging, no locks.
+and bumps integer counters. No array allocation (only the few small view objects numpy slicing
+creates), no logging, no locks.
 
 Why no lock is needed (CPython with the GIL):
 
@@ -69,6 +70,8 @@ class RingBuffer:
         """
         if block.ndim == 1:
             block = block.reshape(-1, 1)  # a view, no copy
+        if block.shape[1] != self.channels:  # copyto would silently broadcast a mono block
+            raise ValueError(f"block has {block.shape[1]} channels, ring has {self.channels}")
         n = block.shape[0]
         wp = self.write_pos
         free = self.capacity - (wp - self.read_pos)

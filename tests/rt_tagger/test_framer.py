@@ -187,3 +187,30 @@ def test_compile_happens_at_construction():
     fe = StreamingFrontEnd(FrontEndSpec(window_frames=8), 32000, channels=3)
     assert fe.compile_seconds > 0 and fe.frames_total == 0 and fe.samples_total == 0
     assert np.all(fe.window() == fe.floor_db)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FrontEndSpec(mel_scale="slaney", n_mels=64, window_frames=32),
+        FrontEndSpec(power=1.0, f_min=30.0, f_max=7600.0, window_frames=32),
+        FrontEndSpec(n_fft=400, hop_length=160, n_mels=80, window_frames=32),  # numpy-FFT path only
+        FrontEndSpec(
+            sample_rate=22050, n_fft=1024, hop_length=512, n_mels=128, f_max=11025.0, window_frames=16
+        ),
+    ],
+    ids=["slaney", "power1-fmin", "nfft400", "22k-nfft1024"],
+)
+def test_other_front_end_definitions_match_torchaudio(spec):
+    rng = np.random.default_rng(11)
+    x = _music_like(spec.sample_rate, 1.5, seed=12)
+    fe = _frontend(spec, spec.sample_rate)
+    got = _stream_through_ring(fe, x, rng, capacity=2 * spec.n_fft + 37, max_block=spec.n_fft + 100)
+    ref = _reference(x, spec)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-3
+
+
+def test_numba_fft_refuses_non_power_of_two():
+    with pytest.raises(ValueError, match="n_fft=400"):
+        StreamingFrontEnd(FrontEndSpec(n_fft=400, hop_length=160), 16000, fft="numba")

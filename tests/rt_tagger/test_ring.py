@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -144,3 +145,26 @@ def test_threaded_producer_consumer_loses_nothing():
     assert not any(t.is_alive() for t in threads)
     assert ring.overflow_samples == 0
     np.testing.assert_array_equal(received, signal)
+
+
+def test_write_allocates_no_sample_memory():
+    """The producer path copies into the preallocated buffer: no per-call array allocation."""
+    ring = RingBuffer(4096, 2)
+    block = np.ones((1000, 2), np.float32)  # 8 kB per block
+    ring.write(block)
+    ring.advance(1000)
+    tracemalloc.start()
+    try:
+        for _ in range(200):
+            ring.write(block)  # wraps every few calls
+            ring.advance(ring.available())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4000, f"write() allocated {peak} bytes at peak"
+
+
+def test_block_with_wrong_channel_count_is_refused():
+    ring = RingBuffer(16, 2)
+    with pytest.raises(ValueError, match="channels"):
+        ring.write(np.ones(4, np.float32))
