@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,20 @@ def parse_endpoint(url: str) -> Endpoint:
     if url.startswith("inproc://") and len(url) > len("inproc://"):
         return Endpoint(url, "inproc")
     raise PublisherError(f"invalid endpoint: {url!r} (use tcp://HOST:PORT or ipc:///path)")
+
+
+def _ipc_in_use(path: str) -> bool:
+    """True if a live process listens on this ipc path (libzmq would silently take it over)."""
+    p = Path(path)
+    if not p.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(p))
+        except OSError:  # refused: a stale file left by a process that died
+            return False
+    return True
 
 
 def _bind_error(ep: Endpoint, e: zmq.ZMQError) -> PublisherError:
@@ -168,6 +183,8 @@ class Publisher:
                 self._setup_curve(Path(curve_server_secret), curve_clients)
             elif not ep.is_local:
                 log.warning("publishing unencrypted and unauthenticated on %s (no CURVE keys)", ep.url)
+            if ep.transport == "ipc" and _ipc_in_use(ep.path):
+                raise PublisherError(f"address already in use: {ep.url}")
             try:
                 self.sock.bind(ep.url)
             except zmq.ZMQError as e:

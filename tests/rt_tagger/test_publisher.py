@@ -11,6 +11,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,19 @@ def test_port_in_use_is_one_clear_user_error():
         with pytest.raises(UserError, match=r"^address already in use: tcp://127\.0\.0\.1:\d+$") as e:
             Publisher(first.endpoint)
         assert "\n" not in str(e.value)
+
+
+def test_ipc_path_in_use_is_refused_but_a_stale_file_is_reused(tmp_path):
+    url = f"ipc://{tmp_path}/pub.sock"
+    with Publisher(url, linger_ms=0):
+        with pytest.raises(UserError, match=r"^address already in use: ipc://"):
+            Publisher(url)  # libzmq alone would silently take the path over
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))  # a socket file nobody listens on (as after a crash)
+    s.close()
+    with Publisher(f"ipc://{stale}", linger_ms=0) as pub:
+        assert pub.endpoint == f"ipc://{stale}"
 
 
 @pytest.mark.parametrize(
