@@ -217,6 +217,8 @@ class Publisher:
         ``msg.timings_ms.publish`` (entry until the body is serialised) before sending.
         """
         t0 = time.perf_counter()
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # keep XPUB's subscription queue empty
+            self._drain_subscriptions()
         msg.drops.publisher_dropped = self._dropped
         if msg.timings_ms is None:
             msg.timings_ms = StageTimings()
