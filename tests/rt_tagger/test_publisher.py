@@ -395,3 +395,22 @@ def test_messages_from_publish_are_valid_json_with_filled_fields():
     back = TagMessage.from_bytes(body)
     assert back == msg and json.loads(body)["timings_ms"]["publish"] == msg.timings_ms.publish
     assert back.publish_wall_time > 0
+
+
+def test_keygen_cli(tmp_path, capsys):
+    from rt_tagger.curve import keygen_main
+
+    assert keygen_main([str(tmp_path / "k")]) == 0
+    assert "server.key_secret" in capsys.readouterr().out
+    old = (tmp_path / "k" / "server.key").read_text()
+    with pytest.raises(UserError, match="already exist"):
+        keygen_main([str(tmp_path / "k")])
+    assert keygen_main([str(tmp_path / "k"), "--force"]) == 0
+    assert (tmp_path / "k" / "server.key").read_text() != old
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == [
+        "authorized_clients",
+        "client.key",
+        "client.key_secret",
+        "server.key",
+        "server.key_secret",
+    ]
