@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int, default=None, help="pretraining steps per pretext (default: the recipe's)"
     )
+    p.add_argument(
+        "--seconds-per-pretext",
+        type=float,
+        default=0.0,
+        help="calibrate one step count that fits this budget",
+    )
     p.add_argument("--out", required=True)
     return ap
 
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             dist,
             args.workers,
             progress,
+            args.seconds_per_pretext,
         )
         return 0
     raise CLIError(f"unknown command {args.cmd}")

@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def run_compare(
-    recipe: Recipe, pretexts: list[str], out: Path, dist: Dist, workers: int = 0, progress: bool = True
+    recipe: Recipe,
+    pretexts: list[str],
+    out: Path,
+    dist: Dist,
+    workers: int = 0,
+    progress: bool = True,
+    seconds_per_pretext: float = 0.0,
 ) -> dict:
     """Writes ``out/compare.json`` (and a bar chart) and returns it."""
     from training import stages
@@ -43,17 +49,46 @@ def run_compare(
         row = {
             "name": name,
             "pretrain": pre_summary,
-            "probe": {f: r["test"] for f, r in s["fractions"].items()},
+            "probe": {
+                f: {**r["test"], "valid_roc_auc": r["valid_roc_auc"]} for f, r in s["fractions"].items()
+            },
         }
         rows.append(row)
         _write(out, rows, load_s)
 
+    from training.pretrain import pretrain
+
+    def with_pretext(name: str, **loop) -> Recipe:
+        pre = recipe.pretrain.model_copy(
+            update={"pretext": name, "loop": recipe.pretrain.loop.model_copy(update=loop)}
+        )
+        return recipe.model_copy(update={"pretrain": pre})
+
+    steps = recipe.pretrain.loop.steps
+    if seconds_per_pretext:
+        # Same budget for every pretext: the step count the slowest one finishes in the time given.
+        per_step = {}
+        for name in pretexts:
+            s = pretrain(
+                with_pretext(name, steps=20, log_every=5, ckpt_every=0, warmup_steps=5),
+                pre_bank,
+                out / "calibrate" / name,
+                dist,
+                resume=False,
+                progress=False,
+            )
+            per_step[name] = s["batch_size"] * s["n_views"] / s["views_per_s"]
+        steps = max(50, int(seconds_per_pretext / max(per_step.values())))
+        log.info(
+            "compare: %d steps per pretext (seconds per step: %s)",
+            steps,
+            {k: round(v, 4) for k, v in per_step.items()},
+        )
     probe_row("random-init", None, None)
     for name in pretexts:
-        r = recipe.model_copy(update={"pretrain": recipe.pretrain.model_copy(update={"pretext": name})})
-        from training.pretrain import pretrain
-
-        summary = pretrain(r, pre_bank, out / name, dist, resume=True, progress=progress)
+        summary = pretrain(
+            with_pretext(name, steps=steps), pre_bank, out / name, dist, resume=True, progress=progress
+        )
         probe_row(name, str(out / name), summary)
     if dist.is_main:
         plot_compare(rows, out / "compare.png")
@@ -68,7 +103,12 @@ def _write(out: Path, rows: list[dict], load_s: float) -> None:
                 "name": r["name"],
                 "pretrain": r["pretrain"],
                 "probe": {
-                    f: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "per_tag": m["per_tag"]}
+                    f: {
+                        "roc_auc": m["roc_auc"],
+                        "pr_auc": m["pr_auc"],
+                        "valid_roc_auc": m["valid_roc_auc"],
+                        "per_tag": m["per_tag"],
+                    }
                     for f, m in r["probe"].items()
                 },
             }
