@@ -57,7 +57,7 @@ SOURCES: dict[str, Source] = {
     ),
     "hedgewars-data": Source(("/usr/share/games/hedgewars/Data/Music",), "GPL-2"),
     "megaglest-data": Source(("/usr/share/games/megaglest",), "CC-BY-SA-3.0"),
-    "supertuxkart-data": Source(("/usr/share/games/supertuxkart/data/music",), "per-file (DEP-5)"),
+    "supertuxkart-data": Source(("/usr/share/games/supertuxkart/data/music",), "GPL-3+"),
 }
 
 # Sped-up copies of other tracks (SuperTuxKart's last-lap versions): near-duplicates, skipped.
@@ -92,13 +92,13 @@ def _dep5_stanzas(pkg: str) -> tuple[tuple[tuple[str, ...], str], ...]:
 
 
 def _license(pkg: str, src: Source, path: Path) -> str:
-    """Per-file license: the last matching DEP-5 stanza that names the file, else the package's."""
+    """Per-file license: album overrides, else the last matching DEP-5 stanza, else the package's."""
     for fragment, lic in src.overrides:
         if fragment in str(path):
             return lic
     found = src.license
     for patterns, lic in _dep5_stanzas(pkg):
-        if any(p != "*" and fnmatch.fnmatch(str(path), "*/" + p) for p in patterns):
+        if any(p == "*" or fnmatch.fnmatch(str(path), "*/" + p) for p in patterns):
             found = lic
     return found
 
