@@ -233,6 +233,7 @@ class Pipeline:
         last_drops: tuple | None = None
         stall_s = st.stall_hops * self.hop_seconds
         last_data = time.perf_counter()
+        last_wp = 0
         last_stall_beat = 0.0
         fed_in = 0  # input samples fed to the front end
         padded = False
@@ -393,7 +394,9 @@ class Pipeline:
                     if fin:
                         break
                     now = time.perf_counter()
-                    if avail == 0 and now - last_data > stall_s and now - last_stall_beat > self.hop_seconds:
+                    if ring.write_pos != last_wp:  # new audio arrived, even if not a whole step yet
+                        last_wp, last_data = ring.write_pos, now
+                    if now - last_data > stall_s and now - last_stall_beat > self.hop_seconds:
                         last_stall_beat = now
                         res.heartbeats += 1
                         send(
@@ -409,7 +412,6 @@ class Pipeline:
                         )
                     time.sleep(0.001)
                     continue
-                last_data = time.perf_counter()
                 n = min(want, avail)
                 block = step_buf[:n]
                 ring.read_into(block)

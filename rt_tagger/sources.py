@@ -154,9 +154,17 @@ class _ThreadSource(Source):
 
     def _put(self, block: np.ndarray, capture_wall: float, *, backpressure: bool) -> None:
         """Write a block; with ``backpressure`` wait for room instead of overflowing."""
-        if backpressure:
-            while self.ring.free() < block.shape[0] and not self._stop.is_set():
-                time.sleep(0.0005)
+        if backpressure:  # write what fits, wait for the consumer, repeat (blocks may exceed the ring)
+            done = 0
+            while done < block.shape[0] and not self._stop.is_set():
+                k = min(self.ring.free(), block.shape[0] - done)
+                if k == 0:
+                    time.sleep(0.0005)
+                    continue
+                self.ring.write(block[done : done + k])
+                done += k
+                self._record(capture_wall, time.time())
+            return
         self.ring.write(block)
         self._record(capture_wall, time.time())
 
@@ -238,8 +246,16 @@ class FileSource(_ThreadSource):
                 capture = time.time()
             self._put(buf[:n], capture, backpressure=not self.realtime)
             self.frames_read += n
-        if self.frames_read == 0 and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if self.frames_read == 0:
             raise AudioInputError(f"no audio could be decoded from {self.path}")
+        # MP3 headers only estimate the length; for the others a shortfall means a cut-off file.
+        if self.frames_read < self.frames and self._sf.format != "MP3":
+            raise AudioInputError(
+                f"{self.path} is truncated or corrupt: its header promises {self.frames} frames, "
+                f"only {self.frames_read} could be decoded"
+            )
 
     def _close(self) -> None:
         self._sf.close()

@@ -1,0 +1,161 @@
+"""The streaming path end to end, through real sources, the numba front end and the torch backend."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engines.frontend import logmel_numpy
+from rt_tagger.pipeline import Pipeline, run_file
+from rt_tagger.settings import load_settings
+from rt_tagger.sources import AudioInputError, FileSource, StdinSource
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("RT_TAGGER_"):
+            monkeypatch.delenv(k)
+
+
+@pytest.fixture(scope="module")
+def pipe(sensitive_bundle):
+    with Pipeline(sensitive_bundle, load_settings(hop_seconds=0.5, backend="torch-cpu")) as p:
+        yield p
+
+
+def test_file_end_to_end(pipe, short_wav, sensitive_bundle):
+    messages = []
+    pipe.on_message = messages.append
+    try:
+        res = run_file(short_wav, sensitive_bundle, pipeline=pipe)
+    finally:
+        pipe.on_message = None
+    spec = sensitive_bundle.frontend
+    frames = spec.frames_for(6 * spec.sample_rate)
+    expected = 1 + (frames - spec.window_frames) // pipe.hop_frames
+    assert len(res.windows) == expected == res.messages == len(messages)
+    assert [m.seq for m in messages] == list(range(expected))
+    ends = [m.window.end_sample for m in messages]
+    assert ends[0] == spec.window_samples
+    assert set(np.diff(ends)) == {pipe.hop_frames * spec.hop_length}
+    m = messages[-1]
+    assert m.kind == "tags" and m.backend.name == "torch-cpu" and len(m.top) == 5
+    assert m.timings_ms.inference > 0 and m.timings_ms.framing_mel >= 0
+    assert messages[0].tags == sensitive_bundle.tags and messages[1].tags is None
+    assert m.drops.ring_overflow_samples == 0 and m.drops.resampler_dropped_samples == 0
+    # The last window equals the model run on the reference (numpy) log-mel of the same samples.
+    x, _ = sf.read(str(short_wav), dtype="float32")
+    mel = logmel_numpy(x[m.window.start_sample : m.window.end_sample], spec)
+    p_ref = pipe.backend.infer(mel[None]).probabilities[0]
+    np.testing.assert_allclose(res.windows[-1].probabilities, p_ref, atol=1e-3)
+    # Scores really vary along the clip with this bundle (the comparisons below mean something).
+    assert np.std([w.probabilities for w in res.windows], axis=0).mean() > 0.05
+
+
+@pytest.mark.parametrize("path_kind", ["16k-mono", "44k-stereo"])
+def test_chunk_invariance(pipe, sensitive_bundle, demo_audio, tmp_path, path_kind):
+    x, sr = demo_audio
+    x = x[: 5 * sr]
+    path = tmp_path / "in.wav"
+    if path_kind == "16k-mono":
+        sf.write(str(path), x, sr, subtype="FLOAT")
+    else:
+        import torch
+        import torchaudio
+
+        y = torchaudio.functional.resample(torch.from_numpy(x), sr, 44100).numpy()
+        sf.write(str(path), np.stack([y, 0.5 * y], axis=1), 44100, subtype="FLOAT")
+    results = [run_file(path, sensitive_bundle, block_size=b, pipeline=pipe) for b in (256, 1001, 65536)]
+    ref = results[0]
+    assert len(ref.windows) >= 8
+    for r in results[1:]:
+        assert [w.end_s for w in r.windows] == [w.end_s for w in ref.windows]
+        np.testing.assert_allclose(
+            [w.probabilities for w in r.windows], [w.probabilities for w in ref.windows], atol=1e-4
+        )
+        np.testing.assert_allclose(r.windows[-1].scores, ref.windows[-1].scores, atol=1e-4)
+        np.testing.assert_allclose(r.clip_scores, ref.clip_scores, atol=1e-4)
+
+
+def test_silence_gives_heartbeats(pipe, sensitive_bundle, tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(str(path), np.zeros(3 * 16000, np.float32), 16000)
+    msgs = []
+    pipe.on_message = msgs.append
+    try:
+        res = run_file(path, sensitive_bundle, pipeline=pipe)
+    finally:
+        pipe.on_message = None
+    assert res.heartbeats == res.messages > 0 and not res.windows
+    assert all(m.kind == "heartbeat" and m.heartbeat_reason == "silent" for m in msgs)
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+
+
+def test_stalled_stdin_gives_heartbeat(sensitive_bundle, demo_audio):
+    x, sr = demo_audio
+    pcm = (x[: 2 * sr] * 32767).astype("<i2").tobytes()
+    r, w = os.pipe()
+    msgs = []
+
+    def writer():
+        with os.fdopen(w, "wb") as f:
+            f.write(pcm)
+            f.flush()
+            time.sleep(2.5)  # > 2 hops of nothing: the pipeline must say "stalled"
+            f.write(pcm)
+
+    with Pipeline(sensitive_bundle, load_settings(hop_seconds=0.5), on_message=msgs.append) as p:
+        t = threading.Thread(target=writer)
+        t.start()
+        with os.fdopen(r, "rb") as rf:
+            res = p.run(StdinSource(rf, sr, 1, "s16le", block_size=512))
+        t.join()
+    reasons = [m.heartbeat_reason for m in msgs if m.kind == "heartbeat"]
+    assert "stalled" in reasons
+    assert res.duration_s == pytest.approx(4.0)
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+
+
+def test_nonfinite_reject_or_zero(sensitive_bundle, demo_audio, tmp_path):
+    x, sr = demo_audio
+    y = x[: 3 * sr].copy()
+    y[sr : sr + 100] = np.nan
+    y[2 * sr] = np.inf
+    path = tmp_path / "nan.wav"
+    sf.write(str(path), y, sr, subtype="FLOAT")
+    with pytest.raises(AudioInputError, match="NaN/Inf"):
+        run_file(path, sensitive_bundle, settings=load_settings(hop_seconds=0.5))
+    res = run_file(path, sensitive_bundle, settings=load_settings(hop_seconds=0.5, nonfinite="zero"))
+    assert res.counters["nonfinite_samples"] == 101
+    assert np.isfinite([w.probabilities for w in res.windows]).all()
+
+
+def test_short_file_gets_one_padded_window(pipe, sensitive_bundle, demo_audio, tmp_path):
+    x, sr = demo_audio
+    path = tmp_path / "short.wav"
+    sf.write(str(path), x[: sr // 2], sr)
+    res = run_file(path, sensitive_bundle, pipeline=pipe)
+    assert len(res.windows) == 1
+
+
+def test_hop_out_of_range(sensitive_bundle):
+    from rt_tagger.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="hop_seconds=5.0"):
+        Pipeline(sensitive_bundle, load_settings(hop_seconds=5.0))
+
+
+def test_realtime_replay_same_scores(pipe, sensitive_bundle, short_wav):
+    fast = run_file(short_wav, sensitive_bundle, pipeline=pipe)
+    src = FileSource(short_wav, block_size=800, realtime=True)
+    live = pipe.run(src)
+    np.testing.assert_allclose(
+        [w.probabilities for w in live.windows], [w.probabilities for w in fast.windows], atol=1e-4
+    )
+    assert live.latencies_ms and len(live.stage_ms["capture_to_ring"]) == len(live.windows)
