@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.errors import UserError
 from engines.logmel_torch import LogMel
 from engines.model import ResNetTagger
 from training.bank import AudioBank
+from training.data import DataError, read_audio
 from training.loop import Dist
 from training.metrics import calibrate_thresholds, tag_metrics
 from training.pretrain import load_backbone, model_spec, pretrain
@@ -44,62 +44,11 @@ RESULT_FILE = "result.json"
 MODEL_FILE = "model.safetensors"
 
 
-class DataError(UserError):
-    """A corpus that cannot be used for this stage."""
-
-
-def _decode(path: Path, sample_rate: int) -> np.ndarray:
-    try:
-        from training.data.audio import read_audio
-    except ImportError:
-        read_audio = None
-    if read_audio is not None:
-        return read_audio(path, sample_rate)
-    import soundfile as sf
-
-    try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"unreadable audio {path}: {e}") from None
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        import torchaudio
-
-        audio = torchaudio.functional.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
-    return audio
-
-
 def _open_table(path: Path):
     """The corpus' TrackTable through training.data (any supported layout)."""
-    try:
-        from training import data as tdata
-    except ImportError:
-        tdata = None
-    # TODO(helper D's API): settle on the one loader entry point once training.data lands.
-    for name in ("load_table", "load_corpus", "open_corpus", "load"):
-        fn = getattr(tdata, name, None)
-        if callable(fn):
-            return fn(path)
-    return _read_tags_csv(path)
+    from training.data import load_table
 
-
-def _read_tags_csv(path: Path):
-    import csv
-    from types import SimpleNamespace
-
-    table = path / "tags.csv"
-    if not table.is_file():
-        raise DataError(f"no tags table in {path}")
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
-    tags = sorted({t for r in rows for t in (r.get("tags") or "").split(";") if t})
-    labels = np.zeros((len(rows), len(tags)), dtype=np.float32)
-    for i, r in enumerate(rows):
-        for t in (r.get("tags") or "").split(";"):
-            if t:
-                labels[i, tags.index(t)] = 1
-    split = [r.get("split") or "train" for r in rows]
-    return SimpleNamespace(root=path, paths=[r["path"] for r in rows], tags=tags, labels=labels, split=split)
+    return load_table(path)
 
 
 def load_bank(path: str | Path, recipe: Recipe, workers: int = 0, need_labels: bool = False) -> AudioBank:
@@ -124,9 +73,9 @@ def load_bank(path: str | Path, recipe: Recipe, workers: int = 0, need_labels: b
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(workers) as ex:
-                waves = list(ex.map(lambda p: _decode(root / p, spec.sample_rate), table.paths))
+                waves = list(ex.map(lambda p: read_audio(root / p, spec.sample_rate), table.paths))
         else:
-            waves = [_decode(root / p, spec.sample_rate) for p in table.paths]
+            waves = [read_audio(root / p, spec.sample_rate) for p in table.paths]
     if recipe.data.max_seconds > 0:
         cap = int(recipe.data.max_seconds * spec.sample_rate)
         waves = [w[:cap] for w in waves]
