@@ -9,10 +9,15 @@ Why these choices:
   turns them into one launch. A graph is captured the first time a batch size is seen (after a
   warm-up on the side stream) and replayed after; all graphs share one memory pool, which is safe
   because they are replayed one at a time on the backend's stream.
+- fp32 means IEEE fp32: TF32 is switched off for convolutions and matmuls while this backend
+  runs or captures (cuDNN allows TF32 by default, which moved probabilities by ~1e-4 on an H200).
 ``last_device_time`` is the CUDA-event time of copy-in + compute + copy-out.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -69,6 +74,27 @@ class TorchCUDABackend(Backend):
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.device = f"cuda:{dev.index}"
 
+    @contextmanager
+    def _math_mode(self) -> Iterator[None]:
+        """No TF32 for fp32 (restored afterwards: other code in the process keeps its settings)."""
+        torch = self._torch
+        if self.precision != "fp32":
+            yield
+            return
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        try:
+            with cudnn.flags(
+                enabled=cudnn.enabled,
+                benchmark=cudnn.benchmark,
+                deterministic=cudnn.deterministic,
+                allow_tf32=False,
+            ):
+                yield
+        finally:
+            matmul.allow_tf32 = saved
+
     def _forward(self, x):
         logits, emb = self.model(x.to(self._dtype))
         return {"probabilities": self._torch.sigmoid(logits.float()), "embeddings": emb.float()}
@@ -79,12 +105,16 @@ class TorchCUDABackend(Backend):
             return self._graphs[b]
         torch = self._torch
         x = self.io.dev_in[:b]
-        with torch.cuda.stream(self.io.stream), torch.inference_mode():
+        with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._math_mode():
             for _ in range(2):  # warm-up: cuDNN picks its algorithms outside the capture
                 self._forward(x)
         self.io.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, stream=self.io.stream):
+        with (
+            self._math_mode(),
+            torch.inference_mode(),
+            torch.cuda.graph(graph, pool=self._pool, stream=self.io.stream),
+        ):
             outs = self._forward(x)
         self._graphs[b] = (graph, outs)
         return self._graphs[b]
@@ -99,7 +129,7 @@ class TorchCUDABackend(Backend):
                 graph.replay()
         else:
             x = self.io.upload(mel)
-            with torch.cuda.stream(self.io.stream), torch.inference_mode():
+            with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._math_mode():
                 outs = self._forward(x)
         host, self.last_device_time = self.io.download(outs, b)
         return Inference(host["probabilities"], host["embeddings"])
