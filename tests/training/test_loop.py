@@ -138,3 +138,42 @@ def test_nan_loss_stops_the_run(tmp_path):
 
     with pytest.raises(FloatingPointError, match="loss is nan"):
         run_loop(net, bad, LoopSpec(steps=2, batch_size=2), tmp_path, Dist(), progress=False)
+
+
+def test_ddp_two_cpu_processes_train_and_checkpoint(tmp_path):
+    """torchrun with two CPU processes (gloo): one checkpoint holding each rank's generator."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.training.corpus_fixture import make_corpus, write_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = write_recipe(tmp_path / "r.toml", make_corpus(tmp_path / "c", n=8))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "training",
+        "pretrain",
+        "--recipe",
+        str(recipe),
+        "--pretext",
+        "barlow_twins",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = torch.load(tmp_path / "o" / "ckpt.pt", weights_only=True)
+    assert state["step"] == 6 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["gen"], state["rng"][1]["gen"])  # each rank its own stream
+    assert (tmp_path / "o" / "backbone.safetensors").exists()
