@@ -6,7 +6,8 @@ graph (casts at the edges), which is what strongly typed TensorRT-RTX networks n
 their precision from the graph, not from a builder flag.
 
 Artifacts are cached under ``<bundle>/compiled/tagger.<precision>.opset<N>.onnx``, keyed by
-(weights sha256, opset, precision, exporter versions); see :mod:`engines.cache`.
+(weights sha256, opset, precision, I/O names); the exporter versions are recorded, not keyed, so
+a bundle shipped with its ONNX file stays usable after a torch upgrade; see :mod:`engines.cache`.
 """
 
 from __future__ import annotations
@@ -63,9 +64,6 @@ def _wrapped(bundle: Bundle, precision: str):
 
 def onnx_artifact(bundle: Bundle, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Artifact:
     """Where the ONNX file of this variant lives and the key it must carry."""
-    import onnx
-    import torch
-
     if precision not in PRECISIONS:
         raise OnnxError(f"ONNX precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     key = {
@@ -75,8 +73,6 @@ def onnx_artifact(bundle: Bundle, precision: str = "fp32", opset: int = DEFAULT_
         "precision": precision,
         "input": INPUT_NAME,
         "outputs": list(OUTPUT_NAMES),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
     }
     return Artifact(compiled_dir(bundle) / f"tagger.{precision}.opset{opset}.onnx", key)
 
@@ -143,8 +139,12 @@ def export_onnx(
     """
     artifact = onnx_artifact(bundle, precision, opset)
 
-    def build(tmp: Path) -> None:
+    def build(tmp: Path) -> dict:
+        import onnx
+        import torch
+
         _export_to(bundle, precision, opset, tmp)
         check_onnx_file(tmp)
+        return {"exported_with": {"torch": torch.__version__, "onnx": onnx.__version__}}
 
     return load_or_build(artifact, build, rebuild=rebuild, what="ONNX model")
