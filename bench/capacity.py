@@ -39,8 +39,8 @@ COLUMNS = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
-        default="torch-cpu",
-        help="engines backend name or cuda-graph-bf16/fp16 (default torch-cpu)",
+        default=None,
+        help="engines backend name or cuda-graph-bf16/fp16 (default: cuda-graph-bf16 on a GPU, else torch-cpu)",
     )
     p.add_argument(
         "--hop",

@@ -41,12 +41,16 @@ def _ints(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runners",
-        default="torch-cpu",
-        help="comma list: engines backend names (torch-cpu, onnxruntime, torch-cuda, tensorrt, ...) "
-        "and/or cuda-graph-bf16 / cuda-graph-fp16 (model alone on the GPU). Default: torch-cpu",
+        default="auto",
+        help="comma list: engines backend names (torch-cpu, onnxruntime-cpu, torch-cuda, tensorrt, ...) and/or "
+        "cuda-graph-bf16 / cuda-graph-fp16 (model alone on the GPU). auto (default): every backend that opens "
+        "here (GPU ones + CUDA graphs on a GPU machine, else the CPU ones); backends: auto without CUDA graphs",
     )
     p.add_argument(
-        "--batches", type=_ints, default=[1, 2, 4, 8, 16, 32, 64], help="comma list of batch sizes"
+        "--batches",
+        type=_ints,
+        default=None,
+        help="comma list of batch sizes (default 1..64 on CPU, 1..4096 on GPU)",
     )
     p.add_argument("--warmup", type=int, default=10, help="untimed runs before measuring (default 10)")
     p.add_argument("--iters", type=int, default=200, help="timed runs per point at most (default 200)")
