@@ -171,9 +171,23 @@ def _settings(args: argparse.Namespace, **extra) -> RuntimeSettings:
 
 
 def _quiet_logs(verbose: bool) -> None:
+    """Without -v: our INFO lines off, and library chatter (torch's ONNX exporter warnings,
+    FutureWarnings) off too, so a user error stays exactly one line on stderr."""
     if not verbose:
         for name in ("rt_tagger", "engines"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    # The ONNX exporter (first run of the onnxruntime backend) warns that torchvision is missing;
+    # engines sets that logger's level itself, so a filter is what keeps it quiet.
+    logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(
+        lambda r: verbose or r.levelno >= logging.ERROR
+    )
+    if not sys.warnoptions:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

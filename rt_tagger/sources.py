@@ -213,6 +213,12 @@ class FileSource(_ThreadSource):
         if self._sf.frames == 0:
             self._sf.close()
             raise AudioInputError(f"audio file has no samples (zero-length audio): {self.path}")
+        short = _wav_shortfall(self._sf)
+        if short is not None:
+            self._sf.close()
+            raise AudioInputError(
+                f"{self.path} is truncated: its header promises {short[0]} bytes of audio, the file holds {short[1]}"
+            )
         self.frames = self._sf.frames  # as the header says; a truncated file may hold fewer
         self.realtime = bool(realtime)
         self.frames_read = 0
@@ -457,6 +463,25 @@ class MicSource(Source):
         finally:
             self._stream.close()
             self.finished = True
+
+
+def _wav_shortfall(f) -> tuple[int, int] | None:
+    """``(declared, present)`` data bytes when a WAV's header promises more than the file holds.
+
+    libsndfile quietly shortens such files; its log says ``data : N (should be M)``. Streaming
+    writers that cannot seek put 0 or 0xFFFFFFFF there: an unknown length, not a truncation.
+    """
+    import re
+
+    if f.format not in ("WAV", "WAVEX", "RF64"):
+        return None
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info, re.MULTILINE)
+    if not m:
+        return None
+    declared, present = int(m.group(1)), int(m.group(2))
+    if 0 < declared < 0xFFFFFF00 and declared > present:
+        return declared, present
+    return None
 
 
 def _sf_reason(e: BaseException) -> str:
