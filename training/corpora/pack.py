@@ -66,19 +66,36 @@ def roundtrip_error(audio: np.ndarray, kbps: float) -> float:
     return float(np.mean(np.abs(a - b)[mask]))
 
 
-def _encode_job(job: tuple[str, float]) -> bytes:
-    path, kbps = job
-    return encode_opus(read_audio(path, SAMPLE_RATE), kbps)
+def _centre(audio: np.ndarray, max_seconds: float) -> np.ndarray:
+    """The middle ``max_seconds`` of a track (all of it when shorter or when 0)."""
+    n = int(max_seconds * SAMPLE_RATE)
+    if not n or len(audio) <= n:
+        return audio
+    off = (len(audio) - n) // 2
+    return audio[off : off + n]
 
 
-def _pack_one(table: TrackTable, name: str, out: Path, kbps: float, workers: int, sample_clips: int) -> dict:
+def _encode_job(job: tuple[str, float, float]) -> bytes:
+    path, kbps, max_seconds = job
+    return encode_opus(_centre(read_audio(path, SAMPLE_RATE), max_seconds), kbps)
+
+
+def _pack_one(
+    table: TrackTable,
+    name: str,
+    out: Path,
+    kbps: float,
+    workers: int,
+    sample_clips: int,
+    max_seconds: float = 0.0,
+) -> dict:
     dest = out / name
     dest.mkdir(parents=True, exist_ok=True)
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
-    jobs = [(str(table.audio_path(i)), kbps) for i in range(len(table))]
+    jobs = [(str(table.audio_path(i)), kbps, max_seconds) for i in range(len(table))]
     rows, offset = [], 0
     tmp_bin = dest / "audio.bin.tmp"
     with tmp_bin.open("wb") as fh, ProcessPoolExecutor(workers) as ex:
@@ -126,6 +143,7 @@ def _pack_one(table: TrackTable, name: str, out: Path, kbps: float, workers: int
         "tags": list(table.tags),
         "source_format": table.format,
         "source": str(table.root),
+        "max_seconds_per_track": max_seconds or None,
         "roundtrip_logmel_mean_abs_db": round(float(np.mean(errs)), 3) if errs else None,
         "decode_x_realtime_1core": round(dec_audio_s / max(dec_s, 1e-9), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--sample", type=int, default=8, help="tracks per pack for the quality measurement")
+    p.add_argument(
+        "--max-seconds", type=float, default=0.0, help="keep the middle N s of longer tracks (0: all)"
+    )
     a = p.parse_args(argv)
     names = a.name or [Path(c).name for c in a.corpus]
     limits = a.limit or [0] * len(a.corpus)
@@ -243,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         t = load_table(c)
         t.check_files()
         tables.append(t.subset(range(lim)) if lim and lim < len(t) else t)
-    seconds = sum(sf.info(str(t.audio_path(i))).duration for t in tables for i in range(len(t)))
+    seconds = sum(
+        min(sf.info(str(t.audio_path(i))).duration, a.max_seconds or np.inf)
+        for t in tables
+        for i in range(len(t))
+    )
     n_streams = sum(len(t) for t in tables)
     kbps = a.kbps or _fit_kbps(tables, seconds, a.max_mib * 2**20, a.min_kbps, a.max_kbps)
     if kbps is None:
@@ -255,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n_streams} tracks, {seconds / 3600:.2f} h -> {kbps:.0f} kb/s target")
     total = 0
     for t, name in zip(tables, names, strict=True):
-        info = _pack_one(t, name, a.out, kbps, a.workers, a.sample)
+        info = _pack_one(t, name, a.out, kbps, a.workers, a.sample, a.max_seconds)
         total += info["bytes"]
         print(
             json.dumps(
