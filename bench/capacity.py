@@ -116,6 +116,10 @@ def search(probe, max_streams: int, tolerance: float) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bundle, label = open_bench_bundle(args.bundle)
     info = machine_info()
     if args.runner is None:

@@ -114,8 +114,22 @@ def _gpu() -> dict | None:
     }
 
 
-@lru_cache(maxsize=1)
 def machine_info() -> dict:
+    """A JSON-ready description of this machine and the software that ran the benchmark."""
+    info = dict(_static_info())
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch_threads"] = None
+    # Other work on the machine skews CPU timings; the 1/5/15-min load average at the start says how busy it was.
+    info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return info
+
+
+@lru_cache(maxsize=1)
+def _static_info() -> dict:
     """A JSON-ready description of this machine and the software that ran the benchmark."""
     versions = {
         "python": platform.python_version(),
@@ -134,12 +148,6 @@ def machine_info() -> dict:
             )
         },
     }
-    try:
-        import torch
-
-        torch_threads = torch.get_num_threads()
-    except ImportError:
-        torch_threads = None
     return {
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
@@ -147,9 +155,6 @@ def machine_info() -> dict:
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": _ram_gib(),
-        "torch_threads": torch_threads,
-        # Other work on the machine skews CPU timings; the 1/5/15-min load average at the start says how busy it was.
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "gpu": _gpu(),
         "versions": versions,
         "git": _git_commit(),

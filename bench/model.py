@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma list of batch sizes (default 1..64 on CPU, 1..4096 on GPU)",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+    )
     p.add_argument("--warmup", type=int, default=10, help="untimed runs before measuring (default 10)")
     p.add_argument("--iters", type=int, default=200, help="timed runs per point at most (default 200)")
     p.add_argument("--min-iters", type=int, default=10, help="timed runs per point at least (default 10)")
@@ -59,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bundle, label = open_bench_bundle(args.bundle)
     info = machine_info()
     gpu = bool(info.get("gpu"))
@@ -67,7 +74,10 @@ def run(args: argparse.Namespace) -> dict:
     doc = new_document(
         "model",
         info,
-        {k: getattr(args, k) for k in ("runners", "batches", "warmup", "iters", "min_iters", "max_seconds")},
+        {
+            k: getattr(args, k)
+            for k in ("runners", "batches", "threads", "warmup", "iters", "min_iters", "max_seconds")
+        },
     )
     doc["bundle"] = bundle_info(bundle, label)
     flops = flops_per_window(bundle)

@@ -118,7 +118,7 @@ def _rt_tag_command(path: Path, bundle_path: Path, hop: float) -> list[str]:
     ]
 
 
-def _rt_warm(path: Path, bundle_path: Path, hop: float) -> tuple[float, int, list[str]]:
+def _rt_warm(path: Path, bundle_path: Path, hop: float) -> tuple[float, int, list[str], dict]:
     from engines.bundle import Bundle
     from rt_tagger.pipeline import run_file
 
@@ -126,7 +126,7 @@ def _rt_warm(path: Path, bundle_path: Path, hop: float) -> tuple[float, int, lis
     with contextlib.redirect_stdout(io.StringIO()):
         res = run_file(path, Bundle.load(bundle_path), hop=hop, block_size=65536)
     dt = time.perf_counter() - t0
-    return dt, len(res.windows), [t for t, _ in res.clip_top(3)]
+    return dt, len(res.windows), [t for t, _ in res.clip_top(3)], res.backend
 
 
 def _audio_seconds(path: Path) -> float:
@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> dict:
         for f in files:
             rt = []
             for _ in range(args.reps):
-                dt, n_windows, top = _rt_warm(f, bundle.path, hop)
+                dt, n_windows, top, backend = _rt_warm(f, bundle.path, hop)
+                doc["settings"]["rt_tagger_backend"] = backend
                 rt.append(dt)
             runs = [r for r in mres["runs"] if r["file"] == str(f)]
             raw["warm"][str(f)] = {"rt_tagger": rt, "musicnn": [r["seconds"] for r in runs]}
