@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="engines backend name or cuda-graph-bf16/fp16 (default: cuda-graph-bf16 on a GPU, else torch-cpu)",
     )
     p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+    )
+    p.add_argument(
         "--hop",
         type=float,
         default=0.5,
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
             "max_seconds",
             "max_streams",
             "tolerance",
+            "threads",
         )
     }
     settings["bound_ms"] = bound
