@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="rt-tagger")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "all", help="pretrain → probes (pretrained and random-init) → fine-tune → bundle, one process"
+    )
+    _common(p)
+    p.add_argument("--pretext", default=None)
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps")
+    p.add_argument("--out", required=True, help="run directory (pretrain/, probe/, probe_random/, finetune/)")
+    p.add_argument("--export", default=None, metavar="BUNDLE")
+    p.add_argument("--no-random-probe", action="store_true")
     p = sub.add_parser("compare", help="all pretexts for the same budget, then probes (the comparison table)")
     _common(p)
     p.add_argument("--pretexts", default="contrastive,byol,clustering,barlow_twins,vicreg")
@@ -113,7 +122,7 @@ def _recipe(args):
     if getattr(args, "pretext", None):
         overrides.append(f'pretrain.pretext="{args.pretext}"')
     if getattr(args, "steps", None) is not None:
-        section = "finetune" if args.cmd == "finetune" else "pretrain"
+        section = "finetune" if args.cmd == "finetune" else "pretrain"  # all / compare: pretraining steps
         overrides.append(f"{section}.loop.steps={args.steps}")
     recipe = load_recipe(path, overrides)
     from training.pretexts import PRETEXTS
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    if args.cmd == "all":
+        return _run_all(args, recipe, recipe_path, dist, progress)
     if args.cmd == "compare":
         from training.compare import run_compare
 
@@ -233,3 +244,52 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     raise CLIError(f"unknown command {args.cmd}")
+
+
+def _run_all(args, recipe, recipe_path, dist, progress: bool) -> int:
+    """The whole recipe in one process (each corpus decoded once): what trains the default model."""
+    from training import stages
+    from training.plots import plot_curves, plot_embedding_map
+
+    out = Path(args.out)
+    pre = stages.run_pretrain(recipe, out / "pretrain", dist, args.workers, resume=True, progress=progress)
+    summary = {"pretrain": pre}
+    if dist.is_main:
+        plot_curves(
+            json.loads((out / "pretrain" / "history.json").read_text()),
+            out / "pretrain_curves.png",
+            f"pretrain: {recipe.pretrain.pretext}",
+        )
+    summary["probe"] = stages.run_probe(
+        recipe, str(out / "pretrain"), out / "probe", dist, args.workers, progress
+    )
+    if not args.no_random_probe:
+        summary["probe_random"] = stages.run_probe(
+            recipe, None, out / "probe_random", dist, args.workers, progress
+        )
+    summary["finetune"] = stages.run_finetune(
+        recipe, str(out / "pretrain"), out / "finetune", dist, args.workers, True, progress
+    )
+    if dist.is_main:
+        plot_curves(
+            json.loads((out / "finetune" / "history.json").read_text()),
+            out / "finetune_curves.png",
+            "fine-tune",
+        )
+        plot_embedding_map(
+            out / "finetune" / "test_embeddings.npz", out / "embedding_map.png", seed=recipe.seed
+        )
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        brief = {
+            k: {f: r["test"]["roc_auc"] for f, r in v["fractions"].items()}
+            for k, v in summary.items()
+            if k.startswith("probe")
+        }
+        brief["finetune"] = {
+            "test_roc_auc": summary["finetune"]["test"]["roc_auc"],
+            "test_pr_auc": summary["finetune"]["test"]["pr_auc"],
+        }
+        print(json.dumps(brief))
+        if args.export:
+            _export(out / "finetune", args.export, recipe_path, recipe.name)
+    return 0

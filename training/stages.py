@@ -51,9 +51,28 @@ def _open_table(path: Path):
     return load_table(path)
 
 
+_BANKS: dict[
+    tuple, AudioBank
+] = {}  # decoded corpora of this process, so stages run in one process decode once
+
+
 def load_bank(path: str | Path, recipe: Recipe, workers: int = 0, need_labels: bool = False) -> AudioBank:
     """Decode a corpus (directory with a tags table, or a pack) into an AudioBank on the CPU."""
     path = Path(path)
+    spec = recipe.frontend
+    key = (str(path.resolve()), spec.sample_rate, spec.window_samples, recipe.data.max_seconds)
+    if key not in _BANKS:
+        _BANKS[key] = _decode_bank(path, recipe, workers)
+    bank = _BANKS[key]
+    if need_labels:
+        if bank.labels is None or not bank.tags:
+            raise DataError(f"corpus {path} has no tag labels")
+        if float(bank.labels.sum()) == 0:
+            raise DataError(f"corpus {path}: every tag column is empty")
+    return bank
+
+
+def _decode_bank(path: Path, recipe: Recipe, workers: int) -> AudioBank:
     spec = recipe.frontend
     if not path.exists():
         raise DataError(f"corpus not found: {path}")
@@ -81,13 +100,8 @@ def load_bank(path: str | Path, recipe: Recipe, workers: int = 0, need_labels: b
         waves = [w[:cap] for w in waves]
     labels = getattr(table, "labels", None)
     tags = list(getattr(table, "tags", []) or [])
-    if need_labels:
-        if labels is None or not tags:
-            raise DataError(f"corpus {path} has no tag labels")
-        labels = np.asarray(labels, dtype=np.float32)
-        empty = [t for t, c in zip(tags, labels.sum(axis=0), strict=True) if c == 0]
-        if len(empty) == len(tags):
-            raise DataError(f"corpus {path}: every tag column is empty")
+    if not tags:
+        labels = None
     split = getattr(table, "split", None)
     return AudioBank.from_arrays(
         waves,
