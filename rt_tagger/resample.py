@@ -269,6 +269,9 @@ class StreamingResampler:
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Feed a mono block; returns all output samples computable so far (float32, new array)."""
+        x = np.asarray(x)
+        if x.ndim > 1 and (x.ndim > 2 or x.shape[1] != 1):
+            raise ValueError(f"process() takes mono audio, got shape {x.shape}: downmix with to_mono() first")
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         out = np.empty(self.max_output(x.shape[0]), dtype=np.float32)
         k = self.process_into(x, out)

@@ -116,3 +116,13 @@ def test_bad_rates_raise_user_error():
         StreamingResampler(44100, OUT, quality="best")
     with pytest.raises(ResampleError, match="phases"):
         StreamingResampler(44100, 16001)
+
+
+def test_short_streams_and_shapes():
+    r = StreamingResampler(44100, OUT)
+    assert r.process(np.ones(10, np.float32)).size == 0  # still inside the filter's look-ahead
+    assert r.flush().size == -(-10 * OUT // 44100)
+    assert r.flush().size == 0 and r.process(np.zeros(0, np.float32)).size == 0
+    assert r.process(np.ones((5000, 1), np.float32)).size > 0  # (n, 1) is mono
+    with pytest.raises(ValueError, match="to_mono"):
+        r.process(np.ones((100, 2), np.float32))
