@@ -16,6 +16,9 @@ Why no lock is needed (CPython with the GIL):
   ``read_pos`` only *after* it finished reading. A GIL hand-over is a full memory barrier, so a
   thread that sees the new position also sees the data behind it. A stale value is always
   conservative: the consumer may see fewer frames than exist, the producer less free space.
+- numpy may release the GIL inside a large copy, so both copies can run at the same time; that
+  is still safe because the producer only writes slots in ``[write_pos, read_pos + capacity)``
+  and the consumer only reads slots in ``[read_pos, write_pos)``, disjoint by construction.
 - Each counter has one writer: ``overflow_*`` belong to the producer, ``underflow_events`` to
   the consumer.
 
