@@ -356,9 +356,10 @@ class Pipeline:
             if not finite.all():
                 bad = int(block.size - np.count_nonzero(finite))
                 if st.nonfinite == "reject":
-                    at = fed_in / source.sample_rate
+                    first = int(np.argmin(finite.all(axis=1)))  # first frame holding a bad sample
+                    at = (fed_in + first) / source.sample_rate
                     raise AudioInputError(
-                        f"input has {bad} NaN/Inf sample(s) near {at:.2f} s of the stream; "
+                        f"input has NaN/Inf samples ({bad} in the first bad block, from {at:.3f} s of the stream); "
                         "fix the input or set nonfinite=zero (RT_TAGGER_NONFINITE=zero) to replace them with 0"
                     )
                 np.copyto(block, 0.0, where=~finite)

@@ -14,7 +14,9 @@ write into the ring the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -207,7 +209,8 @@ class FileSource(_ThreadSource):
         if self.path.stat().st_size == 0:
             raise AudioInputError(f"audio file is empty (0 bytes): {self.path}")
         try:
-            self._sf = sf.SoundFile(str(self.path))
+            with _quiet_stderr():  # libsndfile's mpg123 prints "Note: ..." lines on fd 2 for junk input
+                self._sf = sf.SoundFile(str(self.path))
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise AudioInputError(f"cannot decode {self.path}: {_sf_reason(e)}") from None
         if self._sf.frames == 0:
@@ -486,4 +489,25 @@ def _wav_shortfall(f) -> tuple[int, int] | None:
 
 def _sf_reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.replace("\n", " ")
+    if "File does not exist or is not a regular file" in text:  # libsndfile's word for "no decoder took it"
+        return "not a supported audio format, or corrupt"
+    if ": " in text and text.startswith("Error opening"):
+        text = text.split(": ", 1)[1]
+    return text
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C libraries writing to file descriptor 2 for the duration (main thread, short)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
