@@ -123,11 +123,19 @@ def save_document(doc: dict, out_dir: Path, slug: str, tag: str | None = None) -
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=2, default=_json_default)
             f.write("\n")
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _readable(path) -> None:
+    """mkstemp makes files 0600; results are meant to be shared like any file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _json_default(o):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import _readable
+
 __all__ = ["latency_plot", "throughput_plot"]
 
 
@@ -28,6 +30,7 @@ def _save(fig, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -23,11 +23,11 @@ RES=/tmp/rt-bench-gpu
 rm -rf "$RES" && mkdir -p "$RES"
 LOG="$OUT/suite.log"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-PY=python3
+PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
 
 {
   echo "== rt-tagger GPU bench suite, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-  if ls .whl/*.whl >/dev/null 2>&1; then
+  if [[ -z "${NO_WHEELS:-}" ]] && ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && echo "installed wheels: $(ls .whl | tr '\n' ' ')"
   fi
