@@ -156,10 +156,11 @@ class Pipeline:
         # Warm the backend: the first inference allocates and (for some backends) compiles.
         self.backend.infer(np.zeros((1, *self.backend.input_shape), dtype=np.float32))
         log.info(
-            "backend %s (%s, %s) for model %s %s; window %.3f s, hop %.3f s; ready in %.2f s",
+            "backend %s (%s, %s; %s) for model %s %s; window %.3f s, hop %.3f s; ready in %.2f s",
             d["name"],
             d["device"],
             d["precision"],
+            getattr(self.backend, "selection", "forced"),
             bundle.manifest.name,
             self.model_info.weights_sha256,
             self.spec.window_seconds,
