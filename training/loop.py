@@ -203,7 +203,8 @@ def run_loop(
     step, history = 0, []
     ckpt = out_dir / CKPT_FILE
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=dist.device, weights_only=True)
+        # CPU first: RNG states must stay CPU ByteTensors; load_state_dict moves the rest to the device.
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["opt"])
         _set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)], gen)
