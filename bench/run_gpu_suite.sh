@@ -13,7 +13,13 @@
 #   3. capacity: concurrent real-time streams at 0.5-s hop (model side, CUDA graphs bf16);
 #   4. stream: the real `rt-tagger stream -` pipeline at batch 1 with the auto-chosen backend
 #      (target: p99 capture→published ≤ 3 ms);
-#   5. frontend: numba vs torchaudio on this machine's CPU (librosa when installed).
+#   5. frontend: numba vs torchaudio on this machine's CPU (librosa when installed);
+#   6. model-compiled: the model BatchNorm-folded and torch.compile'd (Inductor, then with
+#      max-autotune) under CUDA graphs, large batches: how far fused kernels move it to the peak;
+#   7. gpu-tests: tests/engines on the GPU (torch-cuda conformance and parity; TensorRT skips
+#      with its reason where no runtime supports the GPU).
+# STEPS="model-graphs stream" runs only those (all by default); one call of the device tool
+# holds about 9 minutes, so steps 1-5 and 6-7 go in two calls.
 # What comes back: the JSON files, suite.log and gpu-results.tar.gz (JSON + PNG) — 8 files at most.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +42,11 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 
   B="$PY -m bench"
+  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled gpu-tests}"
+  wanted() { [[ " $STEPS " == *" $1 "* ]]; }
   step() {  # step SECONDS NAME ARGS...
     local secs=$1 name=$2; shift 2
+    wanted "$name" || return 0
     echo; echo "== [$name] $(date -u +%T) (limit ${secs}s): $*"
     timeout --signal=INT --kill-after=15 "$secs" $B "$@" --out-dir "$RES" || echo "!! step $name failed or timed out (rc=$?)"
   }
@@ -47,6 +56,12 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   step 140 capacity capacity --runner cuda-graph-bf16 --hop 0.5 --max-batch 4096 --hops 10 --min-hops 5 --max-seconds 5
   step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
   step 40 frontend frontend --impls numba,librosa,torchaudio
+  step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
+  step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled-autotune
+  if wanted gpu-tests; then
+    echo; echo "== [gpu-tests] $(date -u +%T)"
+    timeout 150 $PY -m pytest -q -rs tests/engines 2>&1 | tail -40
+  fi
 } 2>&1 | tee "$LOG"
 
 cp "$RES"/*.json "$OUT"/ 2>/dev/null

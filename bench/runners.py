@@ -8,6 +8,9 @@ Two kinds:
 - :class:`CudaGraphRunner` measures the model alone on the GPU: input already on the device,
   fp16/bf16 weights in channels_last, one CUDA graph captured per batch size, timed with CUDA
   events. This is the number to hold against the device's tensor peak.
+- :class:`CompiledGraphRunner` is the same with BatchNorm folded into the convolutions and the
+  network compiled by torch.compile (Inductor), which fuses the ReLU/residual element-wise work
+  into fewer kernels: it shows how much of the gap to the peak is memory traffic between ops.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "Runner",
     "BackendRunner",
     "CudaGraphRunner",
+    "CompiledGraphRunner",
     "make_runner",
     "auto_runners",
     "measure",
@@ -172,8 +176,39 @@ class CudaGraphRunner(Runner):
         self.model = None
 
 
+class CompiledGraphRunner(CudaGraphRunner):
+    """:class:`CudaGraphRunner` over a BatchNorm-folded, ``torch.compile``'d copy of the model.
+
+    Compilation happens in :meth:`prepare` (once per batch size: shapes are static), outside the
+    timed runs; the compiled kernels are then captured in a CUDA graph like the eager ones.
+    """
+
+    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, mode: str = "default") -> None:
+        super().__init__(bundle, precision, max_batch)
+        from torch.fx.experimental.optimization import fuse
+
+        torch = self.torch
+        # Fold in fp32 (exact), then cast: folding in half precision would round twice.
+        folded = fuse(bundle.build_model().eval())
+        folded = folded.to("cuda", self.dtype).to(memory_format=torch.channels_last)
+        self.model = torch.compile(folded, mode=mode, dynamic=False)
+        self.name = f"compiled-graph-{precision}" + ("-autotune" if mode != "default" else "")
+        self.mode = mode
+
+    def describe(self) -> dict:
+        return {**super().describe(), "compile_mode": self.mode, "batchnorm_folded": True}
+
+
 def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
-    """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, else an engines backend name."""
+    """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, ``compiled-graph-<precision>``
+    (``-autotune``: Inductor's max-autotune, which times kernel variants while compiling), else an
+    engines backend name."""
+    if spec.startswith("compiled-graph"):
+        rest = spec.removeprefix("compiled-graph").lstrip("-")
+        autotune = rest.endswith("autotune")
+        precision = rest.removesuffix("autotune").rstrip("-") or "bf16"
+        mode = "max-autotune-no-cudagraphs" if autotune else "default"
+        return CompiledGraphRunner(bundle, precision, max_batch, mode)
     if spec.startswith("cuda-graph"):
         precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
         return CudaGraphRunner(bundle, precision, max_batch)
