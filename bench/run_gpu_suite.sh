@@ -57,7 +57,7 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
-  step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled-autotune
+  step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune
   if wanted gpu-tests; then
     echo; echo "== [gpu-tests] $(date -u +%T)"
     timeout 150 $PY -m pytest -q -rs tests/engines 2>&1 | tail -40

@@ -140,7 +140,6 @@ class CudaGraphRunner(Runner):
         self.bundle = bundle
         torch.backends.cudnn.benchmark = True
         self.model = bundle.build_model().to("cuda", self.dtype).to(memory_format=torch.channels_last)
-        self.pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[int, tuple] = {}
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
@@ -155,7 +154,10 @@ class CudaGraphRunner(Runner):
                 self.model(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+        # A private memory pool per graph: graphs are released batch by batch, and capturing into
+        # a shared pool whose last graph was freed trips an allocator assert (torch 2.11,
+        # "it->second->use_count > 0").
+        with torch.inference_mode(), torch.cuda.graph(graph):
             out = self.model(x)
         self._graphs[batch] = (graph, x, out)
 
@@ -183,7 +185,9 @@ class CompiledGraphRunner(CudaGraphRunner):
     timed runs; the compiled kernels are then captured in a CUDA graph like the eager ones.
     """
 
-    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, mode: str = "default") -> None:
+    def __init__(
+        self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, mode: str = "default"
+    ) -> None:
         super().__init__(bundle, precision, max_batch)
         from torch.fx.experimental.optimization import fuse
 

@@ -7,7 +7,7 @@ from engines.base import Backend, BackendError, Inference
 from engines.bundle import Bundle, BundleError, Manifest, save_bundle
 from engines.errors import UserError
 from engines.frontend import FrontEndSpec
-from engines.model import ModelSpec
+from engines.model_spec import ModelSpec
 
 __all__ = [
     "Backend",

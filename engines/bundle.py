@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from engines.errors import UserError
 from engines.frontend import FrontEndSpec
-from engines.model import ModelSpec
+from engines.model_spec import ModelSpec
 
 __all__ = ["BundleError", "Manifest", "Bundle", "save_bundle", "sha256_file", "FORMAT_VERSION"]
 

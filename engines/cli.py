@@ -6,6 +6,7 @@ Examples::
     rt-tagger compile path/to/bundle --precision fp32 --max-batch 256
     rt-tagger compile path/to/bundle --target sm89,sm120  # TensorRT-RTX, no GPU needed
     rt-tagger compile path/to/bundle --onnx-only          # only the ONNX files (fp32 and fp16)
+                                                          # and the front-end constants
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from engines.bundle import Bundle
 from engines.onnx_export import PRECISIONS as ONNX_PRECISIONS
 from engines.onnx_export import export_onnx
+from engines.prepare import build_frontend_constants
 from engines.trt.api import FLAVOURS
 
 __all__ = ["compile_main"]
@@ -42,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (this GPU, else every cc TensorRT-RTX supports), current, or a cc list like sm89,sm120",
     )
     p.add_argument("--rebuild", action="store_true", help="build even if a plan with the same key exists")
-    p.add_argument("--onnx-only", action="store_true", help="export the ONNX files only (fp32 and fp16)")
+    p.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="only what CPU runs need: the ONNX files (fp32 and fp16) and the front-end constants",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -53,6 +59,7 @@ def compile_main(argv: list[str]) -> int:
     bundle = Bundle.load(args.bundle)
     if args.onnx_only:
         paths = {p: str(export_onnx(bundle, p, rebuild=args.rebuild)) for p in ONNX_PRECISIONS}
+        paths["frontend"] = str(build_frontend_constants(bundle, rebuild=args.rebuild))
         print(json.dumps({"onnx": paths}, indent=2) if args.json else "\n".join(paths.values()))
         return 0
     from engines.trt.builder import compile_bundle

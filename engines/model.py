@@ -8,20 +8,11 @@ Default (width 32, blocks 2-2-2-2, 96×192 input): ≈2.8 M parameters, ≈0.2 G
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from engines.model_spec import ModelSpec
+
 __all__ = ["ModelSpec", "ResNetTagger", "BasicBlock"]
-
-
-class ModelSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    arch: str = Field("resnet", pattern="^resnet$")
-    width: int = Field(32, gt=0, description="channels of the first stage; doubled at each stage")
-    blocks: tuple[int, ...] = Field((2, 2, 2, 2), min_length=1)
-    embed_dim: int = Field(256, gt=0)
-    n_tags: int = Field(..., gt=0)
 
 
 class BasicBlock(nn.Module):

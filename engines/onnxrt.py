@@ -22,8 +22,9 @@ from engines.onnx_export import (
     PRECISIONS,
     OnnxError,
     check_onnx_file,
-    export_onnx,
+    onnx_artifact,
 )
+from engines.prepare import ensure_runtime_artifacts
 
 __all__ = ["OnnxRuntimeCPUBackend", "available_cores"]
 
@@ -68,7 +69,11 @@ class OnnxRuntimeCPUBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise BackendError(f"backend {self.name} unavailable: onnxruntime module not installed") from None
-        path = self.onnx_path or export_onnx(self.bundle, self.precision, self.opset)
+        path = self.onnx_path
+        if path is None:
+            # A missing graph is exported by a child process: this one stays free of torch.
+            ensure_runtime_artifacts(self.bundle, self.precision, self.opset)
+            path = onnx_artifact(self.bundle, self.precision, self.opset).path
         check_onnx_file(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads

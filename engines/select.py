@@ -14,9 +14,12 @@ A forced name (``--backend NAME``) opens exactly that backend or raises its one-
 
 from __future__ import annotations
 
+import glob
 import importlib
 import inspect
 import logging
+import os
+import sys
 
 from engines.base import Backend, BackendError
 from engines.bundle import Bundle
@@ -47,6 +50,12 @@ def _load(name: str) -> type[Backend]:
 
 def gpu_present() -> bool:
     """True if torch sees a CUDA GPU."""
+    # Importing torch costs ~600 MB of resident memory; a Linux machine without an NVIDIA device
+    # node (/dev/nvidia0…, or /dev/dxg under WSL) has no GPU for it to find, so don't load it there.
+    if sys.platform.startswith("linux") and not (
+        glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")
+    ):
+        return False
     try:
         import torch
     except ImportError:

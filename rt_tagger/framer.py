@@ -26,7 +26,7 @@ import time
 import numpy as np
 from numba import njit
 
-from engines.frontend import FrontEndSpec, hann_window, mel_filterbank
+from engines.frontend import FrontEndSpec
 from rt_tagger.resample import StreamingResampler, _downmix, _shift_left
 from rt_tagger.ring import RingBuffer
 
@@ -175,31 +175,17 @@ def _spectrum_mel_db_columns(spectrum, exponent, fb_t, lo, hi, amin, db_off, pow
 
 def training_constants(spec: FrontEndSpec) -> tuple[np.ndarray, np.ndarray]:
     """Window ``(n_fft,)`` and mel filterbank ``(n_freqs, n_mels)``, float64, with the exact values
-    training multiplies by.
+    training multiplies by: torchaudio's float32 buffers, widened.
 
-    Training's :class:`engines.logmel_torch.LogMel` keeps torchaudio's Hann window and filterbank
-    as float32 buffers; :mod:`engines.frontend` builds the same shapes in float64. On a pure tone
-    the two filterbanks differ by up to ~0.6 dB (relative errors ~1e-2 on small weights) and the
-    windows by ~0.1 dB in bands 130 dB under the peak, beyond the 1e-3 dB budget. So the runtime
-    takes torchaudio's values (torch is a runtime dependency already), widened to float64, and
-    falls back to the float64 definitions only if torchaudio cannot be imported.
+    The float64 definitions in :mod:`engines.frontend` are not close enough: on a pure tone the
+    filterbanks differ by up to ~0.6 dB (relative errors ~1e-2 on small weights) and the windows by
+    ~0.1 dB in bands 130 dB under the peak. This imports torch (~600 MB resident); the runtime
+    passes the bundle's cached copy instead (:mod:`engines.prepare`).
     """
-    try:
-        import torch
-        import torchaudio.functional as taf
-    except ImportError:  # pragma: no cover - torch/torchaudio are declared dependencies
-        return hann_window(spec.n_fft), mel_filterbank(spec)
-    win = torch.hann_window(spec.n_fft).double().numpy()
-    fb = taf.melscale_fbanks(
-        spec.n_freqs,
-        spec.f_min,
-        spec.f_max,
-        spec.n_mels,
-        spec.sample_rate,
-        norm=None,
-        mel_scale=spec.mel_scale,
-    )
-    return win, fb.double().numpy()
+    from engines.logmel_torch import torchaudio_constants
+
+    win, fb = torchaudio_constants(spec)
+    return win.astype(np.float64), fb.astype(np.float64)
 
 
 # ------------------------------------------------------------------------------------ class
@@ -213,6 +199,9 @@ class StreamingFrontEnd:
         resample_quality: Quality preset of the :class:`StreamingResampler` (when rates differ).
         fft: ``"auto"`` (= ``"numpy"``), ``"numpy"`` (pocketfft on the new frames) or
             ``"numba"`` (in-kernel radix-2, power-of-two ``n_fft`` only).
+        constants: ``(window, filterbank)`` as :func:`training_constants` returns them, e.g. the
+            bundle's cached copy (:func:`engines.prepare.load_frontend_constants`); computed with
+            torchaudio when omitted.
 
     Attributes:
         frames_total: Frames produced since the last reset.
@@ -229,6 +218,7 @@ class StreamingFrontEnd:
         *,
         resample_quality: str = "high",
         fft: str = "auto",
+        constants: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.spec = spec
         self.input_rate = int(input_rate)
@@ -245,7 +235,7 @@ class StreamingFrontEnd:
         self.resampler = StreamingResampler(self.input_rate, spec.sample_rate, resample_quality)
 
         # constants from the one front-end definition
-        win, fb = training_constants(spec)
+        win, fb = constants if constants is not None else training_constants(spec)
         self._win = np.ascontiguousarray(win)
         fb_t = np.ascontiguousarray(fb.T)  # (n_mels, n_freqs) float64
         nz = fb_t != 0.0

@@ -136,6 +136,7 @@ class Pipeline:
         on_message=None,
         keep_windows: bool = True,
     ) -> None:
+        from engines.prepare import ensure_runtime_artifacts, frontend_artifact, load_frontend_constants
         from engines.select import open_backend
 
         self.bundle = bundle
@@ -148,6 +149,9 @@ class Pipeline:
         self.keep_windows = keep_windows
         t0 = time.perf_counter()
         self.backend = open_backend(bundle, self.settings.backend)
+        # The bundle's cached window and filterbank: the framer then needs no torch import.
+        ensure_runtime_artifacts(bundle)
+        self.frontend_constants = load_frontend_constants(frontend_artifact(bundle).path, self.spec)
         d = self.backend.describe()
         self.backend_info = BackendInfo(name=d["name"], device=d["device"], precision=d["precision"])
         self.model_info = ModelInfo(
@@ -181,7 +185,8 @@ class Pipeline:
         """A warmed :class:`StreamingFrontEnd` for this input layout (numba compiled at start-up)."""
         from rt_tagger.framer import StreamingFrontEnd
 
-        return StreamingFrontEnd(self.spec, input_rate, channels)  # compiles/loads kernels, warms up
+        # compiles/loads kernels, warms up
+        return StreamingFrontEnd(self.spec, input_rate, channels, constants=self.frontend_constants)
 
     # ------------------------------------------------------------------ the consumer loop
     def run(
@@ -386,13 +391,15 @@ class Pipeline:
                     break
                 if source.error is not None:
                     raise source.error
-                # Deterministic step: up to the input that cannot overshoot the next boundary.
+                # Deterministic step: at most the input that cannot overshoot the next boundary.
+                # Less is fed as soon as it is there: framing does not depend on block sizes, and
+                # waiting for a whole step would hold a finished window back by up to one frame.
                 remaining = next_emit - fe.frames_total
                 units = min(max_units, max(1, remaining - 2))
                 want = units * unit
                 fin = source.finished  # read before available(): once finished, the ring is final
                 avail = ring.available()
-                if avail < want and not (fin and avail > 0):
+                if avail == 0:
                     if fin:
                         break
                     now = time.perf_counter()
@@ -412,7 +419,7 @@ class Pipeline:
                                 active=[t for t, a in zip(agg.tags, agg.active, strict=True) if a],
                             )
                         )
-                    time.sleep(0.001)
+                    source.wait_for_audio(0.001)
                     continue
                 n = min(want, avail)
                 block = step_buf[:n]

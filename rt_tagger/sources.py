@@ -114,6 +114,13 @@ class Source:
     def describe(self) -> str:
         return f"{self.kind} {self.sample_rate} Hz × {self.channels} ch"
 
+    def wait_for_audio(self, timeout: float) -> None:
+        """Return when new audio may be in the ring, or after ``timeout`` seconds.
+
+        Here a plain sleep: a PortAudio callback must not take the lock a wake-up signal needs.
+        """
+        time.sleep(timeout)
+
     # context manager -------------------------------------------------------------------------
     def start(self) -> None:
         raise NotImplementedError
@@ -137,6 +144,12 @@ class _ThreadSource(Source):
         self.block_size = int(block_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set after every write: the consumer wakes as soon as a block lands instead of polling.
+        self._arrived = threading.Event()
+
+    def wait_for_audio(self, timeout: float) -> None:
+        self._arrived.wait(timeout)
+        self._arrived.clear()  # before the caller looks at the ring: a later write sets it again
 
     def start(self) -> None:
         self.started_wall = time.time()
@@ -150,6 +163,7 @@ class _ThreadSource(Source):
             self.error = e
         finally:
             self.finished = True
+            self._arrived.set()
 
     def _produce(self) -> None:
         raise NotImplementedError
@@ -166,9 +180,11 @@ class _ThreadSource(Source):
                 self.ring.write(block[done : done + k])
                 done += k
                 self._record(capture_wall, time.time())
+                self._arrived.set()
             return
         self.ring.write(block)
         self._record(capture_wall, time.time())
+        self._arrived.set()
 
     def stop(self) -> None:
         self._stop.set()

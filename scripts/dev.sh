@@ -41,7 +41,13 @@ install_python() {
   echo "$want" >"$stamp"
 }
 
-setup() { install_system; install_python; }
+# The default model's ONNX graph and front-end constants, built once here so that tagging
+# processes never import torch (engines/prepare.py) and the first run starts fast.
+prepare_default_model() {
+  "$VENV/bin/python" -m engines.prepare rt_tagger/default_model --onnx fp32
+}
+
+setup() { install_system; install_python; prepare_default_model; }
 
 cmd=${1:-}
 shift || true

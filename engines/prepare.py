@@ -1,0 +1,138 @@
+"""What a CPU tagging process needs from a bundle, built beforehand so that process never loads torch.
+
+Importing torch (the registry's CUDA build) costs about 600 MB of resident memory; the streaming
+path on a CPU needs none of it once two artifacts exist beside the bundle:
+
+- the front-end constants, ``compiled/frontend.f32.safetensors``: torchaudio's float32 window and
+  mel filterbank, the exact values training multiplies by (keyed by the front-end spec; the
+  torchaudio version is recorded, not keyed: the values are the bundle's definition);
+- the ONNX graph for ONNX Runtime (:mod:`engines.onnx_export`).
+
+:func:`ensure_runtime_artifacts` checks their keys and, when one is missing or stale, builds it in
+a child process (``python -m engines.prepare BUNDLE``), which is where torch gets imported.
+``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engines.bundle import Bundle
+from engines.cache import Artifact, CacheError, compiled_dir, load_or_build
+from engines.frontend import FrontEndSpec
+
+__all__ = [
+    "frontend_artifact",
+    "build_frontend_constants",
+    "load_frontend_constants",
+    "ensure_runtime_artifacts",
+]
+
+log = logging.getLogger(__name__)
+
+_WINDOW, _FBANK = "window", "mel_fbanks"
+
+
+def frontend_artifact(bundle: Bundle) -> Artifact:
+    key = {"kind": "frontend-constants", "frontend": bundle.frontend.model_dump(mode="json")}
+    return Artifact(compiled_dir(bundle) / "frontend.f32.safetensors", key)
+
+
+def build_frontend_constants(bundle: Bundle, *, rebuild: bool = False) -> Path:
+    """Write the bundle's front-end constants if missing or stale (imports torch)."""
+
+    def build(tmp: Path) -> dict:
+        import torch
+        import torchaudio
+        from safetensors.numpy import save_file
+
+        from engines.logmel_torch import torchaudio_constants
+
+        window, fbank = torchaudio_constants(bundle.frontend)
+        save_file({_WINDOW: window, _FBANK: fbank}, str(tmp))
+        return {"computed_with": {"torch": torch.__version__, "torchaudio": torchaudio.__version__}}
+
+    return load_or_build(frontend_artifact(bundle), build, rebuild=rebuild, what="front-end constants")
+
+
+def load_frontend_constants(path: Path, spec: FrontEndSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Window ``(n_fft,)`` and filterbank ``(n_freqs, n_mels)`` as float64 (exact widening)."""
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(path))
+    window, fbank = arrays[_WINDOW], arrays[_FBANK]
+    if window.shape != (spec.n_fft,) or fbank.shape != (spec.n_freqs, spec.n_mels):
+        raise CacheError(
+            f"front-end constants {path} have shapes {window.shape}, {fbank.shape}; rebuild them"
+        )
+    return window.astype(np.float64), fbank.astype(np.float64)
+
+
+def _missing(bundle: Bundle, onnx_precision: str | None, opset: int) -> list[Artifact]:
+    from engines.onnx_export import onnx_artifact
+
+    wanted = [frontend_artifact(bundle)]
+    if onnx_precision:
+        wanted.append(onnx_artifact(bundle, onnx_precision, opset))
+    return [a for a in wanted if a.problem() is not None]
+
+
+def ensure_runtime_artifacts(
+    bundle: Bundle, onnx_precision: str | None = None, opset: int | None = None
+) -> None:
+    """Make sure the front-end constants (and the ONNX graph of ``onnx_precision``) exist.
+
+    Missing or stale ones are built by a child process, so this process does not import torch.
+
+    Raises:
+        CacheError: the child could not build them (its one-line reason is the message).
+    """
+    from engines.onnx_export import DEFAULT_OPSET
+
+    opset = opset or DEFAULT_OPSET
+    missing = _missing(bundle, onnx_precision, opset)
+    if not missing:
+        return
+    log.info("building %s in a child process", ", ".join(a.path.name for a in missing))
+    cmd = [sys.executable, "-m", "engines.prepare", str(bundle.path)]
+    if onnx_precision:
+        cmd += ["--onnx", onnx_precision, "--opset", str(opset)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise CacheError(lines[-1] if lines else f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+    still = _missing(bundle, onnx_precision, opset)
+    if still:  # the child said it succeeded; never load what does not match its key
+        raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines.prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle")
+    p.add_argument("--onnx", choices=("fp32", "fp16"), help="also export this ONNX variant")
+    p.add_argument("--opset", type=int, default=None)
+    args = p.parse_args(argv)
+    from engines.errors import UserError
+
+    try:
+        bundle = Bundle.load(args.bundle)
+        build_frontend_constants(bundle)
+        if args.onnx:
+            from engines.onnx_export import DEFAULT_OPSET, export_onnx
+
+            export_onnx(bundle, args.onnx, args.opset or DEFAULT_OPSET)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
