@@ -9,7 +9,8 @@ path on a CPU needs none of it once two artifacts exist beside the bundle:
 - the ONNX graph for ONNX Runtime (:mod:`engines.onnx_export`).
 
 :func:`ensure_runtime_artifacts` checks their keys and, when one is missing or stale, builds it in
-a child process (``python -m engines.prepare BUNDLE``), which is where torch gets imported.
+a child process (``python -m engines.prepare BUNDLE``), which is where torch gets imported (in
+this process when torch is loaded already, e.g. for a torch backend).
 ``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time.
 """
 
@@ -89,10 +90,11 @@ def ensure_runtime_artifacts(
 ) -> None:
     """Make sure the front-end constants (and the ONNX graph of ``onnx_precision``) exist.
 
-    Missing or stale ones are built by a child process, so this process does not import torch.
+    Missing or stale ones are built by a child process, so this process does not import torch
+    (or here, if it has already).
 
     Raises:
-        CacheError: the child could not build them (its one-line reason is the message).
+        CacheError: they could not be built (the child's one-line reason is the message).
     """
     from engines.onnx_export import DEFAULT_OPSET
 
@@ -100,7 +102,12 @@ def ensure_runtime_artifacts(
     missing = _missing(bundle, onnx_precision, opset)
     if not missing:
         return
-    log.info("building %s in a child process", ", ".join(a.path.name for a in missing))
+    names = ", ".join(a.path.name for a in missing)
+    if "torch" in sys.modules:  # loaded already (a torch backend): a child would only cost time
+        log.info("building %s", names)
+        _build(bundle, onnx_precision, opset)
+        return
+    log.info("building %s in a child process", names)
     cmd = [sys.executable, "-m", "engines.prepare", str(bundle.path)]
     if onnx_precision:
         cmd += ["--onnx", onnx_precision, "--opset", str(opset)]
@@ -113,6 +120,14 @@ def ensure_runtime_artifacts(
         raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
 
 
+def _build(bundle: Bundle, onnx_precision: str | None, opset: int | None) -> None:
+    from engines.onnx_export import DEFAULT_OPSET, export_onnx
+
+    build_frontend_constants(bundle)
+    if onnx_precision:
+        export_onnx(bundle, onnx_precision, opset or DEFAULT_OPSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
@@ -122,12 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines.errors import UserError
 
     try:
-        bundle = Bundle.load(args.bundle)
-        build_frontend_constants(bundle)
-        if args.onnx:
-            from engines.onnx_export import DEFAULT_OPSET, export_onnx
-
-            export_onnx(bundle, args.onnx, args.opset or DEFAULT_OPSET)
+        _build(Bundle.load(args.bundle), args.onnx, args.opset)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

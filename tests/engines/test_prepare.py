@@ -26,7 +26,7 @@ def fresh_bundle(tmp_path) -> Bundle:
     return make_random_bundle(tmp_path / "b", seed=5)
 
 
-def test_child_builds_constants_and_onnx(fresh_bundle):
+def test_builds_constants_and_onnx(fresh_bundle):
     assert frontend_artifact(fresh_bundle).problem() == "not built yet"
     ensure_runtime_artifacts(fresh_bundle, "fp32")
     assert frontend_artifact(fresh_bundle).problem() is None

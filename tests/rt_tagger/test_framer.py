@@ -1,10 +1,9 @@
 """StreamingFrontEnd vs torchaudio (engines.logmel_torch.LogMel), modelled on torchaudio's
 librosa-compatibility tests: streamed numba log-mel against the batch reference on the whole clip.
 
-The strict 1e-3 dB parity is checked against LogMel run in float64 (same float32 window and
-filterbank buffers as training, float64 arithmetic). Against LogMel in float32 the same bound holds
-on broadband audio; on pure tones float32 STFT rounding itself moves bands that lie ~60 dB and more
-under the frame's peak, so that comparison is restricted to bands within 50 dB of the peak.
+LogMel is the training front end: torchaudio's float32 window and filterbank, float64 arithmetic
+(a float32 STFT alone moves quiet bands by up to ~0.05 dB). The runtime uses the same constants and
+precision, so the 1e-3 dB bound holds for every band, on synthetic signals and on real music.
 """
 
 from __future__ import annotations
@@ -41,13 +40,9 @@ def _music_like(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _reference(x: np.ndarray, spec: FrontEndSpec, double: bool = True) -> np.ndarray:
-    lm = LogMel(spec)
-    xt = torch.from_numpy(x)
-    if double:
-        lm, xt = lm.double(), xt.double()
+def _reference(x: np.ndarray, spec: FrontEndSpec) -> np.ndarray:
     with torch.no_grad():
-        return lm(xt).numpy()
+        return LogMel(spec)(torch.from_numpy(x)).numpy()
 
 
 def _stream_through_ring(
@@ -81,8 +76,26 @@ def test_streamed_16k_matches_torchaudio_whole_clip(fft):
     ref = _reference(x, SPEC)
     assert got.shape == ref.shape == (SPEC.n_mels, SPEC.frames_for(x.size))
     assert np.abs(got - ref).max() <= 1e-3
-    # the training path itself runs in float32: same bound on broadband audio
-    assert np.abs(got - _reference(x, SPEC, double=False)).max() <= 1e-3
+
+
+def test_real_music_streamed_matches_training_front_end():
+    """The demo clip (real music, 16 kHz) in 10-ms blocks vs LogMel on the whole clip: every band."""
+    import soundfile as sf
+
+    from tests.conftest import ROOT
+
+    x, sr = sf.read(ROOT / "rt_tagger" / "demo" / "demo.ogg", dtype="float32")
+    spec = FrontEndSpec()  # the default model's front end
+    fe = _frontend(spec, sr)
+    cols = []
+    for s in range(0, x.size, 160):
+        new = fe.consume_array(x[s : s + 160])
+        if new:
+            cols.append(fe.window(copy=True)[:, spec.window_frames - new :])
+    got = np.concatenate(cols, axis=1)
+    ref = _reference(x, spec)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-3
 
 
 def test_stereo_44k_resampled_matches_resample_whole_then_logmel():
@@ -115,9 +128,6 @@ def test_pure_tones_match_within_float_precision(freq):
     assert fe.consume_array(x) == spec.window_frames
     got = fe.window()
     assert np.abs(got - _reference(x, spec)).max() <= 1e-3
-    ref32 = _reference(x, spec, double=False)
-    near_peak = ref32 >= ref32.max(axis=0, keepdims=True) - 50.0
-    assert np.abs(got - ref32)[near_peak].max() <= 1e-3
 
 
 def test_chunk_size_invariance():
