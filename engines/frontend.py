@@ -2,8 +2,10 @@
 
 Every model bundle stores a :class:`FrontEndSpec`. Training computes log-mel with torchaudio on
 batches (:func:`engines.logmel_torch.LogMel`), the runtime computes it incrementally with numba
-(``rt_tagger.framer``); both take their filterbank and window from the pure functions here, and a
-parity test keeps them within 1e-3 dB.
+(``rt_tagger.framer``); both multiply by torchaudio's float32 window and filterbank for this spec
+(cached beside each bundle by :mod:`engines.prepare`) in float64 arithmetic, and a parity test
+keeps them within 1e-3 dB. The float64 functions here are the textbook definitions, used as an
+independent reference by tests and ``bench frontend``.
 
 Design choices that keep streamed output equal to whole-clip output:
 - ``center=False`` framing: frame ``i`` covers samples ``[i*hop, i*hop + n_fft)``, no padding.
