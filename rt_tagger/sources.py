@@ -328,9 +328,12 @@ class StdinSource(_ThreadSource):
 
     def _produce(self) -> None:
         want = self.block_size * self.frame_bytes
+        # read1: whatever the pipe holds now (up to a block), instead of blocking until a whole
+        # block has arrived, which would hold a finished window back until the writer sends more.
+        read = getattr(self.stream, "read1", self.stream.read)
         pending = b""
         while not self._stop.is_set():
-            chunk = self.stream.read(want - len(pending))
+            chunk = read(want - len(pending))
             if not chunk:
                 break
             data = pending + chunk if pending else chunk

@@ -122,6 +122,84 @@ def test_stalled_stdin_gives_heartbeat(sensitive_bundle, demo_audio):
     assert [m.seq for m in msgs] == list(range(len(msgs)))
 
 
+def test_window_is_tagged_once_its_last_sample_arrives(sensitive_bundle, demo_audio):
+    """No waiting for more input than the window needs: with exactly one window of audio written
+    and the pipe held open, the first message comes before anything else is written."""
+    x, sr = demo_audio
+    spec = sensitive_bundle.frontend
+    assert sr == spec.sample_rate
+    pcm = (x[: spec.window_samples] * 32767).astype("<i2").tobytes()
+    r, w = os.pipe()
+    first = threading.Event()
+    seen_while_open = []
+
+    def writer():
+        with os.fdopen(w, "wb") as f:
+            f.write(pcm)
+            f.flush()
+            seen_while_open.append(first.wait(timeout=20.0))  # generous: a behaviour check, not timing
+
+    def on_message(m):
+        if m.kind == "tags":
+            first.set()
+
+    with Pipeline(sensitive_bundle, load_settings(hop_seconds=0.5), on_message=on_message) as p:
+        t = threading.Thread(target=writer)
+        t.start()
+        with os.fdopen(r, "rb") as rf:
+            res = p.run(StdinSource(rf, sr, 1, "s16le", block_size=4096))
+        t.join()
+    assert seen_while_open == [True]
+    assert res.messages >= 1 and res.windows[0].end_s == pytest.approx(spec.window_samples / sr)
+
+
+def test_window_needs_no_input_beyond_its_last_sample(sensitive_bundle):
+    """At 44.1 kHz, where frame steps do not align with input samples, the first window is tagged
+    as soon as the resampler has produced its last sample, not one frame step of input later.
+    The writer sends 64-sample blocks and waits until each is consumed, so the input count at the
+    first message is exact (a sample count, not a timing)."""
+    from rt_tagger.resample import StreamingResampler
+
+    spec, rate, block = sensitive_bundle.frontend, 44100, 64
+    rng = np.random.default_rng(7)
+    x = (0.3 * rng.standard_normal(3 * spec.window_samples)).astype(np.float32)
+    resampler, produced, needed = StreamingResampler(rate, spec.sample_rate), 0, None
+    for k in range(0, x.size, block):
+        produced += resampler.process(x[k : k + block]).size
+        if produced >= spec.window_samples:
+            needed = k + block  # input samples after which the first window is complete
+            break
+    pcm = (x * 32767).astype("<i2")
+    r, w = os.pipe()
+    state: dict = {"written": 0, "at_first": None}
+    source = StdinSource(os.fdopen(r, "rb"), rate, 1, "s16le", block_size=block)
+
+    def writer():
+        with os.fdopen(w, "wb") as f:
+            for k in range(0, pcm.size, block):
+                if state["at_first"] is not None:
+                    break
+                f.write(pcm[k : k + block].tobytes())
+                f.flush()
+                state["written"] = k + block
+                deadline = time.monotonic() + 10.0
+                while source.ring.read_pos < state["written"] and state["at_first"] is None:
+                    if time.monotonic() > deadline:
+                        return  # the consumer waits for more than the window needs
+                    time.sleep(0.0005)
+
+    def on_message(m):  # runs on the consumer thread: read_pos = input consumed so far
+        if m.kind == "tags" and state["at_first"] is None:
+            state["at_first"] = source.ring.read_pos
+
+    with Pipeline(sensitive_bundle, load_settings(hop_seconds=0.5), on_message=on_message) as p:
+        t = threading.Thread(target=writer)
+        t.start()
+        p.run(source)
+        t.join()
+    assert state["at_first"] == needed
+
+
 def test_nonfinite_reject_or_zero(sensitive_bundle, demo_audio, tmp_path):
     x, sr = demo_audio
     y = x[: 3 * sr].copy()
