@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,10 +110,11 @@ def ensure_runtime_artifacts(
     cmd = [sys.executable, "-m", "engines.prepare", str(bundle.path)]
     if onnx_precision:
         cmd += ["--onnx", onnx_precision, "--opset", str(opset)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise CacheError(lines[-1] if lines else f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+        reason = lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}"
+        raise CacheError(f"{' '.join(cmd[1:4])} failed: {reason}")
     still = _missing(bundle, onnx_precision, opset)
     if still:  # the child said it succeeded; never load what does not match its key
         raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
