@@ -114,7 +114,7 @@ def ensure_runtime_artifacts(
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         reason = lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}"
-        raise CacheError(f"{' '.join(cmd[1:4])} failed: {reason}")
+        raise CacheError(f"{' '.join(cmd[2:4])} failed: {reason}")
     still = _missing(bundle, onnx_precision, opset)
     if still:  # the child said it succeeded; never load what does not match its key
         raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
