@@ -27,6 +27,7 @@ __all__ = [
     "BackendRunner",
     "CudaGraphRunner",
     "CompiledGraphRunner",
+    "FusedTritonRunner",
     "make_runner",
     "auto_runners",
     "measure",
@@ -203,6 +204,32 @@ class CompiledGraphRunner(CudaGraphRunner):
         return {**super().describe(), "compile_mode": self.mode, "batchnorm_folded": True}
 
 
+class FusedTritonRunner(CudaGraphRunner):
+    """:class:`CudaGraphRunner` over ``engines.triton_resnet.FusedResNet``: the network as fused
+    Triton kernels (stem + pool in one, implicit-GEMM convolutions with bias/residual/ReLU/shortcut
+    in the epilogue). Tiles are tuned per batch size in :meth:`prepare`, outside the timed runs."""
+
+    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096) -> None:
+        super().__init__(bundle, precision, max_batch)
+        if precision == "fp32":
+            raise BenchError("runner triton-fused runs fp16 or bf16 (tensor-core kernels), not fp32")
+        from engines.triton_resnet import FusedResNet
+
+        self.model = FusedResNet(bundle.build_model(), "cuda", self.dtype)
+        self.name = f"triton-fused-{precision}"
+        self.tuning: dict[int, list] = {}
+
+    def prepare(self, batch: int) -> None:
+        torch = self.torch
+        x = torch.from_numpy(random_windows(self.bundle, batch)).to("cuda", self.dtype)
+        with torch.inference_mode():
+            self.tuning[batch] = self.model.tune(x)
+        super().prepare(batch)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kernels": "triton fused (engines/triton_resnet.py)", "batchnorm_folded": True}
+
+
 def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
     """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, ``compiled-graph-<precision>``
     (``-autotune``: Inductor's max-autotune, which times kernel variants while compiling), else an
@@ -213,6 +240,8 @@ def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
         precision = rest.removesuffix("autotune").rstrip("-") or "bf16"
         mode = "max-autotune-no-cudagraphs" if autotune else "default"
         return CompiledGraphRunner(bundle, precision, max_batch, mode)
+    if spec.startswith("triton-fused"):
+        return FusedTritonRunner(bundle, spec.removeprefix("triton-fused").lstrip("-") or "bf16", max_batch)
     if spec.startswith("cuda-graph"):
         precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
         return CudaGraphRunner(bundle, precision, max_batch)

@@ -1,0 +1,172 @@
+"""Where the GPU time of the default model goes, kernel by kernel, and how the fused kernels compare.
+
+    python3 scripts/gpu_probe_fused.py [--batches 1024,4096] [--out probe.json]
+
+Prints, for each precision and batch: the accuracy of engines/triton_resnet.py against the fp32
+torch model (and of torch eager at the same precision, for scale), every fused convolution's
+chosen tile and CUDA-event time with its achieved TFLOP/s, the stem and tail times, and the whole
+network under a CUDA graph against torch eager (cuDNN, CUDA graph) and cuDNN's own fused
+conv+bias(+add)+ReLU ops in the same run. A development tool: `rt-tagger bench model` is what
+users run (runner `triton-fused-bf16`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from bench.machine import machine_info
+from bench.runners import flops_per_window, random_windows
+from engines.bundle import Bundle
+from engines.triton_resnet import FusedResNet, fold_resnet
+
+PEAK_TFLOPS = 989.4  # H100/H200 SXM dense fp16/bf16 (datasheet)
+
+
+def cuda_ms(fn, iters: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return sorted(times)[len(times) // 2]
+
+
+def graph_ms(fn, x, iters: int = 30) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn(x)
+    ms = cuda_ms(g.replay, iters)
+    del g
+    torch.cuda.empty_cache()
+    return ms
+
+
+class CudnnFused:
+    """The folded network through cuDNN's fused conv+bias+ReLU / conv+bias+add+ReLU (NHWC)."""
+
+    def __init__(self, model, dtype):
+        f = fold_resnet(model.eval())
+        self.f = f
+        dev = "cuda"
+
+        def w4(w, k):  # (k²·C_in, C_out) → (C_out, C_in, k, k) channels_last
+            c_out = w.shape[1]
+            c_in = w.shape[0] // (k * k)
+            return (
+                w.reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous().to(dev, dtype)
+                .to(memory_format=torch.channels_last)
+            )
+
+        self.dtype = dtype
+        self.stem_w = w4(f["stem"][0], 3)
+        self.stem_b = f["stem"][1].to(dev, dtype)
+        self.blocks = [
+            (w4(b.w1, 3), b.b1.to(dev, dtype), w4(b.w2, 3), b.b2.to(dev, dtype), b.stride,
+             None if b.ws is None else w4(b.ws, 1))
+            for b in f["blocks"]
+        ]
+        self.norm = f["norm"]
+
+    def __call__(self, mel):
+        x = (mel.unsqueeze(1).float() * self.norm[0] + self.norm[1]).to(self.dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.cudnn_convolution_relu(x, self.stem_w, self.stem_b, [2, 2], [1, 1], [1, 1], 1)
+        y = torch.nn.functional.max_pool2d(y, 2)
+        for w1, b1, w2, b2, s, ws in self.blocks:
+            h = torch.cudnn_convolution_relu(y, w1, b1, [s, s], [1, 1], [1, 1], 1)
+            z = y if ws is None else torch.nn.functional.conv2d(y, ws, None, s)
+            y = torch.cudnn_convolution_add_relu(h, w2, z, 1.0, b2, [1, 1], [1, 1], [1, 1], 1)
+        return y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", default="rt_tagger/default_model")
+    ap.add_argument("--batches", default="1024,4096")
+    ap.add_argument("--precisions", default="bf16,fp16")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-compare", action="store_true", help="time only the fused kernels")
+    args = ap.parse_args()
+    torch.backends.cudnn.benchmark = True
+    bundle = Bundle.load(args.bundle)
+    model = bundle.build_model().eval()
+    gflop = flops_per_window(bundle) / 1e9
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    out: dict = {"machine": machine_info(), "gflop_per_window": gflop, "accuracy": {}, "runs": []}
+    print(f"{torch.cuda.get_device_name(0)}  torch {torch.__version__}  {gflop:.4f} GFLOP/window")
+
+    x64 = torch.from_numpy(random_windows(bundle, 64, seed=1))
+    with torch.inference_mode():
+        ref = torch.sigmoid(model(x64)[0])
+        for p in args.precisions.split(","):
+            dt = dtypes[p]
+            fused = FusedResNet(model, "cuda", dt)
+            got = torch.sigmoid(fused(x64.cuda().to(dt))[0]).cpu()
+            eager = bundle.build_model().eval().to("cuda", dt).to(memory_format=torch.channels_last)
+            got_eager = torch.sigmoid(eager(x64.cuda().to(dt))[0].float()).cpu()
+            acc = {
+                "fused_max_abs_prob_diff": float((got - ref).abs().max()),
+                "torch_eager_max_abs_prob_diff": float((got_eager - ref).abs().max()),
+            }
+            out["accuracy"][p] = acc
+            print(f"accuracy {p}: fused {acc['fused_max_abs_prob_diff']:.2e}  "
+                  f"torch eager {acc['torch_eager_max_abs_prob_diff']:.2e} (vs fp32 torch, 64 windows)")
+
+    for p in args.precisions.split(","):
+        dt = dtypes[p]
+        fused = FusedResNet(model, "cuda", dt)
+        eager = bundle.build_model().eval().to("cuda", dt).to(memory_format=torch.channels_last)
+        cudnn_fused = CudnnFused(model, dt)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            x = torch.from_numpy(random_windows(bundle, batch)).to("cuda", dt)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                report = fused.tune(x)
+                tune_s = time.perf_counter() - t0
+                f = fused
+                stem_ms = cuda_ms(lambda f=f, x=x: f.stem(x))
+                run = {"precision": p, "batch": batch, "tune_s": tune_s, "stem_ms": stem_ms, "layers": []}
+                print(f"\n== {p} batch {batch}: tuning {tune_s:.1f} s; stem+pool {stem_ms:.3f} ms")
+                for r in report:
+                    for name in ("conv1", "conv2"):
+                        tile, ms = r[name]
+                        run["layers"].append({"block": r["block"], "conv": name, "tile": tile.__dict__, "ms": ms})
+                        print(f"  block {r['block']} {name}: {ms:.3f} ms  tile {tile}")
+                sum_layers = sum(layer["ms"] for layer in run["layers"])
+                timings = {"triton_fused": graph_ms(fused, x)}
+                if not args.no_compare:
+                    timings["torch_eager_cudnn"] = graph_ms(eager, x)
+                    try:
+                        timings["cudnn_fused_ops"] = graph_ms(cudnn_fused, x)
+                    except Exception as e:  # noqa: BLE001  a probe: report and go on
+                        print(f"  cudnn fused ops failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+                run["sum_conv_ms"] = sum_layers
+                run["graph_ms"] = timings
+                print(f"  sum of convolutions {sum_layers:.3f} ms")
+                for k, ms in timings.items():
+                    tflops = gflop * batch / ms  # GFLOP per ms = TFLOP/s
+                    print(f"  {k:>20}: {ms:8.3f} ms  {batch / ms * 1e3:>12,.0f} windows/s  "
+                          f"{tflops:7.1f} TFLOP/s  {100 * tflops / PEAK_TFLOPS:5.1f} % of peak")
+                out["runs"].append(run)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
