@@ -227,7 +227,11 @@ class FusedTritonRunner(CudaGraphRunner):
         super().prepare(batch)
 
     def describe(self) -> dict:
-        return {**super().describe(), "kernels": "triton fused (engines/triton_resnet.py)", "batchnorm_folded": True}
+        return {
+            **super().describe(),
+            "kernels": "triton fused (engines/triton_resnet.py)",
+            "batchnorm_folded": True,
+        }
 
 
 def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:

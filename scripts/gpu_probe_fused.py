@@ -68,7 +68,10 @@ class CudnnFused:
             c_out = w.shape[1]
             c_in = w.shape[0] // (k * k)
             return (
-                w.reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous().to(dev, dtype)
+                w.reshape(k, k, c_in, c_out)
+                .permute(3, 2, 0, 1)
+                .contiguous()
+                .to(dev, dtype)
                 .to(memory_format=torch.channels_last)
             )
 
@@ -76,8 +79,14 @@ class CudnnFused:
         self.stem_w = w4(f["stem"][0], 3)
         self.stem_b = f["stem"][1].to(dev, dtype)
         self.blocks = [
-            (w4(b.w1, 3), b.b1.to(dev, dtype), w4(b.w2, 3), b.b2.to(dev, dtype), b.stride,
-             None if b.ws is None else w4(b.ws, 1))
+            (
+                w4(b.w1, 3),
+                b.b1.to(dev, dtype),
+                w4(b.w2, 3),
+                b.b2.to(dev, dtype),
+                b.stride,
+                None if b.ws is None else w4(b.ws, 1),
+            )
             for b in f["blocks"]
         ]
         self.norm = f["norm"]
@@ -124,8 +133,10 @@ def main() -> None:
                 "torch_eager_max_abs_prob_diff": float((got_eager - ref).abs().max()),
             }
             out["accuracy"][p] = acc
-            print(f"accuracy {p}: fused {acc['fused_max_abs_prob_diff']:.2e}  "
-                  f"torch eager {acc['torch_eager_max_abs_prob_diff']:.2e} (vs fp32 torch, 64 windows)")
+            print(
+                f"accuracy {p}: fused {acc['fused_max_abs_prob_diff']:.2e}  "
+                f"torch eager {acc['torch_eager_max_abs_prob_diff']:.2e} (vs fp32 torch, 64 windows)"
+            )
 
     for p in args.precisions.split(","):
         dt = dtypes[p]
@@ -142,10 +153,13 @@ def main() -> None:
                 stem_ms = cuda_ms(lambda f=f, x=x: f.stem(x))
                 run = {"precision": p, "batch": batch, "tune_s": tune_s, "stem_ms": stem_ms, "layers": []}
                 print(f"\n== {p} batch {batch}: tuning {tune_s:.1f} s; stem+pool {stem_ms:.3f} ms")
-                for r in report:
+                print(f"  stem config (pixels, warps) {report[0]['stem'][0]}: {report[0]['stem'][1]:.3f} ms")
+                for r in report[1:]:
                     for name in ("conv1", "conv2"):
                         tile, ms = r[name]
-                        run["layers"].append({"block": r["block"], "conv": name, "tile": tile.__dict__, "ms": ms})
+                        run["layers"].append(
+                            {"block": r["block"], "conv": name, "tile": tile.__dict__, "ms": ms}
+                        )
                         print(f"  block {r['block']} {name}: {ms:.3f} ms  tile {tile}")
                 sum_layers = sum(layer["ms"] for layer in run["layers"])
                 timings = {"triton_fused": graph_ms(fused, x)}
@@ -160,8 +174,10 @@ def main() -> None:
                 print(f"  sum of convolutions {sum_layers:.3f} ms")
                 for k, ms in timings.items():
                     tflops = gflop * batch / ms  # GFLOP per ms = TFLOP/s
-                    print(f"  {k:>20}: {ms:8.3f} ms  {batch / ms * 1e3:>12,.0f} windows/s  "
-                          f"{tflops:7.1f} TFLOP/s  {100 * tflops / PEAK_TFLOPS:5.1f} % of peak")
+                    print(
+                        f"  {k:>20}: {ms:8.3f} ms  {batch / ms * 1e3:>12,.0f} windows/s  "
+                        f"{tflops:7.1f} TFLOP/s  {100 * tflops / PEAK_TFLOPS:5.1f} % of peak"
+                    )
                 out["runs"].append(run)
     if args.out:
         with open(args.out, "w") as fh:
