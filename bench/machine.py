@@ -141,6 +141,7 @@ def _static_info() -> dict:
                 "numpy",
                 "numba",
                 "onnxruntime",
+                "triton",
                 "librosa",
                 "zmq",
                 "tensorrt",

@@ -16,10 +16,13 @@
 #   5. frontend: numba vs torchaudio on this machine's CPU (librosa when installed);
 #   6. model-compiled: the model BatchNorm-folded and torch.compile'd (Inductor, then with
 #      max-autotune) under CUDA graphs, large batches: how far fused kernels move it to the peak;
-#   7. gpu-tests: tests/engines on the GPU (torch-cuda conformance and parity; TensorRT skips
-#      with its reason where no runtime supports the GPU).
+#   7. model-fused: the network as fused Triton kernels (engines/triton_resnet.py; tiles tuned per
+#      batch), next to the eager CUDA-graph runner in the same run;
+#   8. gpu-tests: tests/engines on the GPU (torch-cuda conformance and parity, the fused kernels
+#      against torch; TensorRT skips with its reason where no runtime supports the GPU).
 # STEPS="model-graphs stream" runs only those (all by default); one call of the device tool
-# holds about 9 minutes, so steps 1-5 and 6-7 go in two calls.
+# holds about 9 minutes, so steps 1-5, 6 and 7-8 go in three calls (TRITON_CACHE_DIR is kept in /tmp so
+# the tests reuse the kernels step 7 compiled).
 # What comes back: the JSON files, suite.log and gpu-results.tar.gz (JSON + PNG) — 8 files at most.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +45,8 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 
   B="$PY -m bench"
-  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled gpu-tests}"
+  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled model-fused gpu-tests}"
+  export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/rt-triton-cache}"
   wanted() { [[ " $STEPS " == *" $1 "* ]]; }
   step() {  # step SECONDS NAME ARGS...
     local secs=$1 name=$2; shift 2
@@ -58,9 +62,11 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
   step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune
+  step 240 model-fused model --runners triton-fused-bf16,cuda-graph-bf16 --batches 1,64,256,1024,2048,4096,8192 \
+       --iters 100 --max-seconds 2 --tag triton
   if wanted gpu-tests; then
     echo; echo "== [gpu-tests] $(date -u +%T)"
-    timeout 150 $PY -m pytest -q -rs tests/engines 2>&1 | tail -40
+    timeout 240 $PY -m pytest -q -rs tests/engines 2>&1 | tail -40
   fi
 } 2>&1 | tee "$LOG"
 
