@@ -21,23 +21,13 @@ import torch
 from bench.machine import machine_info
 from bench.runners import flops_per_window, random_windows
 from engines.bundle import Bundle
-from engines.triton_resnet import FusedResNet, fold_resnet
+from engines.triton_resnet import FusedResNet, cuda_event_ms, fold_resnet
 
 PEAK_TFLOPS = 989.4  # H100/H200 SXM dense fp16/bf16 (datasheet)
 
 
 def cuda_ms(fn, iters: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
+    return cuda_event_ms(fn, iters)
 
 
 def graph_ms(fn, x, iters: int = 30) -> float:
