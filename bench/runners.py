@@ -207,37 +207,64 @@ class CompiledGraphRunner(CudaGraphRunner):
 class FusedTritonRunner(CudaGraphRunner):
     """:class:`CudaGraphRunner` over ``engines.triton_resnet.FusedResNet``: the network as fused
     Triton kernels (stem + pool in one, implicit-GEMM convolutions with bias/residual/ReLU/shortcut
-    in the epilogue). Tiles are tuned per batch size in :meth:`prepare`, outside the timed runs."""
+    in the epilogue). Tiles are tuned per batch size in :meth:`prepare`, outside the timed runs;
+    with ``cudnn=True`` cuDNN's fused conv+bias(+add)+ReLU competes per convolution too.
 
-    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096) -> None:
+    Every prepared batch is also checked against the fp32 torch model (on the CPU, first 16
+    windows): a fast number from wrong kernels must not reach a results file.
+    """
+
+    max_prob_diff = 0.05
+
+    def __init__(
+        self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, cudnn: bool = False
+    ) -> None:
         super().__init__(bundle, precision, max_batch)
         if precision == "fp32":
             raise BenchError("runner triton-fused runs fp16 or bf16 (tensor-core kernels), not fp32")
         from engines.triton_resnet import FusedResNet
 
-        self.model = FusedResNet(bundle.build_model(), "cuda", self.dtype)
-        self.name = f"triton-fused-{precision}"
+        self.model = FusedResNet(bundle.build_model(), "cuda", self.dtype, cudnn_candidates=cudnn)
+        self.name = f"triton-fused-{precision}" + ("-cudnn" if cudnn else "")
         self.tuning: dict[int, list] = {}
+        self.prob_diff: dict[int, float] = {}
+        self._reference = bundle.build_model().eval()
 
     def prepare(self, batch: int) -> None:
         torch = self.torch
-        x = torch.from_numpy(random_windows(self.bundle, batch)).to("cuda", self.dtype)
+        windows = random_windows(self.bundle, batch)
+        x = torch.from_numpy(windows).to("cuda", self.dtype)
         with torch.inference_mode():
             self.tuning[batch] = self.model.tune(x)
+            got = torch.sigmoid(self.model(x)[0][:16]).cpu()
+            ref = torch.sigmoid(self._reference(torch.from_numpy(windows[:16]))[0])
+        self.prob_diff[batch] = float((got - ref).abs().max())
+        if self.prob_diff[batch] > self.max_prob_diff:
+            raise BenchError(
+                f"runner {self.name}: batch {batch} differs from the fp32 torch model by "
+                f"{self.prob_diff[batch]:.3g} in probability (allowed {self.max_prob_diff})"
+            )
         super().prepare(batch)
 
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "kernels": "triton fused (engines/triton_resnet.py)",
+            "kernels": "triton fused (engines/triton_resnet.py)"
+            + (" + cuDNN fused ops where faster" if self.model.cudnn else ""),
             "batchnorm_folded": True,
+            "max_abs_prob_diff_vs_fp32": max(self.prob_diff.values(), default=None),
+            "tiles": {
+                str(b): [{k: str(v[0]) for k, v in entry.items() if k != "block"} for entry in report]
+                for b, report in self.tuning.items()
+            },
         }
 
 
 def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
     """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, ``compiled-graph-<precision>``
-    (``-autotune``: Inductor's max-autotune, which times kernel variants while compiling), else an
-    engines backend name."""
+    (``-autotune``: Inductor's max-autotune, which times kernel variants while compiling),
+    ``triton-fused-<precision>`` (``-cudnn``: cuDNN's fused ops compete per layer), else an engines
+    backend name."""
     if spec.startswith("compiled-graph"):
         rest = spec.removeprefix("compiled-graph").lstrip("-")
         autotune = rest.endswith("autotune")
@@ -245,7 +272,10 @@ def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
         mode = "max-autotune-no-cudagraphs" if autotune else "default"
         return CompiledGraphRunner(bundle, precision, max_batch, mode)
     if spec.startswith("triton-fused"):
-        return FusedTritonRunner(bundle, spec.removeprefix("triton-fused").lstrip("-") or "bf16", max_batch)
+        rest = spec.removeprefix("triton-fused").lstrip("-")
+        cudnn = rest.endswith("cudnn")
+        precision = rest.removesuffix("cudnn").rstrip("-") or "bf16"
+        return FusedTritonRunner(bundle, precision, max_batch, cudnn)
     if spec.startswith("cuda-graph"):
         precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
         return CudaGraphRunner(bundle, precision, max_batch)

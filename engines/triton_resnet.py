@@ -35,6 +35,8 @@ __all__ = [
     "TILE_CANDIDATES",
     "default_tile",
     "cuda_event_ms",
+    "conv_cudnn",
+    "CUDNN",
 ]
 
 
@@ -324,6 +326,50 @@ def stem_nhwc(
     return y
 
 
+CUDNN = "cudnn"  # a tuning candidate besides the tiles: cuDNN's fused conv+bias(+add)+ReLU
+
+
+class CandidateUnavailable(RuntimeError):
+    """A tuning candidate that cannot run here (the tuner skips it)."""
+
+
+def conv_cudnn(
+    x: torch.Tensor,
+    w4: torch.Tensor,
+    bias: torch.Tensor,
+    stride: int,
+    residual: torch.Tensor | None = None,
+    shortcut: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+) -> torch.Tensor:
+    """:func:`conv_nhwc`'s job done by cuDNN's fused operations, on the same NHWC tensors.
+
+    ``w4`` is (C_out, C_in, k, k) in channels_last, ``bias`` in the activations' dtype; an NHWC
+    tensor viewed through ``permute(0, 3, 1, 2)`` is NCHW in channels_last, which cuDNN takes as is.
+    On the CPU (tests) the same arithmetic runs through ``F.conv2d``.
+    """
+    xin = x.permute(0, 3, 1, 2)
+    pad = w4.shape[-1] // 2
+    z = None
+    if shortcut is not None:
+        x2, ws4, stride2 = shortcut
+        z = torch.nn.functional.conv2d(x2.permute(0, 3, 1, 2), ws4, None, stride2)
+    elif residual is not None:
+        z = residual.permute(0, 3, 1, 2)
+    if x.device.type != "cuda":
+        y = torch.nn.functional.conv2d(xin, w4, bias, stride, pad)
+        y = torch.relu(y if z is None else y + z)
+    else:
+        args = ([stride, stride], [pad, pad], [1, 1], 1)
+        try:
+            if z is None:
+                y = torch.cudnn_convolution_relu(xin, w4, bias, *args)
+            else:
+                y = torch.cudnn_convolution_add_relu(xin, w4, z, 1.0, bias, *args)
+        except RuntimeError as e:  # no fused cuDNN engine for this shape or dtype
+            raise CandidateUnavailable(str(e).splitlines()[0]) from e
+    return y.permute(0, 2, 3, 1).contiguous()  # a no-op when cuDNN kept channels_last
+
+
 # -- folding the torch model ---------------------------------------------------------------------
 
 
@@ -384,7 +430,9 @@ class FusedResNet:
     Returns ``(logits, embedding)`` in float32, like the torch model.
     """
 
-    def __init__(self, model, device, dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(
+        self, model, device, dtype: torch.dtype = torch.bfloat16, cudnn_candidates: bool = False
+    ) -> None:
         if model.spec.width % 16:
             # tl.dot needs every tile side ≥ 16, and channels come in width × 2^i
             raise ValueError(
@@ -408,6 +456,26 @@ class FusedResNet:
         self.head_w, self.head_b = (to_f(t) for t in folded["head"])
         self.stem_config = STEM_CANDIDATES[0]
         self.tuned_for: set[int] = set()
+        # With cudnn_candidates, tune() also times cuDNN's fused ops per convolution and keeps
+        # whichever is faster: (C_out, C_in, k, k) channels_last weights and half-precision biases.
+        self.cudnn = None
+        if cudnn_candidates:
+
+            def to_4d(w, k):
+                c_out, c_in = w.shape[1], w.shape[0] // (k * k)
+                w4 = w.reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous()
+                return w4.to(device, dtype).to(memory_format=torch.channels_last)
+
+            self.cudnn = [
+                {
+                    "w1": to_4d(b.w1, 3),
+                    "b1": b.b1.to(device, dtype),
+                    "w2": to_4d(b.w2, 3),
+                    "b2": b.b2.to(device, dtype),
+                    "ws": None if b.ws is None else to_4d(b.ws, 1),
+                }
+                for b in folded["blocks"]
+            ]
 
     def stem(self, mel: torch.Tensor) -> torch.Tensor:
         return stem_nhwc(
@@ -420,14 +488,29 @@ class FusedResNet:
             self.stem_config,
         )
 
-    def _run_blocks(self, y: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            t1, t2 = blk.tiles
-            h = conv_nhwc(y, blk.w1, blk.b1, 3, blk.stride, tile=t1)
+    def _conv1(self, i: int, y: torch.Tensor, tile) -> torch.Tensor:
+        blk = self.blocks[i]
+        if tile == CUDNN:
+            c = self.cudnn[i]
+            return conv_cudnn(y, c["w1"], c["b1"], blk.stride)
+        return conv_nhwc(y, blk.w1, blk.b1, 3, blk.stride, tile=tile)
+
+    def _conv2(self, i: int, h: torch.Tensor, y: torch.Tensor, tile) -> torch.Tensor:
+        """The block's second convolution plus its residual (``y``) or projected shortcut."""
+        blk = self.blocks[i]
+        if tile == CUDNN:
+            c = self.cudnn[i]
             if blk.ws is None:
-                y = conv_nhwc(h, blk.w2, blk.b2, 3, 1, residual=y, tile=t2)
-            else:
-                y = conv_nhwc(h, blk.w2, blk.b2, 3, 1, shortcut=(y, blk.ws, blk.stride), tile=t2)
+                return conv_cudnn(h, c["w2"], c["b2"], 1, residual=y)
+            return conv_cudnn(h, c["w2"], c["b2"], 1, shortcut=(y, c["ws"], blk.stride))
+        if blk.ws is None:
+            return conv_nhwc(h, blk.w2, blk.b2, 3, 1, residual=y, tile=tile)
+        return conv_nhwc(h, blk.w2, blk.b2, 3, 1, shortcut=(y, blk.ws, blk.stride), tile=tile)
+
+    def _run_blocks(self, y: torch.Tensor) -> torch.Tensor:
+        for i, blk in enumerate(self.blocks):
+            t1, t2 = blk.tiles
+            y = self._conv2(i, self._conv1(i, y, t1), y, t2)
         return y
 
     def __call__(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,37 +533,26 @@ class FusedResNet:
         )
         y = self.stem(mel)
         report = [{"stem": (self.stem_config, stem_ms)}]
+        extra = [CUDNN] if self.cudnn is not None else []
         for i, blk in enumerate(self.blocks):
             c_in, c_out = y.shape[3], blk.w1.shape[1]
-
-            def first(tile, y=y, blk=blk):
-                return conv_nhwc(y, blk.w1, blk.b1, 3, blk.stride, tile=tile)
-
-            t1, ms1 = _pick(first, c_in, c_out, iters)
-            h = first(t1)
-            if blk.ws is None:
-
-                def second(tile, h=h, y=y, blk=blk):
-                    return conv_nhwc(h, blk.w2, blk.b2, 3, 1, residual=y, tile=tile)
-            else:
-
-                def second(tile, h=h, y=y, blk=blk):
-                    return conv_nhwc(h, blk.w2, blk.b2, 3, 1, shortcut=(y, blk.ws, blk.stride), tile=tile)
-
-            t2, ms2 = _pick(second, c_out, c_out, iters)
+            t1, ms1 = _pick(lambda tile, i=i, y=y: self._conv1(i, y, tile), c_in, c_out, iters, extra)
+            h = self._conv1(i, y, t1)
+            t2, ms2 = _pick(
+                lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile), c_out, c_out, iters, extra
+            )
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
-            y = second(t2)
+            y = self._conv2(i, h, y, t2)
         self.tuned_for.add(mel.shape[0])
         return report
 
 
-def _pick(run, c_in: int, c_out: int, iters: int) -> tuple[Tile, float]:
-    """The fastest fitting tile for ``run(tile)`` (the default tile always competes)."""
+def _pick(run, c_in: int, c_out: int, iters: int, extra: list) -> tuple:
+    """The fastest fitting tile (or ``extra`` candidate) for ``run(tile)``; the default tile always competes."""
     default = default_tile(c_in, c_out)
-    return _pick_from(
-        [default] + [t for t in TILE_CANDIDATES if _fits(t, c_in, c_out) and t != default], run, iters
-    )
+    tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, c_in, c_out) and t != default]
+    return _pick_from(tiles + extra, run, iters)
 
 
 def _pick_from(candidates: list, run, iters: int) -> tuple:
@@ -489,7 +561,7 @@ def _pick_from(candidates: list, run, iters: int) -> tuple:
     for tile in candidates:
         try:
             ms = cuda_event_ms(lambda tile=tile: run(tile), iters)
-        except triton.runtime.errors.OutOfResources:
+        except (triton.runtime.errors.OutOfResources, CandidateUnavailable):
             continue
         if ms < best_ms:
             best, best_ms = tile, ms

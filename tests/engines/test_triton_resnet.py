@@ -27,7 +27,7 @@ INTERPRETED = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     from engines.bundle import Bundle
-    from engines.triton_resnet import FusedResNet, Tile
+    from engines.triton_resnet import CUDNN, FusedResNet, Tile
     bundle = Bundle.load(sys.argv[1])
     model = bundle.build_model().eval()
     rng = np.random.default_rng(0)
@@ -43,13 +43,22 @@ INTERPRETED = textwrap.dedent(
             logits, emb = fused(x)
             out[name] = {"logits": float((logits - ref_logits).abs().max()),
                          "embedding": float((emb - ref_emb).abs().max())}
+        # cuDNN candidates (F.conv2d stands in on the CPU): weights and layouts, alone and mixed
+        hybrid = FusedResNet(model, "cpu", torch.float32, cudnn_candidates=True)
+        for name, tiles in (("cudnn_everywhere", (CUDNN, CUDNN)), ("cudnn_mixed", (CUDNN, None))):
+            for blk in hybrid.blocks:
+                blk.tiles = tiles
+            logits, emb = hybrid(x)
+            out[name] = {"logits": float((logits - ref_logits).abs().max()),
+                         "embedding": float((emb - ref_emb).abs().max())}
     print(json.dumps(out))
     """
 )
 
 
 def test_kernels_match_torch_in_the_interpreter(tmp_path):
-    """Both K-loop layouts of the convolution kernel, the stem and the shortcut-as-K, in fp32."""
+    """Both K-loop layouts of the convolution kernel, the stem, the shortcut-as-K and the cuDNN
+    candidates' weight layouts (mixed with the Triton kernels), in fp32."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", INTERPRETED, DEFAULT_BUNDLE],
@@ -60,6 +69,7 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     diffs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(diffs) == {"one_tap_per_step", "taps_across_steps", "cudnn_everywhere", "cudnn_mixed"}
     for layout, d in diffs.items():
         assert d["logits"] < 1e-4, (layout, d)
         assert d["embedding"] < 1e-4, (layout, d)
@@ -93,8 +103,9 @@ needs_cuda = pytest.mark.skipif(
 
 
 @needs_cuda
+@pytest.mark.parametrize("cudnn_candidates", [False, True])
 @pytest.mark.parametrize("precision, tol", [("bf16", 3e-2), ("fp16", 1e-2)])
-def test_fused_kernels_on_the_gpu(precision, tol, tmp_path):
+def test_fused_kernels_on_the_gpu(precision, tol, cudnn_candidates, tmp_path):
     from engines.triton_resnet import FusedResNet
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -103,7 +114,7 @@ def test_fused_kernels_on_the_gpu(precision, tol, tmp_path):
         x = torch.from_numpy(random_mel(bundle, 37, seed=2))  # a batch that fills no tile exactly
         with torch.inference_mode():
             ref = torch.sigmoid(model(x)[0])
-            fused = FusedResNet(model, "cuda", dtype)
+            fused = FusedResNet(model, "cuda", dtype, cudnn_candidates=cudnn_candidates)
             xd = x.cuda().to(dtype)
             untuned = torch.sigmoid(fused(xd)[0]).cpu()
             fused.tune(xd, iters=2)
