@@ -115,6 +115,7 @@ def _conv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_K2: tl.constexpr,
+    A_VEC: tl.constexpr,
 ):
     # Output tile: BLOCK_M output pixels (flattened batch × OH × OW) × BLOCK_N output channels.
     N_TILES: tl.constexpr = C_OUT // BLOCK_N
@@ -130,6 +131,12 @@ def _conv_kernel(
     b = t // OH
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    offs_ka = offs_k  # the activation columns
+    if A_VEC > 0:
+        # The same columns, written so the compiler proves only A_VEC of them contiguous: narrower
+        # async copies (8 bytes) are cached in L1, where 16-byte ones bypass it, so the nine
+        # overlapping taps of a tile can hit L1 instead of being fetched from L2 nine times.
+        offs_ka = (offs_k // A_VEC) * A_VEC + offs_k % A_VEC
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     K_TOTAL: tl.constexpr = KSIZE * KSIZE * C_IN
     ih0 = oh * STRIDE - PAD
@@ -142,7 +149,7 @@ def _conv_kernel(
             iw = iw0 + tap % KSIZE
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((b * H + ih) * W + iw) * C_IN + (k - tap * C_IN)
-            a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok[:, None], other=0.0)
+            a = tl.load(x_ptr + row[:, None] + offs_ka[None, :], mask=ok[:, None], other=0.0)
             wt = tl.load(w_ptr + (k + offs_k)[:, None] * C_OUT + offs_n[None, :])
             acc = tl.dot(a, wt, acc)
     else:
@@ -185,6 +192,7 @@ class Tile:
     block_k: int
     num_warps: int
     num_stages: int
+    a_vec: int = 0  # >0: widest activation load in elements (a cache hint); 0: the compiler's choice
 
 
 # Candidates timed per layer shape; those that do not fit a layer (see _fits) are skipped.
@@ -203,6 +211,13 @@ TILE_CANDIDATES = [
     Tile(256, 128, 64, 8, 3),
     Tile(128, 256, 64, 8, 3),
     Tile(64, 128, 64, 4, 4),
+    # 8-byte activation loads (L1-cached): not yet timed on a GPU, the tuner decides
+    Tile(128, 32, 32, 4, 4, 4),
+    Tile(256, 32, 32, 4, 4, 4),
+    Tile(128, 32, 32, 4, 3, 4),
+    Tile(128, 64, 32, 4, 4, 4),
+    Tile(128, 64, 32, 4, 3, 4),
+    Tile(128, 128, 64, 4, 3, 4),
 ]
 # (pixels per program, warps) of the stem kernel
 STEM_CANDIDATES = [(64, 4), (128, 4), (128, 8), (32, 2)]
@@ -277,6 +292,7 @@ def conv_nhwc(
         BLOCK_N=tile.block_n,
         BLOCK_K=tile.block_k,
         BLOCK_K2=block_k2,
+        A_VEC=tile.a_vec,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -561,7 +577,11 @@ def _pick_from(candidates: list, run, iters: int) -> tuple:
     for tile in candidates:
         try:
             ms = cuda_event_ms(lambda tile=tile: run(tile), iters)
-        except (triton.runtime.errors.OutOfResources, CandidateUnavailable):
+        except (
+            triton.runtime.errors.OutOfResources,
+            triton.compiler.errors.CompilationError,
+            CandidateUnavailable,
+        ):
             continue
         if ms < best_ms:
             best, best_ms = tile, ms

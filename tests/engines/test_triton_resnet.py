@@ -37,7 +37,8 @@ INTERPRETED = textwrap.dedent(
     with torch.no_grad():
         ref_logits, ref_emb = model(x)
         fused = FusedResNet(model, "cpu", torch.float32)
-        for name, tile in (("one_tap_per_step", None), ("taps_across_steps", Tile(64, 32, 512, 4, 2))):
+        for name, tile in (("one_tap_per_step", None), ("taps_across_steps", Tile(64, 32, 512, 4, 2)),
+                           ("narrow_loads", Tile(64, 32, 32, 4, 2, 4))):
             for blk in fused.blocks:
                 blk.tiles = (tile, tile)
             logits, emb = fused(x)
@@ -69,7 +70,13 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     diffs = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(diffs) == {"one_tap_per_step", "taps_across_steps", "cudnn_everywhere", "cudnn_mixed"}
+    assert set(diffs) == {
+        "one_tap_per_step",
+        "taps_across_steps",
+        "narrow_loads",
+        "cudnn_everywhere",
+        "cudnn_mixed",
+    }
     for layout, d in diffs.items():
         assert d["logits"] < 1e-4, (layout, d)
         assert d["embedding"] < 1e-4, (layout, d)
@@ -127,3 +134,74 @@ def test_fused_kernels_on_the_gpu(precision, tol, cudnn_candidates, tmp_path):
             torch.cuda.synchronize()
         assert (untuned - ref).abs().max() < tol
         assert (torch.sigmoid(out[0]).cpu() - ref).abs().max() < tol
+
+
+CONV_ARGS = [
+    "x_ptr",
+    "w_ptr",
+    "bias_ptr",
+    "res_ptr",
+    "x2_ptr",
+    "w2_ptr",
+    "y_ptr",
+    "M",
+    "H",
+    "W",
+    "OH",
+    "OW",
+    "H2",
+    "W2",
+]
+
+
+def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int) -> str:
+    """Compile a kernel for compute capability 9.0 on this machine (Triton's own ptxas; no GPU)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {**signature, **{k: "constexpr" for k in constexprs}}
+    pointers = [i for i, t in enumerate(signature.values()) if t.startswith("*")]
+    src = ASTSource(
+        fn=kernel,
+        signature=sig,
+        constexprs=constexprs,
+        attrs={(i,): [["tt.divisibility", 16]] for i in pointers},
+    )
+    try:
+        compiled = triton.compile(
+            src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+        )
+    except RuntimeError as e:  # e.g. no ptxas in this Triton install
+        pytest.skip(f"cannot compile for sm_90 here: {str(e).splitlines()[0]}")
+    return compiled.asm["ptx"]
+
+
+def test_kernels_compile_for_hopper_here():
+    """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
+    convolutions and the stem, and L1-cached 8-byte activation copies for the ``a_vec`` tiles."""
+    from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel
+
+    def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
+        types = ["*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 7
+        const = dict(
+            C_IN=c_in, C_OUT=c_out, KSIZE=3, STRIDE=1, HAS_RES=True, HAS_SC=False, C_IN2=16, STRIDE2=1, RELU=True,
+            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, A_VEC=tile.a_vec,
+        )  # fmt: skip
+        return _hopper_ptx(
+            _conv_kernel, dict(zip(CONV_ARGS, types, strict=True)), const, tile.num_warps, tile.num_stages
+        )
+
+    plain = conv_ptx(Tile(128, 32, 32, 4, 4))
+    assert "wgmma" in plain
+    assert "cp.async.cg.shared.global" in plain and "cp.async.ca.shared.global" not in plain
+    narrow = conv_ptx(Tile(128, 32, 32, 4, 4, a_vec=4))
+    assert "wgmma" in narrow and "cp.async.ca.shared.global" in narrow
+    assert "wgmma" in conv_ptx(Tile(128, 256, 64, 8, 3), c_in=256, c_out=256)
+
+    stem_sig = {"x_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16",
+                "norm_scale": "fp32", "norm_shift": "fp32", "P": "i32"}  # fmt: skip
+    for precision in ("tf32", "tf32x3"):
+        const = dict(H=96, W=192, PH=24, PW=48, C=32, BLOCK_P=64, PRECISION=precision)
+        stem = _hopper_ptx(_stem_kernel, stem_sig, const, 4, 1)
+        assert "wgmma" in stem or "mma.sync" in stem, precision
