@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--runners",
         default="auto",
         help="comma list: engines backend names (torch-cpu, onnxruntime-cpu, torch-cuda, tensorrt, ...) and/or "
-        "cuda-graph-bf16 / cuda-graph-fp16 (model alone on the GPU). auto (default): every backend that opens "
+        "cuda-graph-bf16 / cuda-graph-fp16 (model alone on the GPU), compiled-graph-bf16[-autotune] "
+        "(torch.compile), triton-fused-bf16[-cudnn] / triton-fused-fp16[-cudnn] (engines/triton_resnet.py: "
+        "fused Triton kernels, tiles tuned per batch). auto (default): every backend that opens "
         "here (GPU ones + CUDA graphs on a GPU machine, else the CPU ones); backends: auto without CUDA graphs",
     )
     p.add_argument(

@@ -17,7 +17,8 @@
 #   6. model-compiled: the model BatchNorm-folded and torch.compile'd (Inductor, then with
 #      max-autotune) under CUDA graphs, large batches: how far fused kernels move it to the peak;
 #   7. model-fused: the network as fused Triton kernels (engines/triton_resnet.py; tiles tuned per
-#      batch), next to the eager CUDA-graph runner in the same run;
+#      batch), with and without cuDNN's fused ops competing per layer, next to the eager
+#      CUDA-graph runner in the same run;
 #   8. gpu-tests: tests/engines on the GPU (torch-cuda conformance and parity, the fused kernels
 #      against torch; TensorRT skips with its reason where no runtime supports the GPU).
 # STEPS="model-graphs stream" runs only those (all by default); one call of the device tool
@@ -62,7 +63,7 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
   step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune
-  step 240 model-fused model --runners triton-fused-bf16,cuda-graph-bf16 --batches 1,64,256,1024,2048,4096,8192 \
+  step 300 model-fused model --runners triton-fused-bf16-cudnn,triton-fused-bf16,cuda-graph-bf16 --batches 1,256,1024,4096,8192 \
        --iters 100 --max-seconds 2 --tag triton
   if wanted gpu-tests; then
     echo; echo "== [gpu-tests] $(date -u +%T)"
