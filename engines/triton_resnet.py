@@ -36,6 +36,7 @@ __all__ = [
     "default_tile",
     "cuda_event_ms",
     "conv_cudnn",
+    "oihw_weight",
     "CUDNN",
 ]
 
@@ -402,6 +403,12 @@ def _fold_conv(conv, bn) -> tuple[torch.Tensor, torch.Tensor]:
     return w.permute(2, 3, 1, 0).reshape(k * k * c_in, c_out), shift
 
 
+def oihw_weight(w: torch.Tensor, k: int) -> torch.Tensor:
+    """A kernel-side weight ``(k²·C_in, C_out)`` back in torch's ``(C_out, C_in, k, k)`` layout."""
+    c_out, c_in = w.shape[1], w.shape[0] // (k * k)
+    return w.reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous()
+
+
 @dataclass
 class FoldedBlock:
     w1: torch.Tensor
@@ -471,16 +478,13 @@ class FusedResNet:
         self.emb_w, self.emb_b = (to_f(t) for t in folded["embed"])
         self.head_w, self.head_b = (to_f(t) for t in folded["head"])
         self.stem_config = STEM_CANDIDATES[0]
-        self.tuned_for: set[int] = set()
         # With cudnn_candidates, tune() also times cuDNN's fused ops per convolution and keeps
         # whichever is faster: (C_out, C_in, k, k) channels_last weights and half-precision biases.
         self.cudnn = None
         if cudnn_candidates:
 
             def to_4d(w, k):
-                c_out, c_in = w.shape[1], w.shape[0] // (k * k)
-                w4 = w.reshape(k, k, c_in, c_out).permute(3, 2, 0, 1).contiguous()
-                return w4.to(device, dtype).to(memory_format=torch.channels_last)
+                return oihw_weight(w, k).to(device, dtype).to(memory_format=torch.channels_last)
 
             self.cudnn = [
                 {
@@ -560,7 +564,6 @@ class FusedResNet:
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
             y = self._conv2(i, h, y, t2)
-        self.tuned_for.add(mel.shape[0])
         return report
 
 

@@ -21,13 +21,9 @@ import torch
 from bench.machine import machine_info
 from bench.runners import flops_per_window, random_windows
 from engines.bundle import Bundle
-from engines.triton_resnet import FusedResNet, cuda_event_ms, fold_resnet
+from engines.triton_resnet import FusedResNet, cuda_event_ms, fold_resnet, oihw_weight
 
 PEAK_TFLOPS = 989.4  # H100/H200 SXM dense fp16/bf16 (datasheet)
-
-
-def cuda_ms(fn, iters: int = 20) -> float:
-    return cuda_event_ms(fn, iters)
 
 
 def graph_ms(fn, x, iters: int = 30) -> float:
@@ -40,7 +36,7 @@ def graph_ms(fn, x, iters: int = 30) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn(x)
-    ms = cuda_ms(g.replay, iters)
+    ms = cuda_event_ms(g.replay, iters)
     del g
     torch.cuda.empty_cache()
     return ms
@@ -55,15 +51,7 @@ class CudnnFused:
         dev = "cuda"
 
         def w4(w, k):  # (k²·C_in, C_out) → (C_out, C_in, k, k) channels_last
-            c_out = w.shape[1]
-            c_in = w.shape[0] // (k * k)
-            return (
-                w.reshape(k, k, c_in, c_out)
-                .permute(3, 2, 0, 1)
-                .contiguous()
-                .to(dev, dtype)
-                .to(memory_format=torch.channels_last)
-            )
+            return oihw_weight(w, k).to(dev, dtype).to(memory_format=torch.channels_last)
 
         self.dtype = dtype
         self.stem_w = w4(f["stem"][0], 3)
@@ -140,7 +128,7 @@ def main() -> None:
                 report = fused.tune(x)
                 tune_s = time.perf_counter() - t0
                 f = fused
-                stem_ms = cuda_ms(lambda f=f, x=x: f.stem(x))
+                stem_ms = cuda_event_ms(lambda f=f, x=x: f.stem(x), 20)
                 run = {"precision": p, "batch": batch, "tune_s": tune_s, "stem_ms": stem_ms, "layers": []}
                 print(f"\n== {p} batch {batch}: tuning {tune_s:.1f} s; stem+pool {stem_ms:.3f} ms")
                 print(f"  stem config (pixels, warps) {report[0]['stem'][0]}: {report[0]['stem'][1]:.3f} ms")
