@@ -81,7 +81,11 @@ def _stem_kernel(
             xv = tl.load(x_ptr + b[:, None] * (H * W) + ih * W + iw, mask=ok, other=0.0).to(tl.float32)
             # Zero padding belongs to the normalised input, so pad after the affine.
             xv = tl.where(ok, xv * norm_scale + norm_shift, 0.0)
-            best = tl.maximum(best, tl.dot(xv, wv, input_precision=PRECISION))
+            if PRECISION == "bf16":  # bf16 operands: half the tensor-core work of TF32
+                prod = tl.dot(xv.to(tl.bfloat16), wv.to(tl.bfloat16))
+            else:
+                prod = tl.dot(xv, wv, input_precision=PRECISION)
+            best = tl.maximum(best, prod)
     # max(relu(a + bias)) == relu(max(a) + bias): one bias add and ReLU after pooling.
     out = tl.maximum(best + tl.load(bias_ptr + c)[None, :], 0.0)
     tl.store(y_ptr + offs[:, None] * C + c[None, :], out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None])
@@ -117,6 +121,7 @@ def _conv_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_K2: tl.constexpr,
     A_VEC: tl.constexpr,
+    W_VEC: tl.constexpr,
 ):
     # Output tile: BLOCK_M output pixels (flattened batch × OH × OW) × BLOCK_N output channels.
     N_TILES: tl.constexpr = C_OUT // BLOCK_N
@@ -138,6 +143,12 @@ def _conv_kernel(
         # async copies (8 bytes) are cached in L1, where 16-byte ones bypass it, so the nine
         # overlapping taps of a tile can hit L1 instead of being fetched from L2 nine times.
         offs_ka = (offs_k // A_VEC) * A_VEC + offs_k % A_VEC
+    offs_nw = offs_n  # the weight columns
+    if W_VEC > 0:
+        # The same trick for the weights: every program reads all of them, so from L1 they are
+        # fetched from L2 once per SM instead of once per program.
+        lane = tl.arange(0, BLOCK_N)
+        offs_nw = pid_n * BLOCK_N + (lane // W_VEC) * W_VEC + lane % W_VEC
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     K_TOTAL: tl.constexpr = KSIZE * KSIZE * C_IN
     ih0 = oh * STRIDE - PAD
@@ -151,7 +162,7 @@ def _conv_kernel(
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((b * H + ih) * W + iw) * C_IN + (k - tap * C_IN)
             a = tl.load(x_ptr + row[:, None] + offs_ka[None, :], mask=ok[:, None], other=0.0)
-            wt = tl.load(w_ptr + (k + offs_k)[:, None] * C_OUT + offs_n[None, :])
+            wt = tl.load(w_ptr + (k + offs_k)[:, None] * C_OUT + offs_nw[None, :])
             acc = tl.dot(a, wt, acc)
     else:
         # Narrow inputs (C_IN < BLOCK_K): one step spans several taps, so each column has its
@@ -168,7 +179,7 @@ def _conv_kernel(
             ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             col = (dh * W + dw) * C_IN + (kk - tap * C_IN)
             a = tl.load(x_ptr + base[:, None] + col[None, :], mask=ok, other=0.0)
-            wt = tl.load(w_ptr + kk[:, None] * C_OUT + offs_n[None, :], mask=k_ok[:, None], other=0.0)
+            wt = tl.load(w_ptr + kk[:, None] * C_OUT + offs_nw[None, :], mask=k_ok[:, None], other=0.0)
             acc = tl.dot(a, wt, acc)
     if HAS_SC:  # the block's 1×1 strided projection shortcut, as more K
         offs_k2 = tl.arange(0, BLOCK_K2)
@@ -194,6 +205,7 @@ class Tile:
     num_warps: int
     num_stages: int
     a_vec: int = 0  # >0: widest activation load in elements (a cache hint); 0: the compiler's choice
+    w_vec: int = 0  # the same for the weight loads
 
 
 # Candidates timed per layer shape; those that do not fit a layer (see _fits) are skipped.
@@ -212,12 +224,19 @@ TILE_CANDIDATES = [
     Tile(256, 128, 64, 8, 3),
     Tile(128, 256, 64, 8, 3),
     Tile(64, 128, 64, 4, 4),
-    # 8-byte activation loads (L1-cached): not yet timed on a GPU, the tuner decides
+    # 8-byte activation (a_vec) and weight (w_vec) loads, which are L1-cached: not yet timed on a
+    # GPU, the tuner decides. Fewer stages leave more of the SM's 256 KB to L1.
     Tile(128, 32, 32, 4, 4, 4),
     Tile(256, 32, 32, 4, 4, 4),
     Tile(128, 32, 32, 4, 3, 4),
+    Tile(128, 32, 32, 4, 2, 4),
+    Tile(128, 32, 32, 4, 4, 0, 4),
+    Tile(128, 32, 32, 4, 3, 4, 4),
+    Tile(128, 32, 32, 4, 2, 4, 4),
+    Tile(256, 32, 32, 8, 2, 4, 4),
     Tile(128, 64, 32, 4, 4, 4),
     Tile(128, 64, 32, 4, 3, 4),
+    Tile(128, 64, 32, 4, 3, 4, 4),
     Tile(128, 128, 64, 4, 3, 4),
 ]
 # (pixels per program, warps) of the stem kernel
@@ -294,6 +313,7 @@ def conv_nhwc(
         BLOCK_K=tile.block_k,
         BLOCK_K2=block_k2,
         A_VEC=tile.a_vec,
+        W_VEC=tile.w_vec,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -308,6 +328,7 @@ def stem_nhwc(
     norm_shift: float,
     dtype: torch.dtype,
     config: tuple[int, int] = STEM_CANDIDATES[0],
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Log-mel ``(B, H, W)`` → pooled stem output NHWC ``(B, ≈H/4, ≈W/4, C)``.
 
@@ -322,7 +343,8 @@ def stem_nhwc(
     # A bf16 network keeps 8 mantissa bits, so TF32's 10 lose nothing; an fp16 one keeps 10,
     # so its stem takes 3×TF32 (as accurate as fp32: 4e-3 → 1.3e-3 in probability on an H200,
     # at 0.4 → 0.65 ms per 4096 windows).
-    precision = "tf32" if dtype == torch.bfloat16 else "tf32x3"
+    if precision is None:
+        precision = "tf32" if dtype == torch.bfloat16 else "tf32x3"
     _stem_kernel[(triton.cdiv(n, block),)](
         x,
         w,
@@ -454,7 +476,12 @@ class FusedResNet:
     """
 
     def __init__(
-        self, model, device, dtype: torch.dtype = torch.bfloat16, cudnn_candidates: bool = False
+        self,
+        model,
+        device,
+        dtype: torch.dtype = torch.bfloat16,
+        cudnn_candidates: bool = False,
+        stem_precision: str | None = None,
     ) -> None:
         if model.spec.width % 16:
             # tl.dot needs every tile side ≥ 16, and channels come in width × 2^i
@@ -478,6 +505,7 @@ class FusedResNet:
         self.emb_w, self.emb_b = (to_f(t) for t in folded["embed"])
         self.head_w, self.head_b = (to_f(t) for t in folded["head"])
         self.stem_config = STEM_CANDIDATES[0]
+        self.stem_precision = stem_precision  # None: stem_nhwc's choice for the dtype
         # With cudnn_candidates, tune() also times cuDNN's fused ops per convolution and keeps
         # whichever is faster: (C_out, C_in, k, k) channels_last weights and half-precision biases.
         self.cudnn = None
@@ -497,7 +525,7 @@ class FusedResNet:
                 for b in folded["blocks"]
             ]
 
-    def stem(self, mel: torch.Tensor) -> torch.Tensor:
+    def stem(self, mel: torch.Tensor, config: tuple[int, int] | None = None) -> torch.Tensor:
         return stem_nhwc(
             mel.contiguous(),
             self.stem_w,
@@ -505,7 +533,8 @@ class FusedResNet:
             self.norm_scale,
             self.norm_shift,
             self.dtype,
-            self.stem_config,
+            config or self.stem_config,
+            self.stem_precision,
         )
 
     def _conv1(self, i: int, y: torch.Tensor, tile) -> torch.Tensor:
@@ -541,41 +570,54 @@ class FusedResNet:
         emb = torch.relu(z @ self.emb_w.T + self.emb_b)
         return emb @ self.head_w.T + self.head_b, emb
 
-    def tune(self, mel: torch.Tensor, iters: int = 10) -> list[dict]:
-        """Pick each convolution's tile by timing the candidates on ``mel``'s batch size."""
+    def tune(self, mel: torch.Tensor, iters: int = 10, trace: list | None = None) -> list[dict]:
+        """Pick each convolution's tile by timing the candidates on ``mel``'s batch size.
+
+        ``trace``, if given, receives every candidate's time: ``(layer, candidate, ms)``.
+        """
         mel = mel.contiguous()
         self.stem_config, stem_ms = _pick_from(
             STEM_CANDIDATES,
-            lambda cfg: stem_nhwc(
-                mel, self.stem_w, self.stem_b, self.norm_scale, self.norm_shift, self.dtype, cfg
-            ),
+            lambda cfg: self.stem(mel, cfg),
             iters,
+            _tracer(trace, "stem"),
         )
         y = self.stem(mel)
         report = [{"stem": (self.stem_config, stem_ms)}]
         extra = [CUDNN] if self.cudnn is not None else []
         for i, blk in enumerate(self.blocks):
             c_in, c_out = y.shape[3], blk.w1.shape[1]
-            t1, ms1 = _pick(lambda tile, i=i, y=y: self._conv1(i, y, tile), c_in, c_out, iters, extra)
+            t1, ms1 = _pick(
+                lambda tile, i=i, y=y: self._conv1(i, y, tile),
+                c_in, c_out, iters, extra, _tracer(trace, f"block {i} conv1"),
+            )  # fmt: skip
             h = self._conv1(i, y, t1)
             t2, ms2 = _pick(
-                lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile), c_out, c_out, iters, extra
-            )
+                lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile),
+                c_out, c_out, iters, extra, _tracer(trace, f"block {i} conv2"),
+            )  # fmt: skip
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
             y = self._conv2(i, h, y, t2)
         return report
 
 
-def _pick(run, c_in: int, c_out: int, iters: int, extra: list) -> tuple:
+def _tracer(trace: list | None, layer: str):
+    return None if trace is None else lambda candidate, ms: trace.append((layer, candidate, ms))
+
+
+def _pick(run, c_in: int, c_out: int, iters: int, extra: list, record=None) -> tuple:
     """The fastest fitting tile (or ``extra`` candidate) for ``run(tile)``; the default tile always competes."""
     default = default_tile(c_in, c_out)
     tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, c_in, c_out) and t != default]
-    return _pick_from(tiles + extra, run, iters)
+    return _pick_from(tiles + extra, run, iters, record)
 
 
-def _pick_from(candidates: list, run, iters: int) -> tuple:
-    """The fastest of ``candidates`` for ``run(candidate)`` (median CUDA-event time of ``iters``)."""
+def _pick_from(candidates: list, run, iters: int, record=None) -> tuple:
+    """The fastest of ``candidates`` for ``run(candidate)`` (median CUDA-event time of ``iters``).
+
+    ``record(candidate, ms)`` sees every time, ``ms`` None for a candidate that cannot run.
+    """
     best, best_ms = candidates[0], float("inf")
     for tile in candidates:
         try:
@@ -585,6 +627,10 @@ def _pick_from(candidates: list, run, iters: int) -> tuple:
             triton.compiler.errors.CompilationError,
             CandidateUnavailable,
         ):
+            ms = None
+        if record is not None:
+            record(tile, ms)
+        if ms is None:
             continue
         if ms < best_ms:
             best, best_ms = tile, ms

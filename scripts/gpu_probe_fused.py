@@ -88,6 +88,13 @@ def main() -> None:
     ap.add_argument("--precisions", default="bf16,fp16")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-compare", action="store_true", help="time only the fused kernels")
+    ap.add_argument("--cudnn", action="store_true", help="let cuDNN's fused ops compete per layer")
+    ap.add_argument("--trace", action="store_true", help="print every tuning candidate's time")
+    ap.add_argument(
+        "--stem-precisions",
+        default="",
+        help="also run the network with these stem precisions, e.g. bf16,tf32",
+    )
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     bundle = Bundle.load(args.bundle)
@@ -104,6 +111,11 @@ def main() -> None:
             dt = dtypes[p]
             fused = FusedResNet(model, "cuda", dt)
             got = torch.sigmoid(fused(x64.cuda().to(dt))[0]).cpu()
+            for sp in filter(None, args.stem_precisions.split(",")):
+                other = FusedResNet(model, "cuda", dt, stem_precision=sp)
+                d = float((torch.sigmoid(other(x64.cuda().to(dt))[0]).cpu() - ref).abs().max())
+                out["accuracy"][f"{p}_stem_{sp}"] = d
+                print(f"accuracy {p} with a {sp} stem: fused {d:.2e}")
             eager = bundle.build_model().eval().to("cuda", dt).to(memory_format=torch.channels_last)
             got_eager = torch.sigmoid(eager(x64.cuda().to(dt))[0].float()).cpu()
             acc = {
@@ -118,19 +130,30 @@ def main() -> None:
 
     for p in args.precisions.split(","):
         dt = dtypes[p]
-        fused = FusedResNet(model, "cuda", dt)
+        fused = FusedResNet(model, "cuda", dt, cudnn_candidates=args.cudnn)
         eager = bundle.build_model().eval().to("cuda", dt).to(memory_format=torch.channels_last)
         cudnn_fused = CudnnFused(model, dt)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = torch.from_numpy(random_windows(bundle, batch)).to("cuda", dt)
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                report = fused.tune(x)
+                trace: list = []
+                report = fused.tune(x, trace=trace)
                 tune_s = time.perf_counter() - t0
                 f = fused
                 stem_ms = cuda_event_ms(lambda f=f, x=x: f.stem(x), 20)
                 run = {"precision": p, "batch": batch, "tune_s": tune_s, "stem_ms": stem_ms, "layers": []}
+                run["candidates"] = [(layer, str(c), ms) for layer, c, ms in trace]
                 print(f"\n== {p} batch {batch}: tuning {tune_s:.1f} s; stem+pool {stem_ms:.3f} ms")
+                if args.trace:
+                    for layer, c, ms in trace:
+                        print(f"    {layer:>14} {'failed' if ms is None else f'{ms:.3f} ms':>9}  {c}")
+                for sp in filter(None, args.stem_precisions.split(",")):
+                    fused.stem_precision = sp
+                    sp_ms = cuda_event_ms(lambda f=f, x=x: f.stem(x), 20)
+                    print(f"  stem in {sp}: {sp_ms:.3f} ms")
+                    run[f"stem_ms_{sp}"] = sp_ms
+                fused.stem_precision = None
                 print(f"  stem config (pixels, warps) {report[0]['stem'][0]}: {report[0]['stem'][1]:.3f} ms")
                 for r in report[1:]:
                     for name in ("conv1", "conv2"):

@@ -38,7 +38,7 @@ INTERPRETED = textwrap.dedent(
         ref_logits, ref_emb = model(x)
         fused = FusedResNet(model, "cpu", torch.float32)
         for name, tile in (("one_tap_per_step", None), ("taps_across_steps", Tile(64, 32, 512, 4, 2)),
-                           ("narrow_loads", Tile(64, 32, 32, 4, 2, 4))):
+                           ("narrow_loads", Tile(64, 32, 32, 4, 2, a_vec=4, w_vec=4))):
             for blk in fused.blocks:
                 blk.tiles = (tile, tile)
             logits, emb = fused(x)
@@ -179,14 +179,14 @@ def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 
 def test_kernels_compile_for_hopper_here():
     """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
-    convolutions and the stem, and L1-cached 8-byte activation copies for the ``a_vec`` tiles."""
+    convolutions and the stem, and L1-cached 8-byte copies for the ``a_vec``/``w_vec`` tiles."""
     from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel
 
     def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
         types = ["*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 7
         const = dict(
             C_IN=c_in, C_OUT=c_out, KSIZE=3, STRIDE=1, HAS_RES=True, HAS_SC=False, C_IN2=16, STRIDE2=1, RELU=True,
-            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, A_VEC=tile.a_vec,
+            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, A_VEC=tile.a_vec, W_VEC=tile.w_vec,
         )  # fmt: skip
         return _hopper_ptx(
             _conv_kernel, dict(zip(CONV_ARGS, types, strict=True)), const, tile.num_warps, tile.num_stages
@@ -197,11 +197,14 @@ def test_kernels_compile_for_hopper_here():
     assert "cp.async.cg.shared.global" in plain and "cp.async.ca.shared.global" not in plain
     narrow = conv_ptx(Tile(128, 32, 32, 4, 4, a_vec=4))
     assert "wgmma" in narrow and "cp.async.ca.shared.global" in narrow
+    assert "cp.async.cg.shared.global" in narrow  # the weights still bypass L1
+    both = conv_ptx(Tile(128, 32, 32, 4, 4, a_vec=4, w_vec=4))
+    assert "cp.async.ca.shared.global" in both and "cp.async.cg.shared.global" not in both
     assert "wgmma" in conv_ptx(Tile(128, 256, 64, 8, 3), c_in=256, c_out=256)
 
     stem_sig = {"x_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16",
                 "norm_scale": "fp32", "norm_shift": "fp32", "P": "i32"}  # fmt: skip
-    for precision in ("tf32", "tf32x3"):
+    for precision in ("tf32", "tf32x3", "bf16"):
         const = dict(H=96, W=192, PH=24, PW=48, C=32, BLOCK_P=64, PRECISION=precision)
         stem = _hopper_ptx(_stem_kernel, stem_sig, const, 4, 1)
         assert "wgmma" in stem or "mma.sync" in stem, precision
