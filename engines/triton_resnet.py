@@ -34,6 +34,8 @@ __all__ = [
     "Tile",
     "TILE_CANDIDATES",
     "default_tile",
+    "pack_weight",
+    "pack_shortcut",
     "cuda_event_ms",
     "conv_cudnn",
     "oihw_weight",
@@ -116,57 +118,54 @@ def _conv_kernel(
     C_IN2: tl.constexpr,
     STRIDE2: tl.constexpr,
     RELU: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_K2: tl.constexpr,
-    A_VEC: tl.constexpr,
-    W_VEC: tl.constexpr,
 ):
-    # Output tile: BLOCK_M output pixels (flattened batch × OH × OW) × BLOCK_N output channels.
-    N_TILES: tl.constexpr = C_OUT // BLOCK_N
+    # Output tile: BLOCK_M rows × BLOCK_N columns of the GEMM. A row is PACK horizontally
+    # adjacent output pixels (flattened batch × OH × OW/PACK) and its PACK · C_OUT columns are
+    # their channels, which NHWC already stores contiguously. PACK > 1 loads each input pixel once
+    # for PACK outputs instead of once per tap: a row needs KSIZE × STEPS input pixels, not
+    # PACK × KSIZE², and the weight (prepared by pack_weight) is zero where a pixel is not a tap
+    # of an output.
+    N_TOTAL: tl.constexpr = PACK * C_OUT
+    N_TILES: tl.constexpr = N_TOTAL // BLOCK_N
     PAD: tl.constexpr = KSIZE // 2
+    STEPS: tl.constexpr = STRIDE * (PACK - 1) + KSIZE  # input pixels per kernel row
     pid = tl.program_id(0)
     pid_m = pid // N_TILES  # neighbouring programs share the same input pixels (L2 reuse)
     pid_n = pid % N_TILES
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    ow = offs_m % OW
-    t = offs_m // OW
+    OWP = OW // PACK
+    ow = (offs_m % OWP) * PACK  # the row's first output pixel
+    t = offs_m // OWP
     oh = t % OH
     b = t // OH
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    offs_ka = offs_k  # the activation columns
-    if A_VEC > 0:
-        # The same columns, written so the compiler proves only A_VEC of them contiguous: narrower
-        # async copies (8 bytes) are cached in L1, where 16-byte ones bypass it, so the nine
-        # overlapping taps of a tile can hit L1 instead of being fetched from L2 nine times.
-        offs_ka = (offs_k // A_VEC) * A_VEC + offs_k % A_VEC
-    offs_nw = offs_n  # the weight columns
-    if W_VEC > 0:
-        # The same trick for the weights: every program reads all of them, so from L1 they are
-        # fetched from L2 once per SM instead of once per program.
-        lane = tl.arange(0, BLOCK_N)
-        offs_nw = pid_n * BLOCK_N + (lane // W_VEC) * W_VEC + lane % W_VEC
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    K_TOTAL: tl.constexpr = KSIZE * KSIZE * C_IN
+    K_TOTAL: tl.constexpr = KSIZE * STEPS * C_IN
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
     if BLOCK_K <= C_IN:
-        # K runs over (tap, input channel); BLOCK_K divides C_IN, so one step stays in one tap.
+        # K runs over (kernel row, input pixel, input channel); BLOCK_K divides C_IN, so one step
+        # stays in one input pixel.
         for k in range(0, K_TOTAL, BLOCK_K):
             tap = k // C_IN
-            ih = ih0 + tap // KSIZE
-            iw = iw0 + tap % KSIZE
+            ih = ih0 + tap // STEPS
+            iw = iw0 + tap % STEPS
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((b * H + ih) * W + iw) * C_IN + (k - tap * C_IN)
-            a = tl.load(x_ptr + row[:, None] + offs_ka[None, :], mask=ok[:, None], other=0.0)
-            wt = tl.load(w_ptr + (k + offs_k)[:, None] * C_OUT + offs_nw[None, :])
+            a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok[:, None], other=0.0)
+            wt = tl.load(w_ptr + (k + offs_k)[:, None] * N_TOTAL + offs_n[None, :])
             acc = tl.dot(a, wt, acc)
     else:
         # Narrow inputs (C_IN < BLOCK_K): one step spans several taps, so each column has its
         # own tap offset and border mask; K is padded up to a multiple of BLOCK_K.
+        tl.static_assert(PACK == 1)
         base = ((b * H + ih0) * W + iw0) * C_IN
         for k in range(0, K_TOTAL, BLOCK_K):
             kk = k + offs_k
@@ -179,17 +178,18 @@ def _conv_kernel(
             ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             col = (dh * W + dw) * C_IN + (kk - tap * C_IN)
             a = tl.load(x_ptr + base[:, None] + col[None, :], mask=ok, other=0.0)
-            wt = tl.load(w_ptr + kk[:, None] * C_OUT + offs_nw[None, :], mask=k_ok[:, None], other=0.0)
+            wt = tl.load(w_ptr + kk[:, None] * N_TOTAL + offs_n[None, :], mask=k_ok[:, None], other=0.0)
             acc = tl.dot(a, wt, acc)
-    if HAS_SC:  # the block's 1×1 strided projection shortcut, as more K
+    if HAS_SC:  # the block's 1×1 strided projection shortcut, as more K (one pass per packed pixel)
         offs_k2 = tl.arange(0, BLOCK_K2)
-        row2 = ((b * H2 + oh * STRIDE2) * W2 + ow * STRIDE2) * C_IN2
-        for k in range(0, C_IN2, BLOCK_K2):
-            a = tl.load(x2_ptr + row2[:, None] + (k + offs_k2)[None, :], mask=m_ok[:, None], other=0.0)
-            wt = tl.load(w2_ptr + (k + offs_k2)[:, None] * C_OUT + offs_n[None, :])
-            acc = tl.dot(a, wt, acc)
+        for q in tl.static_range(PACK):
+            row2 = ((b * H2 + oh * STRIDE2) * W2 + (ow + q) * STRIDE2) * C_IN2
+            for k in range(0, C_IN2, BLOCK_K2):
+                a = tl.load(x2_ptr + row2[:, None] + (k + offs_k2)[None, :], mask=m_ok[:, None], other=0.0)
+                wt = tl.load(w2_ptr + (q * C_IN2 + k + offs_k2)[:, None] * N_TOTAL + offs_n[None, :])
+                acc = tl.dot(a, wt, acc)
     acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
-    out = offs_m[:, None] * C_OUT + offs_n[None, :]
+    out = offs_m[:, None] * N_TOTAL + offs_n[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0).to(tl.float32)
     if RELU:
@@ -204,8 +204,7 @@ class Tile:
     block_k: int
     num_warps: int
     num_stages: int
-    a_vec: int = 0  # >0: widest activation load in elements (a cache hint); 0: the compiler's choice
-    w_vec: int = 0  # the same for the weight loads
+    pack: int = 1  # output pixels per GEMM row (see _conv_kernel)
 
 
 # Candidates timed per layer shape; those that do not fit a layer (see _fits) are skipped.
@@ -224,20 +223,18 @@ TILE_CANDIDATES = [
     Tile(256, 128, 64, 8, 3),
     Tile(128, 256, 64, 8, 3),
     Tile(64, 128, 64, 4, 4),
-    # 8-byte activation (a_vec) and weight (w_vec) loads, which are L1-cached: not yet timed on a
-    # GPU, the tuner decides. Fewer stages leave more of the SM's 256 KB to L1.
-    Tile(128, 32, 32, 4, 4, 4),
-    Tile(256, 32, 32, 4, 4, 4),
-    Tile(128, 32, 32, 4, 3, 4),
-    Tile(128, 32, 32, 4, 2, 4),
-    Tile(128, 32, 32, 4, 4, 0, 4),
-    Tile(128, 32, 32, 4, 3, 4, 4),
-    Tile(128, 32, 32, 4, 2, 4, 4),
-    Tile(256, 32, 32, 8, 2, 4, 4),
-    Tile(128, 64, 32, 4, 4, 4),
-    Tile(128, 64, 32, 4, 3, 4),
-    Tile(128, 64, 32, 4, 3, 4, 4),
-    Tile(128, 128, 64, 4, 3, 4),
+    # two or four output pixels per row: fewer bytes from L2 per output for the narrow layers,
+    # which are bound by L2 bandwidth (the nine taps' re-reads), at 4/3 or 2x the MMA work
+    Tile(128, 64, 32, 4, 4, pack=2),
+    Tile(128, 64, 32, 4, 3, pack=2),
+    Tile(256, 64, 32, 8, 3, pack=2),
+    Tile(256, 64, 32, 4, 3, pack=2),
+    Tile(128, 128, 32, 4, 3, pack=4),
+    Tile(128, 128, 32, 8, 3, pack=4),
+    Tile(128, 128, 32, 4, 3, pack=2),
+    Tile(128, 128, 64, 4, 3, pack=2),
+    Tile(256, 128, 64, 8, 3, pack=2),
+    Tile(128, 256, 64, 8, 3, pack=2),
 ]
 # (pixels per program, warps) of the stem kernel
 STEM_CANDIDATES = [(64, 4), (128, 4), (128, 8), (32, 2)]
@@ -248,9 +245,38 @@ def default_tile(c_in: int, c_out: int) -> Tile:
     return Tile(128, min(c_out, 64), 32 if c_in % 32 == 0 else 16, 4, 3)
 
 
-def _fits(tile: Tile, c_in: int, c_out: int) -> bool:
-    # BLOCK_K either divides C_IN (one tap per K step) or exceeds it (several taps per step).
-    return c_out % tile.block_n == 0 and (c_in % tile.block_k == 0 or tile.block_k > c_in)
+def _fits(tile: Tile, c_in: int, c_out: int, out_width: int) -> bool:
+    # BLOCK_K either divides C_IN (one tap per K step) or exceeds it (several taps per step,
+    # unpacked only); a packed row never straddles two image rows.
+    if (tile.pack * c_out) % tile.block_n:
+        return False
+    if tile.pack > 1:
+        return out_width % tile.pack == 0 and c_in % tile.block_k == 0
+    return c_in % tile.block_k == 0 or tile.block_k > c_in
+
+
+def pack_weight(w: torch.Tensor, ksize: int, stride: int, pack: int) -> torch.Tensor:
+    """A ``(k²·C_in, C_out)`` weight for rows of ``pack`` outputs: ``(k·steps·C_in, pack·C_out)``.
+
+    Input pixel ``r`` of a kernel row (``steps = stride·(pack-1) + k`` of them) is tap
+    ``r - stride·q`` of the row's output ``q``, where that lies in ``0..k-1``, and zero otherwise.
+    """
+    if pack == 1:
+        return w
+    c_in, c_out = w.shape[0] // (ksize * ksize), w.shape[1]
+    steps = stride * (pack - 1) + ksize
+    taps = w.reshape(ksize, ksize, c_in, c_out)
+    out = w.new_zeros(ksize, steps, c_in, pack, c_out)
+    for r in range(steps):
+        for q in range(pack):
+            if 0 <= r - stride * q < ksize:
+                out[:, r, :, q, :] = taps[:, r - stride * q]
+    return out.reshape(ksize * steps * c_in, pack * c_out)
+
+
+def pack_shortcut(ws: torch.Tensor, pack: int) -> torch.Tensor:
+    """A 1×1 shortcut ``(C_in2, C_out)`` as ``(pack·C_in2, pack·C_out)``: output ``q`` reads pass ``q``."""
+    return torch.block_diag(*[ws] * pack) if pack > 1 else ws
 
 
 def conv_nhwc(
@@ -267,23 +293,29 @@ def conv_nhwc(
     """Convolution of NHWC ``x`` (B, H, W, C_in) with ``w`` laid out ``(ksize² · C_in, C_out)``.
 
     ``residual`` (B, OH, OW, C_out) is added before the ReLU; ``shortcut = (x2, w2, stride2)``
-    adds a 1×1 strided convolution of ``x2`` with ``w2`` (C_in2, C_out) as extra K.
+    adds a 1×1 strided convolution of ``x2`` with ``w2`` (C_in2, C_out) as extra K. For a tile
+    with ``pack > 1``, ``w``, ``bias`` and ``w2`` come from :func:`pack_weight`, ``bias.repeat``
+    and :func:`pack_shortcut`.
     """
     bsz, h, wd, c_in = x.shape
-    c_out = w.shape[1]
+    tile = tile or default_tile(c_in, w.shape[1])
+    pack = tile.pack
+    c_out = w.shape[1] // pack
+    steps = stride * (pack - 1) + ksize
+    if w.shape[0] != ksize * steps * c_in or bias.shape[0] != pack * c_out:
+        raise ValueError(f"weight {tuple(w.shape)} / bias {tuple(bias.shape)} are not packed for pack={pack}")
     pad = ksize // 2
     oh = (h + 2 * pad - ksize) // stride + 1
     ow = (wd + 2 * pad - ksize) // stride + 1
     y = torch.empty((bsz, oh, ow, c_out), device=x.device, dtype=x.dtype)
-    m = bsz * oh * ow
-    tile = tile or default_tile(c_in, c_out)
+    m = bsz * oh * ow // pack
     if shortcut is not None:
         x2, w2, stride2 = shortcut
         h2, w2d, c_in2 = x2.shape[1], x2.shape[2], x2.shape[3]
         block_k2 = min(c_in2, 64)
     else:
         x2, w2, stride2, h2, w2d, c_in2, block_k2 = x, w, 1, 1, 1, 16, 16
-    grid = (triton.cdiv(m, tile.block_m) * (c_out // tile.block_n),)
+    grid = (triton.cdiv(m, tile.block_m) * (pack * c_out // tile.block_n),)
     _conv_kernel[grid](
         x,
         w,
@@ -308,12 +340,11 @@ def conv_nhwc(
         C_IN2=c_in2,
         STRIDE2=stride2,
         RELU=relu,
+        PACK=pack,
         BLOCK_M=tile.block_m,
         BLOCK_N=tile.block_n,
         BLOCK_K=tile.block_k,
         BLOCK_K2=block_k2,
-        A_VEC=tile.a_vec,
-        W_VEC=tile.w_vec,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -340,11 +371,12 @@ def stem_nhwc(
     y = torch.empty((bsz, ph, pw, c), device=x.device, dtype=dtype)
     n = bsz * ph * pw
     block, warps = config
-    # A bf16 network keeps 8 mantissa bits, so TF32's 10 lose nothing; an fp16 one keeps 10,
-    # so its stem takes 3×TF32 (as accurate as fp32: 4e-3 → 1.3e-3 in probability on an H200,
-    # at 0.4 → 0.65 ms per 4096 windows).
+    # A bf16 network rounds every activation to 8 mantissa bits anyway, so its stem takes bf16
+    # operands as torch's bf16 path does (H200, 4096 windows: 0.34 → 0.28 ms against TF32, max
+    # |Δprob| 1.0e-2 → 1.4e-2, torch eager bf16 2.5e-2). An fp16 network keeps 10 bits, so its
+    # stem takes 3×TF32, as accurate as fp32 (4e-3 → 1.3e-3 in probability, 0.4 → 0.65 ms).
     if precision is None:
-        precision = "tf32" if dtype == torch.bfloat16 else "tf32x3"
+        precision = "bf16" if dtype == torch.bfloat16 else "tf32x3"
     _stem_kernel[(triton.cdiv(n, block),)](
         x,
         w,
@@ -502,6 +534,21 @@ class FusedResNet:
             )
             for b in folded["blocks"]
         ]
+        # Every block's weights for every pack a candidate tile uses, made now so that nothing is
+        # computed while a CUDA graph is being captured: packed[i][pack] = (w1, b1, w2, b2, ws).
+        self.packed = [
+            {
+                pack: (
+                    to_k(pack_weight(b.w1, 3, b.stride, pack)),
+                    to_f(b.b1.repeat(pack)),
+                    to_k(pack_weight(b.w2, 3, 1, pack)),
+                    to_f(b.b2.repeat(pack)),
+                    None if b.ws is None else to_k(pack_shortcut(b.ws, pack)),
+                )
+                for pack in sorted({1} | {t.pack for t in TILE_CANDIDATES})
+            }
+            for b in folded["blocks"]
+        ]
         self.emb_w, self.emb_b = (to_f(t) for t in folded["embed"])
         self.head_w, self.head_b = (to_f(t) for t in folded["head"])
         self.stem_config = STEM_CANDIDATES[0]
@@ -542,7 +589,8 @@ class FusedResNet:
         if tile == CUDNN:
             c = self.cudnn[i]
             return conv_cudnn(y, c["w1"], c["b1"], blk.stride)
-        return conv_nhwc(y, blk.w1, blk.b1, 3, blk.stride, tile=tile)
+        w1, b1, _, _, _ = self.packed[i][tile.pack if tile else 1]
+        return conv_nhwc(y, w1, b1, 3, blk.stride, tile=tile)
 
     def _conv2(self, i: int, h: torch.Tensor, y: torch.Tensor, tile) -> torch.Tensor:
         """The block's second convolution plus its residual (``y``) or projected shortcut."""
@@ -552,9 +600,10 @@ class FusedResNet:
             if blk.ws is None:
                 return conv_cudnn(h, c["w2"], c["b2"], 1, residual=y)
             return conv_cudnn(h, c["w2"], c["b2"], 1, shortcut=(y, c["ws"], blk.stride))
-        if blk.ws is None:
-            return conv_nhwc(h, blk.w2, blk.b2, 3, 1, residual=y, tile=tile)
-        return conv_nhwc(h, blk.w2, blk.b2, 3, 1, shortcut=(y, blk.ws, blk.stride), tile=tile)
+        _, _, w2, b2, ws = self.packed[i][tile.pack if tile else 1]
+        if ws is None:
+            return conv_nhwc(h, w2, b2, 3, 1, residual=y, tile=tile)
+        return conv_nhwc(h, w2, b2, 3, 1, shortcut=(y, ws, blk.stride), tile=tile)
 
     def _run_blocks(self, y: torch.Tensor) -> torch.Tensor:
         for i, blk in enumerate(self.blocks):
@@ -587,14 +636,15 @@ class FusedResNet:
         extra = [CUDNN] if self.cudnn is not None else []
         for i, blk in enumerate(self.blocks):
             c_in, c_out = y.shape[3], blk.w1.shape[1]
+            out_width = (y.shape[2] - 1) // blk.stride + 1
             t1, ms1 = _pick(
                 lambda tile, i=i, y=y: self._conv1(i, y, tile),
-                c_in, c_out, iters, extra, _tracer(trace, f"block {i} conv1"),
+                (c_in, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv1"),
             )  # fmt: skip
             h = self._conv1(i, y, t1)
             t2, ms2 = _pick(
                 lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile),
-                c_out, c_out, iters, extra, _tracer(trace, f"block {i} conv2"),
+                (c_out, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv2"),
             )  # fmt: skip
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
@@ -606,10 +656,11 @@ def _tracer(trace: list | None, layer: str):
     return None if trace is None else lambda candidate, ms: trace.append((layer, candidate, ms))
 
 
-def _pick(run, c_in: int, c_out: int, iters: int, extra: list, record=None) -> tuple:
-    """The fastest fitting tile (or ``extra`` candidate) for ``run(tile)``; the default tile always competes."""
-    default = default_tile(c_in, c_out)
-    tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, c_in, c_out) and t != default]
+def _pick(run, shape: tuple[int, int, int], iters: int, extra: list, record=None) -> tuple:
+    """The fastest tile fitting ``shape`` (C_in, C_out, output width), or ``extra`` candidate, for
+    ``run(tile)``; the default tile always competes."""
+    default = default_tile(*shape[:2])
+    tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, *shape) and t != default]
     return _pick_from(tiles + extra, run, iters, record)
 
 

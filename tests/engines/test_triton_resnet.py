@@ -38,7 +38,7 @@ INTERPRETED = textwrap.dedent(
         ref_logits, ref_emb = model(x)
         fused = FusedResNet(model, "cpu", torch.float32)
         for name, tile in (("one_tap_per_step", None), ("taps_across_steps", Tile(64, 32, 512, 4, 2)),
-                           ("narrow_loads", Tile(64, 32, 32, 4, 2, a_vec=4, w_vec=4))):
+                           ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2))):
             for blk in fused.blocks:
                 blk.tiles = (tile, tile)
             logits, emb = fused(x)
@@ -73,7 +73,7 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
     assert set(diffs) == {
         "one_tap_per_step",
         "taps_across_steps",
-        "narrow_loads",
+        "packed_rows",
         "cudnn_everywhere",
         "cudnn_mixed",
     }
@@ -93,14 +93,41 @@ def test_narrow_models_are_refused_with_a_reason(tmp_path):
 def test_tile_fitting():
     from engines.triton_resnet import TILE_CANDIDATES, Tile, _fits, default_tile
 
-    assert _fits(Tile(128, 32, 32, 4, 4), 32, 32)
-    assert not _fits(Tile(128, 64, 32, 4, 4), 32, 32)  # BLOCK_N wider than C_OUT
-    assert _fits(Tile(128, 32, 64, 4, 4), 32, 32)  # K steps spanning two taps
-    assert not _fits(Tile(128, 32, 64, 4, 4), 96, 32)  # neither divides nor spans
+    assert _fits(Tile(128, 32, 32, 4, 4), 32, 32, 48)
+    assert not _fits(Tile(128, 64, 32, 4, 4), 32, 32, 48)  # BLOCK_N wider than C_OUT
+    assert _fits(Tile(128, 32, 64, 4, 4), 32, 32, 48)  # K steps spanning two taps
+    assert not _fits(Tile(128, 32, 64, 4, 4), 96, 32, 48)  # neither divides nor spans
+    assert _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 48)  # two pixels' 32 channels per row
+    assert not _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 3)  # a row would straddle image rows
+    assert not _fits(Tile(128, 32, 64, 4, 4, pack=2), 32, 32, 48)  # packed rows take one tap per step
     for c_in, c_out in ((16, 16), (32, 32), (32, 64), (64, 128), (128, 256), (256, 256)):
-        assert _fits(default_tile(c_in, c_out), c_in, c_out)
-    for c_in, c_out in ((32, 32), (32, 64), (64, 128), (128, 256), (256, 256)):  # the default model's
-        assert sum(_fits(t, c_in, c_out) for t in TILE_CANDIDATES) >= 3
+        assert _fits(default_tile(c_in, c_out), c_in, c_out, 3)
+    for c_in, c_out, width in ((32, 32, 48), (32, 64, 24), (64, 128, 12), (128, 256, 6), (256, 256, 6)):
+        assert sum(_fits(t, c_in, c_out, width) for t in TILE_CANDIDATES) >= 3
+
+
+def test_packed_weights_compute_the_same_convolution():
+    """pack_weight/pack_shortcut: a row of ``pack`` outputs as one product equals the convolution."""
+    from engines.triton_resnet import pack_shortcut, pack_weight
+
+    torch.manual_seed(0)
+    for stride, pack in ((1, 2), (1, 4), (2, 2)):
+        x = torch.randn(2, 5, 8, 3, dtype=torch.float64)  # NHWC
+        w = torch.randn(3, 3, 3, 4, dtype=torch.float64)  # (kh, kw, C_in, C_out)
+        ref = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), None, stride, 1)
+        ref = ref.permute(0, 2, 3, 1)  # (B, OH, OW, C_out)
+        packed = pack_weight(w.reshape(27, 4), 3, stride, pack)
+        steps = stride * (pack - 1) + 3
+        xp = torch.nn.functional.pad(x, (0, 0, 1, 1 + steps, 1, 1))  # zero border, room on the right
+        oh, ow = ref.shape[1], ref.shape[2]
+        for j in range(ow // pack):
+            for i in range(oh):
+                rows = xp[:, i * stride : i * stride + 3, j * pack * stride : j * pack * stride + steps]
+                got = rows.reshape(2, -1) @ packed  # (B, pack · C_out)
+                torch.testing.assert_close(got.reshape(2, pack, 4), ref[:, i, j * pack : (j + 1) * pack])
+        ws = torch.randn(3, 4, dtype=torch.float64)
+        xs = torch.randn(2, pack, 3, dtype=torch.float64)  # the pack pixels a row's shortcut reads
+        torch.testing.assert_close((xs.reshape(2, -1) @ pack_shortcut(ws, pack)).reshape(2, pack, 4), xs @ ws)
 
 
 needs_cuda = pytest.mark.skipif(
@@ -179,27 +206,22 @@ def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 
 def test_kernels_compile_for_hopper_here():
     """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
-    convolutions and the stem, and L1-cached 8-byte copies for the ``a_vec``/``w_vec`` tiles."""
+    convolutions (packed rows too) and the stem."""
     from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel
 
     def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
         types = ["*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 7
         const = dict(
             C_IN=c_in, C_OUT=c_out, KSIZE=3, STRIDE=1, HAS_RES=True, HAS_SC=False, C_IN2=16, STRIDE2=1, RELU=True,
-            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, A_VEC=tile.a_vec, W_VEC=tile.w_vec,
+            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, PACK=tile.pack,
         )  # fmt: skip
         return _hopper_ptx(
             _conv_kernel, dict(zip(CONV_ARGS, types, strict=True)), const, tile.num_warps, tile.num_stages
         )
 
     plain = conv_ptx(Tile(128, 32, 32, 4, 4))
-    assert "wgmma" in plain
-    assert "cp.async.cg.shared.global" in plain and "cp.async.ca.shared.global" not in plain
-    narrow = conv_ptx(Tile(128, 32, 32, 4, 4, a_vec=4))
-    assert "wgmma" in narrow and "cp.async.ca.shared.global" in narrow
-    assert "cp.async.cg.shared.global" in narrow  # the weights still bypass L1
-    both = conv_ptx(Tile(128, 32, 32, 4, 4, a_vec=4, w_vec=4))
-    assert "cp.async.ca.shared.global" in both and "cp.async.cg.shared.global" not in both
+    assert "wgmma" in plain and "cp.async.cg.shared.global" in plain
+    assert "wgmma" in conv_ptx(Tile(128, 64, 32, 4, 3, pack=2))
     assert "wgmma" in conv_ptx(Tile(128, 256, 64, 8, 3), c_in=256, c_out=256)
 
     stem_sig = {"x_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16",
