@@ -229,6 +229,8 @@ TILE_CANDIDATES = [
     Tile(128, 64, 32, 4, 3, pack=2),
     Tile(256, 64, 32, 8, 3, pack=2),
     Tile(256, 64, 32, 4, 3, pack=2),
+    Tile(128, 64, 32, 8, 4, pack=2),
+    Tile(256, 64, 32, 8, 4, pack=2),
     Tile(128, 128, 32, 4, 3, pack=4),
     Tile(128, 128, 32, 8, 3, pack=4),
     Tile(128, 128, 32, 4, 3, pack=2),
@@ -237,7 +239,7 @@ TILE_CANDIDATES = [
     Tile(128, 256, 64, 8, 3, pack=2),
 ]
 # (pixels per program, warps) of the stem kernel
-STEM_CANDIDATES = [(64, 4), (128, 4), (128, 8), (32, 2)]
+STEM_CANDIDATES = [(64, 4), (128, 4), (128, 8), (32, 2), (256, 4), (256, 8)]
 
 
 def default_tile(c_in: int, c_out: int) -> Tile:
