@@ -616,7 +616,7 @@ class FusedResNet:
     def __call__(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.stem(mel)
         y = self._run_blocks(y)
-        f = y.float().mean(dim=1)  # over frequency → (B, T, C)
+        f = y.mean(dim=1, dtype=torch.float32)  # over frequency → (B, T, C), no float32 copy of y
         z = torch.cat([f.mean(dim=1), f.amax(dim=1)], dim=1)
         emb = torch.relu(z @ self.emb_w.T + self.emb_b)
         return emb @ self.head_w.T + self.head_b, emb
