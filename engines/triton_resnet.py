@@ -31,6 +31,8 @@ __all__ = [
     "fold_resnet",
     "conv_nhwc",
     "stem_nhwc",
+    "stem_rows_weight",
+    "STEM_CANDIDATES",
     "Tile",
     "TILE_CANDIDATES",
     "default_tile",
@@ -94,6 +96,60 @@ def _stem_kernel(
 
 
 @triton.jit
+def _stem_rows_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    norm_scale,
+    norm_shift,
+    P,
+    H: tl.constexpr,
+    W: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # _stem_kernel's job with half the gathers. The two conv outputs of one pooling row (dj = 0, 1)
+    # read the same 3 × 5 input pixels, so one (BLOCK_P × 16) gather of those 15 values feeds both
+    # products, against a (16, C) weight per dj that is zero where a pixel is not one of its taps.
+    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = offs < P
+    q = offs % PW
+    t = offs // PW
+    p = t % PH
+    b = t // PH
+    k = tl.arange(0, 16)
+    r = tl.where(k < 15, k // 5, 1 << 20)  # the 16th column reads nothing (masked below)
+    col = k % 5
+    c = tl.arange(0, C)
+    w0 = tl.load(w_ptr + k[:, None] * C + c[None, :])  # (16, C) fp32 for dj = 0
+    w1 = tl.load(w_ptr + (16 + k)[:, None] * C + c[None, :])  # and for dj = 1
+    top = tl.where(p_ok, 4 * p - 1, -(1 << 20))  # rows of a program's tail read nothing
+    iw = (4 * q - 1)[:, None] + col[None, :]
+    # One unsigned compare per side: negative indices wrap to huge values.
+    w_ok = iw.to(tl.uint32) < W
+    base = x_ptr + (b * (H * W))[:, None] + iw
+    best = tl.full((BLOCK_P, C), float("-inf"), dtype=tl.float32)
+    for di in tl.static_range(2):
+        ih = (top + 2 * di)[:, None] + r[None, :]
+        ok = w_ok & (ih.to(tl.uint32) < H)
+        xv = tl.load(base + ih * W, mask=ok, other=0.0).to(tl.float32)
+        xv = tl.where(ok, xv * norm_scale + norm_shift, 0.0)  # zero padding is after the affine
+        if PRECISION == "bf16":
+            xv = xv.to(tl.bfloat16)
+            best = tl.maximum(best, tl.dot(xv, w0.to(tl.bfloat16)))
+            best = tl.maximum(best, tl.dot(xv, w1.to(tl.bfloat16)))
+        else:
+            best = tl.maximum(best, tl.dot(xv, w0, input_precision=PRECISION))
+            best = tl.maximum(best, tl.dot(xv, w1, input_precision=PRECISION))
+    out = tl.maximum(best + tl.load(bias_ptr + c)[None, :], 0.0)
+    tl.store(y_ptr + offs[:, None] * C + c[None, :], out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None])
+
+
+@triton.jit
 def _conv_kernel(
     x_ptr,
     w_ptr,
@@ -119,6 +175,7 @@ def _conv_kernel(
     STRIDE2: tl.constexpr,
     RELU: tl.constexpr,
     PACK: tl.constexpr,
+    EARLY_RES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -150,6 +207,12 @@ def _conv_kernel(
     K_TOTAL: tl.constexpr = KSIZE * STEPS * C_IN
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
+    out = offs_m[:, None] * N_TOTAL + offs_n[None, :]
+    if HAS_RES and EARLY_RES:
+        # Issued before the K loop, so the residual's bytes arrive while the tensor cores work
+        # instead of after them (it costs BLOCK_N/8 more registers per thread while it waits).
+        res = tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0)
+    ROW_K: tl.constexpr = STEPS * C_IN  # K of one kernel row
     if BLOCK_K <= C_IN:
         # K runs over (kernel row, input pixel, input channel); BLOCK_K divides C_IN, so one step
         # stays in one input pixel.
@@ -160,6 +223,21 @@ def _conv_kernel(
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((b * H + ih) * W + iw) * C_IN + (k - tap * C_IN)
             a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok[:, None], other=0.0)
+            wt = tl.load(w_ptr + (k + offs_k)[:, None] * N_TOTAL + offs_n[None, :])
+            acc = tl.dot(a, wt, acc)
+    elif ROW_K % BLOCK_K == 0:
+        # One step spans BLOCK_K / C_IN adjacent input pixels of one kernel row. NHWC stores them
+        # side by side, so each GEMM row loads one contiguous run; only the border mask is per
+        # column (which pixel of the run it belongs to).
+        pix = offs_k // C_IN
+        for k in range(0, K_TOTAL, BLOCK_K):
+            kh = k // ROW_K
+            kin = k - kh * ROW_K
+            ih = ih0 + kh
+            iw = iw0[:, None] + (kin // C_IN + pix)[None, :]
+            ok = (m_ok & (ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < W)
+            row = ((b * H + ih) * W + iw0) * C_IN + kin
+            a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok, other=0.0)
             wt = tl.load(w_ptr + (k + offs_k)[:, None] * N_TOTAL + offs_n[None, :])
             acc = tl.dot(a, wt, acc)
     else:
@@ -189,9 +267,10 @@ def _conv_kernel(
                 wt = tl.load(w2_ptr + (q * C_IN2 + k + offs_k2)[:, None] * N_TOTAL + offs_n[None, :])
                 acc = tl.dot(a, wt, acc)
     acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
-    out = offs_m[:, None] * N_TOTAL + offs_n[None, :]
     if HAS_RES:
-        acc += tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        if not EARLY_RES:
+            res = tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0)
+        acc += res.to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None])
@@ -205,6 +284,7 @@ class Tile:
     num_warps: int
     num_stages: int
     pack: int = 1  # output pixels per GEMM row (see _conv_kernel)
+    early_res: bool = False  # load the residual before the K loop (layers with one only)
 
 
 # Candidates timed per layer shape; those that do not fit a layer (see _fits) are skipped.
@@ -237,9 +317,51 @@ TILE_CANDIDATES = [
     Tile(128, 128, 64, 4, 3, pack=2),
     Tile(256, 128, 64, 8, 3, pack=2),
     Tile(128, 256, 64, 8, 3, pack=2),
+    # K steps spanning adjacent input pixels of a kernel row (packed stride-1 rows): one
+    # contiguous load per GEMM row per step instead of one per pixel
+    Tile(128, 64, 64, 4, 3, pack=2),
+    Tile(128, 64, 64, 4, 4, pack=2),
+    Tile(256, 64, 64, 8, 3, pack=2),
+    Tile(128, 64, 128, 4, 3, pack=2),
+    Tile(128, 128, 64, 4, 3, pack=4),
+    Tile(128, 128, 128, 4, 3, pack=2),
+    # the residual loaded before the K loop
+    Tile(256, 64, 32, 8, 3, pack=2, early_res=True),
+    Tile(128, 64, 32, 4, 3, pack=2, early_res=True),
+    Tile(128, 64, 32, 4, 4, pack=2, early_res=True),
+    Tile(256, 64, 64, 8, 3, pack=2, early_res=True),
+    Tile(128, 64, 64, 4, 3, pack=2, early_res=True),
+    Tile(128, 128, 64, 4, 3, early_res=True),
 ]
-# (pixels per program, warps) of the stem kernel
-STEM_CANDIDATES = [(64, 4), (128, 4), (128, 8), (32, 2), (256, 4), (256, 8)]
+# (pixels per program, warps, kernel) of the stem: "taps" gathers the 9 taps of each of the four
+# conv outputs under a pooled pixel, "rows" the 15 pixels shared by each row of two (half the loads)
+STEM_CANDIDATES = [
+    (128, 4, "taps"),
+    (64, 4, "taps"),
+    (128, 8, "taps"),
+    (32, 2, "taps"),
+    (256, 4, "taps"),
+    (256, 8, "taps"),
+    (128, 4, "rows"),
+    (64, 4, "rows"),
+    (128, 8, "rows"),
+    (256, 4, "rows"),
+    (256, 8, "rows"),
+]
+
+
+def stem_rows_weight(w: torch.Tensor) -> torch.Tensor:
+    """The stem's ``(16, C)`` tap weight as :func:`_stem_rows_kernel` reads it: ``(32, C)``.
+
+    Row ``5·r + col`` of half ``dj`` weighs input pixel ``(r, col)`` of a 3 × 5 patch for the conv
+    output at column offset ``dj``: tap ``(r, col - 2·dj)`` where that lies in the 3 × 3 kernel.
+    """
+    out = w.new_zeros(2, 16, w.shape[1])
+    for dj in range(2):
+        for r in range(3):
+            for kw in range(3):
+                out[dj, 5 * r + 2 * dj + kw] = w[3 * r + kw]
+    return out.reshape(32, w.shape[1])
 
 
 def default_tile(c_in: int, c_out: int) -> Tile:
@@ -247,13 +369,18 @@ def default_tile(c_in: int, c_out: int) -> Tile:
     return Tile(128, min(c_out, 64), 32 if c_in % 32 == 0 else 16, 4, 3)
 
 
-def _fits(tile: Tile, c_in: int, c_out: int, out_width: int) -> bool:
-    # BLOCK_K either divides C_IN (one tap per K step) or exceeds it (several taps per step,
-    # unpacked only); a packed row never straddles two image rows.
-    if (tile.pack * c_out) % tile.block_n:
+def _fits(
+    tile: Tile, c_in: int, c_out: int, out_width: int, stride: int = 1, residual: bool = True
+) -> bool:
+    # BLOCK_K divides C_IN (one tap per K step), or is whole pixels that divide a kernel row's
+    # K (adjacent pixels per step), or exceeds C_IN unpacked (several taps per step, any
+    # layout); a packed row never straddles two image rows; early_res needs a residual.
+    if (tile.pack * c_out) % tile.block_n or (tile.early_res and not residual):
         return False
+    row_k = (stride * (tile.pack - 1) + 3) * c_in
+    spans_row = tile.block_k % c_in == 0 and row_k % tile.block_k == 0
     if tile.pack > 1:
-        return out_width % tile.pack == 0 and c_in % tile.block_k == 0
+        return out_width % tile.pack == 0 and (c_in % tile.block_k == 0 or spans_row)
     return c_in % tile.block_k == 0 or tile.block_k > c_in
 
 
@@ -343,6 +470,7 @@ def conv_nhwc(
         STRIDE2=stride2,
         RELU=relu,
         PACK=pack,
+        EARLY_RES=tile.early_res,
         BLOCK_M=tile.block_m,
         BLOCK_N=tile.block_n,
         BLOCK_K=tile.block_k,
@@ -360,26 +488,30 @@ def stem_nhwc(
     norm_scale: float,
     norm_shift: float,
     dtype: torch.dtype,
-    config: tuple[int, int] = STEM_CANDIDATES[0],
+    config: tuple[int, int, str] = STEM_CANDIDATES[0],
     precision: str | None = None,
 ) -> torch.Tensor:
     """Log-mel ``(B, H, W)`` → pooled stem output NHWC ``(B, ≈H/4, ≈W/4, C)``.
 
-    ``w`` is float32 ``(16, C)``: the 9 taps (row-major 3×3) then zero rows.
+    ``w`` is float32 ``(16, C)``: the 9 taps (row-major 3×3) then zero rows; for the ``"rows"``
+    kernel, :func:`stem_rows_weight` of that.
     """
     bsz, h, wd = x.shape
+    block, warps, kernel = config
     c = w.shape[1]
+    if w.shape[0] != {"taps": 16, "rows": 32}[kernel]:
+        raise ValueError(f"stem weight {tuple(w.shape)} is not laid out for the {kernel!r} kernel")
     ph, pw = ((h - 1) // 2 + 1) // 2, ((wd - 1) // 2 + 1) // 2  # conv 3×3/2 pad 1, then pool 2×2 (floor)
     y = torch.empty((bsz, ph, pw, c), device=x.device, dtype=dtype)
     n = bsz * ph * pw
-    block, warps = config
     # A bf16 network rounds every activation to 8 mantissa bits anyway, so its stem takes bf16
     # operands as torch's bf16 path does (H200, 4096 windows: 0.34 → 0.28 ms against TF32, max
     # |Δprob| 1.0e-2 → 1.4e-2, torch eager bf16 2.5e-2). An fp16 network keeps 10 bits, so its
     # stem takes 3×TF32, as accurate as fp32 (4e-3 → 1.3e-3 in probability, 0.4 → 0.65 ms).
     if precision is None:
         precision = "bf16" if dtype == torch.bfloat16 else "tf32x3"
-    _stem_kernel[(triton.cdiv(n, block),)](
+    kernel_fn = _stem_rows_kernel if kernel == "rows" else _stem_kernel
+    kernel_fn[(triton.cdiv(n, block),)](
         x,
         w,
         bias,
@@ -530,6 +662,7 @@ class FusedResNet:
         stem_w = torch.zeros(16, folded["stem"][0].shape[1], dtype=torch.float64)
         stem_w[:9] = folded["stem"][0]  # taps padded to the tensor cores' K of 16
         self.stem_w, self.stem_b = to_f(stem_w), to_f(folded["stem"][1])
+        self.stem_w_rows = to_f(stem_rows_weight(stem_w))
         self.blocks = [
             FoldedBlock(
                 to_k(b.w1), to_f(b.b1), to_k(b.w2), to_f(b.b2), b.stride, None if b.ws is None else to_k(b.ws)
@@ -576,15 +709,16 @@ class FusedResNet:
                 for b in folded["blocks"]
             ]
 
-    def stem(self, mel: torch.Tensor, config: tuple[int, int] | None = None) -> torch.Tensor:
+    def stem(self, mel: torch.Tensor, config: tuple[int, int, str] | None = None) -> torch.Tensor:
+        config = config or self.stem_config
         return stem_nhwc(
             mel.contiguous(),
-            self.stem_w,
+            self.stem_w_rows if config[2] == "rows" else self.stem_w,
             self.stem_b,
             self.norm_scale,
             self.norm_shift,
             self.dtype,
-            config or self.stem_config,
+            config,
             self.stem_precision,
         )
 
@@ -643,12 +777,12 @@ class FusedResNet:
             out_width = (y.shape[2] - 1) // blk.stride + 1
             t1, ms1 = _pick(
                 lambda tile, i=i, y=y: self._conv1(i, y, tile),
-                (c_in, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv1"),
+                (c_in, c_out, out_width, blk.stride, False), iters, extra, _tracer(trace, f"block {i} conv1"),
             )  # fmt: skip
             h = self._conv1(i, y, t1)
             t2, ms2 = _pick(
                 lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile),
-                (c_out, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv2"),
+                (c_out, c_out, out_width, 1, blk.ws is None), iters, extra, _tracer(trace, f"block {i} conv2"),
             )  # fmt: skip
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
@@ -660,9 +794,9 @@ def _tracer(trace: list | None, layer: str):
     return None if trace is None else lambda candidate, ms: trace.append((layer, candidate, ms))
 
 
-def _pick(run, shape: tuple[int, int, int], iters: int, extra: list, record=None) -> tuple:
-    """The fastest tile fitting ``shape`` (C_in, C_out, output width), or ``extra`` candidate, for
-    ``run(tile)``; the default tile always competes."""
+def _pick(run, shape: tuple, iters: int, extra: list, record=None) -> tuple:
+    """The fastest tile fitting ``shape`` (C_in, C_out, output width, stride, has a residual), or
+    ``extra`` candidate, for ``run(tile)``; the default tile always competes."""
     default = default_tile(*shape[:2])
     tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, *shape) and t != default]
     return _pick_from(tiles + extra, run, iters, record)

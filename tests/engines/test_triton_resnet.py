@@ -27,7 +27,7 @@ INTERPRETED = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     from engines.bundle import Bundle
-    from engines.triton_resnet import CUDNN, FusedResNet, Tile
+    from engines.triton_resnet import CUDNN, FusedResNet, Tile, _fits
     bundle = Bundle.load(sys.argv[1])
     model = bundle.build_model().eval()
     rng = np.random.default_rng(0)
@@ -37,10 +37,21 @@ INTERPRETED = textwrap.dedent(
     with torch.no_grad():
         ref_logits, ref_emb = model(x)
         fused = FusedResNet(model, "cpu", torch.float32)
-        for name, tile in (("one_tap_per_step", None), ("taps_across_steps", Tile(64, 32, 512, 4, 2)),
-                           ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2))):
+        def fitting(tile, blk, conv):  # the tile where it fits this convolution, else the default
+            c_in, c_out = blk.w1.shape[0] // 9, blk.w1.shape[1]
+            c_in, stride = (c_in, blk.stride) if conv == 1 else (c_out, 1)
+            return tile if tile is None or _fits(tile, c_in, c_out, 8, stride, conv == 2 and blk.ws is None) else None
+        layouts = (
+            ("one_tap_per_step", None, (128, 4, "taps")),
+            ("taps_across_steps", Tile(64, 32, 512, 4, 2), (64, 4, "taps")),
+            ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2), (64, 4, "rows")),
+            ("packed_rows_spanning_steps", Tile(64, 64, 64, 4, 2, pack=2), (32, 2, "rows")),
+            ("early_residual", Tile(64, 64, 64, 4, 2, pack=2, early_res=True), (128, 4, "rows")),
+        )
+        for name, tile, stem in layouts:
             for blk in fused.blocks:
-                blk.tiles = (tile, tile)
+                blk.tiles = (fitting(tile, blk, 1), fitting(tile, blk, 2))
+            fused.stem_config = stem
             logits, emb = fused(x)
             out[name] = {"logits": float((logits - ref_logits).abs().max()),
                          "embedding": float((emb - ref_emb).abs().max())}
@@ -58,8 +69,9 @@ INTERPRETED = textwrap.dedent(
 
 
 def test_kernels_match_torch_in_the_interpreter(tmp_path):
-    """Both K-loop layouts of the convolution kernel, the stem, the shortcut-as-K and the cuDNN
-    candidates' weight layouts (mixed with the Triton kernels), in fp32."""
+    """Every K-loop layout of the convolution kernel (packed rows, steps spanning pixels, the early
+    residual), both stem kernels, the shortcut-as-K and the cuDNN candidates' weight layouts
+    (mixed with the Triton kernels), in fp32."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", INTERPRETED, DEFAULT_BUNDLE],
@@ -74,6 +86,8 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
         "one_tap_per_step",
         "taps_across_steps",
         "packed_rows",
+        "packed_rows_spanning_steps",
+        "early_residual",
         "cudnn_everywhere",
         "cudnn_mixed",
     }
@@ -99,7 +113,9 @@ def test_tile_fitting():
     assert not _fits(Tile(128, 32, 64, 4, 4), 96, 32, 48)  # neither divides nor spans
     assert _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 48)  # two pixels' 32 channels per row
     assert not _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 3)  # a row would straddle image rows
-    assert not _fits(Tile(128, 32, 64, 4, 4, pack=2), 32, 32, 48)  # packed rows take one tap per step
+    assert _fits(Tile(128, 64, 64, 4, 4, pack=2), 32, 32, 48)  # a step spans 2 of a row's 4 pixels
+    assert not _fits(Tile(128, 64, 64, 4, 4, pack=2), 32, 32, 48, stride=2)  # 5 pixels: no whole steps
+    assert not _fits(Tile(128, 64, 32, 4, 4, pack=2, early_res=True), 32, 32, 48, residual=False)
     for c_in, c_out in ((16, 16), (32, 32), (32, 64), (64, 128), (128, 256), (256, 256)):
         assert _fits(default_tile(c_in, c_out), c_in, c_out, 3)
     for c_in, c_out, width in ((32, 32, 48), (32, 64, 24), (64, 128, 12), (128, 256, 6), (256, 256, 6)):
@@ -207,13 +223,14 @@ def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 def test_kernels_compile_for_hopper_here():
     """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
     convolutions (packed rows too) and the stem."""
-    from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel
+    from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel, _stem_rows_kernel
 
     def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
         types = ["*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 7
         const = dict(
             C_IN=c_in, C_OUT=c_out, KSIZE=3, STRIDE=1, HAS_RES=True, HAS_SC=False, C_IN2=16, STRIDE2=1, RELU=True,
             BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, PACK=tile.pack,
+            EARLY_RES=tile.early_res,
         )  # fmt: skip
         return _hopper_ptx(
             _conv_kernel, dict(zip(CONV_ARGS, types, strict=True)), const, tile.num_warps, tile.num_stages
@@ -222,11 +239,14 @@ def test_kernels_compile_for_hopper_here():
     plain = conv_ptx(Tile(128, 32, 32, 4, 4))
     assert "wgmma" in plain and "cp.async.cg.shared.global" in plain
     assert "wgmma" in conv_ptx(Tile(128, 64, 32, 4, 3, pack=2))
+    spanning = conv_ptx(Tile(128, 64, 64, 4, 3, pack=2, early_res=True))
+    assert "wgmma" in spanning and "cp.async.cg.shared.global" in spanning
     assert "wgmma" in conv_ptx(Tile(128, 256, 64, 8, 3), c_in=256, c_out=256)
 
     stem_sig = {"x_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16",
                 "norm_scale": "fp32", "norm_shift": "fp32", "P": "i32"}  # fmt: skip
     for precision in ("tf32", "tf32x3", "bf16"):
         const = dict(H=96, W=192, PH=24, PW=48, C=32, BLOCK_P=64, PRECISION=precision)
-        stem = _hopper_ptx(_stem_kernel, stem_sig, const, 4, 1)
-        assert "wgmma" in stem or "mma.sync" in stem, precision
+        for kernel in (_stem_kernel, _stem_rows_kernel):
+            stem = _hopper_ptx(kernel, stem_sig, const, 4, 1)
+            assert "wgmma" in stem or "mma.sync" in stem, (kernel.__name__, precision)
