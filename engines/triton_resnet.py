@@ -369,9 +369,7 @@ def default_tile(c_in: int, c_out: int) -> Tile:
     return Tile(128, min(c_out, 64), 32 if c_in % 32 == 0 else 16, 4, 3)
 
 
-def _fits(
-    tile: Tile, c_in: int, c_out: int, out_width: int, stride: int = 1, residual: bool = True
-) -> bool:
+def _fits(tile: Tile, c_in: int, c_out: int, out_width: int, stride: int = 1, residual: bool = True) -> bool:
     # BLOCK_K divides C_IN (one tap per K step), or is whole pixels that divide a kernel row's
     # K (adjacent pixels per step), or exceeds C_IN unpacked (several taps per step, any
     # layout); a packed row never straddles two image rows; early_res needs a residual.

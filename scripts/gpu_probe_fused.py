@@ -158,9 +158,7 @@ def main() -> None:
                 for r in report[1:]:
                     for name in ("conv1", "conv2"):
                         tile, ms = r[name]
-                        run["layers"].append(
-                            {"block": r["block"], "conv": name, "tile": str(tile), "ms": ms}
-                        )
+                        run["layers"].append({"block": r["block"], "conv": name, "tile": str(tile), "ms": ms})
                         print(f"  block {r['block']} {name}: {ms:.3f} ms  tile {tile}")
                 sum_layers = sum(layer["ms"] for layer in run["layers"])
                 timings = {"triton_fused": graph_ms(fused, x)}
