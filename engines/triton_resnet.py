@@ -175,7 +175,6 @@ def _conv_kernel(
     STRIDE2: tl.constexpr,
     RELU: tl.constexpr,
     PACK: tl.constexpr,
-    EARLY_RES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -207,12 +206,6 @@ def _conv_kernel(
     K_TOTAL: tl.constexpr = KSIZE * STEPS * C_IN
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
-    out = offs_m[:, None] * N_TOTAL + offs_n[None, :]
-    if HAS_RES and EARLY_RES:
-        # Issued before the K loop, so the residual's bytes arrive while the tensor cores work
-        # instead of after them (it costs BLOCK_N/8 more registers per thread while it waits).
-        res = tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0)
-    ROW_K: tl.constexpr = STEPS * C_IN  # K of one kernel row
     if BLOCK_K <= C_IN:
         # K runs over (kernel row, input pixel, input channel); BLOCK_K divides C_IN, so one step
         # stays in one input pixel.
@@ -223,21 +216,6 @@ def _conv_kernel(
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((b * H + ih) * W + iw) * C_IN + (k - tap * C_IN)
             a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok[:, None], other=0.0)
-            wt = tl.load(w_ptr + (k + offs_k)[:, None] * N_TOTAL + offs_n[None, :])
-            acc = tl.dot(a, wt, acc)
-    elif ROW_K % BLOCK_K == 0:
-        # One step spans BLOCK_K / C_IN adjacent input pixels of one kernel row. NHWC stores them
-        # side by side, so each GEMM row loads one contiguous run; only the border mask is per
-        # column (which pixel of the run it belongs to).
-        pix = offs_k // C_IN
-        for k in range(0, K_TOTAL, BLOCK_K):
-            kh = k // ROW_K
-            kin = k - kh * ROW_K
-            ih = ih0 + kh
-            iw = iw0[:, None] + (kin // C_IN + pix)[None, :]
-            ok = (m_ok & (ih >= 0) & (ih < H))[:, None] & (iw >= 0) & (iw < W)
-            row = ((b * H + ih) * W + iw0) * C_IN + kin
-            a = tl.load(x_ptr + row[:, None] + offs_k[None, :], mask=ok, other=0.0)
             wt = tl.load(w_ptr + (k + offs_k)[:, None] * N_TOTAL + offs_n[None, :])
             acc = tl.dot(a, wt, acc)
     else:
@@ -267,10 +245,9 @@ def _conv_kernel(
                 wt = tl.load(w2_ptr + (q * C_IN2 + k + offs_k2)[:, None] * N_TOTAL + offs_n[None, :])
                 acc = tl.dot(a, wt, acc)
     acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
+    out = offs_m[:, None] * N_TOTAL + offs_n[None, :]
     if HAS_RES:
-        if not EARLY_RES:
-            res = tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0)
-        acc += res.to(tl.float32)
+        acc += tl.load(res_ptr + out, mask=m_ok[:, None], other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None])
@@ -284,7 +261,6 @@ class Tile:
     num_warps: int
     num_stages: int
     pack: int = 1  # output pixels per GEMM row (see _conv_kernel)
-    early_res: bool = False  # load the residual before the K loop (layers with one only)
 
 
 # Candidates timed per layer shape; those that do not fit a layer (see _fits) are skipped.
@@ -317,21 +293,6 @@ TILE_CANDIDATES = [
     Tile(128, 128, 64, 4, 3, pack=2),
     Tile(256, 128, 64, 8, 3, pack=2),
     Tile(128, 256, 64, 8, 3, pack=2),
-    # K steps spanning adjacent input pixels of a kernel row (packed stride-1 rows): one
-    # contiguous load per GEMM row per step instead of one per pixel
-    Tile(128, 64, 64, 4, 3, pack=2),
-    Tile(128, 64, 64, 4, 4, pack=2),
-    Tile(256, 64, 64, 8, 3, pack=2),
-    Tile(128, 64, 128, 4, 3, pack=2),
-    Tile(128, 128, 64, 4, 3, pack=4),
-    Tile(128, 128, 128, 4, 3, pack=2),
-    # the residual loaded before the K loop
-    Tile(256, 64, 32, 8, 3, pack=2, early_res=True),
-    Tile(128, 64, 32, 4, 3, pack=2, early_res=True),
-    Tile(128, 64, 32, 4, 4, pack=2, early_res=True),
-    Tile(256, 64, 64, 8, 3, pack=2, early_res=True),
-    Tile(128, 64, 64, 4, 3, pack=2, early_res=True),
-    Tile(128, 128, 64, 4, 3, early_res=True),
 ]
 # (pixels per program, warps, kernel) of the stem: "taps" gathers the 9 taps of each of the four
 # conv outputs under a pooled pixel, "rows" the 15 pixels shared by each row of two (half the loads)
@@ -369,16 +330,13 @@ def default_tile(c_in: int, c_out: int) -> Tile:
     return Tile(128, min(c_out, 64), 32 if c_in % 32 == 0 else 16, 4, 3)
 
 
-def _fits(tile: Tile, c_in: int, c_out: int, out_width: int, stride: int = 1, residual: bool = True) -> bool:
-    # BLOCK_K divides C_IN (one tap per K step), or is whole pixels that divide a kernel row's
-    # K (adjacent pixels per step), or exceeds C_IN unpacked (several taps per step, any
-    # layout); a packed row never straddles two image rows; early_res needs a residual.
-    if (tile.pack * c_out) % tile.block_n or (tile.early_res and not residual):
+def _fits(tile: Tile, c_in: int, c_out: int, out_width: int) -> bool:
+    # BLOCK_K either divides C_IN (one tap per K step) or exceeds it (several taps per step,
+    # unpacked only); a packed row never straddles two image rows.
+    if (tile.pack * c_out) % tile.block_n:
         return False
-    row_k = (stride * (tile.pack - 1) + 3) * c_in
-    spans_row = tile.block_k % c_in == 0 and row_k % tile.block_k == 0
     if tile.pack > 1:
-        return out_width % tile.pack == 0 and (c_in % tile.block_k == 0 or spans_row)
+        return out_width % tile.pack == 0 and c_in % tile.block_k == 0
     return c_in % tile.block_k == 0 or tile.block_k > c_in
 
 
@@ -468,7 +426,6 @@ def conv_nhwc(
         STRIDE2=stride2,
         RELU=relu,
         PACK=pack,
-        EARLY_RES=tile.early_res,
         BLOCK_M=tile.block_m,
         BLOCK_N=tile.block_n,
         BLOCK_K=tile.block_k,
@@ -775,12 +732,12 @@ class FusedResNet:
             out_width = (y.shape[2] - 1) // blk.stride + 1
             t1, ms1 = _pick(
                 lambda tile, i=i, y=y: self._conv1(i, y, tile),
-                (c_in, c_out, out_width, blk.stride, False), iters, extra, _tracer(trace, f"block {i} conv1"),
+                (c_in, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv1"),
             )  # fmt: skip
             h = self._conv1(i, y, t1)
             t2, ms2 = _pick(
                 lambda tile, i=i, h=h, y=y: self._conv2(i, h, y, tile),
-                (c_out, c_out, out_width, 1, blk.ws is None), iters, extra, _tracer(trace, f"block {i} conv2"),
+                (c_out, c_out, out_width), iters, extra, _tracer(trace, f"block {i} conv2"),
             )  # fmt: skip
             blk.tiles = (t1, t2)
             report.append({"block": i, "conv1": (t1, ms1), "conv2": (t2, ms2)})
@@ -792,9 +749,9 @@ def _tracer(trace: list | None, layer: str):
     return None if trace is None else lambda candidate, ms: trace.append((layer, candidate, ms))
 
 
-def _pick(run, shape: tuple, iters: int, extra: list, record=None) -> tuple:
-    """The fastest tile fitting ``shape`` (C_in, C_out, output width, stride, has a residual), or
-    ``extra`` candidate, for ``run(tile)``; the default tile always competes."""
+def _pick(run, shape: tuple[int, int, int], iters: int, extra: list, record=None) -> tuple:
+    """The fastest tile fitting ``shape`` (C_in, C_out, output width), or ``extra`` candidate, for
+    ``run(tile)``; the default tile always competes."""
     default = default_tile(*shape[:2])
     tiles = [default] + [t for t in TILE_CANDIDATES if _fits(t, *shape) and t != default]
     return _pick_from(tiles + extra, run, iters, record)

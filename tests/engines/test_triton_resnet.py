@@ -27,7 +27,7 @@ INTERPRETED = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     from engines.bundle import Bundle
-    from engines.triton_resnet import CUDNN, FusedResNet, Tile, _fits
+    from engines.triton_resnet import CUDNN, FusedResNet, Tile
     bundle = Bundle.load(sys.argv[1])
     model = bundle.build_model().eval()
     rng = np.random.default_rng(0)
@@ -37,20 +37,14 @@ INTERPRETED = textwrap.dedent(
     with torch.no_grad():
         ref_logits, ref_emb = model(x)
         fused = FusedResNet(model, "cpu", torch.float32)
-        def fitting(tile, blk, conv):  # the tile where it fits this convolution, else the default
-            c_in, c_out = blk.w1.shape[0] // 9, blk.w1.shape[1]
-            c_in, stride = (c_in, blk.stride) if conv == 1 else (c_out, 1)
-            return tile if tile is None or _fits(tile, c_in, c_out, 8, stride, conv == 2 and blk.ws is None) else None
         layouts = (
             ("one_tap_per_step", None, (128, 4, "taps")),
-            ("taps_across_steps", Tile(64, 32, 512, 4, 2), (64, 4, "taps")),
-            ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2), (64, 4, "rows")),
-            ("packed_rows_spanning_steps", Tile(64, 64, 64, 4, 2, pack=2), (32, 2, "rows")),
-            ("early_residual", Tile(64, 64, 64, 4, 2, pack=2, early_res=True), (128, 4, "rows")),
+            ("taps_across_steps", Tile(64, 32, 512, 4, 2), (64, 4, "rows")),
+            ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2), (32, 2, "rows")),
         )
-        for name, tile, stem in layouts:
+        for name, tile, stem in layouts:  # each stem kernel runs too
             for blk in fused.blocks:
-                blk.tiles = (fitting(tile, blk, 1), fitting(tile, blk, 2))
+                blk.tiles = (tile, tile)
             fused.stem_config = stem
             logits, emb = fused(x)
             out[name] = {"logits": float((logits - ref_logits).abs().max()),
@@ -69,9 +63,8 @@ INTERPRETED = textwrap.dedent(
 
 
 def test_kernels_match_torch_in_the_interpreter(tmp_path):
-    """Every K-loop layout of the convolution kernel (packed rows, steps spanning pixels, the early
-    residual), both stem kernels, the shortcut-as-K and the cuDNN candidates' weight layouts
-    (mixed with the Triton kernels), in fp32."""
+    """Both K-loop layouts of the convolution kernel, both stem kernels, the shortcut-as-K and the cuDNN
+    candidates' weight layouts (mixed with the Triton kernels), in fp32."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", INTERPRETED, DEFAULT_BUNDLE],
@@ -86,8 +79,6 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
         "one_tap_per_step",
         "taps_across_steps",
         "packed_rows",
-        "packed_rows_spanning_steps",
-        "early_residual",
         "cudnn_everywhere",
         "cudnn_mixed",
     }
@@ -113,9 +104,7 @@ def test_tile_fitting():
     assert not _fits(Tile(128, 32, 64, 4, 4), 96, 32, 48)  # neither divides nor spans
     assert _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 48)  # two pixels' 32 channels per row
     assert not _fits(Tile(128, 64, 32, 4, 4, pack=2), 32, 32, 3)  # a row would straddle image rows
-    assert _fits(Tile(128, 64, 64, 4, 4, pack=2), 32, 32, 48)  # a step spans 2 of a row's 4 pixels
-    assert not _fits(Tile(128, 64, 64, 4, 4, pack=2), 32, 32, 48, stride=2)  # 5 pixels: no whole steps
-    assert not _fits(Tile(128, 64, 32, 4, 4, pack=2, early_res=True), 32, 32, 48, residual=False)
+    assert not _fits(Tile(128, 32, 64, 4, 4, pack=2), 32, 32, 48)  # packed rows take one tap per step
     for c_in, c_out in ((16, 16), (32, 32), (32, 64), (64, 128), (128, 256), (256, 256)):
         assert _fits(default_tile(c_in, c_out), c_in, c_out, 3)
     for c_in, c_out, width in ((32, 32, 48), (32, 64, 24), (64, 128, 12), (128, 256, 6), (256, 256, 6)):
@@ -144,6 +133,27 @@ def test_packed_weights_compute_the_same_convolution():
         ws = torch.randn(3, 4, dtype=torch.float64)
         xs = torch.randn(2, pack, 3, dtype=torch.float64)  # the pack pixels a row's shortcut reads
         torch.testing.assert_close((xs.reshape(2, -1) @ pack_shortcut(ws, pack)).reshape(2, pack, 4), xs @ ws)
+
+
+def test_rows_stem_weight_computes_the_same_convolution():
+    """stem_rows_weight: a 3 × 5 input patch times each half gives the two conv outputs of a pooling row."""
+    from engines.triton_resnet import stem_rows_weight
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 13, dtype=torch.float64)
+    w = torch.zeros(16, 4, dtype=torch.float64)
+    w[:9] = torch.randn(9, 4, dtype=torch.float64)  # taps row-major, then the zero padding
+    conv = torch.nn.functional.conv2d(x[:, None], w[:9].T.reshape(4, 1, 3, 3), None, 2, 1)  # (B, C, OH, OW)
+    rows = stem_rows_weight(w)
+    xp = torch.nn.functional.pad(x, (1, 4, 1, 4))  # zero border, room for the last patch
+    for p in range(conv.shape[2] // 2):
+        for q in range(conv.shape[3] // 2):
+            for di in range(2):
+                patch = xp[:, 4 * p + 2 * di : 4 * p + 2 * di + 3, 4 * q : 4 * q + 5].reshape(2, 15)
+                patch = torch.nn.functional.pad(patch, (0, 1))  # K = 16
+                for dj in range(2):
+                    got = patch @ rows[16 * dj : 16 * (dj + 1)]
+                    torch.testing.assert_close(got, conv[:, :, 2 * p + di, 2 * q + dj])
 
 
 needs_cuda = pytest.mark.skipif(
@@ -222,7 +232,7 @@ def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 
 def test_kernels_compile_for_hopper_here():
     """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
-    convolutions (packed rows too) and the stem."""
+    convolutions (packed rows too) and both stem kernels."""
     from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel, _stem_rows_kernel
 
     def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
@@ -230,7 +240,6 @@ def test_kernels_compile_for_hopper_here():
         const = dict(
             C_IN=c_in, C_OUT=c_out, KSIZE=3, STRIDE=1, HAS_RES=True, HAS_SC=False, C_IN2=16, STRIDE2=1, RELU=True,
             BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_K2=16, PACK=tile.pack,
-            EARLY_RES=tile.early_res,
         )  # fmt: skip
         return _hopper_ptx(
             _conv_kernel, dict(zip(CONV_ARGS, types, strict=True)), const, tile.num_warps, tile.num_stages
@@ -239,8 +248,6 @@ def test_kernels_compile_for_hopper_here():
     plain = conv_ptx(Tile(128, 32, 32, 4, 4))
     assert "wgmma" in plain and "cp.async.cg.shared.global" in plain
     assert "wgmma" in conv_ptx(Tile(128, 64, 32, 4, 3, pack=2))
-    spanning = conv_ptx(Tile(128, 64, 64, 4, 3, pack=2, early_res=True))
-    assert "wgmma" in spanning and "cp.async.cg.shared.global" in spanning
     assert "wgmma" in conv_ptx(Tile(128, 256, 64, 8, 3), c_in=256, c_out=256)
 
     stem_sig = {"x_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16",
