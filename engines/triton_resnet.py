@@ -46,6 +46,32 @@ __all__ = [
 
 
 @triton.jit
+def _pooled_pixels(P, PH: tl.constexpr, PW: tl.constexpr, BLOCK_P: tl.constexpr):
+    # A stem program's BLOCK_P pooled output pixels (flattened batch × PH × PW): index, in range,
+    # and their (batch, row, column).
+    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    t = offs // PW
+    return offs, offs < P, t // PH, t % PH, offs % PW
+
+
+@triton.jit
+def _stem_product(xv, w, PRECISION: tl.constexpr):
+    if PRECISION == "bf16":  # bf16 operands: half the tensor-core work of TF32
+        prod = tl.dot(xv.to(tl.bfloat16), w.to(tl.bfloat16))
+    else:
+        prod = tl.dot(xv, w, input_precision=PRECISION)
+    return prod
+
+
+@triton.jit
+def _store_pooled(y_ptr, bias_ptr, best, offs, p_ok, C: tl.constexpr):
+    # max(relu(a + bias)) == relu(max(a) + bias): one bias add and ReLU after pooling.
+    c = tl.arange(0, C)
+    out = tl.maximum(best + tl.load(bias_ptr + c)[None, :], 0.0)
+    tl.store(y_ptr + offs[:, None] * C + c[None, :], out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None])
+
+
+@triton.jit
 def _stem_kernel(
     x_ptr,
     w_ptr,
@@ -65,12 +91,7 @@ def _stem_kernel(
     # One program: BLOCK_P pooled output pixels (flattened batch × PH × PW) × all C channels.
     # Each of the 2×2 conv outputs under a pooled pixel is a (BLOCK_P × 16) × (16 × C) product
     # on the tensor cores (the 9 taps padded to 16), so the CUDA cores only gather.
-    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = offs < P
-    q = offs % PW
-    t = offs // PW
-    p = t % PH
-    b = t // PH
+    offs, p_ok, b, p, q = _pooled_pixels(P, PH, PW, BLOCK_P)
     tap = tl.arange(0, 16)
     kh = tap // 3
     kw = tap % 3
@@ -85,14 +106,8 @@ def _stem_kernel(
             xv = tl.load(x_ptr + b[:, None] * (H * W) + ih * W + iw, mask=ok, other=0.0).to(tl.float32)
             # Zero padding belongs to the normalised input, so pad after the affine.
             xv = tl.where(ok, xv * norm_scale + norm_shift, 0.0)
-            if PRECISION == "bf16":  # bf16 operands: half the tensor-core work of TF32
-                prod = tl.dot(xv.to(tl.bfloat16), wv.to(tl.bfloat16))
-            else:
-                prod = tl.dot(xv, wv, input_precision=PRECISION)
-            best = tl.maximum(best, prod)
-    # max(relu(a + bias)) == relu(max(a) + bias): one bias add and ReLU after pooling.
-    out = tl.maximum(best + tl.load(bias_ptr + c)[None, :], 0.0)
-    tl.store(y_ptr + offs[:, None] * C + c[None, :], out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None])
+            best = tl.maximum(best, _stem_product(xv, wv, PRECISION))
+    _store_pooled(y_ptr, bias_ptr, best, offs, p_ok, C)
 
 
 @triton.jit
@@ -115,12 +130,7 @@ def _stem_rows_kernel(
     # _stem_kernel's job with half the gathers. The two conv outputs of one pooling row (dj = 0, 1)
     # read the same 3 × 5 input pixels, so one (BLOCK_P × 16) gather of those 15 values feeds both
     # products, against a (16, C) weight per dj that is zero where a pixel is not one of its taps.
-    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = offs < P
-    q = offs % PW
-    t = offs // PW
-    p = t % PH
-    b = t // PH
+    offs, p_ok, b, p, q = _pooled_pixels(P, PH, PW, BLOCK_P)
     k = tl.arange(0, 16)
     r = tl.where(k < 15, k // 5, 1 << 20)  # the 16th column reads nothing (masked below)
     col = k % 5
@@ -138,15 +148,9 @@ def _stem_rows_kernel(
         ok = w_ok & (ih.to(tl.uint32) < H)
         xv = tl.load(base + ih * W, mask=ok, other=0.0).to(tl.float32)
         xv = tl.where(ok, xv * norm_scale + norm_shift, 0.0)  # zero padding is after the affine
-        if PRECISION == "bf16":
-            xv = xv.to(tl.bfloat16)
-            best = tl.maximum(best, tl.dot(xv, w0.to(tl.bfloat16)))
-            best = tl.maximum(best, tl.dot(xv, w1.to(tl.bfloat16)))
-        else:
-            best = tl.maximum(best, tl.dot(xv, w0, input_precision=PRECISION))
-            best = tl.maximum(best, tl.dot(xv, w1, input_precision=PRECISION))
-    out = tl.maximum(best + tl.load(bias_ptr + c)[None, :], 0.0)
-    tl.store(y_ptr + offs[:, None] * C + c[None, :], out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None])
+        best = tl.maximum(best, _stem_product(xv, w0, PRECISION))
+        best = tl.maximum(best, _stem_product(xv, w1, PRECISION))
+    _store_pooled(y_ptr, bias_ptr, best, offs, p_ok, C)
 
 
 @triton.jit
