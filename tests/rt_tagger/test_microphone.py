@@ -13,12 +13,19 @@ Alignment: the capture starts at an arbitrary sample, so the stream-to-file offs
 content (one number for all windows: coarse at 64 samples, then 8), and the test checks the fit is
 unambiguous (any offset a frame or more away is at least twice as wrong).
 
-Tolerance (per aligned window: every tag's score within 0.1, and at least 2 of the top-3 tags
-shared): the live path differs from the file by PulseAudio's 16 → 44.1 kHz resampler (speex) and
-16-bit sink, then our 44.1 → 16 kHz resampler (≈0.02 on this bundle's scores, measured in-process
-with torchaudio's resampler), plus up to 4 samples of residual misalignment. Seen here: mean
-|diff| ≈ 0.01, max ≈ 0.05, versus ≈ 0.09 mean for the best wrong offset. The test bundle's scores
-spread over [0, 1] along the clip (std ≈ 0.25 per tag), so a broken path does not pass by chance.
+Tolerance: the live path differs from the file by PulseAudio's 16 → 44.1 kHz resampler (speex)
+and 16-bit sink, then our 44.1 → 16 kHz resampler (≈0.02 on this bundle's scores, measured
+in-process with torchaudio's resampler), plus up to 4 samples of residual misalignment. Per aligned
+window, the mean |diff| over tags must stay within 0.04 and at least 2 of the top-3 tags must be
+shared; over all windows the mean |diff| must stay within 0.03 and no single score may be off by
+more than 0.25. Seen on this machine, idle or with 4 busy loops on its 2 cores: mean ≈ 0.007,
+per-window max ≈ 0.02-0.05; an offset one frame (256 samples) away gives a mean ≈ 0.08, so the
+per-window mean still tells a misaligned or broken path from a working one. A single score is
+allowed more room than the mean because one CI run (2-core runner) saw one score 0.14 off while the
+mean stayed 0.013 and every window kept its top 3: our side is deterministic given the captured
+samples (no ring overflow is asserted below; block sizes are checked to 1e-3 in test_pipeline), so
+that outlier came from the audio the sound server delivered. The test bundle's scores spread over
+[0, 1] along the clip (std ≈ 0.25 per tag), so a broken path does not pass by chance.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ import soundfile as sf
 
 from tests.rt_tagger.conftest import ROOT, cli_env
 
-TOL = 0.1
+WINDOW_MEAN_TOL = 0.04  # mean |diff| over tags, per window
+MEAN_TOL = 0.03  # mean |diff| over every score
+SCORE_TOL = 0.25  # any single score
 
 
 def _audio_device_or_skip() -> None:
@@ -170,13 +179,18 @@ def test_listen_matches_tag(sensitive_bundle, short_wav, tmp_path):
     backend.deactivate()
     fine.sort(key=lambda f: f[0])
     err, delta, got, ref = fine[0]
-    worst = float(np.abs(got - ref).max())
+    diff = np.abs(got - ref)
+    worst = float(diff.max())
+    window_means = diff.mean(1)
     overlaps = [len(set(np.argsort(-a)[:3]) & set(np.argsort(-b)[:3])) for a, b in zip(got, ref, strict=True)]
     far = [c[0] for c in coarse if abs(c[1] - delta) >= hop]
     print(
         f"aligned {len(got)} windows at offset {delta / sr:.4f} s; mean |diff| {err:.4f}, max {worst:.4f}; "
+        f"per-window mean {np.round(window_means, 3).tolist()}, max {np.round(diff.max(1), 3).tolist()}; "
         f"top-3 overlaps {overlaps}; best error one frame or more away {min(far):.4f}"
     )
-    assert worst <= TOL
+    assert err <= MEAN_TOL
+    assert window_means.max() <= WINDOW_MEAN_TOL
+    assert worst <= SCORE_TOL
     assert min(overlaps) >= 2
     assert min(far) > 2 * err  # the alignment is unambiguous: the comparison means something
