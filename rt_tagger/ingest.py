@@ -1,0 +1,188 @@
+"""The ingest protocol of ``rt-tagger serve``: clients open streams, send PCM chunks, close them.
+
+Transport: a client's ZeroMQ DEALER socket connects to the server's ROUTER socket (default
+``tcp://127.0.0.1:5557``). Every message is multipart: one JSON header frame, then zero or more
+binary payload frames. Pydantic models are the single definition; the JSON Schema in
+``rt_tagger/schema/ingest.schema.json`` is generated from them (``python -m rt_tagger.ingest``)
+and docs/ingest.md explains the exchange.
+
+Client → server (header ``type``):
+
+- ``open``: stream id, sample rate, channels, sample format and per-stream options. The server
+  answers ``opened`` or ``refused`` (with the reason: at capacity, id in use, bad parameters).
+- ``audio``: a list of chunks, each ``{stream_id, seq, frames}``, followed by one payload frame
+  per chunk holding exactly ``frames × channels`` samples in the stream's format. One message may
+  carry chunks of many streams (what a gateway in front of many clients sends); ``seq`` counts
+  chunks per stream from 0, and a gap is counted as lost input.
+- ``close``: the stream's audio is complete; its last window is tagged, an ``end`` message is
+  published, and the server answers ``closed``.
+
+Server → client: ``opened``, ``refused``, ``closed`` (also when the server closes an idle
+stream or shuts down) and ``error`` (a malformed message: the reason, never silence).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AudioChunk",
+    "AudioHeader",
+    "CloseHeader",
+    "OpenHeader",
+    "ProtocolError",
+    "Reply",
+    "StreamOptions",
+    "decode_pcm",
+    "encode_message",
+    "parse_client_message",
+    "parse_reply",
+]
+
+PROTOCOL_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).with_name("schema") / "ingest.schema.json"
+STREAM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+PCM_DTYPES = {"s16le": ("<i2", 1.0 / 32768.0), "f32le": ("<f4", 1.0)}
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (the reason is sent back as ``error``)."""
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: str = Field(PROTOCOL_VERSION, description="Protocol version, major.minor; the major must match.")
+
+
+class StreamOptions(BaseModel):
+    """Per-stream options a client may set when opening a stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hop_s: float | None = Field(None, description="Hop in seconds (default: the server's).")
+    full_scores: bool | None = Field(None, description="Send the full score vector in every message.")
+    pace: Literal["live", "batch"] = Field(
+        "live",
+        description='"live": audio may run ahead of real time by at most the buffer, the rest is dropped '
+        'and counted; "batch": no rate limit, the client is slowed by back-pressure instead.',
+    )
+
+
+class OpenHeader(_Header):
+    type: Literal["open"] = "open"
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN, description="Unique among the server's open streams.")
+    sample_rate: int = Field(gt=0, le=384000, description="Frames per second of the PCM the client sends.")
+    channels: int = Field(1, ge=1, le=32)
+    format: Literal["s16le", "f32le"] = "s16le"
+    options: StreamOptions = Field(default_factory=StreamOptions)
+
+
+class AudioChunk(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN)
+    seq: int = Field(ge=0, description="Per stream: 0, 1, 2, … ; a gap counts as lost input.")
+    frames: int = Field(ge=0, le=1 << 22, description="Frames in this chunk's payload frame.")
+    capture_wall_time: float | None = Field(
+        None, description="Unix time the chunk's last frame was captured (default: when the server received it)."
+    )
+
+
+class AudioHeader(_Header):
+    type: Literal["audio"] = "audio"
+    chunks: list[AudioChunk] = Field(min_length=1, description="One payload frame follows per chunk, in order.")
+
+
+class CloseHeader(_Header):
+    type: Literal["close"] = "close"
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN)
+
+
+ClientHeader = Annotated[OpenHeader | AudioHeader | CloseHeader, Field(discriminator="type")]
+_client_adapter: TypeAdapter = TypeAdapter(ClientHeader)
+
+
+class Reply(BaseModel):
+    """Server → client."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: str = PROTOCOL_VERSION
+    type: Literal["opened", "refused", "closed", "error"]
+    stream_id: str | None = None
+    reason: str | None = Field(None, description="Why a stream was refused or closed, or what was malformed.")
+    hop_s: float | None = Field(None, description='With "opened": the hop the stream runs at.')
+    buffer_s: float | None = Field(None, description='With "opened": how far a live stream may run ahead.')
+    topic: str | None = Field(None, description='With "opened": the PUB topic of the stream\'s messages.')
+
+
+def encode_message(header: BaseModel, payloads: list[bytes] | tuple = ()) -> list[bytes]:
+    """The frames of one message: the JSON header, then the payloads."""
+    return [header.__pydantic_serializer__.to_json(header, exclude_none=True), *payloads]
+
+
+def parse_client_message(frames: list[bytes]) -> tuple[OpenHeader | AudioHeader | CloseHeader, list[bytes]]:
+    """Validate one client message; raises :class:`ProtocolError` with a one-line reason."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = _client_adapter.validate_json(frames[0])
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "header"
+        raise ProtocolError(f"bad header: {where}: {err['msg']}") from None
+    if header.v.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
+        raise ProtocolError(f"protocol version {header.v} not supported (server speaks {PROTOCOL_VERSION})")
+    payloads = frames[1:]
+    want = len(header.chunks) if isinstance(header, AudioHeader) else 0
+    if len(payloads) != want:
+        raise ProtocolError(f"{header.type} message has {len(payloads)} payload frame(s), expected {want}")
+    return header, payloads
+
+
+def parse_reply(frames: list[bytes]) -> Reply:
+    return Reply.model_validate_json(frames[0])
+
+
+def decode_pcm(payload: bytes, fmt: str, channels: int, frames: int) -> np.ndarray:
+    """One chunk's payload as float32 ``(frames, channels)``; raises :class:`ProtocolError` on a size mismatch."""
+    dtype, scale = PCM_DTYPES[fmt]
+    itemsize = np.dtype(dtype).itemsize
+    if len(payload) != frames * channels * itemsize:
+        raise ProtocolError(
+            f"chunk payload has {len(payload)} bytes, expected {frames} frames × {channels} ch × {itemsize} B"
+        )
+    x = np.frombuffer(payload, dtype=dtype).reshape(frames, channels).astype(np.float32)
+    if scale != 1.0:
+        x *= scale
+    return x
+
+
+def json_schema() -> dict:
+    """JSON Schema of the client headers and the replies, as committed in the repo."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://rt-tagger/schema/ingest/{PROTOCOL_VERSION}",
+        "title": "rt-tagger ingest protocol",
+        "client_header": _client_adapter.json_schema(),
+        "reply": Reply.model_json_schema(),
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # python -m rt_tagger.ingest: regenerate the committed schema
+    from engines.cache import write_atomic
+
+    write_atomic(SCHEMA_PATH, schema_text().encode())
+    print(SCHEMA_PATH, file=sys.stderr)

@@ -1,0 +1,361 @@
+"""``rt-tagger serve``: one process tags many live streams, batching their windows together.
+
+Clients open streams and send PCM over the ingest protocol (:mod:`rt_tagger.ingest`, a ZeroMQ
+ROUTER socket); every stream gets its own :class:`~rt_tagger.stream_state.StreamState`
+(resampler, framer, aggregator, sequence numbers: exactly what ``rt-tagger stream`` runs), and
+its messages go out on the same PUB socket and topic scheme (``tags.<stream_id>``).
+
+The loop (one thread, so no locks): receive what arrived, push each chunk into its stream, and
+when the oldest due window has waited ``max_batch_delay_ms`` (or a full batch is due), score the
+due windows of all streams in one backend batch (:func:`rt_tagger.scheduler.run_due`) and publish
+the messages. Housekeeping between rounds: streams idle past ``idle_timeout_s`` are ended, and a
+``stats`` message is published every ``stats_interval_s``.
+
+Flow control, per stream: a ``live`` stream may run ahead of real time by ``buffer_s``; chunks
+beyond are dropped and counted (``drops.ingest_dropped_samples``); a gap in a stream's chunk
+sequence numbers is counted as ``drops.ingest_lost_chunks``. A ``batch`` stream has no rate
+limit: the client is slowed by ZeroMQ back-pressure (the server reads only as fast as it tags).
+Admission: at ``max_streams`` open streams, ``open`` is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from rt_tagger.ingest import (
+    AudioHeader,
+    CloseHeader,
+    OpenHeader,
+    ProtocolError,
+    Reply,
+    decode_pcm,
+    encode_message,
+    parse_client_message,
+)
+from rt_tagger.pipeline import Pipeline, resolve_hop_frames
+from rt_tagger.publisher import Publisher, parse_endpoint
+from rt_tagger.scheduler import run_due
+from rt_tagger.settings import ServeSettings, SettingsError
+from rt_tagger.sources import AudioInputError
+from rt_tagger.stream_state import StreamState
+
+__all__ = ["IngestInput", "Server", "ServeStats"]
+
+log = logging.getLogger(__name__)
+
+STATS_TOPIC = b"stats\0"  # outside "tags.": subscribers of tags never receive it
+_MAX_MESSAGES_PER_ROUND = 256  # bounds how long reading can delay due windows
+
+
+@dataclass
+class IngestInput:
+    """One served stream's input side: sequence checks, pacing and its counters."""
+
+    identity: bytes  # the client's ROUTER identity, for replies
+    header: OpenHeader
+    buffer_s: float
+    opened: float = field(default_factory=time.monotonic)
+    last_audio: float = field(default_factory=time.monotonic)
+    next_seq: int = 0
+    received_frames: int = 0
+    dropped_frames: int = 0
+    lost_chunks: int = 0
+
+    def accept(self, seq: int, frames: int, now: float) -> bool:
+        """Whether a chunk goes to the tagger; counts gaps and (live streams) audio too far ahead."""
+        if seq > self.next_seq:
+            self.lost_chunks += seq - self.next_seq
+        self.next_seq = max(self.next_seq, seq + 1)
+        self.last_audio = now
+        if self.header.options.pace == "live":
+            ahead = (self.received_frames + frames) / self.header.sample_rate - (now - self.opened)
+            if ahead > self.buffer_s:
+                self.dropped_frames += frames
+                return False
+        self.received_frames += frames
+        return True
+
+    # InputStatus (what every message of the stream reports)
+    def counters(self) -> dict[str, int | float]:
+        return {"ingest_dropped_samples": self.dropped_frames, "ingest_lost_chunks": self.lost_chunks}
+
+    def backlog_seconds(self) -> float:
+        return 0.0  # chunks are framed as they arrive; what waits is in ZeroMQ's queue
+
+
+@dataclass
+class ServeStats:
+    """Counters of the server as a whole, published as the ``stats`` message."""
+
+    opened: int = 0
+    refused: int = 0
+    closed: Counter = field(default_factory=Counter)  # by reason
+    protocol_errors: int = 0
+    batches: int = 0
+    windows: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # power-of-two bucket -> batches
+    queue_delay_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    batch_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    ended_dropped_samples: int = 0  # input counters of streams already ended
+    ended_lost_chunks: int = 0
+    batches_at_last_report: int = 0
+
+    def record_batch(self, size: int, queue_delay_ms: float, batch_ms: float) -> None:
+        self.batches += 1
+        self.windows += size
+        self.batch_sizes[1 << max(0, size - 1).bit_length()] += 1
+        self.queue_delay_ms.append(queue_delay_ms)
+        self.batch_ms.append(batch_ms)
+
+
+def _pcts(values) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None}
+    a = np.fromiter(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
+
+
+class Server:
+    """Streams in over ingest, tags out over the publisher.
+
+    Args:
+        pipeline: A warmed :class:`Pipeline` (bundle, backend, front-end constants, settings).
+        publisher: Where every stream's messages and the stats go.
+        settings: The ``[serve]`` settings.
+        context: ZeroMQ context (default: the publisher's).
+    """
+
+    def __init__(self, pipeline: Pipeline, publisher: Publisher, settings: ServeSettings, *, context=None) -> None:
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.settings = settings
+        self.streams: dict[str, tuple[StreamState, IngestInput]] = {}
+        self.stats = ServeStats()
+        self._due: set[str] = set()  # streams holding due windows
+        self._due_since: float | None = None
+        self._due_count = 0
+        self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
+        ep = parse_endpoint(settings.ingest)
+        if not ep.is_local and not settings.allow_remote_ingest:
+            raise SettingsError(
+                f"refusing to accept ingest on {ep.url} beyond loopback without serve.allow_remote_ingest"
+            )
+        ctx = context or zmq.Context.instance()
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
+        try:
+            self.sock.bind(ep.url)
+        except zmq.ZMQError as e:
+            self.sock.close()
+            raise SettingsError(f"cannot listen for ingest on {ep.url}: {e.strerror}") from None
+        self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._started = time.monotonic()
+        self._last_stats = self._started
+        log.info("serving: ingest on %s, tags on %s", self.ingest_endpoint, publisher.endpoint)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event) -> str:
+        """Serve until ``stop`` is set; every open stream then gets its ``end``. Returns the stop reason."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        try:
+            while not stop.is_set():
+                if poller.poll(self._poll_ms()):
+                    self._read()
+                if self._batch_due():
+                    self._score()
+                self._housekeeping()
+        finally:
+            reason = getattr(stop, "reason", "stopped")
+            if self._due:
+                self._score()
+            for stream_id in list(self.streams):
+                self._end(stream_id, reason)
+            self._publish_stats()
+            self.sock.close()
+        return reason
+
+    def _poll_ms(self) -> int:
+        if self._due_since is None:
+            return 50
+        wait = self._due_since + self.settings.max_batch_delay_ms / 1e3 - time.monotonic()
+        return max(0, int(wait * 1e3))
+
+    def _read(self) -> None:
+        for _ in range(_MAX_MESSAGES_PER_ROUND):
+            try:
+                identity, *frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                header, payloads = parse_client_message(frames)
+                if isinstance(header, AudioHeader):
+                    self._audio(identity, header, payloads)
+                elif isinstance(header, OpenHeader):
+                    self._open(identity, header)
+                elif isinstance(header, CloseHeader):
+                    self._close(identity, header.stream_id)
+            except ProtocolError as e:
+                self.stats.protocol_errors += 1
+                self._reply(identity, Reply(type="error", reason=str(e)))
+            if self._batch_full():
+                return
+
+    # ------------------------------------------------------------------ requests
+    def _open(self, identity: bytes, h: OpenHeader) -> None:
+        def refuse(reason: str) -> None:
+            self.stats.refused += 1
+            self._reply(identity, Reply(type="refused", stream_id=h.stream_id, reason=reason))
+
+        if h.stream_id in self.streams:
+            return refuse(f"stream id {h.stream_id!r} is already open")
+        if len(self.streams) >= self.settings.max_streams:
+            return refuse(f"at capacity: {len(self.streams)} of {self.settings.max_streams} streams open")
+        try:
+            hop_frames = resolve_hop_frames(h.options.hop_s, self.pipeline.bundle) if h.options.hop_s else None
+        except SettingsError as e:
+            return refuse(str(e))
+        state = self.pipeline.open_stream(
+            None, h.sample_rate, h.channels, stream_id=h.stream_id, hop_frames=hop_frames,
+            full_scores=h.options.full_scores,
+        )  # fmt: skip
+        inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)
+        state.source = inp
+        self.streams[h.stream_id] = (state, inp)
+        self.stats.opened += 1
+        hop_s = state.hop_frames * self.pipeline.spec.hop_length / self.pipeline.spec.sample_rate
+        self._reply(
+            identity,
+            Reply(type="opened", stream_id=h.stream_id, hop_s=hop_s, buffer_s=self.settings.buffer_s,
+                  topic=f"tags.{h.stream_id}"),
+        )  # fmt: skip
+
+    def _audio(self, identity: bytes, h: AudioHeader, payloads: list[bytes]) -> None:
+        now = time.monotonic()
+        arrival = time.time()
+        for chunk, payload in zip(h.chunks, payloads, strict=True):
+            entry = self.streams.get(chunk.stream_id)
+            if entry is None:
+                raise ProtocolError(f"audio for stream {chunk.stream_id!r}, which is not open")
+            state, inp = entry
+            if inp.identity != identity:
+                raise ProtocolError(f"stream {chunk.stream_id!r} belongs to another client")
+            pcm = decode_pcm(payload, inp.header.format, inp.header.channels, chunk.frames)
+            if not inp.accept(chunk.seq, chunk.frames, now):
+                continue
+            capture = chunk.capture_wall_time if chunk.capture_wall_time is not None else arrival
+            try:
+                due = state.push(pcm, capture, arrival)
+            except AudioInputError as e:  # NaN/Inf with nonfinite=reject: this stream ends, no other
+                self._end(chunk.stream_id, "error", str(e))
+                continue
+            if due:
+                self._due.add(chunk.stream_id)
+                self._due_count += due
+                if self._due_since is None:
+                    self._due_since = now
+
+    def _close(self, identity: bytes, stream_id: str) -> None:
+        entry = self.streams.get(stream_id)
+        if entry is None or entry[1].identity != identity:
+            raise ProtocolError(f"close for stream {stream_id!r}, which is not open on this client")
+        state, _ = entry
+        if state.pad_short_stream():
+            self._due.add(stream_id)
+        if stream_id in self._due:
+            self._score()
+        self._end(stream_id, "closed")
+
+    # ------------------------------------------------------------------ batching
+    def _batch_full(self) -> bool:
+        return self._due_count >= self._batch_max
+
+    def _batch_due(self) -> bool:
+        if self._due_since is None:
+            return False
+        waited = time.monotonic() - self._due_since
+        return self._batch_full() or waited * 1e3 >= self.settings.max_batch_delay_ms
+
+    def _score(self) -> None:
+        """One round: every due window of every stream, in backend batches, then publish."""
+        queue_ms = (time.monotonic() - self._due_since) * 1e3 if self._due_since is not None else 0.0
+        streams = [self.streams[s][0] for s in self._due if s in self.streams]
+        self._due.clear()
+        self._due_since, self._due_count = None, 0
+        t = time.perf_counter()
+        done = run_due(streams, self.pipeline.backend)
+        batch_ms = (time.perf_counter() - t) * 1e3
+        live = sum(1 for _, w, _ in done if not w.silent)
+        if live:
+            self.stats.record_batch(live, queue_ms, batch_ms)
+        for _, _, msg in done:
+            self.publisher.publish(msg)
+
+    # ------------------------------------------------------------------ housekeeping
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        idle = self.settings.idle_timeout_s
+        for stream_id, (_, inp) in list(self.streams.items()):
+            if now - inp.last_audio > idle:
+                self._end(stream_id, "idle")
+        if now - self._last_stats >= self.settings.stats_interval_s:
+            self._publish_stats()
+
+    def _end(self, stream_id: str, reason: str, error: str | None = None) -> None:
+        state, inp = self.streams.pop(stream_id)
+        self._due.discard(stream_id)
+        self.publisher.publish(state.end(reason, error))
+        self.stats.closed[reason] += 1
+        self.stats.ended_dropped_samples += inp.dropped_frames
+        self.stats.ended_lost_chunks += inp.lost_chunks
+        self._reply(inp.identity, Reply(type="closed", stream_id=stream_id, reason=error or reason))
+
+    def stats_document(self) -> dict:
+        now = time.monotonic()
+        span = max(1e-9, now - self._last_stats)
+        doc = {
+            "schema_version": "1.0",
+            "kind": "stats",
+            "wall_time": time.time(),
+            "uptime_s": round(now - self._started, 3),
+            "streams_open": len(self.streams),
+            "streams_opened": self.stats.opened,
+            "streams_refused": self.stats.refused,
+            "streams_closed": dict(self.stats.closed),
+            "protocol_errors": self.stats.protocol_errors,
+            "batches": self.stats.batches,
+            "windows": self.stats.windows,
+            "batches_per_s": round((self.stats.batches - self.stats.batches_at_last_report) / span, 3),
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.stats.batch_sizes.items())},
+            "queue_delay_ms": _pcts(self.stats.queue_delay_ms),
+            "batch_ms": _pcts(self.stats.batch_ms),
+            "drops": {
+                "ingest_dropped_samples": self.stats.ended_dropped_samples
+                + sum(inp.dropped_frames for _, inp in self.streams.values()),
+                "ingest_lost_chunks": self.stats.ended_lost_chunks
+                + sum(inp.lost_chunks for _, inp in self.streams.values()),
+                "publisher_dropped": self.publisher.dropped,
+            },
+            "backend": self.pipeline.backend_info.model_dump(),
+        }
+        return doc
+
+    def _publish_stats(self) -> None:
+        self.publisher.publish_raw(STATS_TOPIC, json.dumps(self.stats_document()).encode())
+        self.stats.batches_at_last_report = self.stats.batches
+        self._last_stats = time.monotonic()
+
+    def _reply(self, identity: bytes, reply: Reply) -> None:
+        try:
+            self.sock.send_multipart([identity, *encode_message(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the client is gone or not reading: replies are advisory
+            pass
