@@ -92,13 +92,16 @@ class AudioChunk(BaseModel):
     seq: int = Field(ge=0, description="Per stream: 0, 1, 2, … ; a gap counts as lost input.")
     frames: int = Field(ge=0, le=1 << 22, description="Frames in this chunk's payload frame.")
     capture_wall_time: float | None = Field(
-        None, description="Unix time the chunk's last frame was captured (default: when the server received it)."
+        None,
+        description="Unix time the chunk's last frame was captured (default: when the server received it).",
     )
 
 
 class AudioHeader(_Header):
     type: Literal["audio"] = "audio"
-    chunks: list[AudioChunk] = Field(min_length=1, description="One payload frame follows per chunk, in order.")
+    chunks: list[AudioChunk] = Field(
+        min_length=1, description="One payload frame follows per chunk, in order."
+    )
 
 
 class CloseHeader(_Header):

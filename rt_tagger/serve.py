@@ -133,7 +133,9 @@ class Server:
         context: ZeroMQ context (default: the publisher's).
     """
 
-    def __init__(self, pipeline: Pipeline, publisher: Publisher, settings: ServeSettings, *, context=None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, publisher: Publisher, settings: ServeSettings, *, context=None
+    ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
         self.settings = settings
@@ -221,7 +223,9 @@ class Server:
         if len(self.streams) >= self.settings.max_streams:
             return refuse(f"at capacity: {len(self.streams)} of {self.settings.max_streams} streams open")
         try:
-            hop_frames = resolve_hop_frames(h.options.hop_s, self.pipeline.bundle) if h.options.hop_s else None
+            hop_frames = (
+                resolve_hop_frames(h.options.hop_s, self.pipeline.bundle) if h.options.hop_s else None
+            )
         except SettingsError as e:
             return refuse(str(e))
         state = self.pipeline.open_stream(

@@ -91,14 +91,20 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ingest: str = Field("tcp://127.0.0.1:5557", pattern=r"^(tcp|ipc)://.+", description="ROUTER endpoint clients send to")
+    ingest: str = Field(
+        "tcp://127.0.0.1:5557", pattern=r"^(tcp|ipc)://.+", description="ROUTER endpoint clients send to"
+    )
     allow_remote_ingest: bool = Field(False, description="accept ingest beyond loopback")
     max_streams: int = Field(1000, ge=1, description="open streams at most; further opens are refused")
-    max_batch: int | None = Field(None, ge=1, description="windows per backend batch at most (None: the backend's)")
+    max_batch: int | None = Field(
+        None, ge=1, description="windows per backend batch at most (None: the backend's)"
+    )
     max_batch_delay_ms: float = Field(
         20.0, ge=0.0, le=10000.0, description="how long a due window may wait for others to fill a batch"
     )
-    buffer_s: float = Field(2.0, gt=0.0, le=600.0, description="how far a live stream may run ahead of real time")
+    buffer_s: float = Field(
+        2.0, gt=0.0, le=600.0, description="how far a live stream may run ahead of real time"
+    )
     idle_timeout_s: float = Field(10.0, gt=0.0, description="a stream without audio this long is ended")
     stats_interval_s: float = Field(5.0, gt=0.0, description="seconds between stats messages")
     rcvhwm: int = Field(10000, ge=1, description="ingest messages queued before clients feel back-pressure")

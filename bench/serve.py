@@ -1,0 +1,244 @@
+"""``rt-tagger bench serve``: how many real-time streams one ``rt-tagger serve`` holds.
+
+Three kinds of OS process, as users run them: the server (``rt-tagger serve``), a subscriber
+(:mod:`bench.stream_sub`, every topic) and the load generator (this process), which opens N
+streams over the ingest protocol and sends each one's audio in real time: real music looped, each
+stream from its own random offset, one multi-stream message every ``--chunk-ms`` (what a gateway
+in front of many clients sends).
+
+For every N of ``--streams``: every stream's sequence numbers at the subscriber (gaps = lost
+messages), capture→publish and capture→receive latency p50/p99 over all streams (capture = when
+the generator sent the chunk holding the window's last sample), the drop counters of the end
+messages, the server's CPU share, and the server's batch-size histogram (its stats messages).
+A level holds when nothing was lost or dropped, every stream delivered the windows its audio
+holds, and capture→publish p99 ≤ ``--bound-ms``; the knee is the largest N that holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import BenchError, bundle_info, new_document, open_bench_bundle
+from bench.machine import machine_info
+from bench.stats import summarize
+from bench.stream import DEMO, _audio, _free_port
+
+__all__ = ["add_arguments", "run", "plot", "COLUMNS"]
+
+COLUMNS = [
+    ("streams", "streams"),
+    ("messages", "messages"),
+    ("lost", "lost"),
+    ("dropped", "dropped"),
+    ("p50_ms", "cap->pub p50"),
+    ("p99_ms", "cap->pub p99"),
+    ("recv_p99_ms", "cap->recv p99"),
+    ("server_cpu_pct", "server CPU %"),
+    ("mean_batch", "mean batch"),
+    ("holds", "holds"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", type=Path, default=DEMO, help=f"music to loop (default {DEMO.name})")
+    p.add_argument("--streams", default="10,50,100,200,300,400", help="stream counts to try, ascending")
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds of real-time audio per level")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per chunk and message period (ms)")
+    p.add_argument("--hop", type=float, default=0.5, help="hop in seconds (default 0.5)")
+    p.add_argument("--backend", default="auto", help="server backend (default auto)")
+    p.add_argument("--bound-ms", type=float, default=150.0, help="capture→publish p99 a level must hold")
+    p.add_argument(
+        "--skip-s", type=float, default=5.0, help="stream seconds left out at the start of a level"
+    )
+    p.add_argument("--max-batch-delay-ms", type=float, default=20.0, help="the server's batching delay")
+    p.add_argument("--stop-at-failure", action="store_true", help="stop at the first level that fails")
+
+
+def _cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
+    from rt_tagger.client import IngestClient
+
+    ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    jsonl = tmp / f"messages-{n}.jsonl"
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "bench.stream_sub", publish, "", str(jsonl)], stdout=subprocess.PIPE, text=True
+    )
+    if sub.stdout.readline().strip() != "ready":
+        raise BenchError("the bench subscriber did not start")
+    cmd = [
+        sys.executable, "-m", "rt_tagger.cli", "serve", "--bundle", str(bundle_path), "--ingest", ingest,
+        "--publish", publish, "--backend", args.backend, "--hop", str(args.hop), "--max-streams", str(n),
+        "--max-batch-delay-ms", str(args.max_batch_delay_ms), "--stats-interval", "1", "-q",
+    ]  # fmt: skip
+    err = open(tmp / f"server-{n}.stderr", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    chunk = max(1, int(round(args.chunk_ms * sr / 1e3)))
+    rng = np.random.default_rng(n)
+    offsets = rng.integers(0, len(audio), size=n)
+    ids = [f"s{i:05d}" for i in range(n)]
+    try:
+        with IngestClient(ingest, timeout_s=120.0, sndhwm=100000) as client:
+            client.open(ids[0], sr, 1, "s16le", hop_s=args.hop)  # waits until the server answers
+            for sid in ids[1:]:
+                client.open(sid, sr, 1, "s16le", hop_s=args.hop)
+            cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+            periods = int(args.seconds * 1e3 / args.chunk_ms)
+            period = chunk / sr
+            late = 0
+            for k in range(periods):
+                due = t0 + (k + 1) * period  # a chunk leaves once its last frame was "captured"
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                elif now - due > 0.1:
+                    late += 1
+                items = []
+                for i, sid in enumerate(ids):
+                    start = (offsets[i] + k * chunk) % (len(audio) - chunk)
+                    items.append((sid, audio[start : start + chunk]))
+                client.send_many(items)
+            cpu1, t1 = _cpu_seconds(server.pid), time.perf_counter()
+            for sid in ids:
+                client.close_stream(sid, wait=False)
+            time.sleep(2.0)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        time.sleep(0.5)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        err.close()
+        sub.terminate()
+        sub.wait(timeout=30)
+    rows = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+    return _analyse(args, rows, ids, n, period * periods, (cpu1 - cpu0) / (t1 - t0) * 100, late)
+
+
+def _analyse(
+    args, rows: list[dict], ids: list[str], n: int, seconds: float, cpu_pct: float, late: int
+) -> dict:
+    by_stream: dict[str, list[dict]] = {sid: [] for sid in ids}
+    stats = []
+    for r in rows:
+        m = r["msg"]
+        if m.get("kind") == "stats":
+            stats.append(m)
+        elif m.get("stream_id") in by_stream:
+            by_stream[m["stream_id"]].append(r)
+    lost = dropped = short = 0
+    lat, recv = [], []
+    for sid, rs in by_stream.items():
+        seqs = [r["msg"]["seq"] for r in rs]
+        ends = [r["msg"] for r in rs if r["msg"]["kind"] == "end"]
+        expected = ends[0]["seq"] + 1 if ends else (max(seqs) + 1 if seqs else 1)
+        lost += expected - len(set(seqs))
+        if ends:
+            d = ends[0]["drops"]
+            dropped += d.get("ingest_dropped_samples", 0) + d.get("publisher_dropped", 0)
+        windows = sum(r["msg"]["kind"] == "tags" for r in rs)
+        if windows < int((seconds - 3.2) / args.hop):  # the windows its audio holds
+            short += 1
+        for r in rs:
+            m = r["msg"]
+            if m["kind"] == "tags" and m["window"]["end_s"] >= args.skip_s and m.get("capture_wall_time"):
+                lat.append((m["publish_wall_time"] - m["capture_wall_time"]) * 1e3)
+                recv.append((r["recv"] - m["capture_wall_time"]) * 1e3)
+    cp, cr = summarize(lat), summarize(recv)
+    hist: Counter = Counter()
+    if stats:
+        hist.update({int(k): v for k, v in stats[-1]["batch_size_histogram"].items()})
+    total = sum(hist.values())
+    mean_batch = sum(k * v for k, v in hist.items()) / total if total else None  # bucket upper bounds
+    holds = lost == 0 and dropped == 0 and short == 0 and cp["p99"] is not None and cp["p99"] <= args.bound_ms
+    return {
+        "streams": n, "messages": len(rows), "lost": lost, "dropped": dropped, "streams_short": short,
+        "p50_ms": cp["p50"], "p99_ms": cp["p99"], "max_ms": cp["max"], "recv_p50_ms": cr["p50"],
+        "recv_p99_ms": cr["p99"], "server_cpu_pct": round(cpu_pct, 1), "generator_late_periods": late,
+        "mean_batch": None if mean_batch is None else round(mean_batch, 1), "batch_size_histogram": dict(hist),
+        "last_stats": stats[-1] if stats else None, "holds": holds,
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict:
+    bundle, label = open_bench_bundle(args.bundle)
+    levels = sorted({int(x) for x in str(args.streams).split(",") if x.strip()})
+    if not levels or levels[0] < 1:
+        raise BenchError("--streams needs positive stream counts, e.g. 10,50,100")
+    audio_f, sr = _audio(args.file, 120.0, 16000, 1)
+    audio = np.clip(np.round(audio_f[:, 0] * 32767), -32768, 32767).astype("<i2")
+    doc = new_document("serve", machine_info(), {
+        "file": str(args.file), "streams": levels, "seconds": args.seconds, "chunk_ms": args.chunk_ms,
+        "hop_s": args.hop, "backend": args.backend, "bound_ms": args.bound_ms, "skip_s": args.skip_s,
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "load": "one generator process, all streams multiplexed into one ingest message per chunk period; "
+                "16 kHz mono s16le; each stream starts at its own random offset of the looped file",
+    })  # fmt: skip
+    doc["bundle"] = bundle_info(bundle, label)
+    tmp = Path(tempfile.mkdtemp(prefix="rt-bench-serve-"))
+    for n in levels:
+        print(f"bench serve: {n} streams for {args.seconds:g} s …", file=sys.stderr, flush=True)
+        row = _level(args, bundle.path, audio, sr, n, tmp)
+        doc["results"].append(row)
+        if not row["holds"] and args.stop_at_failure:
+            break
+    held = [r["streams"] for r in doc["results"] if r["holds"]]
+    doc["summary"] = {
+        "knee_streams": max(held) if held else 0,
+        "hit_search_limit": bool(held) and max(held) == levels[-1],
+    }
+    doc["notes"].append(
+        "the generator and the subscriber run on the same machine as the server and share its cores"
+    )
+    return doc
+
+
+def plot(doc: dict, stem) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["results"] if r.get("p99_ms") is not None]
+    if not rows:
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["streams"] for r in rows], [r["p99_ms"] for r in rows], "o-", label="capture→publish p99")
+    ax.plot([r["streams"] for r in rows], [r["p50_ms"] for r in rows], "s--", label="p50")
+    ax.axhline(doc["settings"]["bound_ms"], color="grey", lw=0.8, label="bound")
+    ax.set_xlabel("concurrent real-time streams")
+    ax.set_ylabel("ms")
+    ax.legend()
+    ax.set_title("serve: capacity curve")
+    p = stem.with_name(stem.name + "-capacity.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    out.append(p)
+    last = rows[-1]
+    if last.get("batch_size_histogram"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        h = sorted((int(k), v) for k, v in last["batch_size_histogram"].items())
+        ax.bar([str(k) for k, _ in h], [v for _, v in h])
+        ax.set_xlabel("batch size (power-of-two bucket, upper bound)")
+        ax.set_ylabel("batches")
+        ax.set_title(f"serve: batch sizes at {last['streams']} streams")
+        p = stem.with_name(stem.name + "-batches.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        out.append(p)
+    return out
