@@ -142,7 +142,7 @@ def _analyse(
             by_stream[m["stream_id"]].append(r)
     lost = dropped = short = 0
     lat, recv = [], []
-    for sid, rs in by_stream.items():
+    for rs in by_stream.values():
         seqs = [r["msg"]["seq"] for r in rs]
         ends = [r["msg"] for r in rs if r["msg"]["kind"] == "end"]
         expected = ends[0]["seq"] + 1 if ends else (max(seqs) + 1 if seqs else 1)
