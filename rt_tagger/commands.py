@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -223,6 +222,8 @@ def _line(msg) -> str:
     if msg.kind == "heartbeat":
         where = f"{msg.window.end_s:7.2f}s" if msg.window else "      -"
         return f"#{msg.seq:<5d} {where}  ({msg.heartbeat_reason})"
+    if msg.kind == "end":
+        return f"#{msg.seq:<5d} end of stream ({msg.end.reason}) after {msg.end.stream_s:.2f} s"
     top = "  ".join(f"{t.tag} {t.score:.2f}" for t in msg.top)
     ev = " ".join(f"{e.tag}:{e.state}" for e in msg.events)
     lat = ""
@@ -240,11 +241,13 @@ def _open_publisher(st: RuntimeSettings):
     )
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+def _stop_on_signals():
+    from rt_tagger.pipeline import StopRequest
+
+    stop = StopRequest()
 
     def handler(signum, frame):
-        stop.set()
+        stop.request(signal.Signals(signum).name.lower())  # "sigint" / "sigterm": the end message says so
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -289,6 +292,7 @@ def _run_live(args, source_factory) -> int:
     from rt_tagger.default_model import load_bundle
     from rt_tagger.pipeline import Pipeline
 
+    stop = _stop_on_signals()  # from the start: a signal during start-up still ends the stream cleanly
     st = _settings(args)
     bundle = load_bundle(st.bundle)
     source = source_factory(st, bundle)  # opens devices / checks formats before the model warms
@@ -303,7 +307,6 @@ def _run_live(args, source_factory) -> int:
 
     try:
         with Pipeline(bundle, st, publisher=publisher, on_message=show, keep_windows=False) as pipe:
-            stop = _stop_on_signals()
             log.info("streaming %s", source.describe())
             res = pipe.run(source, duration_s=args.duration, stop=stop)
     finally:
@@ -318,7 +321,10 @@ def cmd_listen(args) -> int:
 
     def factory(st, bundle):
         a = st.audio
-        return MicSource(a.device, a.sample_rate, a.channels, a.block_size, a.ring_seconds)
+        return MicSource(
+            a.device, a.sample_rate, a.channels, a.block_size, a.ring_seconds,
+            device_timeout_s=a.device_timeout_s, reopen_attempts=a.reopen_attempts,
+        )  # fmt: skip
 
     return _run_live(args, factory)
 

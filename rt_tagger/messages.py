@@ -4,10 +4,11 @@ Pydantic v2 models are the single definition. The JSON Schema in
 ``rt_tagger/schema/tag_message.schema.json`` is generated from them (``python -m rt_tagger.messages``)
 and a test checks that the committed file never drifts. docs/messages.md explains every field.
 
-Two kinds share one model: ``kind="tags"`` (one per hop) and ``kind="heartbeat"`` (while the input is
-silent or stalled, so subscribers can tell "nothing to say" from "dead"). Both carry ``seq`` (per
-stream, +1 per message, heartbeats included) and the cumulative drop counters, so a subscriber sees
-gaps and lag without any other channel.
+Three kinds share one model: ``kind="tags"`` (one per hop), ``kind="heartbeat"`` (while the input is
+silent or stalled, so subscribers can tell "nothing to say" from "dead") and ``kind="end"`` (the
+stream's last message, on every exit path that can still send: why it ended and the final
+counters). All carry ``seq`` (per stream, +1 per message, heartbeats included), the cumulative drop
+counters and the input backlog, so a subscriber sees gaps and lag without any other channel.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "BackendInfo",
     "DropCounters",
+    "END_REASONS",
+    "EndInfo",
     "ModelInfo",
     "StageTimings",
     "TagEvent",
@@ -36,7 +39,7 @@ __all__ = [
     "json_schema",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added kind="end", `end`, `backlog_s`, two drop counters
 SCHEMA_PATH = Path(__file__).with_name("schema") / "tag_message.schema.json"
 
 
@@ -87,12 +90,25 @@ class DropCounters(_Model):
     """Cumulative counters since the stream started; never reset while it runs."""
 
     ring_overflow_samples: int = Field(0, description="Samples lost because the ring buffer was full.")
-    ring_underflow_events: int = Field(0, description="Times the consumer found too few samples.")
+    ring_underflow_events: int = Field(
+        0,
+        description="Times the consumer waited for audio that was due: a live source (microphone, stdin, "
+        "real-time replay) delivered nothing for more than one hop plus one block after its previous block "
+        "(counted once per gap).",
+    )
     input_status_flags: int = Field(0, description="PortAudio callbacks that reported overflow/underflow.")
-    resampler_dropped_samples: int = Field(0, description="Samples the resampler had to discard.")
+    resampler_dropped_samples: int = Field(
+        0, description="Non-finite (NaN/Inf) input samples the resampler replaced with 0 (nonfinite=zero)."
+    )
     publisher_dropped: int = Field(
         0, description="Messages dropped at the ZeroMQ send high-water mark (filled by the publisher)."
     )
+    input_blocked_s: float = Field(
+        0.0,
+        description="Seconds the source's reader waited for room in the full ring (stdin/file backpressure: "
+        "the writer upstream was held back because the tagger fell behind).",
+    )
+    device_reopens: int = Field(0, description="Times a silent capture device was closed and opened again.")
 
 
 class BackendInfo(_Model):
@@ -106,13 +122,30 @@ class ModelInfo(_Model):
     weights_sha256: str = Field(description="First 12 hex digits of the weights' SHA-256.")
 
 
+END_REASONS = ("eof", "duration", "sigterm", "sigint", "stopped", "error", "device_lost")
+
+
+class EndInfo(_Model):
+    """Why and how a stream ended (only in ``kind="end"``)."""
+
+    reason: Literal["eof", "duration", "sigterm", "sigint", "stopped", "error", "device_lost"] = Field(
+        description="eof: the input ended; duration: --duration elapsed; sigterm/sigint: the process was "
+        "asked to stop; stopped: stopped by the program embedding the pipeline; error: the input or the "
+        "tagger failed (see `error`); device_lost: the capture device stopped and could not be reopened."
+    )
+    error: str | None = Field(None, description="The one-line error for reason error/device_lost.")
+    stream_s: float = Field(description="Seconds of input audio consumed over the whole stream.")
+    windows: int = Field(description="Windows tagged (kind=tags messages built) over the whole stream.")
+    heartbeats: int = Field(description="Heartbeats built over the whole stream.")
+
+
 class TagMessage(_Model):
     """One message on topic ``tags.<stream_id>``: rolling tags for a hop, or a heartbeat."""
 
     model_config = ConfigDict(extra="ignore", title="TagMessage")
 
     schema_version: str = Field(SCHEMA_VERSION, description="Major.minor; a major change breaks parsers.")
-    kind: Literal["tags", "heartbeat"] = "tags"
+    kind: Literal["tags", "heartbeat", "end"] = "tags"
     stream_id: str
     seq: int = Field(description="Per stream, starts at 0, +1 per message (heartbeats included).")
     window: WindowInfo | None = None
@@ -136,6 +169,12 @@ class TagMessage(_Model):
     heartbeat_reason: Literal["silent", "stalled"] | None = Field(
         None, description='Only for kind="heartbeat": the input is silent, or no audio arrives.'
     )
+    backlog_s: float | None = Field(
+        None,
+        description="Seconds of input audio waiting when the message was built: in the ring buffer, held by "
+        "a blocked reader, and (stdin) unread in the pipe. Grows when the tagger falls behind.",
+    )
+    end: EndInfo | None = Field(None, description='Only for kind="end": why the stream ended.')
 
     @property
     def topic(self) -> bytes:

@@ -28,14 +28,7 @@ import zmq
 
 from engines.errors import UserError
 from rt_tagger.curve import load_secret
-from rt_tagger.messages import (
-    BackendInfo,
-    DropCounters,
-    ModelInfo,
-    StageTimings,
-    TagMessage,
-    WindowInfo,
-)
+from rt_tagger.messages import StageTimings, TagMessage
 
 __all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint"]
 
@@ -214,7 +207,8 @@ class Publisher:
         """Send one message with NOBLOCK; ``False`` (and a counted drop) if the queue is full.
 
         Fills ``msg.drops.publisher_dropped``, ``msg.publish_wall_time`` and
-        ``msg.timings_ms.publish`` (entry until the body is serialised) before sending.
+        ``msg.timings_ms.publish`` (entry until the body is serialised) before sending: the
+        publisher is the only writer of these three fields.
         """
         t0 = time.perf_counter()
         if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # keep XPUB's subscription queue empty
@@ -242,33 +236,6 @@ class Publisher:
             return False
         self._sent += 1
         return True
-
-    def heartbeat(
-        self,
-        stream_id: str,
-        seq: int,
-        reason: str,
-        *,
-        drops: DropCounters | None = None,
-        backend: BackendInfo,
-        model: ModelInfo,
-        window: WindowInfo | None = None,
-        capture_wall_time: float | None = None,
-        active: list[str] | None = None,
-    ) -> bool:
-        """Build and publish a ``kind="heartbeat"`` message (see :meth:`TagMessage.heartbeat`)."""
-        msg = TagMessage.heartbeat(
-            stream_id,
-            seq,
-            reason,  # type: ignore[arg-type]
-            drops=drops,
-            backend=backend,
-            model=model,
-            window=window,
-            capture_wall_time=capture_wall_time,
-            active=active,
-        )
-        return self.publish(msg)
 
     def wait_for_subscriber(self, timeout_s: float) -> bool:
         """Wait until some subscriber has subscribed (XPUB notification); ``False`` on timeout.

@@ -72,6 +72,10 @@ class AudioSettings(BaseModel):
     channels: int = Field(1, ge=1, le=64)
     block_size: int = Field(1024, ge=16, le=1 << 20, description="frames per source block")
     ring_seconds: float = Field(10.0, ge=1.0, le=600.0, description="ring buffer capacity")
+    device_timeout_s: float = Field(
+        3.0, gt=0.0, le=600.0, description="capture device silent this long (no callbacks): reopen it"
+    )
+    reopen_attempts: int = Field(3, ge=0, le=1000, description="reopens in a row before giving up (exit 3)")
 
 
 class PublishSettings(BaseModel):

@@ -2,9 +2,23 @@
 
 Every source is a context manager with one interface (start on enter, stop and close on exit):
 ``sample_rate``, ``channels``, ``ring`` (the :class:`~rt_tagger.ring.RingBuffer` it fills),
-``finished`` (no more audio will come), ``error`` (what stopped a reader thread, if anything) and
-counters. Each written block is recorded with the wall-clock time its last frame was captured and
-the time it arrived in the ring, so the pipeline can report capture→ring and processing latency.
+``finished`` (no more audio will come), ``error`` (what stopped a reader thread, if anything),
+counters and the backlog. Each written block is recorded with the wall-clock time its last frame
+was captured and the time it arrived in the ring, so the pipeline can report capture→ring and
+processing latency.
+
+Consumer-side duties (called from the consumer loop, never from the producer): :meth:`Source.check`
+raises what stopped the producer and, for the microphone, reopens a device that went silent;
+:meth:`Source.note_starved` counts underflows. An *underflow* is the consumer waiting for audio
+that was due: the ring is empty and a live source (microphone, stdin, real-time file replay) has
+delivered nothing for more than one hop plus one of its blocks since its previous block (or since
+it started). One gap counts once, however long it lasts. A file read as fast as possible has no
+due time and never underflows.
+
+Backlog (:meth:`Source.backlog_seconds`): audio that arrived but is not analysed yet — in the
+ring, held by a reader blocked on a full ring, and for stdin the bytes still unread in the pipe.
+A reader that waits for room in the ring (the tagger fell behind, the writer upstream is held
+back) adds its waiting time to ``input_blocked_s`` (stdin; a fast file reader waits by design).
 
 The microphone callback contract (PortAudio thread): copy ``indata`` into the preallocated ring,
 count status flags, store two floats in preallocated arrays. No allocation of arrays, no logging,
@@ -15,8 +29,12 @@ write into the ring the same way.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import select
+import struct
+import termios
 import threading
 import time
 from pathlib import Path
@@ -30,6 +48,7 @@ from rt_tagger.ring import RingBuffer
 __all__ = [
     "AudioInputError",
     "DeviceError",
+    "DeviceLostError",
     "Source",
     "MicSource",
     "FileSource",
@@ -53,6 +72,12 @@ class DeviceError(UserError):
     """An input device that does not exist or cannot be opened."""
 
 
+class DeviceLostError(DeviceError):
+    """A capture device that stopped delivering audio and could not be reopened."""
+
+    exit_code = 3
+
+
 class Source:
     """Base class: owns the ring and the per-block timing records.
 
@@ -63,6 +88,8 @@ class Source:
     """
 
     kind = "source"
+    live = True  # audio is due at real-time pace (underflows can happen)
+    reports_blocking = False  # whether input_blocked_s means lag (stdin) or pacing (a fast file)
 
     def __init__(self, sample_rate: int, channels: int, ring_seconds: float = 10.0) -> None:
         self.sample_rate = int(sample_rate)
@@ -79,6 +106,11 @@ class Source:
         self._rec_arrival = np.zeros(_RECORDS, dtype=np.float64)
         self._nrec = 0
         self.last_arrival_wall: float | None = None
+        self.block_frames = 0  # frames per producer block, when known (the underflow grace)
+        self.blocked_s = 0.0  # producer-owned: time spent waiting for room in the ring
+        self.held_frames = 0  # producer-owned: frames of the current block not in the ring yet
+        self.device_reopens = 0  # consumer-owned (MicSource.check)
+        self._starved_at = -1  # consumer-owned: ring write position of the last counted underflow
 
     def _record(self, capture_wall: float, arrival_wall: float) -> None:
         i = self._nrec % _RECORDS
@@ -91,25 +123,56 @@ class Source:
     def times_at(self, pos: int) -> tuple[float | None, float | None]:
         """``(capture_wall, arrival_wall)`` of the block that holds ring frame ``pos``.
 
-        Searches the most recent records; ``(None, None)`` when the block is no longer recorded.
+        Binary search over the most recent records (their end positions only grow);
+        ``(None, None)`` when the block is no longer recorded.
         """
         n = self._nrec
-        for j in range(n - 1, max(-1, n - _RECORDS), -1):
-            i = j % _RECORDS
-            prev_end = self._rec_end[(j - 1) % _RECORDS] if j > 0 else 0
-            if prev_end <= pos < self._rec_end[i]:
-                return float(self._rec_capture[i]), float(self._rec_arrival[i])
-            if self._rec_end[i] <= pos:
-                break
-        return None, None
+        lo, hi = max(0, n - _RECORDS + 1), n  # the oldest slot may be overwritten mid-search
+        while lo < hi:  # first record whose end is beyond pos
+            mid = (lo + hi) // 2
+            if self._rec_end[mid % _RECORDS] <= pos:
+                lo = mid + 1
+            else:
+                hi = mid
+        first = lo == max(0, n - _RECORDS + 1)
+        if lo == n or (first and lo > 0 and self._rec_end[(lo - 1) % _RECORDS] > pos):
+            return None, None
+        i = lo % _RECORDS
+        return float(self._rec_capture[i]), float(self._rec_arrival[i])
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | float]:
         return {
             "ring_overflow_samples": self.ring.overflow_samples,
             "ring_overflow_events": self.ring.overflow_events,
             "ring_underflow_events": self.ring.underflow_events,
             "input_status_flags": self.status_flags,
+            "input_blocked_s": round(self.blocked_s, 4) if self.reports_blocking else 0.0,
+            "device_reopens": self.device_reopens,
         }
+
+    def backlog_seconds(self) -> float:
+        """Seconds of audio that arrived but is not analysed yet (see the module docstring)."""
+        return (self.ring.available() + self.held_frames + self._unread_frames()) / self.sample_rate
+
+    def _unread_frames(self) -> int:
+        return 0
+
+    def check(self) -> None:
+        """Consumer side: raise what stopped the producer, if anything."""
+        if self.error is not None:
+            raise self.error
+
+    def note_starved(self, grace_s: float) -> None:
+        """Consumer side, called while the ring is empty: count an underflow when a live source's
+        next audio is overdue by more than ``grace_s`` plus one block (once per gap)."""
+        if not self.live or self.finished or self.ring.write_pos == self._starved_at:
+            return
+        last = self.last_arrival_wall if self.last_arrival_wall is not None else self.started_wall
+        if last is None:
+            return
+        if time.time() - last > grace_s + self.block_frames / self.sample_rate:
+            self.ring.note_underflow()
+            self._starved_at = self.ring.write_pos
 
     def describe(self) -> str:
         return f"{self.kind} {self.sample_rate} Hz × {self.channels} ch"
@@ -141,7 +204,7 @@ class _ThreadSource(Source):
 
     def __init__(self, sample_rate: int, channels: int, ring_seconds: float, block_size: int) -> None:
         super().__init__(sample_rate, channels, ring_seconds)
-        self.block_size = int(block_size)
+        self.block_size = self.block_frames = int(block_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Set after every write: the consumer wakes as soon as a block lands instead of polling.
@@ -174,13 +237,17 @@ class _ThreadSource(Source):
             done = 0
             while done < block.shape[0] and not self._stop.is_set():
                 k = min(self.ring.free(), block.shape[0] - done)
+                self.held_frames = block.shape[0] - done
                 if k == 0:
+                    t = time.perf_counter()
                     time.sleep(0.0005)
+                    self.blocked_s += time.perf_counter() - t
                     continue
                 self.ring.write(block[done : done + k])
                 done += k
                 self._record(capture_wall, time.time())
                 self._arrived.set()
+            self.held_frames = 0
             return
         self.ring.write(block)
         self._record(capture_wall, time.time())
@@ -239,7 +306,7 @@ class FileSource(_ThreadSource):
                 f"{self.path} is truncated: its header promises {short[0]} bytes of audio, the file holds {short[1]}"
             )
         self.frames = self._sf.frames  # as the header says; a truncated file may hold fewer
-        self.realtime = bool(realtime)
+        self.realtime = self.live = bool(realtime)
         self.frames_read = 0
         super().__init__(self._sf.samplerate, self._sf.channels, ring_seconds, block_size)
 
@@ -301,6 +368,7 @@ class StdinSource(_ThreadSource):
     """
 
     kind = "stdin"
+    reports_blocking = True
 
     def __init__(
         self,
@@ -326,14 +394,45 @@ class StdinSource(_ThreadSource):
     def describe(self) -> str:
         return f"stdin {self.fmt} {self.sample_rate} Hz × {self.channels} ch"
 
+    def _reader(self):
+        """``read(n) -> bytes | None``: what the pipe holds now, up to ``n`` bytes; ``b""`` at end of
+        input; None when nothing came within 50 ms (so the stop flag is seen).
+
+        A pipe or file is read with ``os.read`` on its descriptor after ``select``, never through
+        the buffered object: a thread blocked inside ``BufferedReader.read`` holds its lock, and
+        interpreter shutdown then aborts (``Fatal Python error: _enter_buffered_busy``). Reading
+        whatever is there, instead of waiting for a whole block, keeps a finished window from
+        waiting for the writer's next block.
+        """
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # an in-memory stream: it never blocks
+            read = getattr(self.stream, "read1", self.stream.read)
+            return lambda n: read(n)
+
+        def read_fd(n: int) -> bytes | None:
+            if not select.select([fd], [], [], 0.05)[0]:
+                return None
+            return os.read(fd, n)
+
+        return read_fd
+
+    def _unread_frames(self) -> int:
+        """Whole frames waiting in the pipe (FIONREAD), 0 where the descriptor cannot tell."""
+        try:
+            buf = fcntl.ioctl(self.stream.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (AttributeError, OSError, ValueError):
+            return 0
+        return struct.unpack("i", buf)[0] // self.frame_bytes
+
     def _produce(self) -> None:
         want = self.block_size * self.frame_bytes
-        # read1: whatever the pipe holds now (up to a block), instead of blocking until a whole
-        # block has arrived, which would hold a finished window back until the writer sends more.
-        read = getattr(self.stream, "read1", self.stream.read)
+        read = self._reader()
         pending = b""
         while not self._stop.is_set():
             chunk = read(want - len(pending))
+            if chunk is None:  # nothing yet; look at the stop flag again
+                continue
             if not chunk:
                 break
             data = pending + chunk if pending else chunk
@@ -408,12 +507,21 @@ def resolve_device(spec: str | int | None) -> int | None:
 class MicSource(Source):
     """A PortAudio input stream (sounddevice) feeding the ring from its callback.
 
+    A device that stops calling back (unplugged, sound server gone) is noticed by :meth:`check`
+    on the consumer side: after ``device_timeout_s`` without a callback the stream is closed,
+    PortAudio re-initialised (it only rescans devices then) and the device opened again by name,
+    up to ``reopen_attempts`` times in a row, each successful reopen counted in
+    ``device_reopens``. When audio flows again the attempts start over; when they are used up,
+    :class:`DeviceLostError`.
+
     Args:
         device: Index or name substring (None: the default input).
         sample_rate: Capture rate (None: the device's default).
         channels: Requested channels (capped at what the device has).
         block_size: Frames per callback (0 lets PortAudio choose).
         ring_seconds: Ring capacity.
+        device_timeout_s: Seconds without a callback before the device counts as gone.
+        reopen_attempts: Reopens tried (``device_timeout_s`` apart) before giving up.
     """
 
     kind = "mic"
@@ -425,6 +533,9 @@ class MicSource(Source):
         channels: int = 1,
         block_size: int = 1024,
         ring_seconds: float = 10.0,
+        *,
+        device_timeout_s: float = 3.0,
+        reopen_attempts: int = 3,
     ) -> None:
         import sounddevice as sd
 
@@ -440,13 +551,22 @@ class MicSource(Source):
                 f"input device {self.device_name!r} cannot capture {rate} Hz × {channels} ch: {e}"
             ) from None
         super().__init__(rate, channels, ring_seconds)
-        self.block_size = int(block_size)
+        self.block_size = self.block_frames = int(block_size)
+        self.device_timeout_s = float(device_timeout_s)
+        self.reopen_attempts = int(reopen_attempts)
         self.input_overflows = 0
         self._clock_offset = 0.0  # unix time - PortAudio stream time
-        self._stream = sd.InputStream(
+        self._opened_wall: float | None = None  # when the current stream started (None: stopped)
+        self._attempts = 0  # reopens since audio last flowed
+        self._stream = self._open()
+
+    def _open(self):
+        import sounddevice as sd
+
+        return sd.InputStream(
             device=self.device,
-            samplerate=rate,
-            channels=channels,
+            samplerate=self.sample_rate,
+            channels=self.channels,
             dtype="float32",
             blocksize=self.block_size,
             callback=self._callback,
@@ -477,13 +597,64 @@ class MicSource(Source):
             self._stream.start()
         except sd.PortAudioError as e:
             raise DeviceError(f"cannot start input device {self.device_name!r}: {e}") from None
-        self.started_wall = time.time()
+        self.started_wall = self._opened_wall = time.time()
+
+    def check(self) -> None:
+        """Consumer side: reopen the device after ``device_timeout_s`` without a callback."""
+        if self._opened_wall is None:
+            return
+        last = self.last_arrival_wall
+        if last is not None and last > self._opened_wall:
+            self._attempts = 0  # audio flowed since the last (re)open
+        silent_s = time.time() - max(last or 0.0, self._opened_wall)
+        if silent_s < self.device_timeout_s:
+            return
+        if self._attempts >= self.reopen_attempts:
+            raise DeviceLostError(
+                f"input device {self.device_name!r} delivered no audio for {silent_s:.1f} s and could not be "
+                f"reopened ({self._attempts} attempt(s), {self.device_timeout_s:g} s apart)"
+            )
+        self._attempts += 1
+        log.warning(
+            "input device %r delivered no audio for %.1f s: reopening it (attempt %d of %d)",
+            self.device_name, silent_s, self._attempts, self.reopen_attempts,
+        )  # fmt: skip
+        self._opened_wall = time.time()  # the next attempt comes device_timeout_s later
+        try:
+            self._reopen()
+        except Exception as e:  # noqa: BLE001 - PortAudio/device errors: the next attempt or the error above
+            log.warning(
+                "reopening %r failed: %s",
+                self.device_name,
+                str(e).strip().splitlines()[0] if str(e).strip() else e,
+            )
+            return
+        self.device_reopens += 1
+
+    def _reopen(self) -> None:
+        import sounddevice as sd
+
+        self._close_stream()
+        sd._terminate()  # PortAudio only sees devices (and servers) that came back after a re-init
+        sd._initialize()
+        self.device = resolve_device(self.device_name)
+        self._stream = self._open()
+        self._clock_offset = time.time() - self._stream.time
+        self._stream.start()
+        self._opened_wall = time.time()
+
+    def _close_stream(self) -> None:
+        import sounddevice as sd
+
+        for step in (self._stream.abort, self._stream.close):
+            with contextlib.suppress(sd.PortAudioError):
+                step()
 
     def stop(self) -> None:
+        self._opened_wall = None
         try:
-            self._stream.stop()
+            self._close_stream()
         finally:
-            self._stream.close()
             self.finished = True
 
 

@@ -39,7 +39,10 @@ def test_file_end_to_end(pipe, short_wav, sensitive_bundle):
     spec = sensitive_bundle.frontend
     frames = spec.frames_for(6 * spec.sample_rate)
     expected = 1 + (frames - spec.window_frames) // pipe.hop_frames
-    assert len(res.windows) == expected == res.messages == len(messages)
+    end = messages.pop()  # the stream's last message says why it ended, with the final counters
+    assert end.kind == "end" and end.end.reason == "eof" and end.end.windows == expected
+    assert end.end.stream_s == pytest.approx(6.0) and end.seq == expected
+    assert len(res.windows) == expected == res.messages - 1 == len(messages)
     assert [m.seq for m in messages] == list(range(expected))
     ends = [m.window.end_sample for m in messages]
     assert ends[0] == spec.window_samples
@@ -92,7 +95,8 @@ def test_silence_gives_heartbeats(pipe, sensitive_bundle, tmp_path):
         res = run_file(path, sensitive_bundle, pipeline=pipe)
     finally:
         pipe.on_message = None
-    assert res.heartbeats == res.messages > 0 and not res.windows
+    assert msgs.pop().kind == "end"
+    assert res.heartbeats == res.messages - 1 > 0 and not res.windows
     assert all(m.kind == "heartbeat" and m.heartbeat_reason == "silent" for m in msgs)
     assert [m.seq for m in msgs] == list(range(len(msgs)))
 
@@ -210,7 +214,7 @@ def test_nonfinite_reject_or_zero(sensitive_bundle, demo_audio, tmp_path):
     with pytest.raises(AudioInputError, match="NaN/Inf"):
         run_file(path, sensitive_bundle, settings=load_settings(hop_seconds=0.5))
     res = run_file(path, sensitive_bundle, settings=load_settings(hop_seconds=0.5, nonfinite="zero"))
-    assert res.counters["nonfinite_samples"] == 101
+    assert res.counters["resampler_dropped_samples"] == 101  # replaced by the resampler, counted once
     assert np.isfinite([w.probabilities for w in res.windows]).all()
 
 

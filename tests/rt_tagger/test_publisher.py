@@ -89,13 +89,14 @@ def run_publisher(
         while (n is None or seq < n) and not stop.is_set() and time.monotonic() < t_end:
             if seq not in skip:  # a deliberate gap: the seq number is used up but not sent
                 if heartbeat_every and seq % heartbeat_every == heartbeat_every - 1:
-                    pub.heartbeat(
+                    beat = TagMessage.heartbeat(
                         "test",
                         seq,
                         "silent",
                         backend=BackendInfo(name="torch", device="cpu", precision="fp32"),
                         model=ModelInfo(name="test", weights_sha256="0123456789ab"),
                     )
+                    pub.publish(beat)
                 else:
                     pub.publish(make_message(seq))
             if progress_at is not None and seq == progress_at:

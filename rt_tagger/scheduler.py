@@ -1,0 +1,49 @@
+"""Batching: the windows due in many streams go to the backend together.
+
+:func:`run_due` asks every stream for its due windows, runs the non-silent ones through the
+backend in batches of at most the backend's largest batch, and completes each window in its own
+stream, in stream order. One stream is a batch of one (``rt-tagger stream``/``listen``); a server
+passes all its streams at every tick. The scheduler knows nothing about audio or sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from rt_tagger.messages import TagMessage
+from rt_tagger.stream_state import DueWindow, StreamState
+
+__all__ = ["run_due"]
+
+
+def run_due(streams: Iterable[StreamState], backend) -> list[tuple[StreamState, DueWindow, TagMessage]]:
+    """Infer and complete every due window of ``streams``.
+
+    Args:
+        streams: The streams to serve this tick.
+        backend: An engines backend (``infer((batch, n_mels, frames)) -> Inference``).
+
+    Returns:
+        ``(stream, window, message)`` for every completed window, in each stream's order.
+        ``timings_ms.inference`` of a message is the time of the batch that held its window.
+    """
+    due = [(s, w) for s in streams for w in s.due_windows()]
+    live = [w for _, w in due if not w.silent]
+    probabilities: dict[int, tuple[np.ndarray, float]] = {}
+    batch_max = backend.batch_range[1]
+    for i in range(0, len(live), batch_max):
+        chunk = live[i : i + batch_max]
+        mel = chunk[0].mel[None] if len(chunk) == 1 else np.stack([w.mel for w in chunk])
+        t = time.perf_counter()
+        p = backend.infer(mel).probabilities
+        ms = (time.perf_counter() - t) * 1e3
+        for j, w in enumerate(chunk):
+            probabilities[id(w)] = (p[j], ms)
+    done = []
+    for stream, w in due:
+        p, ms = probabilities.get(id(w), (None, None))
+        done.append((stream, w, stream.complete(w, p, ms)))
+    return done
