@@ -56,7 +56,9 @@ def _head(stream_id: str, seq: int, publish_wall_time: float | None, end_s: floa
 def format_message(
     msg: TagMessage, *, top_n: int = 5, ascii_only: bool = False, recv_time: float | None = None
 ) -> str:
-    """One compact line for a ``tags`` or ``heartbeat`` message (see the module docstring)."""
+    """One compact line for a message (see the module docstring)."""
+    if msg.kind == "end":
+        return format_end(msg.model_dump(mode="json"))
     head = _head(msg.stream_id, msg.seq, msg.publish_wall_time, msg.window.end_s if msg.window else None)
     parts: list[str] = []
     if msg.kind == "heartbeat":
