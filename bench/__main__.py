@@ -3,7 +3,7 @@
 import sys
 
 from bench.cli import main
-from rt_tagger.cli import run_guarded
+from engines.errors import run_guarded
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -7,7 +7,8 @@ one backend sustains), ``frontend`` (numba log-mel vs librosa and torchaudio), `
 
 Every mode prints a readable table (or the JSON document with ``--json``), draws PNG plots and
 saves ``<mode>-<machine>-<date>.json`` with the machine description into ``--out-dir``
-(default: bench/results/).
+(default: ``$XDG_DATA_HOME/rt-tagger/bench``, i.e. ``~/.local/share/rt-tagger/bench``; the project's
+recorded results are written with ``--out-dir bench/results``).
 """
 
 from __future__ import annotations

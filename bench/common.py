@@ -21,7 +21,11 @@ __all__ = [
     "save_document",
 ]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# A user folder, not the checkout: a user's runs must not land among the project's recorded results
+# (bench/results/, written there with --out-dir bench/results).
+RESULTS_DIR = (
+    Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "rt-tagger" / "bench"
+)
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rt-tagger" / "bench"
 RANDOM_NOTE = "randomly initialised bundle with the DEFAULT architecture (timing only, tags meaningless)"
 

@@ -1,12 +1,12 @@
 """`rt-tagger` console entry point.
 
-Runtime commands (devices, listen, tag, stream, subscribe) live in rt_tagger. Commands of the other
-stages (train, features, compile, bench) are found through the ``rt_tagger.commands`` entry-point
-group declared in pyproject.toml, so rt_tagger never imports training (DESIGN.md: arrows point one
-way). Each such command is ``main(argv: list[str]) -> int``.
+Runtime commands (devices, listen, tag, stream, subscribe, demo) live in :mod:`rt_tagger.commands`.
+Commands of the other stages (train, features, compile, bench) are found through the
+``rt_tagger.commands`` entry-point group declared in pyproject.toml, so rt_tagger never imports
+training (DESIGN.md: arrows point one way). Each such command is ``main(argv: list[str]) -> int``.
 
 Errors a user can cause (:class:`engines.errors.UserError`) print one line and exit non-zero;
-tracebacks only with ``--debug``.
+tracebacks only with ``--debug`` (:func:`engines.errors.run_guarded`).
 """
 
 from __future__ import annotations
@@ -15,31 +15,13 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from engines.errors import UserError
+from engines.errors import run_guarded
 
 __all__ = ["main", "run_guarded"]
 
+
 def _plugin_commands() -> dict:
     return {ep.name: ep for ep in entry_points(group="rt_tagger.commands")}
-
-
-def run_guarded(fn, argv: list[str], debug: bool) -> int:
-    """Run a command; user errors become one line on stderr and a non-zero exit."""
-    try:
-        return int(fn(argv) or 0)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"rt-tagger: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("rt-tagger: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - last line of defence: one line unless --debug
-        if debug:
-            raise
-        print(f"rt-tagger: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     plugins = _plugin_commands()
     if argv and argv[0] in plugins:
         return run_guarded(plugins[argv[0]].load(), argv[1:], debug)

@@ -17,7 +17,6 @@ Files are the ZeroMQ certificate format (``zmq.auth.create_certificates``)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from engines.errors import UserError
+from engines.errors import UserError, UserErrorParser, run_guarded
 
 __all__ = ["CurveError", "CurveKeys", "generate_keys", "keygen_main", "load_public", "load_secret"]
 
@@ -123,7 +122,7 @@ def load_secret(path: Path | str) -> tuple[bytes, bytes]:
 
 def keygen_main(argv: list[str] | None = None) -> int:
     """CLI: ``KEYDIR [--force]``; prints where the files went and how to use them."""
-    p = argparse.ArgumentParser(prog="rt-tagger curve-keys", description="Create CURVE key files.")
+    p = UserErrorParser(prog="rt-tagger curve-keys", description="Create CURVE key files.")
     p.add_argument("key_dir", type=Path)
     p.add_argument("--force", action="store_true", help="replace existing keys")
     a = p.parse_args(argv)
@@ -137,7 +136,5 @@ def keygen_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     import sys
-
-    from rt_tagger.cli import run_guarded
 
     sys.exit(run_guarded(keygen_main, sys.argv[1:], "--debug" in sys.argv))

@@ -109,6 +109,15 @@ class DropCounters(_Model):
         "the writer upstream was held back because the tagger fell behind).",
     )
     device_reopens: int = Field(0, description="Times a silent capture device was closed and opened again.")
+    ingest_dropped_samples: int = Field(
+        0,
+        description="rt-tagger serve: input frames dropped because a live stream ran further ahead of real "
+        "time than the server's buffer.",
+    )
+    ingest_lost_chunks: int = Field(
+        0,
+        description="rt-tagger serve: chunks missing from the stream's chunk sequence numbers (lost input).",
+    )
 
 
 class BackendInfo(_Model):
@@ -128,10 +137,23 @@ END_REASONS = ("eof", "duration", "sigterm", "sigint", "stopped", "error", "devi
 class EndInfo(_Model):
     """Why and how a stream ended (only in ``kind="end"``)."""
 
-    reason: Literal["eof", "duration", "sigterm", "sigint", "stopped", "error", "device_lost"] = Field(
+    reason: Literal[
+        "eof",
+        "duration",
+        "sigterm",
+        "sigint",
+        "stopped",
+        "error",
+        "device_lost",
+        "closed",
+        "idle",
+        "shard_lost",
+    ] = Field(
         description="eof: the input ended; duration: --duration elapsed; sigterm/sigint: the process was "
         "asked to stop; stopped: stopped by the program embedding the pipeline; error: the input or the "
-        "tagger failed (see `error`); device_lost: the capture device stopped and could not be reopened."
+        "tagger failed (see `error`); device_lost: the capture device stopped and could not be reopened. "
+        "rt-tagger serve: closed: the client closed the stream; idle: no audio for the idle timeout; "
+        "shard_lost: the shard holding the stream died; the stream continues on another shard from seq 0."
     )
     error: str | None = Field(None, description="The one-line error for reason error/device_lost.")
     stream_s: float = Field(description="Seconds of input audio consumed over the whole stream.")

@@ -185,17 +185,32 @@ class Pipeline:
 
         return StreamingFrontEnd(self.spec, input_rate, channels, constants=self.frontend_constants)
 
-    def open_stream(self, source: Source | None, input_rate: int, channels: int) -> StreamState:
-        """Fresh per-stream state (front end, aggregator, message builder) for one input."""
+    def open_stream(
+        self,
+        source: Source | None,
+        input_rate: int,
+        channels: int,
+        *,
+        stream_id: str | None = None,
+        hop_frames: int | None = None,
+        full_scores: bool | None = None,
+    ) -> StreamState:
+        """Fresh per-stream state (front end, aggregator, message builder) for one input.
+
+        ``stream_id``, ``hop_frames`` and ``full_scores`` override the settings (a server's
+        streams each have their own).
+        """
         st, agg = self.settings, self.settings.aggregator
+        hop_frames = hop_frames or self.hop_frames
+        hop_s = hop_frames * self.spec.hop_length / self.spec.sample_rate
         options = MessageOptions(
-            stream_id=st.stream_id,
+            stream_id=stream_id or st.stream_id,
             backend=self.backend_info,
             model=self.model_info,
             silence_rms=st.silence_rms,
-            stall_s=st.stall_hops * self.hop_seconds,
+            stall_s=st.stall_hops * hop_s,
             nonfinite=st.nonfinite,
-            full_scores=st.publish.full_scores,
+            full_scores=st.publish.full_scores if full_scores is None else full_scores,
         )
         aggregator = Aggregator(
             self.bundle.tags,
@@ -208,9 +223,7 @@ class Pipeline:
             min_dwell_s=agg.min_dwell_s,
         )
         fe = self.front_end(input_rate, channels)
-        return StreamState(
-            fe, aggregator, self.hop_frames, options, source=source, keep_windows=self.keep_windows
-        )
+        return StreamState(fe, aggregator, hop_frames, options, source=source, keep_windows=self.keep_windows)
 
     # ------------------------------------------------------------------ the consumer loop
     def run(

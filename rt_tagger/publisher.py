@@ -1,14 +1,21 @@
-"""ZeroMQ publisher: one two-frame message ``[b"tags.<stream_id>", json]`` per hop, never blocking.
+"""ZeroMQ publisher: one two-frame message ``[topic, json]`` per hop, never blocking.
+
+Topics: ``tags.<stream_id>`` followed by one NUL byte (:func:`stream_topic`). ZeroMQ filters by
+prefix, and the NUL cannot occur in a stream id, so subscribing to ``b"tags.mic\\0"`` receives
+exactly stream ``mic`` (not ``mic2``); the old prefixes ``tags.`` and ``tags.mic`` still match.
 
 Socket set-up follows the pyzmq/zguide habits (STYLE.md §5): SNDHWM and LINGER are set before
 ``bind``; every send uses ``NOBLOCK``. The socket is an XPUB, which subscribers see as a plain PUB
 (they use SUB sockets) but which also tells us when a subscriber arrives (:meth:`wait_for_subscriber`).
 
-Drops: with ``count_drops=True`` (default) the socket sets ``XPUB_NODROP``, so a full send queue
-raises ``zmq.Again`` instead of dropping silently; we count that drop and return ``False``. The
-pipeline never waits. The price: one stalled subscriber makes every subscriber miss the same
-messages (they all see the seq gap and ``drops.publisher_dropped``). With ``count_drops=False``
-libzmq drops per subscriber, silently for the publisher; only that subscriber sees seq gaps.
+Drops: libzmq keeps one send queue per subscriber. A plain PUB drops silently for a subscriber
+whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead. We use both: each
+message is first offered with ``XPUB_NODROP``; if some subscriber's queue is full it fails
+(``zmq.Again``) without sending, and we send it again in lossy mode, so every subscriber with room
+gets it and only the slow ones miss it. Such a message counts once in :attr:`Publisher.dropped`
+(``drops.publisher_dropped``): the number of messages that at least one subscriber missed
+because its queue was full (libzmq does not say which or how many subscribers). The pipeline never
+waits; a healthy subscriber never loses a message because of a slow one.
 
 Not thread-safe (ZeroMQ sockets are not): call ``publish`` from one thread.
 """
@@ -30,14 +37,21 @@ from engines.errors import UserError
 from rt_tagger.curve import load_secret
 from rt_tagger.messages import StageTimings, TagMessage
 
-__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint"]
+__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+TOPIC_END = b"\0"  # ends every topic frame; not allowed in stream ids, so a stream's topic is exact
 log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5}|\*)$")
 # Fields written after the rest of the body so that `publish` can time serialisation too.
 _TAIL = {"timings_ms", "publish_wall_time"}
+
+
+def stream_topic(stream_id: str) -> bytes:
+    """The topic frame of one stream, ``b"tags.<stream_id>\\0"``; as a subscription it matches
+    exactly that stream."""
+    return b"tags." + stream_id.encode() + TOPIC_END
 
 
 class PublisherError(UserError):
@@ -120,15 +134,18 @@ class Publisher:
         sndhwm: messages queued per subscriber before sends are dropped. (Default: ``1000``)
         allow_remote: required to bind anything beyond loopback (``*``, ``0.0.0.0``, a LAN IP).
         curve_server_secret: the publisher's ``server.key_secret``; turns on CURVE encryption.
+            Required beyond loopback unless ``insecure_remote``.
         curve_clients: folder of accepted subscriber public keys (``*.key``); turns on ZAP
             authentication of clients (needs ``curve_server_secret``).
+        insecure_remote: allow binding beyond loopback without CURVE (anyone on the network reads).
         linger_ms: how long ``close`` may wait to flush queued messages. (Default: ``200``)
-        count_drops: set ``XPUB_NODROP`` so drops are counted (see the module docstring).
+        count_drops: detect and count messages a full subscriber queue misses (see the module
+            docstring); ``False`` leaves libzmq to drop silently.
         context: a ZeroMQ context to use (default: a private one, terminated on close).
 
     Raises:
         PublisherError: invalid endpoint, port in use, remote bind without ``allow_remote``,
-            bad key files.
+            bad key files, beyond loopback without CURVE (unless ``insecure_remote``).
     """
 
     _closed = True  # until the socket exists; makes close()/__del__ safe after a failed __init__
@@ -141,6 +158,7 @@ class Publisher:
         allow_remote: bool = False,
         curve_server_secret: Path | None = None,
         curve_clients: Path | None = None,
+        insecure_remote: bool = False,
         linger_ms: int = 200,
         count_drops: bool = True,
         context: zmq.Context | None = None,
@@ -149,7 +167,12 @@ class Publisher:
         if not ep.is_local and not allow_remote:
             raise PublisherError(
                 f"refusing to bind {ep.url} beyond loopback; pass allow_remote (--allow-remote) "
-                "and preferably CURVE keys (--curve-secret)"
+                "and CURVE keys (--curve-secret, --curve-clients)"
+            )
+        if not ep.is_local and curve_server_secret is None and not insecure_remote:
+            raise PublisherError(
+                f"refusing to publish on {ep.url} without encryption: give CURVE keys (--curve-secret, "
+                "--curve-clients) or accept an open stream with --insecure-remote"
             )
         if curve_clients is not None and curve_server_secret is None:
             raise PublisherError("--curve-clients needs --curve-secret (the publisher's server.key_secret)")
@@ -160,6 +183,7 @@ class Publisher:
         self._auth = None
         self._sent = 0
         self._dropped = 0
+        self._burst = 0  # messages dropped since the last one every subscriber got
         self._subscribed = False
         self._ser = TagMessage.__pydantic_serializer__
         self._ser_t = StageTimings.__pydantic_serializer__
@@ -168,7 +192,7 @@ class Publisher:
         try:
             self.sock.setsockopt(zmq.SNDHWM, int(sndhwm))
             self.sock.setsockopt(zmq.LINGER, int(linger_ms))
-            if count_drops:
+            if count_drops:  # a full queue then raises zmq.Again: see the module docstring
                 self.sock.setsockopt(zmq.XPUB_NODROP, 1)
             if ep.transport == "tcp" and ":" in (ep.host or ""):
                 self.sock.setsockopt(zmq.IPV6, 1)
@@ -195,6 +219,10 @@ class Publisher:
 
             if not Path(clients).is_dir():
                 raise PublisherError(f"CURVE client key folder not found: {clients}")
+            if not any(Path(clients).glob("*.key")):
+                raise PublisherError(
+                    f"no client public keys (*.key) in {clients}: no subscriber could connect"
+                )
             self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(__name__ + ".auth"))
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(clients))
@@ -204,7 +232,8 @@ class Publisher:
 
     # -- sending --------------------------------------------------------------------------------
     def publish(self, msg: TagMessage) -> bool:
-        """Send one message with NOBLOCK; ``False`` (and a counted drop) if the queue is full.
+        """Send one message with NOBLOCK; ``False`` (and a counted drop) if some subscriber's queue
+        was full (it misses this message; every other subscriber gets it).
 
         Fills ``msg.drops.publisher_dropped``, ``msg.publish_wall_time`` and
         ``msg.timings_ms.publish`` (entry until the body is serialised) before sending: the
@@ -229,13 +258,55 @@ class Publisher:
                 b"}",
             )
         )
+        frames = (stream_topic(msg.stream_id), body)
         try:
-            self.sock.send_multipart((msg.topic, body), flags=zmq.NOBLOCK, copy=len(body) < 65536)
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.Again:  # some subscriber's queue is full: the others still get it
+            self._send_lossy(frames)
+            self._count_drop()
+            return False
+        self._end_burst()
+        self._sent += 1
+        return True
+
+    def publish_raw(self, topic: bytes, body: bytes) -> bool:
+        """Send a message that is not a stream's (e.g. ``rt-tagger serve``'s stats), same drop rules."""
+        frames = (topic, body)
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._dropped += 1
+            self._send_lossy(frames)
+            self._count_drop()
             return False
         self._sent += 1
         return True
+
+    def _send_lossy(self, frames: tuple[bytes, bytes]) -> None:
+        """Send to every subscriber with room; libzmq drops it for the full ones."""
+        self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        finally:
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def _count_drop(self) -> None:
+        self._dropped += 1
+        self._burst += 1
+        if self._burst == 1:  # one warning per burst, not one per message
+            log.warning(
+                "a subscriber is not keeping up (send queue full at %d messages): it misses messages, "
+                "counted in drops.publisher_dropped; other subscribers get everything",
+                self.sock.getsockopt(zmq.SNDHWM),
+            )
+
+    def _end_burst(self) -> None:
+        if self._burst:
+            log.info(
+                "the slow subscriber keeps up again: it missed %d messages (%d in total)",
+                self._burst,
+                self._dropped,
+            )
+            self._burst = 0
 
     def wait_for_subscriber(self, timeout_s: float) -> bool:
         """Wait until some subscriber has subscribed (XPUB notification); ``False`` on timeout.
@@ -263,12 +334,12 @@ class Publisher:
 
     @property
     def sent(self) -> int:
-        """Messages handed to ZeroMQ (sent to every subscriber, or discarded when there is none)."""
+        """Messages queued for every subscriber (or discarded when there is none)."""
         return self._sent
 
     @property
     def dropped(self) -> int:
-        """Messages dropped because a subscriber's queue was full (``count_drops`` only)."""
+        """Messages that at least one subscriber missed because its queue was full (``count_drops``)."""
         return self._dropped
 
     # -- lifetime -------------------------------------------------------------------------------

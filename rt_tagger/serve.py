@@ -20,6 +20,7 @@ Admission: at ``max_streams`` open streams, ``open`` is refused with the reason.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -47,7 +48,7 @@ from rt_tagger.settings import ServeSettings, SettingsError
 from rt_tagger.sources import AudioInputError
 from rt_tagger.stream_state import StreamState
 
-__all__ = ["IngestInput", "Server", "ServeStats"]
+__all__ = ["IngestInput", "Server", "ServeStats", "bind_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,25 @@ def _pcts(values) -> dict[str, float | None]:
     return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
 
 
+def bind_ingest(settings: ServeSettings, context: zmq.Context | None = None) -> zmq.Socket:
+    """The server's ROUTER socket, bound (done first, so a busy port fails before the model loads)."""
+    ep = parse_endpoint(settings.ingest)
+    if not ep.is_local and not settings.allow_remote_ingest:
+        raise SettingsError(
+            f"refusing to accept ingest on {ep.url} beyond loopback without serve.allow_remote_ingest"
+        )
+    sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
+    try:
+        sock.bind(ep.url)
+    except zmq.ZMQError as e:
+        sock.close()
+        reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror.split(" (")[0]
+        raise SettingsError(f"cannot listen for ingest on {ep.url}: {reason}") from None
+    return sock
+
+
 class Server:
     """Streams in over ingest, tags out over the publisher.
 
@@ -130,11 +150,18 @@ class Server:
         pipeline: A warmed :class:`Pipeline` (bundle, backend, front-end constants, settings).
         publisher: Where every stream's messages and the stats go.
         settings: The ``[serve]`` settings.
-        context: ZeroMQ context (default: the publisher's).
+        ingest_socket: The bound ROUTER socket (default: :func:`bind_ingest` of the settings).
+        context: ZeroMQ context for the ingest socket (default: the global one).
     """
 
     def __init__(
-        self, pipeline: Pipeline, publisher: Publisher, settings: ServeSettings, *, context=None
+        self,
+        pipeline: Pipeline,
+        publisher: Publisher,
+        settings: ServeSettings,
+        *,
+        ingest_socket: zmq.Socket | None = None,
+        context: zmq.Context | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
@@ -145,20 +172,7 @@ class Server:
         self._due_since: float | None = None
         self._due_count = 0
         self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
-        ep = parse_endpoint(settings.ingest)
-        if not ep.is_local and not settings.allow_remote_ingest:
-            raise SettingsError(
-                f"refusing to accept ingest on {ep.url} beyond loopback without serve.allow_remote_ingest"
-            )
-        ctx = context or zmq.Context.instance()
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
-        try:
-            self.sock.bind(ep.url)
-        except zmq.ZMQError as e:
-            self.sock.close()
-            raise SettingsError(f"cannot listen for ingest on {ep.url}: {e.strerror}") from None
+        self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started = time.monotonic()
         self._last_stats = self._started

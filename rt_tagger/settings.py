@@ -8,6 +8,9 @@ Precedence, lowest to highest:
 4. environment variables ``RT_TAGGER_<FIELD>`` (nested with ``__``: ``RT_TAGGER_AGGREGATOR__MODE=ema``),
 5. command-line flags.
 
+An ``RT_TAGGER_*`` variable that names no setting (and none of the few read elsewhere, see
+:data:`OTHER_ENV`) is an error, like an unknown key in a TOML file: a typo must not be ignored.
+
 An invalid value fails at start with a :class:`SettingsError` (a ``UserError``) naming the field,
 the value and the reason, e.g. ``invalid setting hop_seconds=0.01: Input should be greater than or
 equal to 0.1``.
@@ -15,6 +18,8 @@ equal to 0.1``.
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,8 +31,11 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
+from engines.cache import ENV_COMPILED_DIR
 from engines.errors import UserError
+from engines.trt.api import ENV_FLAVOUR
 
 __all__ = [
     "AggregatorSettings",
@@ -36,11 +44,22 @@ __all__ = [
     "RuntimeSettings",
     "SettingsError",
     "DEFAULT_CONFIG",
+    "OTHER_ENV",
+    "STREAM_ID_PATTERN",
     "load_settings",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "runtime.toml"
 MIN_HOP_SECONDS = 0.1
+STREAM_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+ENV_PREFIX = "RT_TAGGER_"
+# RT_TAGGER_* variables that are not runtime settings but are read elsewhere (where, in the comment).
+OTHER_ENV = {
+    ENV_COMPILED_DIR,  # engines/cache.py: where compiled artifacts go
+    ENV_FLAVOUR,  # engines/trt/api.py: which TensorRT module
+    "RT_TAGGER_COMMIT",  # training/stages.py: provenance when there is no git checkout
+    "RT_TAGGER_MUSICNN_VENV",  # bench/peers.py: the musicnn comparison's virtual environment
+}
 
 
 class SettingsError(UserError):
@@ -68,7 +87,11 @@ class AudioSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: str | None = Field(None, description="input device index or name substring (None: default)")
-    sample_rate: int | None = Field(None, gt=0, description="capture rate (None: the device's default)")
+    sample_rate: int | None = Field(
+        None,
+        gt=0,
+        description="listen: capture rate (None: the device's); stream: rate of the raw PCM (required)",
+    )
     channels: int = Field(1, ge=1, le=64)
     block_size: int = Field(1024, ge=16, le=1 << 20, description="frames per source block")
     ring_seconds: float = Field(10.0, ge=1.0, le=600.0, description="ring buffer capacity")
@@ -86,7 +109,11 @@ class PublishSettings(BaseModel):
     endpoint: str = Field("tcp://127.0.0.1:5556", pattern=r"^(tcp|ipc)://.+")
     sndhwm: int = Field(1000, ge=1)
     allow_remote: bool = False
-    curve_server_secret: Path | None = None
+    curve_server_secret: Path | None = Field(None, description="the publisher's server.key_secret (CURVE)")
+    curve_clients: Path | None = Field(
+        None, description="folder of accepted subscriber public keys (*.key); ZAP authentication"
+    )
+    insecure_remote: bool = Field(False, description="allow binding beyond loopback without CURVE")
     full_scores: bool = Field(False, description="send the whole score vector in every message")
 
 
@@ -118,7 +145,7 @@ class RuntimeSettings(BaseSettings):
     """Everything the streaming path can be told; see the module docstring for precedence."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RT_TAGGER_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
     bundle: Path | None = Field(None, description="model bundle directory (None: the shipped default)")
@@ -126,7 +153,7 @@ class RuntimeSettings(BaseSettings):
     hop_seconds: float | None = Field(
         None, ge=MIN_HOP_SECONDS, le=60.0, description="seconds between windows (None: the bundle's)"
     )
-    stream_id: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    stream_id: str = Field("default", pattern=STREAM_ID_PATTERN)
     silence_rms: float = Field(1e-4, ge=0.0, description="hop RMS below this counts as silent (heartbeat)")
     stall_hops: float = Field(
         2.0, gt=0.0, description="no new samples for this many hops: stalled (heartbeat)"
@@ -174,6 +201,39 @@ def _describe(err: dict[str, Any]) -> str:
     return f"invalid setting {loc}={value}: {err['msg']}"
 
 
+def _env_names() -> dict[str, str]:
+    """Upper-case variable name -> setting, for every setting an environment variable can give."""
+    names = {}
+    for name, info in RuntimeSettings.model_fields.items():
+        names[f"{ENV_PREFIX}{name}".upper()] = name
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for sub in section.model_fields:
+                names[f"{ENV_PREFIX}{name}__{sub}".upper()] = f"{name}.{sub}"
+    return names
+
+
+def _check_environment() -> None:
+    """Unknown ``RT_TAGGER_*`` variables, and sections given as bad JSON, fail with one line."""
+    known = _env_names()
+    for var, value in os.environ.items():
+        key = var.upper()
+        if not key.startswith(ENV_PREFIX) or key in OTHER_ENV:
+            continue
+        if key not in known:
+            raise SettingsError(f"unknown environment variable {var} (no setting of that name)")
+        field = RuntimeSettings.model_fields.get(known[key])
+        if (
+            field is not None
+            and isinstance(field.annotation, type)
+            and issubclass(field.annotation, BaseModel)
+        ):
+            try:
+                json.loads(value)
+            except ValueError as e:
+                raise SettingsError(f"environment variable {var} is not valid JSON: {e}") from None
+
+
 def load_settings(config: str | Path | None = None, **overrides: Any) -> RuntimeSettings:
     """Build the settings from all layers.
 
@@ -205,8 +265,11 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Runtime
         (RuntimeSettings,),
         {"__annotations__": {"toml_files": ClassVar[list[Path]]}, "toml_files": files},
     )
+    _check_environment()
     try:
         loaded = cls(**clean)
     except ValidationError as e:
         raise SettingsError(_describe(e.errors()[0])) from None
+    except SourceError as e:  # a value no source could parse (one line, never an internal error)
+        raise SettingsError(str(e)) from None
     return loaded

@@ -356,6 +356,8 @@ class StreamState:
             input_status_flags=counters.get("input_status_flags", 0),
             input_blocked_s=counters.get("input_blocked_s", 0.0),
             device_reopens=counters.get("device_reopens", 0),
+            ingest_dropped_samples=counters.get("ingest_dropped_samples", 0),
+            ingest_lost_chunks=counters.get("ingest_lost_chunks", 0),
             resampler_dropped_samples=self.fe.resampler.dropped_samples,
         )
 

@@ -1,22 +1,22 @@
 """``rt-tagger subscribe``: a live, readable terminal view of the tag messages (or raw JSON lines).
 
-One line per message::
+One line per message (:mod:`rt_tagger.message_line`). Sequence gaps are reported per stream
+(``!! mic: seq gap``), so drops anywhere between publisher and this subscriber show. ``--json``
+prints each body unchanged, one per line (gap reports then go to stderr, so stdout stays pure JSON
+for ``jq`` and friends).
 
-    12:03:04.512 mic     #42   t=21.0s  piano ▇▇▇▆ .82  guitar ▃ .31 | on piano | +piano | lat 7.3ms | drops 0
-    12:03:05.012 mic     #43   t=21.5s  ♥ heartbeat (silent) | drops 0
+``--stream ID`` subscribes to exactly one stream (the terminated topic ``tags.<ID>\\0``, see
+docs/messages.md); ``--topic PREFIX`` is a plain prefix filter. When every stream seen has sent its
+``end`` message, the view prints it and exits 0.
 
-``lat`` is processing latency (publish wall time − capture wall time of the window's last sample).
-Sequence gaps are reported per stream (``!! mic: seq gap``), so drops anywhere between publisher
-and this subscriber show. ``--json`` prints each body unchanged, one per line (gap reports then go
-to stderr, so stdout stays pure JSON for ``jq`` and friends).
-
-Wiring: ``add_arguments(parser)`` + ``main_from_args(args)`` for an argparse sub-command, or
-``main(argv)``; ``python -m rt_tagger.subscribe`` runs it stand-alone.
+Wiring: ``add_arguments(parser)`` + ``main_from_args(args)`` is the one ``subscribe`` parser (the
+``rt-tagger`` CLI uses it), ``main(argv)`` or ``python -m rt_tagger.subscribe`` runs it stand-alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,14 +27,14 @@ from typing import TextIO
 import zmq
 from pydantic import ValidationError
 
-from engines.errors import UserError
+from engines.errors import UserError, UserErrorParser, run_guarded
 from rt_tagger.curve import load_public, load_secret
-from rt_tagger.messages import DropCounters, TagMessage
-from rt_tagger.publisher import DEFAULT_ENDPOINT, parse_endpoint
+from rt_tagger.message_line import ascii_only, format_end, format_message
+from rt_tagger.messages import TagMessage
+from rt_tagger.publisher import DEFAULT_ENDPOINT, parse_endpoint, stream_topic
+from rt_tagger.settings import load_settings
 
-__all__ = ["SubscribeTimeout", "add_arguments", "format_message", "main", "main_from_args", "run_subscribe"]
-
-_BLOCKS = " ▏▎▍▌▋▊▉█"  # eighths of a cell
+__all__ = ["SeqTracker", "SubscribeTimeout", "add_arguments", "main", "main_from_args", "run_subscribe"]
 
 
 class SubscribeTimeout(UserError):
@@ -62,73 +62,10 @@ class SeqTracker:
         return f"!! {stream}: seq went back {prev} -> {seq} (publisher restarted?)"
 
 
-def _bar(score: float, cells: int, ascii_only: bool) -> str:
-    score = min(max(score, 0.0), 1.0)
-    if ascii_only:
-        n = round(score * cells)
-        return "#" * n + "." * (cells - n)
-    eighths = round(score * cells * 8)
-    full, rest = divmod(eighths, 8)
-    s = "█" * full + (_BLOCKS[rest] if rest and full < cells else "")
-    return s.ljust(cells)
-
-
-def _drops_text(d: DropCounters) -> str:
-    parts = [
-        ("ovf", d.ring_overflow_samples),
-        ("udf", d.ring_underflow_events),
-        ("pa", d.input_status_flags),
-        ("rs", d.resampler_dropped_samples),
-        ("pub", d.publisher_dropped),
-    ]
-    shown = [f"{k}={v}" for k, v in parts if v]
-    return "drops " + (" ".join(shown) if shown else "0")
-
-
-def format_message(
-    msg: TagMessage, *, top_n: int = 5, ascii_only: bool = False, recv_time: float | None = None
-) -> str:
-    """One compact line for ``msg`` (see the module docstring)."""
-    clock = time.strftime("%H:%M:%S", time.localtime(msg.publish_wall_time or time.time()))
-    clock += f".{int((msg.publish_wall_time % 1) * 1000):03d}"
-    t = f"t={msg.window.end_s:.1f}s" if msg.window else "t=?"
-    head = f"{clock} {msg.stream_id:<8} #{msg.seq:<5} {t:<8}"
-    parts: list[str] = []
-    if msg.kind == "heartbeat":
-        heart = "<3" if ascii_only else "♥"
-        parts.append(f"{heart} heartbeat ({msg.heartbeat_reason or '?'})")
-    else:
-        tops = "  ".join(
-            f"{s.tag} {_bar(s.score, 4, ascii_only)} {f'{s.score:.2f}'.lstrip('0')}" for s in msg.top[:top_n]
-        )
-        parts.append(tops or "(no tags)")
-    if msg.active:
-        parts.append("on " + ",".join(msg.active))
-    if msg.events:
-        parts.append(" ".join(("+" if e.state == "on" else "-") + e.tag for e in msg.events))
-    if msg.capture_wall_time and msg.publish_wall_time:
-        parts.append(f"lat {(msg.publish_wall_time - msg.capture_wall_time) * 1e3:.1f}ms")
-    if recv_time is not None and msg.publish_wall_time:
-        parts.append(f"age {(recv_time - msg.publish_wall_time) * 1e3:.1f}ms")
-    parts.append(_drops_text(msg.drops))
-    return head + " " + " | ".join(parts)
-
-
-def _ascii_only(out: TextIO) -> bool:
-    encoding = getattr(out, "encoding", None)
-    if encoding is None:  # an in-memory text stream holds any character
-        return False
-    try:
-        "█♥▏".encode(encoding)
-        return False
-    except (UnicodeEncodeError, LookupError):
-        return True
-
-
 def _connect(
     ctx: zmq.Context,
     endpoint: str,
-    topic: str,
+    topic: bytes,
     curve_server_public: Path | None,
     curve_client_dir: Path | None,
 ) -> zmq.Socket:
@@ -147,14 +84,24 @@ def _connect(
         sock.curve_secretkey = secret
     elif curve_client_dir is not None:
         raise UserError("--curve-client-dir needs --curve-public (the publisher's server.key)")
-    sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(ep.url)
     return sock
 
 
+def _decode(frames: list[bytes]) -> dict:
+    """The message body as a JSON object; ValueError if the frames cannot be a message."""
+    if len(frames) != 2:
+        raise ValueError(f"{len(frames)} frames, expected 2")
+    doc = json.loads(frames[1])
+    if not isinstance(doc, dict):
+        raise ValueError(f"the body is a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
 def run_subscribe(
     endpoint: str = DEFAULT_ENDPOINT,
-    topic: str = "tags.",
+    topic: str | bytes = "tags.",
     *,
     raw_json: bool = False,
     count: int | None = None,
@@ -165,11 +112,13 @@ def run_subscribe(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Subscribe and print messages until ``count`` arrived (or forever / Ctrl-C).
+    """Subscribe and print messages until ``count`` arrived, every stream ended, or Ctrl-C.
 
     Args:
         endpoint: where the publisher is bound (connecting anywhere is allowed).
-        topic: prefix filter; ``"tags."`` = every stream, ``"tags.mic"`` = one stream.
+        topic: ZeroMQ subscription (a prefix): ``"tags."`` = every stream,
+            ``stream_topic("mic")`` = exactly stream ``mic``, ``"tags.mic"`` = every stream whose
+            id starts with ``mic``.
         raw_json: print each message body unchanged, one JSON object per line.
         count: stop after this many messages (heartbeats included).
         timeout_s: give up when no message arrives for this long (``SubscribeTimeout``).
@@ -180,7 +129,7 @@ def run_subscribe(
         out, err: text streams (default stdout / stderr).
 
     Returns:
-        0 when done (``count`` reached or interrupted).
+        0 when done (``count`` reached, every stream seen sent ``kind="end"``, or interrupted).
 
     Raises:
         SubscribeTimeout: nothing arrived for ``timeout_s`` seconds.
@@ -189,8 +138,10 @@ def run_subscribe(
     out = out or sys.stdout
     err = err or sys.stderr
     note = err if raw_json else out  # gap reports and summary: keep raw JSON output clean
-    ascii_only = _ascii_only(out)
+    plain = ascii_only(out)
+    topic = topic.encode() if isinstance(topic, str) else topic
     seqs = SeqTracker()
+    ended: set[str] = set()
     received = malformed = 0
     ctx = zmq.Context()
     sock = _connect(ctx, endpoint, topic, curve_server_public, curve_client_dir)
@@ -199,34 +150,39 @@ def run_subscribe(
         while count is None or received < count:
             if not sock.poll(wait_ms, zmq.POLLIN):
                 raise SubscribeTimeout(
-                    f"no message from {endpoint} on topic {topic!r} for {timeout_s:g} s "
-                    f"(received {received}{'' if count is None else f' of {count}'})"
+                    f"no message from {endpoint} on topic {topic.decode(errors='replace')!r} for "
+                    f"{timeout_s:g} s (received {received}{'' if count is None else f' of {count}'})"
                 )
             frames = sock.recv_multipart()
             recv_time = time.time()
             received += 1
-            body = frames[-1]
             try:
-                if len(frames) != 2:
-                    raise ValueError(f"{len(frames)} frames, expected 2")
-                msg = TagMessage.from_bytes(body)
-            except (ValidationError, ValueError) as e:
+                doc = _decode(frames)
+                msg = None if doc.get("kind") == "end" else TagMessage.model_validate(doc)
+                stream, seq = (msg.stream_id, msg.seq) if msg else (str(doc["stream_id"]), int(doc["seq"]))
+            except (ValidationError, ValueError, KeyError, TypeError) as e:
                 malformed += 1
                 first = str(e).splitlines()[0]
                 print(f"!! malformed message on {frames[0][:64]!r}: {first}", file=note, flush=True)
                 continue  # never on stdout: --json output must stay valid JSON lines
-            gap = seqs.check(msg.stream_id, msg.seq)
+            gap = seqs.check(stream, seq)
             if gap:
                 print(gap, file=note, flush=True)
             if raw_json:
-                out.write(body.decode() + "\n")
+                out.write(frames[1].decode() + "\n")
                 out.flush()
+            elif msg is None:
+                print(format_end(doc), file=out, flush=True)
             else:
                 print(
-                    format_message(msg, top_n=top_n, ascii_only=ascii_only, recv_time=recv_time),
+                    format_message(msg, top_n=top_n, ascii_only=plain, recv_time=recv_time),
                     file=out,
                     flush=True,
                 )
+            if msg is None:
+                ended.add(stream)
+                if ended >= seqs.last.keys():  # every stream this view has seen is over
+                    break
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly like other Unix tools
@@ -237,7 +193,8 @@ def run_subscribe(
         ctx.term()
         print(
             f"-- {received} messages, {seqs.gaps} gaps ({seqs.missing} missing), {malformed} malformed, "
-            f"streams: {', '.join(sorted(seqs.last)) or '-'}",
+            f"streams: {', '.join(sorted(seqs.last)) or '-'}"
+            + (f", ended: {', '.join(sorted(ended))}" if ended else ""),
             file=note,
             flush=True,
         )
@@ -245,11 +202,14 @@ def run_subscribe(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``subscribe`` options to an (argparse sub-command) parser."""
+    """Add the ``subscribe`` options to an (argparse sub-command) parser: the one ``subscribe`` parser."""
+    p.add_argument("--config", type=Path, help="TOML settings file (for publish.endpoint)")
     p.add_argument(
-        "--endpoint", "-e", default=DEFAULT_ENDPOINT, help=f"publisher address (default {DEFAULT_ENDPOINT})"
+        "--endpoint", "-e", help=f"publisher address (default: settings publish.endpoint, {DEFAULT_ENDPOINT})"
     )
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stream", metavar="ID", help="exactly this stream (its terminated topic)")
+    which.add_argument(
         "--topic", default="tags.", help='topic prefix, e.g. "tags.mic" (default "tags." = all streams)'
     )
     p.add_argument("--json", action="store_true", help="print raw JSON lines (for piping)")
@@ -273,9 +233,10 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise UserError(f"--count must be >= 1, got {args.count}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be > 0, got {args.timeout}")
+    endpoint = args.endpoint or load_settings(args.config).publish.endpoint
     return run_subscribe(
-        args.endpoint,
-        args.topic,
+        endpoint,
+        stream_topic(args.stream) if args.stream is not None else args.topic,
         raw_json=args.json,
         count=args.count,
         timeout_s=args.timeout,
@@ -286,14 +247,12 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rt-tagger subscribe", description="Live view of rt-tagger messages.")
+    p = UserErrorParser(prog="rt-tagger subscribe", description="Live view of rt-tagger messages.")
     add_arguments(p)
     return main_from_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":
-    from rt_tagger.cli import run_guarded
-
     argv = sys.argv[1:]
     debug = "--debug" in argv
     sys.exit(run_guarded(main, [a for a in argv if a != "--debug"], debug))

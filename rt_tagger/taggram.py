@@ -1,16 +1,17 @@
 """Taggram: a picture of tag scores over time (tags × windows), drawn with matplotlib's Agg backend.
 
-Written to a temporary file beside the target and renamed into place, so a failure never leaves
-a half-written image.
+Rendered in memory and written with :func:`engines.cache.write_atomic` (a temporary sibling and a
+rename), so a failure never leaves a half-written image. The folder must exist.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
+
+from engines.cache import write_atomic
 
 __all__ = ["draw_taggram"]
 
@@ -60,18 +61,9 @@ def draw_taggram(
             ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, label="score")
         fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix or ".png")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=(out.suffix[1:] or "png"), dpi=110)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        fig.savefig(buf, format=(out.suffix[1:] or "png"), dpi=110)
+        write_atomic(out, buf.getvalue())
     finally:
         plt.close(fig)
     return out

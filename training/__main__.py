@@ -3,7 +3,7 @@ where the package is on PYTHONPATH but not installed)."""
 
 import sys
 
-from rt_tagger.cli import run_guarded
+from engines.errors import run_guarded
 from training.cli import main
 
 if __name__ == "__main__":

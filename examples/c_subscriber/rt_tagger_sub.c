@@ -1,14 +1,19 @@
 /*
  * rt_tagger_sub: a minimal rt-tagger subscriber in C, using only libzmq.
  *
- * Every message is two frames: the topic ("tags.<stream_id>") and one line of JSON (see
- * docs/messages.md). No JSON library is needed to follow the stream: we print "<topic> <json>"
- * per message on stdout and pull the top-level "seq" out with a tiny scan to spot gaps.
+ * Every message is two frames: the topic ("tags.<stream_id>" and a terminating NUL byte) and one
+ * line of JSON (see docs/messages.md). No JSON library is needed to follow the stream: we print
+ * "<topic> <json>" per message on stdout (topic without its NUL) and pull the top-level "seq" and
+ * "kind" out with a tiny scan to spot gaps and the end of a stream.
  *
- *   rt_tagger_sub [-e ENDPOINT] [-t TOPIC] [-n COUNT] [-w TIMEOUT_MS]
+ *   rt_tagger_sub [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]
  *
- * Exit status: 0 when COUNT messages arrived (or on Ctrl-C), 1 on timeout, 2 on a usage or
- * ZeroMQ error. Gaps and malformed messages are reported on stderr, with a summary at the end.
+ * -s STREAM subscribes to exactly that stream: "tags.STREAM" including the NUL, so that stream
+ * "mic" does not also bring "mic2" (a -t prefix would).
+ *
+ * Exit status: 0 when COUNT messages arrived, every stream seen sent its "end" message, or on
+ * Ctrl-C; 1 on timeout, 2 on a usage or ZeroMQ error. Gaps and malformed messages are reported on
+ * stderr, with a summary at the end.
  */
 #include <errno.h>
 #include <signal.h>
@@ -23,6 +28,7 @@
 struct stream {
     char topic[256];
     long long last_seq;
+    int ended;
 };
 
 static volatile sig_atomic_t stop_requested = 0;
@@ -50,6 +56,21 @@ static int parse_seq(const char *body, size_t len, long long *seq) {
     return -1;
 }
 
+/* True if the body's top-level "kind" is "end" (the publisher writes compact JSON: no spaces). */
+static int is_end(const char *body, size_t len) {
+    static const char key[] = "\"kind\":\"end\"";
+    size_t klen = sizeof key - 1;
+    for (size_t i = 0; i + klen <= len; i++)
+        if (memcmp(body + i, key, klen) == 0 && (i == 0 || body[i - 1] != '\\')) return 1;
+    return 0;
+}
+
+static int all_ended(const struct stream *s, int n) {
+    for (int i = 0; i < n; i++)
+        if (!s[i].ended) return 0;
+    return n > 0;
+}
+
 static struct stream *find_stream(struct stream *s, int *n, const char *topic, size_t tlen) {
     for (int i = 0; i < *n; i++)
         if (strlen(s[i].topic) == tlen && memcmp(s[i].topic, topic, tlen) == 0) return &s[i];
@@ -57,23 +78,34 @@ static struct stream *find_stream(struct stream *s, int *n, const char *topic, s
     memcpy(s[*n].topic, topic, tlen);
     s[*n].topic[tlen] = '\0';
     s[*n].last_seq = -1;
+    s[*n].ended = 0;
     return &s[(*n)++];
 }
 
 static void usage(const char *prog) {
-    fprintf(stderr, "usage: %s [-e ENDPOINT] [-t TOPIC] [-n COUNT] [-w TIMEOUT_MS]\n", prog);
+    fprintf(stderr, "usage: %s [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]\n", prog);
 }
 
 int main(int argc, char **argv) {
     const char *endpoint = "tcp://127.0.0.1:5556";
     const char *topic = "tags.";
+    size_t topic_len = strlen(topic);
+    char exact[256];
     long count = -1; /* forever */
     int timeout_ms = -1; /* wait forever */
     int opt;
-    while ((opt = getopt(argc, argv, "e:t:n:w:h")) != -1) {
+    while ((opt = getopt(argc, argv, "e:s:t:n:w:h")) != -1) {
         switch (opt) {
         case 'e': endpoint = optarg; break;
-        case 't': topic = optarg; break;
+        case 's': /* "tags.<id>" plus its NUL: the exact topic of one stream */
+            if (snprintf(exact, sizeof exact, "tags.%s", optarg) >= (int)sizeof exact) {
+                fprintf(stderr, "rt_tagger_sub: stream id too long\n");
+                return 2;
+            }
+            topic = exact;
+            topic_len = strlen(exact) + 1;
+            break;
+        case 't': topic = optarg; topic_len = strlen(optarg); break;
         case 'n': count = strtol(optarg, NULL, 10); break;
         case 'w': timeout_ms = (int)strtol(optarg, NULL, 10); break;
         default: usage(argv[0]); return opt == 'h' ? 0 : 2;
@@ -91,7 +123,7 @@ int main(int argc, char **argv) {
     int linger = 0;
     zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(sub, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
-    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, topic, strlen(topic));
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, topic, topic_len);
     if (zmq_connect(sub, endpoint) != 0) {
         fprintf(stderr, "rt_tagger_sub: cannot connect to %s: %s\n", endpoint, zmq_strerror(errno));
         zmq_close(sub);
@@ -138,6 +170,7 @@ int main(int argc, char **argv) {
         received++;
         const char *t = zmq_msg_data(&frames[0]);
         size_t tlen = zmq_msg_size(&frames[0]);
+        if (tlen > 0 && t[tlen - 1] == '\0') tlen--; /* the topic's terminator: not printed */
         if (nframes != 2) {
             malformed++;
             fprintf(stderr, "!! malformed: %d frames on %.*s\n", nframes, (int)tlen, t);
@@ -163,9 +196,11 @@ int main(int argc, char **argv) {
                     }
                 }
                 s->last_seq = seq;
+                if (is_end(body, blen)) s->ended = 1;
             }
         }
         for (int i = 0; i < nframes && i < 2; i++) zmq_msg_close(&frames[i]);
+        if (all_ended(streams, n_streams)) break;
     }
 
     fprintf(stderr, "-- %ld messages, %ld gaps (%ld missing), %ld malformed, %d streams\n", received, gaps, missing,

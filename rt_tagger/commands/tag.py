@@ -1,0 +1,123 @@
+"""``rt-tagger tag FILE…``: offline tagging, its result documents (``--json``) and taggrams.
+
+Nothing is half-written: every output path is checked before any work, ``--json FILE`` is written
+atomically, and only after every input was processed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from engines.cache import write_atomic
+from engines.errors import UserError
+from rt_tagger.commands.settings_from_args import settings_from_args
+
+__all__ = ["cmd_tag", "result_document", "taggram_path"]
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before any work if ``path`` cannot be written (no folders are created for it)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {what} {path}: folder not writable")
+
+
+def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_window: bool) -> dict:
+    """The ``--json`` document of one file."""
+    doc = {
+        "file": str(f),
+        "duration_s": round(res.duration_s, 3),
+        "processing_s": round(processing_s, 3),
+        "model": bundle.manifest.name,
+        "weights_sha256": bundle.manifest.weights_sha256[:12],
+        "backend": res.backend.get("name"),
+        "window_s": round(res.window_seconds, 4),
+        "hop_s": round(res.hop_seconds, 4),
+        "windows": len(res.windows),
+        "top": [{"tag": t, "score": s} for t, s in res.clip_top(top_k)],
+        "scores": {t: float(s) for t, s in zip(res.tags, res.clip_scores, strict=True)},
+        "events": [e.model_dump() for e in res.events],
+        "counters": res.counters,
+    }
+    if per_window:
+        doc["per_window"] = [
+            {
+                "start_s": round(w.start_s, 4),
+                "end_s": round(w.end_s, 4),
+                "top": [{"tag": t, "score": s} for t, s in w.top],
+                "probabilities": [float(x) for x in w.probabilities],
+                "scores": [float(x) for x in w.scores],
+            }
+            for w in res.windows
+        ]
+    return doc
+
+
+def taggram_path(taggram: Path, index: int, f: Path, n_files: int) -> Path:
+    """``--taggram PNG`` itself for one file; ``PNG-stem_<i>_<file-stem>.png`` for each of several."""
+    if n_files == 1:
+        return taggram
+    return taggram.with_name(f"{taggram.stem}_{index}_{Path(f).stem}{taggram.suffix}")
+
+
+def cmd_tag(args) -> int:
+    from rt_tagger.default_model import load_bundle
+    from rt_tagger.pipeline import Pipeline
+    from rt_tagger.sources import FileSource
+
+    st = settings_from_args(args)
+    if args.json and args.json != "-":
+        check_writable(Path(args.json), "--json output")
+    if args.taggram:
+        check_writable(args.taggram, "--taggram output")
+    bundle = load_bundle(st.bundle)
+    # Open every file first: a bad one fails before any work (and before any output).
+    for f in args.files:
+        FileSource(f, block_size=st.audio.block_size).stop()
+    results = []
+    with Pipeline(bundle, st, keep_windows=True) as pipe:
+        for f in args.files:
+            src = FileSource(
+                f, block_size=st.audio.block_size, realtime=args.realtime, ring_seconds=st.audio.ring_seconds
+            )
+            t0 = time.perf_counter()
+            res = pipe.run(src)
+            results.append((f, res, time.perf_counter() - t0))
+    docs = [
+        result_document(f, res, secs, bundle, st.aggregator.top_k, args.per_window)
+        for f, res, secs in results
+    ]
+    console = sys.stderr if args.json == "-" else sys.stdout  # stdout stays pure JSON with --json
+    if args.taggram:
+        import numpy as np
+
+        from rt_tagger.taggram import draw_taggram
+
+        for i, (f, res, _) in enumerate(results):
+            out = taggram_path(args.taggram, i, f, len(results))
+            probs = np.array([w.probabilities for w in res.windows]).reshape(-1, len(res.tags))
+            draw_taggram(probs, res.tags, out, window_ends_s=[w.end_s for w in res.windows], title=str(f))
+            print(f"{f}: taggram {out}", file=console)
+    if args.json:
+        text = json.dumps(docs if len(docs) > 1 else docs[0], indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            write_atomic(Path(args.json), text.encode())
+    if args.json != "-":
+        for doc, (f, res, _) in zip(docs, results, strict=True):
+            tops = "  ".join(f"{t['tag']} {t['score']:.3f}" for t in doc["top"])
+            print(f"{f}: {tops}")
+            if args.per_window:
+                for w in res.windows:
+                    wt = "  ".join(f"{t} {s:.3f}" for t, s in w.top)
+                    print(f"  {w.start_s:8.2f}-{w.end_s:8.2f}s  {wt}")
+    return 0

@@ -1,0 +1,219 @@
+"""``rt-tagger serve`` across real processes: the server, a ZeroMQ subscriber and ingest clients.
+
+The server runs as a subprocess (as users run it); the test process is both the ingest client
+(:class:`rt_tagger.client.IngestClient`) and a SUB socket on the server's publisher.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from rt_tagger.client import ClientError, IngestClient
+
+from .conftest import ROOT, cli_env, run_cli
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"
+
+
+def _demo(seconds: float) -> tuple[np.ndarray, int]:
+    """The demo clip at its own rate and channels (the server resamples and mixes down per stream)."""
+    x, sr = sf.read(str(DEMO), dtype="float32", always_2d=True)
+    return np.ascontiguousarray(x[: int(seconds * sr)]), sr
+
+
+class Server:
+    """``rt-tagger serve`` in a subprocess plus a subscriber to everything it publishes."""
+
+    def __init__(self, *flags: str, backend: str = "onnxruntime-cpu") -> None:
+        self.ingest = f"tcp://127.0.0.1:{free_port()}"
+        self.publish = f"tcp://127.0.0.1:{free_port()}"
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.connect(self.publish)
+        cmd = [sys.executable, "-m", "rt_tagger.cli", "serve", "--ingest", self.ingest, "--publish", self.publish,
+               "--backend", backend, "-q", *flags]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
+        )
+        self.messages: list[dict] = []
+
+    def client(self, **kw) -> IngestClient:
+        return IngestClient(self.ingest, timeout_s=kw.pop("timeout_s", 60.0), **kw)
+
+    def receive(self, until, timeout_s: float = 30.0) -> list[dict]:
+        """Collect messages until ``until(messages)`` is true; fails the test on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not until(self.messages):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"timed out; got {len(self.messages)} messages; server stderr: {self.stderr_tail()}"
+                )
+            if self.sub.poll(100):
+                topic, body = self.sub.recv_multipart()
+                msg = json.loads(body)
+                msg["_topic"] = topic
+                self.messages.append(msg)
+        return self.messages
+
+    def of(self, stream_id: str, kind: str | None = None) -> list[dict]:
+        return [
+            m
+            for m in self.messages
+            if m.get("stream_id") == stream_id and (kind is None or m["kind"] == kind)
+        ]
+
+    def ended(self, *stream_ids: str):
+        return lambda ms: all(
+            any(m.get("stream_id") == s and m["kind"] == "end" for m in ms) for s in stream_ids
+        )
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        return self.proc.stderr.read().decode(errors="replace")[-2000:]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sub.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def server(request):
+    flags = getattr(request, "param", ())
+    s = Server(*flags)
+    yield s
+    s.close()
+
+
+def test_serve_gives_the_messages_stream_gives(server):
+    """Same audio through serve (batch pace, odd chunks) and through `stream -`: same windows, same scores."""
+    audio, sr = _demo(8.0)
+    with server.client() as c:
+        c.open("same", sr, audio.shape[1], "f32le", pace="batch", full_scores=True)
+        for i, start in enumerate(range(0, len(audio), 1733)):
+            c.send("same", audio[start : start + 1733], capture_wall_time=1000.0 + i)
+        assert c.close_stream("same").type == "closed"
+    served = [m for m in server.receive(server.ended("same")) if m.get("stream_id") == "same"]
+    assert server.stop() == 0
+    p = run_cli(
+        "stream", "-", "--rate", str(sr), "--channels", str(audio.shape[1]), "--format", "f32le", "--backend", "onnxruntime-cpu",
+        "--full-scores", "--json", "--no-publish", "--stream-id", "same", input=audio.tobytes(),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr_text
+    streamed = [json.loads(ln) for ln in p.stdout_text.splitlines() if ln.startswith("{")]
+    assert [m["kind"] for m in served] == [m["kind"] for m in streamed]
+    assert [m["seq"] for m in served] == list(range(len(served)))
+    tags = [(a, b) for a, b in zip(served, streamed, strict=True) if a["kind"] == "tags"]
+    assert len(tags) >= 8
+    for a, b in tags:
+        assert a["window"] == b["window"]
+        assert np.allclose(a["scores"], b["scores"], atol=1e-4)
+        assert a["active"] == b["active"]
+    assert served[-1]["end"]["reason"] == "closed" and streamed[-1]["end"]["reason"] == "eof"
+    assert served[0]["_topic"] == b"tags.same\0"
+
+
+@pytest.mark.parametrize("server", [("--max-streams", "2", "--stats-interval", "0.5")], indirect=True)
+def test_admission_multi_stream_messages_and_stats(server):
+    audio, sr = _demo(5.0)
+    audio = audio[:, 0].copy()
+    with server.client() as c:
+        opened = c.open("a", sr, 1, "f32le", pace="batch")
+        assert opened.topic == "tags.a" and opened.hop_s == pytest.approx(0.5, abs=0.02)
+        c.open("b", sr, 1, "f32le", pace="batch")
+        with pytest.raises(ClientError, match="at capacity: 2 of 2"):
+            c.open("c", 16000, 1, "f32le")
+        with pytest.raises(ClientError, match="already open"):
+            c.open("a", 16000, 1, "f32le")
+        for start in range(0, len(audio), 4000):  # one message carries a chunk of each stream
+            c.send_many([("a", audio[start : start + 4000]), ("b", audio[start : start + 4000] * 0.5)])
+        c.close_stream("a")
+        c.close_stream("b")
+    n = len(server.receive(server.ended("a", "b")))
+    ms = server.receive(lambda ms: any(m["kind"] == "stats" for m in ms[n:]))  # stats after both ended
+    for sid in ("a", "b"):
+        seqs = [m["seq"] for m in server.of(sid)]
+        assert seqs == list(range(len(seqs))) and len(server.of(sid, "tags")) >= 4
+    stats = [m for m in ms if m["kind"] == "stats"]
+    assert stats[-1]["streams_refused"] == 2 and stats[-1]["batches"] >= 1
+    assert sum(stats[-1]["batch_size_histogram"].values()) == stats[-1]["batches"]
+    assert stats[0]["_topic"] == b"stats\0"
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("server", [("--idle-timeout", "1", "--buffer-s", "0.5")], indirect=True)
+def test_idle_streams_end_and_live_streams_cannot_run_ahead(server):
+    audio, sr = _demo(6.0)
+    audio = audio[:, 0].copy()
+    with server.client() as c:
+        c.open("live", sr, 1, "f32le")  # pace live: at most 0.5 s ahead of real time
+        c.open("quiet", sr, 1, "f32le")
+        c.send("quiet", audio[:sr])
+        for start in range(0, len(audio), 8000):  # 6 s of audio at once
+            c.send("live", audio[start : start + 8000])
+        c.send_many([("live", audio[:100])])
+        c._streams["live"].seq += 3  # the client skips three chunk numbers: counted as lost input
+        c.send("live", audio[:100])
+        ms = server.receive(server.ended("live", "quiet"), timeout_s=30)
+        notices, deadline = [], time.monotonic() + 5
+        while len({n.stream_id for n in notices if n.type == "closed"}) < 2 and time.monotonic() < deadline:
+            notices += c.poll_notices(0.5)
+    end = {m["stream_id"]: m for m in ms if m["kind"] == "end"}
+    assert end["quiet"]["end"]["reason"] == "idle" and end["live"]["end"]["reason"] == "idle"
+    assert end["live"]["drops"]["ingest_dropped_samples"] >= 4 * sr
+    assert end["live"]["drops"]["ingest_lost_chunks"] == 3
+    assert {(n.type, n.stream_id) for n in notices} >= {("closed", "live"), ("closed", "quiet")}
+    assert server.stop() == 0
+
+
+def test_protocol_errors_get_an_answer_and_sigterm_ends_every_stream(server):
+    with server.client() as c:
+        c.sock.send_multipart([b'{"type": "open", "stream_id": "x"}'])
+        reply = c._wait_for("x", ("error",))
+        assert reply.type == "error" and "sample_rate" in reply.reason
+        c.sock.send_multipart([b"not json"])
+        assert "bad header" in c._wait_for(None, ("error",)).reason
+        c.open("held", 16000, 1, "s16le")
+        c.send("held", np.zeros(16000, dtype=np.int16))
+        time.sleep(0.5)
+        assert server.stop() == 0
+    ends = [m for m in server.receive(server.ended("held"), timeout_s=5) if m["kind"] == "end"]
+    assert ends[0]["end"]["reason"] == "sigterm"
+
+
+def test_serve_rejects_a_busy_ingest_port_with_one_line():
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as held:
+        port = free_port()
+        held.bind(f"tcp://127.0.0.1:{port}")
+        p = run_cli("serve", "--ingest", f"tcp://127.0.0.1:{port}", "--publish", f"tcp://127.0.0.1:{free_port()}",
+                    "--backend", "onnxruntime-cpu", timeout=120)  # fmt: skip
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr_text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "ingest" in lines[0], p.stderr_text
