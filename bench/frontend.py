@@ -3,8 +3,9 @@
 Same audio, same parameters (the bundle's :class:`~engines.frontend.FrontEndSpec`). The clip is cut
 into hops (default 0.5 s). Per hop:
 
-- numba (``rt_tagger.framer.StreamingFrontEnd``): push the hop's new samples; it frames, windows
-  and computes log-mel for only the new frames (incremental, as the runtime does);
+- numba (``rt_tagger.framer.StreamingFrontEnd``): ``consume_array(block)`` with the hop's new
+  samples, the call ``Pipeline.run`` makes with each block it reads from the ring (the pipeline may
+  split a hop into a few blocks); it frames, windows and computes log-mel for only the new frames;
 - librosa and torchaudio (``engines.logmel_torch.LogMel``): compute the same new frames from the
   smallest slice of audio that holds them (what a non-incremental front end must at least do).
 
@@ -86,17 +87,15 @@ def _hop_bounds(n_samples: int, hop: int) -> list[int]:
 def _run_numba(audio: np.ndarray, spec: FrontEndSpec, hop: int) -> tuple[list[float], np.ndarray, str]:
     try:
         from rt_tagger.framer import StreamingFrontEnd
-        from rt_tagger.ring import RingBuffer
     except ImportError as e:
         raise BenchError(f"numba front end not available ({e})") from None
 
     def stream(fe, audio_part: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
-        ring = RingBuffer(4 * hop, 1)
         times, frames = [], []
         for start in range(0, audio_part.size - hop + 1, hop):
-            ring.write(audio_part[start : start + hop].reshape(-1, 1))  # the source's job, not timed
+            block = audio_part[start : start + hop].reshape(-1, 1)  # (n, channels), as read from the ring
             t0 = time.perf_counter()
-            k = fe.consume(ring)
+            k = fe.consume_array(block)
             times.append((time.perf_counter() - t0) * 1e3)
             frames.append(fe.window()[:, fe.spec.window_frames - k :].copy())
         return times, frames
@@ -104,7 +103,7 @@ def _run_numba(audio: np.ndarray, spec: FrontEndSpec, hop: int) -> tuple[list[fl
     # Kernels compile (or load from numba's cache) in the constructor; a short untimed pass warms caches.
     stream(StreamingFrontEnd(spec, spec.sample_rate, 1), audio[: 4 * hop])
     times, frames = stream(StreamingFrontEnd(spec, spec.sample_rate, 1), audio)
-    return times, np.concatenate(frames, axis=1), "incremental (ring -> consume)"
+    return times, np.concatenate(frames, axis=1), "incremental (consume_array per hop, as the pipeline)"
 
 
 def _slices(n_samples: int, spec: FrontEndSpec, hop: int):

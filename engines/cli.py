@@ -17,7 +17,6 @@ import json
 from engines.bundle import Bundle
 from engines.onnx_export import PRECISIONS as ONNX_PRECISIONS
 from engines.onnx_export import export_onnx
-from engines.prepare import build_frontend_constants
 from engines.trt.api import FLAVOURS
 
 __all__ = ["compile_main"]
@@ -47,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--onnx-only",
         action="store_true",
-        help="only what CPU runs need: the ONNX files (fp32 and fp16) and the front-end constants",
+        help="only what CPU runs need: the ONNX files (fp32 and fp16)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -59,7 +58,6 @@ def compile_main(argv: list[str]) -> int:
     bundle = Bundle.load(args.bundle)
     if args.onnx_only:
         paths = {p: str(export_onnx(bundle, p, rebuild=args.rebuild)) for p in ONNX_PRECISIONS}
-        paths["frontend"] = str(build_frontend_constants(bundle, rebuild=args.rebuild))
         print(json.dumps({"onnx": paths}, indent=2) if args.json else "\n".join(paths.values()))
         return 0
     from engines.trt.builder import compile_bundle

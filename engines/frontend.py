@@ -1,11 +1,16 @@
 """The one definition of the log-mel front end.
 
-Every model bundle stores a :class:`FrontEndSpec`. Training computes log-mel with torchaudio on
-batches (:func:`engines.logmel_torch.LogMel`), the runtime computes it incrementally with numba
-(``rt_tagger.framer``); both multiply by torchaudio's float32 window and filterbank for this spec
-(cached beside each bundle by :mod:`engines.prepare`) in float64 arithmetic, and a parity test
-keeps them within 1e-3 dB. The float64 functions here are the textbook definitions, used as an
-independent reference by tests and ``bench frontend``.
+Every model bundle stores a :class:`FrontEndSpec`. The math is defined here once, in float64 numpy:
+:func:`hann_window`, :func:`mel_filterbank` and :func:`power_to_db`. Every implementation uses
+these functions, not copies of them: training's torch batches (:class:`engines.logmel_torch.LogMel`
+keeps the window and filterbank as buffers and calls :func:`power_to_db` on tensors), the runtime's
+incremental numba framer (``rt_tagger.framer``) and the whole-clip reference :func:`logmel_numpy`.
+All three compute in float64 and round to float32 at the end; parity tests keep them within 1e-3 dB.
+
+Why float64 numpy and not torchaudio's float32 filterbank: torchaudio builds it in float32, with
+rounding that depends on the CPU's vector width (``ATEN_CPU_CAPABILITY=default`` and ``avx512``
+give filterbanks up to 0.6 % apart on small weights), so it is not a machine-independent
+definition. This one is; it matches torchaudio's to within float32 rounding noise (2e-5).
 
 Design choices that keep streamed output equal to whole-clip output:
 - ``center=False`` framing: frame ``i`` covers samples ``[i*hop, i*hop + n_fft)``, no padding.
@@ -55,6 +60,16 @@ class FrontEndSpec(BaseModel):
         return self.n_fft // 2 + 1
 
     @property
+    def db_offset(self) -> float:
+        """dB subtracted from every band: ``10*log10(max(amin, ref))``."""
+        return 10.0 * math.log10(max(self.amin, self.ref))
+
+    @property
+    def floor_db(self) -> float:
+        """dB of silence (power at or below ``amin``)."""
+        return 10.0 * math.log10(self.amin) - self.db_offset
+
+    @property
     def window_samples(self) -> int:
         """Samples that make exactly ``window_frames`` frames with center=False."""
         return (self.window_frames - 1) * self.hop_length + self.n_fft
@@ -100,9 +115,9 @@ def _mel_to_hz(m: np.ndarray, scale: str) -> np.ndarray:
 
 
 def mel_filterbank(spec: FrontEndSpec) -> np.ndarray:
-    """Triangular mel filterbank, shape ``(n_freqs, n_mels)``, float64.
+    """Triangular mel filterbank, shape ``(n_freqs, n_mels)``, float64: ``power @ fb`` gives bands.
 
-    Same construction as ``torchaudio.functional.melscale_fbanks(norm=None)``.
+    Same construction as ``torchaudio.functional.melscale_fbanks(norm=None)``, in float64.
     """
     all_freqs = np.linspace(0, spec.sample_rate // 2, spec.n_freqs)
     m_min = _hz_to_mel(np.array(spec.f_min), spec.mel_scale)
@@ -116,15 +131,21 @@ def mel_filterbank(spec: FrontEndSpec) -> np.ndarray:
     return np.maximum(0.0, np.minimum(down, up))
 
 
-def power_to_db(power: np.ndarray, spec: FrontEndSpec) -> np.ndarray:
-    """Fixed-floor dB conversion (as ``AmplitudeToDB('power', top_db=None)``)."""
-    return 10.0 * np.log10(np.maximum(power, spec.amin)) - 10.0 * math.log10(max(spec.amin, spec.ref))
+def power_to_db(power, spec: FrontEndSpec):
+    """Fixed-floor dB of a power array: ``10*log10(max(power, amin)) - db_offset``.
+
+    Takes a numpy array or a torch tensor (any device) and returns the same kind, so training and
+    the runtime share this one function (as ``AmplitudeToDB('power', top_db=None)``).
+    """
+    clipped = power.clip(min=spec.amin)  # ndarray.clip and Tensor.clip alike
+    log10 = np.log10(clipped) if isinstance(clipped, np.ndarray | np.generic) else clipped.log10()
+    return 10.0 * log10 - spec.db_offset
 
 
 def logmel_numpy(audio: np.ndarray, spec: FrontEndSpec) -> np.ndarray:
     """Reference log-mel of a whole mono clip, shape ``(n_mels, n_frames)`` float32.
 
-    Plain numpy, for tests and offline tools; the runtime uses the numba framer.
+    Plain numpy, for tests and offline tools; the runtime uses the numba framer, training LogMel.
     """
     audio = np.asarray(audio, dtype=np.float64)
     n = spec.frames_for(audio.shape[0])

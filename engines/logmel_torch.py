@@ -1,68 +1,52 @@
-"""torchaudio log-mel on batches, built from the bundle's :class:`FrontEndSpec`.
+"""Log-mel on torch batches (training, on CPU or GPU), from the one definition in :mod:`engines.frontend`.
 
-Used by training (on GPU batches) and by the parity tests; the streaming runtime uses the numba
-framer, which must agree with this module within 1e-3 dB. Both multiply by the same constants:
-torchaudio's float32 Hann window and mel filterbank (:func:`torchaudio_constants`, cached beside
-each bundle by :mod:`engines.prepare` so the runtime needs no torch), and both compute in float64
-and round to float32 at the end: a float32 STFT alone moves quiet bands by up to ~0.05 dB.
+A thin module in the torchaudio way: the window and mel filterbank of the bundle's
+:class:`FrontEndSpec` (:func:`hann_window`, :func:`mel_filterbank`) are float64 buffers, ``forward``
+is torchaudio's STFT, one matrix product and :func:`power_to_db`. The streaming runtime uses the same
+functions in numba (``rt_tagger.framer``) and must agree with this module within 1e-3 dB. Everything
+runs in float64 and is rounded to float32 at the end: a float32 STFT alone moves quiet bands by up
+to ~0.05 dB.
 """
 
 from __future__ import annotations
 
 import torch
-import torchaudio
+import torchaudio.functional as F
 from torch import nn
 
-from engines.frontend import FrontEndSpec
+from engines.frontend import FrontEndSpec, hann_window, mel_filterbank, power_to_db
 
-__all__ = ["LogMel", "torchaudio_constants"]
+__all__ = ["LogMel"]
 
 
 class LogMel(nn.Module):
-    """Waveform ``(..., time)`` → log-mel in dB ``(..., n_mels, frames)``."""
+    """Waveform ``(..., time)`` → log-mel in dB ``(..., n_mels, frames)`` float32 (center=False frames)."""
+
+    window: torch.Tensor
+    fbank: torch.Tensor
 
     def __init__(self, spec: FrontEndSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=spec.sample_rate,
-            n_fft=spec.n_fft,
-            win_length=spec.n_fft,
-            hop_length=spec.hop_length,
-            f_min=spec.f_min,
-            f_max=spec.f_max,
-            n_mels=spec.n_mels,
-            power=spec.power,
-            center=False,
-            norm=None,
-            mel_scale=spec.mel_scale,
-        )
-        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None)
-        self.to_db.amin = spec.amin
-        self.to_db.ref_value = spec.ref
-        self.to_db.db_multiplier = float(torch.log10(torch.tensor(max(spec.amin, spec.ref))))
-
-        # float64 buffers (the float32 values widened exactly); kept float64 by _apply below.
-        self.mel.double()
+        # Not in state_dict: they are the spec's, never trained or saved with a model.
+        self.register_buffer("window", torch.from_numpy(hann_window(spec.n_fft)), persistent=False)
+        self.register_buffer("fbank", torch.from_numpy(mel_filterbank(spec)), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # The buffers follow .to(device) but keep their float64 values through .half()/.float().
-        saved = [
-            (mod, name, buf) for mod in self.mel.modules() for name, buf in mod.named_buffers(recurse=False)
-        ]
+        saved = {name: buf for name, buf in self.named_buffers(recurse=False)}
         super()._apply(fn, recurse)
-        for mod, name, old in saved:
-            setattr(mod, name, old.to(getattr(mod, name).device))
+        for name, old in saved.items():
+            setattr(self, name, old.to(getattr(self, name).device))
         return self
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """float64 STFT, mel and dB (also under autocast), returned in float32."""
+        s = self.spec
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            return self.to_db(self.mel(waveform.double())).float()
-
-
-def torchaudio_constants(spec: FrontEndSpec) -> tuple:
-    """The window ``(n_fft,)`` and mel filterbank ``(n_freqs, n_mels)`` that :class:`LogMel`
-    multiplies by: torchaudio's float32 values, as float32 numpy arrays."""
-    mel = LogMel(spec).mel  # its float64 buffers hold float32 values: narrowing back is exact
-    return mel.spectrogram.window.float().numpy(), mel.mel_scale.fb.float().numpy()
+            power = F.spectrogram(
+                waveform.double(), pad=0, window=self.window, n_fft=s.n_fft, hop_length=s.hop_length,
+                win_length=s.n_fft, power=s.power, normalized=False, center=False,
+            )  # fmt: skip
+            mel = torch.matmul(power.transpose(-1, -2), self.fbank).transpose(-1, -2)
+            return power_to_db(mel, s).float()

@@ -1,16 +1,13 @@
 """What a CPU tagging process needs from a bundle, built beforehand so that process never loads torch.
 
 Importing torch (the registry's CUDA build) costs about 600 MB of resident memory; the streaming
-path on a CPU needs none of it once two artifacts exist beside the bundle:
+path on a CPU needs none of it once the ONNX graph for ONNX Runtime (:mod:`engines.onnx_export`)
+exists beside the bundle (the front end needs no artifact: its window and filterbank are computed
+by :mod:`engines.frontend`, in numpy).
 
-- the front-end constants, ``compiled/frontend.f32.safetensors``: torchaudio's float32 window and
-  mel filterbank, the exact values training multiplies by (keyed by the front-end spec; the
-  torchaudio version is recorded, not keyed: the values are the bundle's definition);
-- the ONNX graph for ONNX Runtime (:mod:`engines.onnx_export`).
-
-:func:`ensure_runtime_artifacts` checks their keys and, when one is missing or stale, builds it in
-a child process (``python -m engines.prepare BUNDLE``), which is where torch gets imported (in
-this process when torch is loaded already, e.g. for a torch backend).
+:func:`ensure_runtime_artifacts` checks its key and, when it is missing or stale, builds it in
+a child process (``python -m engines.prepare BUNDLE --onnx fp32``), which is where torch gets
+imported (in this process when torch is loaded already, e.g. for a torch backend).
 ``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time.
 """
 
@@ -20,77 +17,27 @@ import argparse
 import logging
 import subprocess
 import sys
-from pathlib import Path
-
-import numpy as np
 
 from engines.bundle import Bundle
-from engines.cache import Artifact, CacheError, compiled_dir, load_or_build
-from engines.frontend import FrontEndSpec
+from engines.cache import Artifact, CacheError
 
-__all__ = [
-    "frontend_artifact",
-    "build_frontend_constants",
-    "load_frontend_constants",
-    "ensure_runtime_artifacts",
-]
+__all__ = ["ensure_runtime_artifacts"]
 
 log = logging.getLogger(__name__)
 
-_WINDOW, _FBANK = "window", "mel_fbanks"
 
-
-def frontend_artifact(bundle: Bundle) -> Artifact:
-    key = {"kind": "frontend-constants", "frontend": bundle.frontend.model_dump(mode="json")}
-    return Artifact(compiled_dir(bundle) / "frontend.f32.safetensors", key)
-
-
-def build_frontend_constants(bundle: Bundle, *, rebuild: bool = False) -> Path:
-    """Write the bundle's front-end constants if missing or stale (imports torch)."""
-
-    def build(tmp: Path) -> dict:
-        import torch
-        import torchaudio
-        from safetensors.numpy import save_file
-
-        from engines.logmel_torch import torchaudio_constants
-
-        window, fbank = torchaudio_constants(bundle.frontend)
-        save_file({_WINDOW: window, _FBANK: fbank}, str(tmp))
-        return {"computed_with": {"torch": torch.__version__, "torchaudio": torchaudio.__version__}}
-
-    return load_or_build(frontend_artifact(bundle), build, rebuild=rebuild, what="front-end constants")
-
-
-def load_frontend_constants(path: Path, spec: FrontEndSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Window ``(n_fft,)`` and filterbank ``(n_freqs, n_mels)`` as float64 (exact widening)."""
-    from safetensors.numpy import load_file
-
-    arrays = load_file(str(path))
-    window, fbank = arrays[_WINDOW], arrays[_FBANK]
-    if window.shape != (spec.n_fft,) or fbank.shape != (spec.n_freqs, spec.n_mels):
-        raise CacheError(
-            f"front-end constants {path} have shapes {window.shape}, {fbank.shape}; rebuild them"
-        )
-    return window.astype(np.float64), fbank.astype(np.float64)
-
-
-def _missing(bundle: Bundle, onnx_precision: str | None, opset: int) -> list[Artifact]:
+def _missing(bundle: Bundle, onnx_precision: str, opset: int) -> list[Artifact]:
     from engines.onnx_export import onnx_artifact
 
-    wanted = [frontend_artifact(bundle)]
-    if onnx_precision:
-        wanted.append(onnx_artifact(bundle, onnx_precision, opset))
+    wanted = [onnx_artifact(bundle, onnx_precision, opset)]
     return [a for a in wanted if a.problem() is not None]
 
 
-def ensure_runtime_artifacts(
-    bundle: Bundle, onnx_precision: str | None = None, opset: int | None = None
-) -> None:
-    """Make sure the front-end constants (and the ONNX graph of ``onnx_precision``) exist.
+def ensure_runtime_artifacts(bundle: Bundle, onnx_precision: str, opset: int | None = None) -> None:
+    """Make sure the ONNX graph of ``onnx_precision`` exists.
 
-    Missing or stale ones are built by a child process, so this process does not import torch
-    (or here, if it has already).
+    When it is missing or stale, a child process builds it, so this process does not import torch
+    (or this process does, if it has already).
 
     Raises:
         CacheError: they could not be built (the child's one-line reason is the message).
@@ -107,9 +54,16 @@ def ensure_runtime_artifacts(
         _build(bundle, onnx_precision, opset)
         return
     log.info("building %s in a child process", names)
-    cmd = [sys.executable, "-m", "engines.prepare", str(bundle.path)]
-    if onnx_precision:
-        cmd += ["--onnx", onnx_precision, "--opset", str(opset)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engines.prepare",
+        str(bundle.path),
+        "--onnx",
+        onnx_precision,
+        "--opset",
+        str(opset),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -120,18 +74,16 @@ def ensure_runtime_artifacts(
         raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
 
 
-def _build(bundle: Bundle, onnx_precision: str | None, opset: int | None) -> None:
+def _build(bundle: Bundle, onnx_precision: str, opset: int | None) -> None:
     from engines.onnx_export import DEFAULT_OPSET, export_onnx
 
-    build_frontend_constants(bundle)
-    if onnx_precision:
-        export_onnx(bundle, onnx_precision, opset or DEFAULT_OPSET)
+    export_onnx(bundle, onnx_precision, opset or DEFAULT_OPSET)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
-    p.add_argument("--onnx", choices=("fp32", "fp16"), help="also export this ONNX variant")
+    p.add_argument("--onnx", choices=("fp32", "fp16"), required=True, help="the ONNX variant to export")
     p.add_argument("--opset", type=int, default=None)
     args = p.parse_args(argv)
     from engines.errors import UserError

@@ -1,17 +1,21 @@
 """Incremental log-mel front end in numba: ring buffer in, rolling log-mel window out.
 
-Per hop, :meth:`StreamingFrontEnd.consume` takes every sample the producer has written, downmixes
-and resamples it to the model rate, and turns **only the new complete frames** into log-mel, which
-it appends to a rolling ``(n_mels, window_frames)`` buffer. All constants come from the bundle's
-:class:`engines.frontend.FrontEndSpec` (window and filterbank from the same functions training
-uses), so the output matches :class:`engines.logmel_torch.LogMel` on the whole clip within 1e-3 dB:
-``center=False`` framing, periodic Hann, power spectrum, mel filterbank, fixed dB floor.
+:meth:`StreamingFrontEnd.consume_array` (what the pipeline calls with each block it reads from the
+ring) or :meth:`StreamingFrontEnd.consume` (straight from a ring) downmixes and resamples the new
+audio to the model rate and turns **only the new complete frames** into log-mel, which it appends
+to a rolling ``(n_mels, window_frames)`` buffer. The math is the bundle's
+:class:`engines.frontend.FrontEndSpec` through the one definition in :mod:`engines.frontend`
+(:func:`hann_window`, :func:`mel_filterbank`, :func:`power_to_db`, as training's
+:class:`engines.logmel_torch.LogMel` uses them), so the output matches LogMel on the whole clip
+within 1e-3 dB: ``center=False`` framing, periodic Hann, power spectrum, mel filterbank, fixed dB
+floor, all in float64, rounded to float32 at the end.
 
 Kernels are ``@njit(cache=True)`` without fastmath (parity matters) and are compiled, or loaded
 from numba's cache, in the constructor (:meth:`StreamingFrontEnd.warmup`), not on the first window.
-Framing, windowing, mel and dB run in numba; the FFT of the new frames is one numpy ``rfft`` call
-on the small ``(new_frames, n_fft)`` batch (pocketfft). An in-kernel radix-2 real FFT exists
-(``fft="numba"``, power-of-two ``n_fft``) but measured slower per hop here.
+Framing, windowing, power and mel bands run in numba; the FFT of the new frames is one numpy
+``rfft`` call on the small ``(new_frames, n_fft)`` batch (pocketfft, faster per hop than an
+in-kernel radix-2 FFT: docs/frontend_kernels.md), and the dB of the new bands one vectorised
+:func:`power_to_db` call.
 
 Stream time: model-rate sample ``s`` corresponds to input (ring) frame ``s * input_rate /
 sample_rate`` exactly (the resampler has zero phase). Frame ``f`` covers model samples
@@ -26,7 +30,7 @@ import time
 import numpy as np
 from numba import njit
 
-from engines.frontend import FrontEndSpec
+from engines.frontend import FrontEndSpec, hann_window, mel_filterbank, power_to_db
 from rt_tagger.resample import StreamingResampler, _downmix, _shift_left
 from rt_tagger.ring import RingBuffer
 
@@ -37,74 +41,6 @@ _CHUNK = 1 << 15  # input frames per internal step: bounds scratch memory for hu
 
 # ------------------------------------------------------------------------------------ kernels
 @njit(cache=True)
-def _fft_inplace(re, im, bitrev, tw_re, tw_im):
-    """Iterative radix-2 DIT complex FFT of length ``len(re)`` (a power of two), in place."""
-    n = re.shape[0]
-    for i in range(n):
-        j = bitrev[i]
-        if j > i:
-            re[i], re[j] = re[j], re[i]
-            im[i], im[j] = im[j], im[i]
-    size = 2
-    while size <= n:
-        half = size // 2
-        step = n // size
-        for start in range(0, n, size):
-            for k in range(half):
-                wr = tw_re[k * step]
-                wi = tw_im[k * step]
-                a = start + k
-                b = a + half
-                xr = re[b] * wr - im[b] * wi
-                xi = re[b] * wi + im[b] * wr
-                re[b] = re[a] - xr
-                im[b] = im[a] - xi
-                re[a] += xr
-                im[a] += xi
-        size *= 2
-
-
-@njit(cache=True)
-def _frame_power(sig, start, win, bitrev, tw_re, tw_im, post_re, post_im, re, im, power, exponent):
-    """Power spectrum ``|rfft(sig[start:start+n_fft] * win)|**exponent`` into ``power``."""
-    h = re.shape[0]
-    seg = sig[start : start + 2 * h]
-    for t in range(h):  # pack even/odd samples as one complex sequence of half length
-        re[t] = seg[2 * t] * win[2 * t]
-        im[t] = seg[2 * t + 1] * win[2 * t + 1]
-    _fft_inplace(re, im, bitrev, tw_re, tw_im)
-    for k in range(h + 1):
-        ka = k % h
-        kb = (h - k) % h
-        zr, zi = re[ka], im[ka]
-        cr, ci = re[kb], -im[kb]  # conj(Z[h-k])
-        er = 0.5 * (zr + cr)
-        ei = 0.5 * (zi + ci)
-        # odd part: (Z[k] - conj(Z[h-k])) / 2i
-        orr = 0.5 * (zi - ci)
-        oi = -0.5 * (zr - cr)
-        xr = er + post_re[k] * orr - post_im[k] * oi
-        xi = ei + post_re[k] * oi + post_im[k] * orr
-        p = xr * xr + xi * xi
-        if exponent != 2.0:
-            p = p ** (0.5 * exponent)
-        power[k] = p
-
-
-@njit(cache=True)
-def _mel_db_column(power, fb_t, lo, hi, amin, db_off, out, col):
-    """Mel bands of one power spectrum, in dB with a fixed floor, into ``out[:, col]``."""
-    for m in range(fb_t.shape[0]):
-        weights = fb_t[m]
-        acc = 0.0
-        for k in range(lo[m], hi[m]):  # the band's non-zero weights only; same order as a dense sum
-            acc += power[k] * weights[k]
-        if acc < amin:
-            acc = amin
-        out[m, col] = 10.0 * math.log10(acc) - db_off
-
-
-@njit(cache=True)
 def _shift_window(mel, k):
     """Drop the oldest ``k`` columns of ``mel`` (n_mels, W) to make room at the end."""
     w = mel.shape[1]
@@ -114,42 +50,8 @@ def _shift_window(mel, k):
 
 
 @njit(cache=True)
-def _logmel_new_frames(
-    sig,
-    n_new,
-    hop,
-    win,
-    bitrev,
-    tw_re,
-    tw_im,
-    post_re,
-    post_im,
-    re,
-    im,
-    power,
-    exponent,
-    fb_t,
-    lo,
-    hi,
-    amin,
-    db_off,
-    mel,
-):
-    """Log-mel of frames ``0..n_new-1`` of ``sig`` appended to the rolling window ``mel``.
-
-    Only the last ``min(n_new, W)`` frames are computed: older ones would be shifted out at once.
-    """
-    w = mel.shape[1]
-    keep = n_new if n_new < w else w
-    _shift_window(mel, keep)
-    for f in range(n_new - keep, n_new):
-        _frame_power(sig, f * hop, win, bitrev, tw_re, tw_im, post_re, post_im, re, im, power, exponent)
-        _mel_db_column(power, fb_t, lo, hi, amin, db_off, mel, w - n_new + f)
-
-
-@njit(cache=True)
 def _window_frames(sig, first, n, hop, win, frames):
-    """Windowed frames ``first..first+n-1`` of ``sig`` into ``frames[:n]`` (numpy-FFT path)."""
+    """Windowed frames ``first..first+n-1`` of ``sig`` into ``frames[:n]``."""
     n_fft = win.shape[0]
     for f in range(n):
         s = (first + f) * hop
@@ -160,8 +62,8 @@ def _window_frames(sig, first, n, hop, win, frames):
 
 
 @njit(cache=True)
-def _spectrum_mel_db_columns(spectrum, exponent, fb_t, lo, hi, amin, db_off, power, mel, col0):
-    """Power of each complex ``spectrum`` row, then mel and dB, into ``mel[:, col0 + f]``."""
+def _spectrum_mel_bands(spectrum, exponent, fb_t, lo, hi, power, bands):
+    """Power of each complex ``spectrum`` row ``f``, then its mel band powers, into ``bands[f]``."""
     for f in range(spectrum.shape[0]):
         row = spectrum[f]
         for k in range(row.shape[0]):
@@ -170,38 +72,23 @@ def _spectrum_mel_db_columns(spectrum, exponent, fb_t, lo, hi, amin, db_off, pow
             if exponent != 2.0:
                 p = p ** (0.5 * exponent)
             power[k] = p
-        _mel_db_column(power, fb_t, lo, hi, amin, db_off, mel, col0 + f)
-
-
-def training_constants(spec: FrontEndSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Window ``(n_fft,)`` and mel filterbank ``(n_freqs, n_mels)``, float64, with the exact values
-    training multiplies by: torchaudio's float32 buffers, widened.
-
-    The float64 definitions in :mod:`engines.frontend` are not close enough: on a pure tone the
-    filterbanks differ by up to ~0.6 dB (relative errors ~1e-2 on small weights) and the windows by
-    ~0.1 dB in bands 130 dB under the peak. This imports torch (~600 MB resident); the runtime
-    passes the bundle's cached copy instead (:mod:`engines.prepare`).
-    """
-    from engines.logmel_torch import torchaudio_constants
-
-    win, fb = torchaudio_constants(spec)
-    return win.astype(np.float64), fb.astype(np.float64)
+        for m in range(fb_t.shape[0]):
+            weights = fb_t[m]
+            acc = 0.0
+            for k in range(lo[m], hi[m]):  # the band's non-zero weights only; same order as a dense sum
+                acc += power[k] * weights[k]
+            bands[f, m] = acc
 
 
 # ------------------------------------------------------------------------------------ class
 class StreamingFrontEnd:
-    """Rolling log-mel of a live stream, bit-for-bit the bundle's front-end definition.
+    """Rolling log-mel of a live stream, by the one definition of the bundle's front end.
 
     Args:
         spec: The bundle's front-end parameters.
         input_rate: Sample rate of the incoming audio (ring buffer or arrays).
         channels: Channel count of the incoming audio; it is averaged to mono.
         resample_quality: Quality preset of the :class:`StreamingResampler` (when rates differ).
-        fft: ``"auto"`` (= ``"numpy"``), ``"numpy"`` (pocketfft on the new frames) or
-            ``"numba"`` (in-kernel radix-2, power-of-two ``n_fft`` only).
-        constants: ``(window, filterbank)`` as :func:`training_constants` returns them, e.g. the
-            bundle's cached copy (:func:`engines.prepare.load_frontend_constants`); computed with
-            torchaudio when omitted.
 
     Attributes:
         frames_total: Frames produced since the last reset.
@@ -217,8 +104,6 @@ class StreamingFrontEnd:
         channels: int = 1,
         *,
         resample_quality: str = "high",
-        fft: str = "auto",
-        constants: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.spec = spec
         self.input_rate = int(input_rate)
@@ -226,46 +111,25 @@ class StreamingFrontEnd:
         if self.channels <= 0:
             raise ValueError(f"channels must be positive, got {channels}")
         n_fft, hop = spec.n_fft, spec.hop_length
-        pow2 = n_fft >= 4 and (n_fft & (n_fft - 1)) == 0
-        if fft == "auto":
-            fft = "numpy"  # measured faster per hop than the in-kernel radix-2 (see module doc)
-        if fft not in ("numba", "numpy") or (fft == "numba" and not pow2):
-            raise ValueError(f"fft={fft!r} is not usable with n_fft={n_fft}")
-        self.fft = fft
         self.resampler = StreamingResampler(self.input_rate, spec.sample_rate, resample_quality)
 
-        # constants from the one front-end definition
-        win, fb = constants if constants is not None else training_constants(spec)
-        self._win = np.ascontiguousarray(win)
-        fb_t = np.ascontiguousarray(fb.T)  # (n_mels, n_freqs) float64
+        # the one front-end definition (engines.frontend), as training uses it
+        self._win = hann_window(n_fft)
+        fb_t = np.ascontiguousarray(mel_filterbank(spec).T)  # (n_mels, n_freqs) float64
         nz = fb_t != 0.0
         any_nz = nz.any(axis=1)
         self._lo = np.where(any_nz, nz.argmax(axis=1), 0).astype(np.int64)
         self._hi = np.where(any_nz, fb_t.shape[1] - nz[:, ::-1].argmax(axis=1), 0).astype(np.int64)
         self._fb_t = fb_t
-        self._amin = float(spec.amin)
-        self._db_off = 10.0 * math.log10(max(spec.amin, spec.ref))
         self._exponent = float(spec.power)
-        self.floor_db = float(np.float32(10.0 * math.log10(spec.amin) - self._db_off))
-
-        # radix-2 tables for the half-length complex FFT and the real-FFT split
-        h = n_fft // 2
-        bits = max(1, int(round(math.log2(h)))) if pow2 else 1
-        self._bitrev = np.array(
-            [int(format(i, f"0{bits}b")[::-1], 2) for i in range(h)] if pow2 else [0], np.int64
-        )
-        q = np.arange(max(1, h // 2))
-        self._tw_re, self._tw_im = np.cos(-2 * np.pi * q / h), np.sin(-2 * np.pi * q / h)
-        k = np.arange(h + 1)
-        self._post_re, self._post_im = np.cos(-2 * np.pi * k / n_fft), np.sin(-2 * np.pi * k / n_fft)
-        self._re = np.zeros(h, np.float64)
-        self._im = np.zeros(h, np.float64)
+        self.floor_db = float(np.float32(spec.floor_db))
         self._power = np.zeros(spec.n_freqs, np.float64)
+        self._bands = np.zeros((spec.window_frames, spec.n_mels), np.float64)  # new frames' mel power
 
         # buffers: mono input scratch, model-rate signal (remainder + new), rolling log-mel
         self._mono = np.zeros(_CHUNK, np.float32)
         self._sig = np.zeros(n_fft + self.resampler.max_output(_CHUNK) + hop, np.float32)
-        self._frames = np.zeros((0, n_fft), np.float64)  # numpy-FFT path only, grown on demand
+        self._frames = np.zeros((0, n_fft), np.float64)  # windowed new frames, grown on demand
         self._mel = np.empty((spec.n_mels, spec.window_frames), np.float32)
         self.compile_seconds = 0.0
         self.reset()
@@ -364,21 +228,18 @@ class StreamingFrontEnd:
         n_new = spec.frames_for(self._sig_len)
         if n_new == 0:
             return 0
-        if self.fft == "numba":
-            _logmel_new_frames(
-                self._sig, n_new, spec.hop_length, self._win, self._bitrev, self._tw_re, self._tw_im,
-                self._post_re, self._post_im, self._re, self._im, self._power, self._exponent,
-                self._fb_t, self._lo, self._hi, self._amin, self._db_off, self._mel,
-            )  # fmt: skip
-        else:
-            self._logmel_numpy_fft(n_new)
+        self._logmel_new_frames(n_new)
         self.frames_total += n_new
         consumed = n_new * spec.hop_length
         _shift_left(self._sig, consumed, self._sig_len)
         self._sig_len -= consumed
         return n_new
 
-    def _logmel_numpy_fft(self, n_new: int) -> None:
+    def _logmel_new_frames(self, n_new: int) -> None:
+        """Log-mel of the first ``n_new`` frames of the signal appended to the rolling window.
+
+        Only the last ``min(n_new, window_frames)`` are computed: older ones would be shifted out.
+        """
         spec = self.spec
         w = spec.window_frames
         keep = min(n_new, w)
@@ -386,11 +247,10 @@ class StreamingFrontEnd:
             self._frames = np.zeros((keep, spec.n_fft), np.float64)
         _window_frames(self._sig, n_new - keep, keep, spec.hop_length, self._win, self._frames)
         spectrum = np.fft.rfft(self._frames[:keep], n=spec.n_fft, axis=1)  # (keep, n_freqs) complex128
+        bands = self._bands[:keep]
+        _spectrum_mel_bands(spectrum, self._exponent, self._fb_t, self._lo, self._hi, self._power, bands)
         _shift_window(self._mel, keep)
-        _spectrum_mel_db_columns(
-            spectrum, self._exponent, self._fb_t, self._lo, self._hi, self._amin, self._db_off, self._power,
-            self._mel, w - keep,
-        )  # fmt: skip
+        self._mel[:, w - keep :] = power_to_db(bands, spec).T
 
     # -------------------------------------------------------------------------------- compile
     def warmup(self) -> None:

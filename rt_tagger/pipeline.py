@@ -134,7 +134,6 @@ class Pipeline:
         on_message=None,
         keep_windows: bool = True,
     ) -> None:
-        from engines.prepare import ensure_runtime_artifacts, frontend_artifact, load_frontend_constants
         from engines.select import open_backend
 
         self.bundle = bundle
@@ -147,9 +146,6 @@ class Pipeline:
         self.keep_windows = keep_windows
         t0 = time.perf_counter()
         self.backend = open_backend(bundle, self.settings.backend)
-        # The bundle's cached window and filterbank: the framer then needs no torch import.
-        ensure_runtime_artifacts(bundle)
-        self.frontend_constants = load_frontend_constants(frontend_artifact(bundle).path, self.spec)
         d = self.backend.describe()
         self.backend_info = BackendInfo(name=d["name"], device=d["device"], precision=d["precision"])
         self.model_info = ModelInfo(
@@ -183,7 +179,7 @@ class Pipeline:
         """A warmed :class:`StreamingFrontEnd` for this input layout (numba compiled at start-up)."""
         from rt_tagger.framer import StreamingFrontEnd
 
-        return StreamingFrontEnd(self.spec, input_rate, channels, constants=self.frontend_constants)
+        return StreamingFrontEnd(self.spec, input_rate, channels)
 
     def open_stream(
         self,

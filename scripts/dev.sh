@@ -41,7 +41,7 @@ install_python() {
   echo "$want" >"$stamp"
 }
 
-# The default model's ONNX graph and front-end constants, built once here so that tagging
+# The default model's ONNX graph, built once here so that tagging
 # processes never import torch (engines/prepare.py) and the first run starts fast.
 prepare_default_model() {
   "$VENV/bin/python" -m engines.prepare rt_tagger/default_model --onnx fp32

@@ -1,5 +1,6 @@
 """engines.prepare: the CPU runtime's artifacts are built by a child process, and a tagging process
-on the ONNX Runtime path never imports torch (which costs ~600 MB of resident memory)."""
+on the ONNX Runtime path never imports torch (which costs ~600 MB of resident memory): the ONNX graph
+is built beforehand and the front end is numpy and numba."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from engines.bundle import Bundle
 from engines.cache import CacheError
-from engines.frontend import FrontEndSpec
-from engines.logmel_torch import torchaudio_constants
 from engines.onnx_export import onnx_artifact
-from engines.prepare import ensure_runtime_artifacts, frontend_artifact, load_frontend_constants
+from engines.prepare import ensure_runtime_artifacts
 from engines.select import gpu_present
 from tests.conftest import ROOT, make_random_bundle
 
@@ -26,25 +24,16 @@ def fresh_bundle(tmp_path) -> Bundle:
     return make_random_bundle(tmp_path / "b", seed=5)
 
 
-def test_builds_constants_and_onnx(fresh_bundle):
-    assert frontend_artifact(fresh_bundle).problem() == "not built yet"
+def test_builds_onnx_then_stale_key_rebuilt(fresh_bundle):
+    art = onnx_artifact(fresh_bundle, "fp32")
+    assert art.problem() == "not built yet"
     ensure_runtime_artifacts(fresh_bundle, "fp32")
-    assert frontend_artifact(fresh_bundle).problem() is None
-    assert onnx_artifact(fresh_bundle, "fp32").problem() is None
-    win, fb = load_frontend_constants(frontend_artifact(fresh_bundle).path, fresh_bundle.frontend)
-    ref_win, ref_fb = torchaudio_constants(fresh_bundle.frontend)
-    assert win.dtype == np.float64 and np.array_equal(win, ref_win.astype(np.float64))
-    assert np.array_equal(fb, ref_fb.astype(np.float64))  # bit for bit what training multiplies by
-
-
-def test_stale_constants_rebuilt(fresh_bundle):
-    ensure_runtime_artifacts(fresh_bundle)
-    art = frontend_artifact(fresh_bundle)
+    assert art.problem() is None
     stored = json.loads(art.key_path.read_text())
-    stored["key"]["frontend"]["n_mels"] += 1  # as if built for another front end
+    stored["key"]["opset"] += 1  # as if built for another opset
     art.key_path.write_text(json.dumps(stored))
     assert art.problem().startswith("key mismatch")
-    ensure_runtime_artifacts(fresh_bundle)
+    ensure_runtime_artifacts(fresh_bundle, "fp32")
     assert art.problem() is None
 
 
@@ -57,14 +46,8 @@ def test_unwritable_gives_one_line(fresh_bundle, tmp_path, monkeypatch):
     else:
         fresh_bundle.path.chmod(0o555)
     with pytest.raises(CacheError) as e:
-        ensure_runtime_artifacts(fresh_bundle)
+        ensure_runtime_artifacts(fresh_bundle, "fp32")
     assert "\n" not in str(e.value) and "not writable" in str(e.value)
-
-
-def test_constants_of_another_spec_refused(fresh_bundle):
-    ensure_runtime_artifacts(fresh_bundle)
-    with pytest.raises(CacheError, match="shapes"):
-        load_frontend_constants(frontend_artifact(fresh_bundle).path, FrontEndSpec(n_mels=64))
 
 
 _TAG_WITHOUT_TORCH = """
@@ -90,5 +73,4 @@ def test_onnxruntime_tagging_process_never_imports_torch(fresh_bundle, tmp_path)
     assert p.returncode == 0, p.stderr
     assert "TORCH_MODULES none" in p.stdout, p.stdout
     # the first run built what it needed (in a child, which did import torch)
-    assert frontend_artifact(fresh_bundle).problem() is None
     assert onnx_artifact(fresh_bundle, "fp32").problem() is None
