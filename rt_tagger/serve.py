@@ -69,6 +69,21 @@ class IngestInput:
     received_frames: int = 0
     dropped_frames: int = 0
     lost_chunks: int = 0
+    # Chunks held until the stream's next front-end step is whole: one push per step, not per chunk
+    # (a window still becomes due with the chunk that holds its last sample).
+    pending: list = field(default_factory=list)
+    pending_frames: int = 0
+    pending_times: tuple = (None, None)  # capture / arrival of the newest pending chunk
+
+    def hold(self, pcm: np.ndarray, capture: float | None, arrival: float) -> None:
+        self.pending.append(pcm)
+        self.pending_frames += pcm.shape[0]
+        self.pending_times = (capture, arrival)
+
+    def take(self) -> np.ndarray:
+        block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending, self.pending_frames = [], 0
+        return block
 
     def accept(self, seq: int, frames: int, now: float) -> bool:
         """Whether a chunk goes to the tagger; counts gaps and (live streams) audio too far ahead."""
@@ -192,6 +207,9 @@ class Server:
                 self._housekeeping()
         finally:
             reason = getattr(stop, "reason", "stopped")
+            now = time.monotonic()
+            for stream_id in list(self.streams):  # one last batch for what every stream still holds
+                self._push(stream_id, now)
             if self._due:
                 self._score()
             for stream_id in list(self.streams):
@@ -270,28 +288,45 @@ class Server:
             pcm = decode_pcm(payload, inp.header.format, inp.header.channels, chunk.frames)
             if not inp.accept(chunk.seq, chunk.frames, now):
                 continue
-            capture = chunk.capture_wall_time if chunk.capture_wall_time is not None else arrival
-            try:
-                due = state.push(pcm, capture, arrival)
-            except AudioInputError as e:  # NaN/Inf with nonfinite=reject: this stream ends, no other
-                self._end(chunk.stream_id, "error", str(e))
-                continue
-            if due:
-                self._due.add(chunk.stream_id)
-                self._due_count += due
-                if self._due_since is None:
-                    self._due_since = now
+            inp.hold(
+                pcm, chunk.capture_wall_time if chunk.capture_wall_time is not None else arrival, arrival
+            )
+            if inp.pending_frames >= state.step_frames():
+                self._push(chunk.stream_id, now)
+
+    def _push(self, stream_id: str, now: float) -> None:
+        """The stream's held chunks into its front end; its due windows join the next batch."""
+        state, inp = self.streams[stream_id]
+        if not inp.pending_frames:
+            return
+        try:
+            due = state.push(inp.take(), *inp.pending_times)
+        except AudioInputError as e:  # NaN/Inf with nonfinite=reject: this stream ends, no other
+            self._end(stream_id, "error", str(e))
+            return
+        if due:
+            self._due.add(stream_id)
+            self._due_count += due
+            if self._due_since is None:
+                self._due_since = now
 
     def _close(self, identity: bytes, stream_id: str) -> None:
         entry = self.streams.get(stream_id)
         if entry is None or entry[1].identity != identity:
             raise ProtocolError(f"close for stream {stream_id!r}, which is not open on this client")
-        state, _ = entry
-        if state.pad_short_stream():
+        self._finish(stream_id, "closed")
+
+    def _finish(self, stream_id: str, reason: str) -> None:
+        """Tag what the stream still holds (a stream shorter than a window gets one), then end it."""
+        self._push(stream_id, time.monotonic())
+        if stream_id not in self.streams:  # the held audio ended it (error)
+            return
+        state, _ = self.streams[stream_id]
+        if reason == "closed" and state.pad_short_stream():
             self._due.add(stream_id)
         if stream_id in self._due:
             self._score()
-        self._end(stream_id, "closed")
+        self._end(stream_id, reason)
 
     # ------------------------------------------------------------------ batching
     def _batch_full(self) -> bool:
@@ -324,7 +359,7 @@ class Server:
         idle = self.settings.idle_timeout_s
         for stream_id, (_, inp) in list(self.streams.items()):
             if now - inp.last_audio > idle:
-                self._end(stream_id, "idle")
+                self._finish(stream_id, "idle")
         if now - self._last_stats >= self.settings.stats_interval_s:
             self._publish_stats()
 
