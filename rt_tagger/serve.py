@@ -167,6 +167,7 @@ class Server:
         settings: The ``[serve]`` settings.
         ingest_socket: The bound ROUTER socket (default: :func:`bind_ingest` of the settings).
         context: ZeroMQ context for the ingest socket (default: the global one).
+        name: Named in the stats messages (a shard's name under ``serve --ray``).
     """
 
     def __init__(
@@ -177,7 +178,9 @@ class Server:
         *,
         ingest_socket: zmq.Socket | None = None,
         context: zmq.Context | None = None,
+        name: str = "serve",
     ) -> None:
+        self.name = name
         self.pipeline = pipeline
         self.publisher = publisher
         self.settings = settings
@@ -378,6 +381,7 @@ class Server:
         doc = {
             "schema_version": "1.0",
             "kind": "stats",
+            "server": self.name,
             "wall_time": time.time(),
             "uptime_s": round(now - self._started, 3),
             "streams_open": len(self.streams),

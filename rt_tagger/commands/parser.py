@@ -157,6 +157,29 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
         "--idle-timeout", type=float, help="end a stream after this many seconds without audio (default 10)"
     )
     p.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
+    p.add_argument(
+        "--ray", nargs="?", const="auto", metavar="ADDRESS",
+        help="run shards as Ray actors on the cluster at ADDRESS (default: auto), behind this gateway",
+    )  # fmt: skip
+    p.add_argument(
+        "--shards",
+        type=positive_int,
+        help="--ray: shards to run (default: one per GPU, else per --shard-cpus CPUs)",
+    )
+    p.add_argument(
+        "--shard-cpus", type=positive_int, default=1, help="--ray: CPUs per shard without GPUs (default 1)"
+    )
+    p.add_argument(
+        "--shard-resources",
+        metavar="JSON",
+        help="--ray: custom Ray resources per shard, e.g. '{\"rt_shard\": 1}'",
+    )
+    p.add_argument(
+        "--shard-timeout",
+        type=float,
+        default=3.0,
+        help="--ray: seconds without health before a shard is lost",
+    )
 
     p = sub.add_parser("subscribe", help="live view of the messages a publisher sends")
     subscribe.add_arguments(p)

@@ -1,14 +1,17 @@
 """``rt-tagger serve``: many streams in over the ingest protocol, tags out over ZeroMQ.
 
 Runs until SIGINT/SIGTERM (or ``--duration``); every open stream then gets its ``end`` message.
-See :mod:`rt_tagger.serve` for the loop and docs/ingest.md for the protocol.
+See :mod:`rt_tagger.serve` for the loop, :mod:`rt_tagger.cluster` for ``--ray`` and
+docs/ingest.md for the protocol.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
+from engines.errors import UserError
 from rt_tagger.commands.live import open_publisher, stop_on_signals
 from rt_tagger.commands.settings_from_args import settings_from_args
 
@@ -18,9 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def cmd_serve(args) -> int:
-    from rt_tagger.default_model import load_bundle
-    from rt_tagger.pipeline import Pipeline
-    from rt_tagger.serve import Server, bind_ingest
+    from rt_tagger.serve import bind_ingest
 
     stop = stop_on_signals()
     serve = {
@@ -33,18 +34,64 @@ def cmd_serve(args) -> int:
         "stats_interval_s": args.stats_interval,
     }
     st = settings_from_args(args, serve={k: v for k, v in serve.items() if v is not None})
+    if args.duration is not None:
+        threading.Timer(args.duration, stop.request, args=("duration",)).start()
+    if args.ray is not None:
+        return _serve_ray(args, st, stop)
+    from rt_tagger.default_model import load_bundle
+    from rt_tagger.pipeline import Pipeline
+    from rt_tagger.serve import Server
+
     ingest = bind_ingest(st.serve)  # a busy port or bad endpoint fails before the model loads
     bundle = load_bundle(st.bundle)
     publisher = open_publisher(st)
     try:
         with Pipeline(bundle, st, publisher=publisher, keep_windows=False) as pipe:
             server = Server(pipe, publisher, st.serve, ingest_socket=ingest)
-            if args.duration is not None:
-                threading.Timer(args.duration, stop.request, args=("duration",)).start()
             if not args.quiet:
                 print(f"serving: ingest {server.ingest_endpoint}, tags {publisher.endpoint}", flush=True)
             reason = server.run(stop)
             log.info("stopped (%s) after %d streams", reason, server.stats.opened)
     finally:
         publisher.close()
+    return 0
+
+
+def _serve_ray(args, st, stop) -> int:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'rt-tagger[ray]'") from None
+    from rt_tagger.cluster import Gateway
+
+    try:
+        resources = json.loads(args.shard_resources) if args.shard_resources else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--shard-resources is not JSON: {e}") from None
+    try:
+        ray.init(address=args.ray, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot join the Ray cluster at {args.ray}: {str(e).splitlines()[0]}") from None
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        options = {"num_gpus": 1, "num_cpus": 1}
+        shards = args.shards or gpus
+    else:
+        options = {"num_cpus": args.shard_cpus}
+        shards = args.shards or max(1, int(ray.cluster_resources().get("CPU", 1)) // args.shard_cpus)
+    if resources:
+        options["resources"] = resources
+    publisher = open_publisher(st)
+    try:
+        gateway = Gateway(st, shards, options, shard_timeout_s=args.shard_timeout, publisher=publisher)
+        gateway.wait_ready(timeout_s=600)
+        if not args.quiet:
+            print(
+                f"serving on Ray ({shards} shards): ingest {st.serve.ingest}, tags {publisher.endpoint}",
+                flush=True,
+            )
+        gateway.run(stop)
+    finally:
+        publisher.close()
+        ray.shutdown()
     return 0
