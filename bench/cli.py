@@ -30,6 +30,7 @@ MODES = {
     "capacity": "concurrent real-time streams one backend sustains at a hop (model side)",
     "frontend": "numba streaming log-mel vs librosa and torchaudio: time per hop and dB difference",
     "peers": "rt-tagger tag vs musicnn 0.1.0 (MTT_musicnn) on the same files",
+    "soak": "hours of real-time streaming, one healthy and one stalled subscriber: losses, RSS, CPU, latency",
 }
 
 
