@@ -202,7 +202,10 @@ def run(args: argparse.Namespace) -> dict:
         "--format", "f32le", "--bundle", str(bundle.path), "--publish", endpoint, "--stream-id", stream_id,
         "--hop", str(args.hop), "--backend", args.backend, "-q",
     ]  # fmt: skip
-    print(f"soak: {args.minutes:g} min of real-time audio; results when it ends (files in {tmp})", flush=True)
+    print(
+        f"soak: {args.minutes:g} min of real-time audio; results when it ends (files in {tmp})",
+        file=sys.stderr,
+    )
     stderr_path = tmp / "tagger.stderr"
     try:
         with open(stderr_path, "w") as err:
