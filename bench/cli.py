@@ -32,6 +32,7 @@ MODES = {
     "frontend": "numba streaming log-mel vs librosa and torchaudio: time per hop and dB difference",
     "peers": "rt-tagger tag vs musicnn 0.1.0 (MTT_musicnn) on the same files",
     "serve": "concurrent real-time streams one rt-tagger serve holds (ingest → batches → messages)",
+    "soak": "hours of real-time streaming, one healthy and one stalled subscriber: losses, RSS, CPU, latency",
 }
 
 
