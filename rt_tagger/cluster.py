@@ -106,9 +106,11 @@ def shard_actor_class():
             st = st.model_copy(
                 update={
                     "publish": st.publish.model_copy(
+                        # Shard → gateway traffic stays inside the cluster's network: plain TCP there.
                         update={
                             "endpoint": f"tcp://{host}:*",
                             "allow_remote": remote or st.publish.allow_remote,
+                            "insecure_remote": remote or st.publish.insecure_remote,
                         }
                     ),
                     "serve": st.serve.model_copy(

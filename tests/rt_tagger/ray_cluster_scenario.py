@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import zmq
 
@@ -29,6 +28,10 @@ sys.path.insert(0, str(ROOT))
 from rt_tagger.client import IngestClient  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _log(text: str) -> None:
+    print(f"scenario {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
 
 
 def _ray(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -66,12 +69,19 @@ def main() -> int:
                  "--disable-usage-stats", env=env)  # fmt: skip
         if r.returncode:
             raise RuntimeError(f"ray start --head failed: {r.stderr[-500:]}")
-        for _ in range(2):  # each worker node in its own session, so killing its group kills the node
+        for i in range(2):  # each worker node in its own session, so killing its group kills the node
+            base = 21000 + 1000 * i  # explicit ports: two nodes on one host may otherwise pick the same one
+            ports = [f"--node-manager-port={base + 1}", f"--object-manager-port={base + 2}",
+                     f"--metrics-export-port={base + 3}", f"--runtime-env-agent-port={base + 4}",
+                     f"--dashboard-agent-grpc-port={base + 5}", f"--dashboard-agent-listen-port={base + 6}",
+                     f"--min-worker-port={base + 100}", f"--max-worker-port={base + 199}"]  # fmt: skip
             workers.append(subprocess.Popen(
                 [RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"rt_shard": 1}',
-                 "--block", "--disable-usage-stats"],
+                 "--block", "--disable-usage-stats", *ports],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             ))  # fmt: skip
+            _log(f"worker node {i} starting")
+            time.sleep(5)
         gateway = subprocess.Popen(
             [sys.executable, "-m", "rt_tagger.cli", "serve", "--ray", f"127.0.0.1:{port}", "--shards", "2",
              "--shard-resources", '{"rt_shard": 1}', "--shard-timeout", "5", "--ingest", ingest, "--publish", publish,
@@ -82,6 +92,7 @@ def main() -> int:
         if "serving on Ray" not in line:
             raise RuntimeError(f"gateway did not start: {line!r} {gateway.stderr.read()[-2000:]}")
         result["cluster_ready_s"] = round(time.time() - t_start, 1)
+        _log(f"gateway ready: {line.strip()}")
         received: list = []
         stop = threading.Event()
         collector = threading.Thread(target=_collect, args=(publish, received, stop), daemon=True)
@@ -106,6 +117,7 @@ def main() -> int:
                 if kill_wall is None and k >= args.before_s * 10:
                     os.killpg(workers[0].pid, signal.SIGKILL)  # the whole worker node: raylet and actors
                     kill_wall = time.time()
+                    _log("worker node 0 killed")
             for sid in ids:
                 client.close_stream(sid, wait=False)
             time.sleep(3.0)
@@ -134,14 +146,18 @@ def main() -> int:
 def _analyse(received: list, ids: list[str], kill_wall: float) -> dict:
     per: dict[str, list] = {sid: [] for sid in ids}
     events = []
-    for t, topic, m in received:
+    for t, _topic, m in received:
         if m.get("kind") == "cluster":
-            events.append({k: m[k] for k in ("event", "shard") if k in m} | {"t_after_kill_s": round(t - kill_wall, 2)})
+            events.append(
+                {k: m[k] for k in ("event", "shard") if k in m} | {"t_after_kill_s": round(t - kill_wall, 2)}
+            )
         elif m.get("stream_id") in per:
             per[m["stream_id"]].append((t, m))
     moved, recovery, gaps_unmoved = [], {}, 0
     for sid, rows in per.items():
-        lost = [i for i, (_, m) in enumerate(rows) if m["kind"] == "end" and m["end"]["reason"] == "shard_lost"]
+        lost = [
+            i for i, (_, m) in enumerate(rows) if m["kind"] == "end" and m["end"]["reason"] == "shard_lost"
+        ]
         if lost:
             moved.append(sid)
             i = lost[0]
