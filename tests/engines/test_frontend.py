@@ -20,9 +20,7 @@ def test_filterbank_matches_torchaudio(scale):
 
 
 def test_window_matches_torch():
-    np.testing.assert_allclose(
-        hann_window(512), torch.hann_window(512, dtype=torch.float64).numpy(), atol=1e-12
-    )
+    np.testing.assert_allclose(hann_window(512), torch.hann_window(512, dtype=torch.float64).numpy(), atol=1e-12)
 
 
 def test_numpy_reference_matches_torchaudio_within_1e3_db():
