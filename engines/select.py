@@ -27,7 +27,7 @@ from engines.base import Backend, BackendError
 from engines.bundle import Bundle
 from engines.errors import UserError
 
-__all__ = ["BACKENDS", "CPU_DEFAULT", "open_backend", "gpu_present"]
+__all__ = ["BACKENDS", "AUTO_OPTIONS", "CPU_DEFAULT", "open_backend", "gpu_present"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ BACKENDS: dict[str, str] = {
 CPU_DEFAULT = "onnxruntime-cpu"
 _AUTO_GPU = ("triton-fused", "tensorrt", "torch-cuda")
 # Options auto mode sets for a candidate: the fused kernels only where a tuning is cached.
-_AUTO_OPTIONS = {"triton-fused": {"tune": False}}
+AUTO_OPTIONS = {"triton-fused": {"tune": False}}
 
 
 def _load(name: str) -> type[Backend]:
@@ -100,7 +100,7 @@ def open_backend(bundle: Bundle, name: str = "auto", **kwargs) -> Backend:
         try:
             cls = _load(cand)
             why = "; ".join(skipped) or "first choice"
-            options = {**_accepted(cls, kwargs), **_AUTO_OPTIONS.get(cand, {})}
+            options = {**_accepted(cls, kwargs), **AUTO_OPTIONS.get(cand, {})}
             backend = _open(cand, bundle, options, f"auto: {cand} ({why})")
         except UserError as e:
             skipped.append(f"{cand}: {e}")
