@@ -1,7 +1,7 @@
 """``rt-tagger bench model``: inference latency and throughput per backend and batch size.
 
-For every runner (an engines backend, or the GPU model alone under CUDA graphs, see
-:mod:`bench.runners`) and batch size: p50/p95/p99/max over many timed runs after warm-up,
+For every runner (an engines backend through ``infer()``, or the model alone under the backend's
+CUDA graphs, see :mod:`bench.runners`) and batch size: p50/p95/p99/max over many timed runs after warm-up,
 windows/s, and the achieved TFLOP/s from the counted FLOPs per window, next to the GPU's dense
 fp16/bf16 peak where it is known (CPU: GFLOP/s only).
 """
@@ -42,11 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runners",
         default="auto",
-        help="comma list: engines backend names (torch-cpu, onnxruntime-cpu, torch-cuda, tensorrt, ...) and/or "
-        "cuda-graph-bf16 / cuda-graph-fp16 (model alone on the GPU), compiled-graph-bf16[-autotune] "
-        "(torch.compile), triton-fused-bf16[-cudnn] / triton-fused-fp16[-cudnn] (engines/triton_resnet.py: "
-        "fused Triton kernels, tiles tuned per batch). auto (default): every backend that opens "
-        "here (GPU ones + CUDA graphs on a GPU machine, else the CPU ones); backends: auto without CUDA graphs",
+        help="comma list of runner specs: an engines backend name (torch-cpu, onnxruntime-cpu, torch-cuda, "
+        "tensorrt, triton-fused; options as NAME:key=value, e.g. torch-cuda:precision=bf16) timed through "
+        "infer(), or the model alone under the backend's CUDA graphs: cuda-graph-bf16 / cuda-graph-fp16 "
+        "(torch-cuda), compiled-graph-bf16[-autotune] (torch.compile), triton-fused-bf16[-cudnn] / "
+        "triton-fused-fp16[-cudnn] (engines/triton/: fused Triton kernels, tuned per GPU and cached). "
+        "auto (default): every backend that opens here (GPU ones + CUDA graphs on a GPU machine, else the "
+        "CPU ones); backends: auto without CUDA graphs",
     )
     p.add_argument(
         "--batches",
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
                     "pct_of_peak": 100 * gflops / 1e3 / peak if (on_gpu and peak) else None,
                     "samples_ms": [round(x, 4) for x in ms],
                 }
-                dev = summarize(getattr(runner, "device_ms", []) or [])
+                dev = summarize(runner.device_ms)
                 if dev["n"]:  # GPU backends: CUDA-event time of copy-in + compute + copy-out
                     row.update({"device_p50_ms": dev["p50"], "device_p99_ms": dev["p99"]})
                 doc["results"].append(row)
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> dict:
             doc["summary"][f"{r['runner']} batch-1 p99 ms"] = r["p99_ms"]
     doc["notes"].append("FLOPs counted with torch.utils.flop_counter (multiply and add counted separately)")
     doc["notes"].append(
-        "cuda-graph-*: model alone, input resident on the GPU, CUDA events; backends: numpy in/out through "
+        "graph timer (cuda-graph-*, compiled-graph-*, triton-fused-*): model alone, input resident on the GPU, "
+        "the backend's CUDA graph replayed between CUDA events; infer timer (backends): numpy in/out through "
         "engines' infer(), wall clock, copies included"
     )
     return doc

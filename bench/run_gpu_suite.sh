@@ -16,13 +16,16 @@
 #   5. frontend: numba vs torchaudio on this machine's CPU (librosa when installed);
 #   6. model-compiled: the model BatchNorm-folded and torch.compile'd (Inductor, then with
 #      max-autotune) under CUDA graphs, large batches: how far fused kernels move it to the peak;
-#   7. model-fused: the network as fused Triton kernels (engines/triton_resnet.py; tiles tuned per
-#      batch), with and without cuDNN's fused ops competing per layer, next to the eager
-#      CUDA-graph runner in the same run;
-#   8. gpu-tests: tests/engines on the GPU (torch-cuda conformance and parity, the fused kernels
-#      against torch; TensorRT skips with its reason where no runtime supports the GPU).
+#   7. model-fused: the network as fused Triton kernels (the triton-fused backend, engines/triton/;
+#      tiles tuned per batch bucket), with and without cuDNN's fused ops competing per layer, next to
+#      the eager CUDA-graph runner in the same run;
+#   8. fused-backend: batch 1 through infer() (numpy in/out, copies included) for triton-fused and
+#      torch-cuda, and the model alone under each one's CUDA graph (quick tuning catalogue);
+#   9. gpu-tests: tests/engines on the GPU (conformance and parity of torch-cuda and triton-fused,
+#      the fused kernels against torch; TensorRT skips with its reason where no runtime supports the
+#      GPU). GPU_TESTS="tests/engines/test_x.py …" picks the files; GPU_TESTS_K passes pytest -k.
 # STEPS="model-graphs stream" runs only those (all by default); one call of the device tool
-# holds about 9 minutes, so steps 1-5, 6 and 7-8 go in three calls (TRITON_CACHE_DIR is kept in /tmp so
+# holds about 9 minutes, so steps 1-5, 6 and 7-9 go in three calls (TRITON_CACHE_DIR is kept in /tmp so
 # the tests reuse the kernels step 7 compiled).
 # What comes back: the JSON files, suite.log and gpu-results.tar.gz (JSON + PNG) — 8 files at most.
 set -uo pipefail
@@ -46,7 +49,7 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 
   B="$PY -m bench"
-  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled model-fused gpu-tests}"
+  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled model-fused fused-backend gpu-tests}"
   export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/rt-triton-cache}"
   wanted() { [[ " $STEPS " == *" $1 "* ]]; }
   step() {  # step SECONDS NAME ARGS...
@@ -65,9 +68,15 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune
   step 300 model-fused model --runners triton-fused-bf16-cudnn,triton-fused-bf16,cuda-graph-bf16 --batches 1,256,1024,4096,8192 \
        --iters 100 --max-seconds 2 --tag triton
+  step "${FUSED_BACKEND_S:-150}" fused-backend model \
+       --runners triton-fused:catalogue=quick,torch-cuda,triton-fused-bf16-cudnn:catalogue=quick,cuda-graph-bf16 \
+       --batches 1 --iters 2000 --max-seconds 3 --tag triton_backend
   if wanted gpu-tests; then
     echo; echo "== [gpu-tests] $(date -u +%T)"
-    timeout 240 $PY -m pytest -q -rs tests/engines 2>&1 | tail -40
+    # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
+    # SIGINT at the limit: pytest still prints its summary of what ran
+    timeout --signal=INT --kill-after=20 "${GPU_TESTS_S:-240}" $PY -m pytest -v -rs --durations=15 \
+      ${GPU_TESTS:-tests/engines} ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} 2>&1
   fi
 } 2>&1 | tee "$LOG"
 

@@ -1,16 +1,25 @@
-"""Things that run one batch of log-mel windows and say how long it took (model and capacity modes).
+"""An engines backend and how it is timed: what model and capacity modes measure.
 
-Two kinds:
+A :class:`Runner` is one backend from :func:`engines.select.open_backend` with one of two timers:
 
-- :class:`BackendRunner` goes through the engines backend protocol exactly as the runtime does
-  (numpy in, numpy out, host↔device copies included), timed with the wall clock — the call only
-  returns once the probabilities are on the host, so no extra synchronisation is needed.
-- :class:`CudaGraphRunner` measures the model alone on the GPU: input already on the device,
-  fp16/bf16 weights in channels_last, one CUDA graph captured per batch size, timed with CUDA
-  events. This is the number to hold against the device's tensor peak.
-- :class:`CompiledGraphRunner` is the same with BatchNorm folded into the convolutions and the
-  network compiled by torch.compile (Inductor), which fuses the ReLU/residual element-wise work
-  into fewer kernels: it shows how much of the gap to the peak is memory traffic between ops.
+- ``infer``: through the public ``infer()`` exactly as the runtime calls it (numpy in, numpy out,
+  host↔device copies included), wall clock; the call returns once the results are on the host.
+- ``graph``: the model alone on the GPU, the number to hold against the device's tensor peak: the
+  input sits in the backend's device buffer and the backend's own CUDA graph for the batch
+  (:class:`engines.cuda_graphs.GraphCache`, the capture the runtime replays) is replayed between
+  CUDA events. Before timing, every prepared batch's graph output is checked against the fp32
+  torch model (first 16 windows): a fast number from wrong kernels must not reach a results file.
+
+Runner specs (:func:`make_runner`):
+
+- ``NAME[:option=value…]``: backend NAME through ``infer()``, e.g. ``torch-cuda:precision=bf16``;
+- ``cuda-graph-<precision>``: ``torch-cuda`` (eager cuDNN kernels, channels_last), graph timer;
+- ``compiled-graph-<precision>[-autotune]``: ``torch-cuda`` with BatchNorm folded and
+  ``torch.compile`` (Inductor; ``-autotune``: max-autotune), graph timer;
+- ``triton-fused-<precision>[-cudnn]``: the ``triton-fused`` backend (``-cudnn``: cuDNN's fused
+  ops compete per layer), graph timer.
+
+Graph-timer specs take ``:option=value`` too (``triton-fused-bf16:catalogue=quick``).
 """
 
 from __future__ import annotations
@@ -20,20 +29,19 @@ import time
 import numpy as np
 
 from bench.common import BenchError
+from engines.base import Backend
 from engines.bundle import Bundle
 
 __all__ = [
     "Runner",
-    "BackendRunner",
-    "CudaGraphRunner",
-    "CompiledGraphRunner",
-    "FusedTritonRunner",
     "make_runner",
     "auto_runners",
     "measure",
     "flops_per_window",
     "random_windows",
 ]
+
+TIMERS = ("infer", "graph")
 
 
 def random_windows(bundle: Bundle, batch: int, seed: int = 0) -> np.ndarray:
@@ -58,228 +66,159 @@ def flops_per_window(bundle: Bundle) -> float:
 
 
 class Runner:
-    """Runs batches of windows; ``time_batch`` returns the milliseconds of one run."""
+    """Times batches of windows on an active ``backend``; ``time_batch`` returns milliseconds.
 
-    name = "runner"
-    device = "cpu"
-    precision = "fp32"
-    timer = "wall"
-    max_batch = 1 << 30
-    device_ms: list[float]  # per timed run, device-event time where the backend reports one
+    Args:
+        backend: an active engines backend.
+        timer: ``infer`` or ``graph`` (see the module docstring).
+        name: the name results carry (default: the backend's).
+    """
 
-    def prepare(self, batch: int) -> None:
-        """Allocate inputs (and capture graphs) for ``batch``; not timed."""
+    max_prob_diff = 0.05  # graph timer: allowed max |Δprob| against the fp32 torch model
 
-    def time_batch(self, batch: int) -> float:
-        raise NotImplementedError
-
-    def release(self, batch: int) -> None:
-        """Free what :meth:`prepare` made for ``batch``."""
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"runner": self.name, "device": self.device, "precision": self.precision, "timer": self.timer}
-
-
-class BackendRunner(Runner):
-    """A backend from ``engines.select`` through its public ``infer`` (what the runtime calls)."""
-
-    def __init__(self, bundle: Bundle, backend: str, max_batch: int) -> None:
-        from engines.select import open_backend
-
-        self.backend = open_backend(bundle, backend, max_batch=max_batch)
-        self.bundle = bundle
-        d = self.backend.describe()
-        self.name = d["name"]
+    def __init__(self, backend: Backend, timer: str = "infer", name: str | None = None) -> None:
+        if timer not in TIMERS:
+            raise BenchError(f"timer {timer!r} not one of {', '.join(TIMERS)}")
+        if timer == "graph" and getattr(backend, "graphs", None) is None:
+            backend.deactivate()
+            raise BenchError(f"backend {backend.name} has no CUDA graphs to time (graph timer)")
+        self.backend = backend
+        self.bundle = backend.bundle
+        self.timer = "cuda-events" if timer == "graph" else "wall"
+        d = backend.describe()
+        self.name = name or d["name"]
         self.device = d["device"]
         self.precision = d["precision"]
         self.max_batch = d["batch_max"]
+        self.device_ms: list[float] = []  # infer timer: the backend's device-event time per run
+        self.prob_diff: dict[int, float] = {}
         self._inputs: dict[int, np.ndarray] = {}
+        self._ref_model = None  # the fp32 torch model, built on the first check
 
     def prepare(self, batch: int) -> None:
-        self._inputs[batch] = random_windows(self.bundle, batch)
+        """Make the input (and, for the graph timer, upload it and capture the graph); not timed."""
+        windows = random_windows(self.bundle, batch)
         self.device_ms = []
+        if self.timer == "wall":
+            self._inputs[batch] = windows
+            return
+        io, graphs = self.backend.io, self.backend.graphs
+        graphs.get(batch)  # warm-up and capture first: they may run on whatever the buffer holds
+        io.upload(windows)
+        outs = graphs.replay(batch)
+        io.stream.synchronize()
+        self._check(batch, windows, outs["probabilities"])
+
+    def _check(self, batch: int, windows: np.ndarray, probabilities) -> None:
+        import torch
+
+        n = min(batch, 16)
+        with torch.inference_mode():
+            ref = torch.sigmoid(self._reference()(torch.from_numpy(windows[:n]))[0])
+        diff = float((probabilities[:n].float().cpu() - ref).abs().max())
+        self.prob_diff[batch] = diff
+        if diff > self.max_prob_diff:
+            raise BenchError(
+                f"runner {self.name}: batch {batch} differs from the fp32 torch model by {diff:.3g} "
+                f"in probability (allowed {self.max_prob_diff})"
+            )
+
+    def _reference(self):
+        if self._ref_model is None:
+            self._ref_model = self.bundle.build_model()
+        return self._ref_model
 
     def time_batch(self, batch: int) -> float:
-        x = self._inputs[batch]
-        t0 = time.perf_counter()
-        self.backend.infer(x)
-        wall = (time.perf_counter() - t0) * 1e3
-        dev = getattr(self.backend, "last_device_time", None)
-        if dev is not None:
-            self.device_ms.append(dev * 1e3)
-        return wall
+        if self.timer == "wall":
+            t0 = time.perf_counter()
+            self.backend.infer(self._inputs[batch])
+            wall = (time.perf_counter() - t0) * 1e3
+            if self.backend.last_device_time is not None:
+                self.device_ms.append(self.backend.last_device_time * 1e3)
+            return wall
+        io = self.backend.io
+        io.start.record(io.stream)
+        self.backend.graphs.replay(batch)
+        io.end.record(io.stream)
+        io.end.synchronize()
+        return float(io.start.elapsed_time(io.end))
 
     def release(self, batch: int) -> None:
+        """Free what :meth:`prepare` made for ``batch``."""
         self._inputs.pop(batch, None)
+        if self.timer != "wall":
+            self.backend.graphs.release(batch)
 
     def close(self) -> None:
         self.backend.deactivate()
 
-
-class CudaGraphRunner(Runner):
-    """The model alone on a CUDA GPU: device-resident input, channels_last, one CUDA graph per batch."""
-
-    timer = "cuda-events"
-
-    def __init__(self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BenchError("runner cuda-graph needs a CUDA GPU; torch sees none here")
-        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-        if precision not in dtypes:
-            raise BenchError(f"precision {precision!r} not one of {', '.join(dtypes)}")
-        self.torch = torch
-        self.dtype = dtypes[precision]
-        self.precision = precision
-        self.name = f"cuda-graph-{precision}"
-        self.device = f"cuda:{torch.cuda.current_device()}"
-        self.max_batch = max_batch
-        self.bundle = bundle
-        torch.backends.cudnn.benchmark = True
-        self.model = bundle.build_model().to("cuda", self.dtype).to(memory_format=torch.channels_last)
-        self._graphs: dict[int, tuple] = {}
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.end = torch.cuda.Event(enable_timing=True)
-
-    def prepare(self, batch: int) -> None:
-        torch = self.torch
-        x = torch.from_numpy(random_windows(self.bundle, batch)).to("cuda", self.dtype)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):  # cuDNN autotuning and lazy init happen here, not in the graph
-                self.model(x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # A private memory pool per graph: graphs are released batch by batch, and capturing into
-        # a shared pool whose last graph was freed trips an allocator assert (torch 2.11,
-        # "it->second->use_count > 0").
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            out = self.model(x)
-        self._graphs[batch] = (graph, x, out)
-
-    def time_batch(self, batch: int) -> float:
-        graph = self._graphs[batch][0]
-        self.start.record()
-        graph.replay()
-        self.end.record()
-        self.end.synchronize()
-        return float(self.start.elapsed_time(self.end))
-
-    def release(self, batch: int) -> None:
-        self._graphs.pop(batch, None)
-        self.torch.cuda.empty_cache()
-
-    def close(self) -> None:
-        self._graphs.clear()
-        self.model = None
-
-
-class CompiledGraphRunner(CudaGraphRunner):
-    """:class:`CudaGraphRunner` over a BatchNorm-folded, ``torch.compile``'d copy of the model.
-
-    Compilation happens in :meth:`prepare` (once per batch size: shapes are static), outside the
-    timed runs; the compiled kernels are then captured in a CUDA graph like the eager ones.
-    """
-
-    def __init__(
-        self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, mode: str = "default"
-    ) -> None:
-        super().__init__(bundle, precision, max_batch)
-        from torch.fx.experimental.optimization import fuse
-
-        torch = self.torch
-        # Fold in fp32 (exact), then cast: folding in half precision would round twice.
-        folded = fuse(bundle.build_model().eval())
-        folded = folded.to("cuda", self.dtype).to(memory_format=torch.channels_last)
-        self.model = torch.compile(folded, mode=mode, dynamic=False)
-        self.name = f"compiled-graph-{precision}" + ("-autotune" if mode != "default" else "")
-        self.mode = mode
-
     def describe(self) -> dict:
-        return {**super().describe(), "compile_mode": self.mode, "batchnorm_folded": True}
+        d = {**self.backend.describe(), "runner": self.name, "timer": self.timer}
+        d.pop("name", None)
+        if self.prob_diff:
+            d["max_abs_prob_diff_vs_fp32"] = max(self.prob_diff.values())
+        plans = getattr(self.backend, "plans", None)
+        if plans and self.prob_diff:  # triton-fused: the tiles each timed batch ran
+            from engines.triton.keys import bucket_of
+
+            d["tiles"] = {
+                str(b): plans[bucket_of(b, sorted(plans))].to_json() for b in sorted(self.prob_diff)
+            }
+        return d
 
 
-class FusedTritonRunner(CudaGraphRunner):
-    """:class:`CudaGraphRunner` over ``engines.triton_resnet.FusedResNet``: the network as fused
-    Triton kernels (stem + pool in one, implicit-GEMM convolutions with bias/residual/ReLU/shortcut
-    in the epilogue). Tiles are tuned per batch size in :meth:`prepare`, outside the timed runs;
-    with ``cudnn=True`` cuDNN's fused conv+bias(+add)+ReLU competes per convolution too.
+def _options(parts: list[str]) -> dict:
+    """``["precision=bf16", "cudnn=false", "max_batch=8"]`` → typed keyword arguments."""
+    out: dict = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise BenchError(f"runner option {part!r} is not key=value")
+        low = value.lower()
+        out[key.replace("-", "_")] = (
+            low == "true" if low in ("true", "false") else int(value) if value.isdigit() else value
+        )
+    return out
 
-    Every prepared batch is also checked against the fp32 torch model (on the CPU, first 16
-    windows): a fast number from wrong kernels must not reach a results file.
-    """
 
-    max_prob_diff = 0.05
-
-    def __init__(
-        self, bundle: Bundle, precision: str = "bf16", max_batch: int = 4096, cudnn: bool = False
-    ) -> None:
-        super().__init__(bundle, precision, max_batch)
-        if precision == "fp32":
-            raise BenchError("runner triton-fused runs fp16 or bf16 (tensor-core kernels), not fp32")
-        from engines.triton_resnet import FusedResNet
-
-        self.model = FusedResNet(bundle.build_model(), "cuda", self.dtype, cudnn_candidates=cudnn)
-        self.name = f"triton-fused-{precision}" + ("-cudnn" if cudnn else "")
-        self.tuning: dict[int, list] = {}
-        self.prob_diff: dict[int, float] = {}
-        self._reference = bundle.build_model().eval()
-
-    def prepare(self, batch: int) -> None:
-        torch = self.torch
-        windows = random_windows(self.bundle, batch)
-        x = torch.from_numpy(windows).to("cuda", self.dtype)
-        with torch.inference_mode():
-            self.tuning[batch] = self.model.tune(x)
-            got = torch.sigmoid(self.model(x)[0][:16]).cpu()
-            ref = torch.sigmoid(self._reference(torch.from_numpy(windows[:16]))[0])
-        self.prob_diff[batch] = float((got - ref).abs().max())
-        if self.prob_diff[batch] > self.max_prob_diff:
-            raise BenchError(
-                f"runner {self.name}: batch {batch} differs from the fp32 torch model by "
-                f"{self.prob_diff[batch]:.3g} in probability (allowed {self.max_prob_diff})"
-            )
-        super().prepare(batch)
-
-    def describe(self) -> dict:
-        return {
-            **super().describe(),
-            "kernels": "triton fused (engines/triton_resnet.py)"
-            + (" + cuDNN fused ops where faster" if self.model.cudnn else ""),
-            "batchnorm_folded": True,
-            "max_abs_prob_diff_vs_fp32": max(self.prob_diff.values(), default=None),
-            "tiles": {
-                str(b): [{k: str(v[0]) for k, v in entry.items() if k != "block"} for entry in report]
-                for b, report in self.tuning.items()
-            },
-        }
+def _graph_spec(spec: str) -> tuple[str, dict] | None:
+    """The backend and options behind a graph-timer spec, or None for a plain backend name."""
+    for prefix, backend in (
+        ("compiled-graph", "torch-cuda"),
+        ("triton-fused", "triton-fused"),
+        ("cuda-graph", "torch-cuda"),
+    ):
+        if not spec.startswith(prefix) or (prefix == "triton-fused" and spec == "triton-fused"):
+            continue
+        words = [w for w in spec.removeprefix(prefix).split("-") if w]
+        flag = words.pop() if words and words[-1] in ("autotune", "cudnn") else None
+        precision = words[0] if words else "bf16"
+        if prefix == "compiled-graph":
+            return backend, {
+                "precision": precision,
+                "compile": "max-autotune-no-cudagraphs" if flag else "default",
+            }
+        if prefix == "triton-fused":
+            return backend, {"precision": precision, "cudnn": flag == "cudnn"}
+        return backend, {"precision": precision}
+    return None
 
 
 def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
-    """``cuda-graph-bf16`` / ``cuda-graph-fp16`` / ``cuda-graph-fp32``, ``compiled-graph-<precision>``
-    (``-autotune``: Inductor's max-autotune, which times kernel variants while compiling),
-    ``triton-fused-<precision>`` (``-cudnn``: cuDNN's fused ops compete per layer), else an engines
-    backend name."""
-    if spec.startswith("compiled-graph"):
-        rest = spec.removeprefix("compiled-graph").lstrip("-")
-        autotune = rest.endswith("autotune")
-        precision = rest.removesuffix("autotune").rstrip("-") or "bf16"
-        mode = "max-autotune-no-cudagraphs" if autotune else "default"
-        return CompiledGraphRunner(bundle, precision, max_batch, mode)
-    if spec.startswith("triton-fused"):
-        rest = spec.removeprefix("triton-fused").lstrip("-")
-        cudnn = rest.endswith("cudnn")
-        precision = rest.removesuffix("cudnn").rstrip("-") or "bf16"
-        return FusedTritonRunner(bundle, precision, max_batch, cudnn)
-    if spec.startswith("cuda-graph"):
-        precision = spec.removeprefix("cuda-graph").lstrip("-") or "bf16"
-        return CudaGraphRunner(bundle, precision, max_batch)
-    return BackendRunner(bundle, spec, max_batch)
+    """A runner for ``spec`` (see the module docstring) holding batches up to ``max_batch``."""
+    import torch
+
+    from engines.select import open_backend
+
+    head, *parts = spec.split(":")
+    options = _options(parts)
+    graph = _graph_spec(head)
+    if graph is None:
+        return Runner(open_backend(bundle, head, max_batch=max_batch, **options), "infer")
+    backend_name, graph_options = graph
+    torch.backends.cudnn.benchmark = True  # the model alone at its fastest: cuDNN times its algorithms
+    backend = open_backend(bundle, backend_name, max_batch=max_batch, **{**graph_options, **options})
+    return Runner(backend, "graph", name=head)
 
 
 def auto_runners(
@@ -288,18 +227,21 @@ def auto_runners(
     """Every runner that opens here: on a GPU machine the CUDA-graph runners and the GPU backends,
     else the CPU backends. Returns the runners and one note per backend that could not open."""
     from engines.errors import UserError
-    from engines.select import BACKENDS
+    from engines.select import AUTO_OPTIONS, BACKENDS
 
     runners: list[Runner] = []
     notes: list[str] = []
-    if gpu and graphs:
-        runners += [CudaGraphRunner(bundle, p, max_batch) for p in ("bf16", "fp16")]
-    for name in BACKENDS:
+    specs = [f"cuda-graph-{p}" for p in ("bf16", "fp16")] if gpu and graphs else []
+    # each backend as auto opens it (the fused kernels only where they were tuned: no minutes of tuning here)
+    specs += [
+        ":".join([name, *(f"{k}={v}" for k, v in AUTO_OPTIONS.get(name, {}).items())]) for name in BACKENDS
+    ]
+    for spec in specs:
         try:
-            r = BackendRunner(bundle, name, max_batch)
+            r = make_runner(bundle, spec, max_batch)
         except (UserError, ImportError, OSError, RuntimeError) as e:
             notes.append(
-                f"backend {name} not available here: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                f"backend {spec.split(':')[0]} not available here: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             )
             continue
         if r.device.startswith("cpu") == gpu:

@@ -2,10 +2,12 @@
 
 ``auto`` tries, in order, and logs what it picked and why (also kept in ``backend.selection``):
 
-1. ``tensorrt`` — a CUDA GPU, a TensorRT module whose runtime supports it, and a plan that exists
+1. ``triton-fused`` — a CUDA GPU where the fused kernels were tuned for this bundle (a cached
+   tuning whose key matches: GPU, Triton version, weights…; auto never tunes, which takes minutes);
+2. ``tensorrt`` — a CUDA GPU, a TensorRT module whose runtime supports it, and a plan that exists
    or can be built now for this GPU;
-2. ``torch-cuda`` — any CUDA GPU torch can use;
-3. the faster CPU backend, :data:`CPU_DEFAULT`: ONNX Runtime, measured faster than torch eager on
+3. ``torch-cuda`` — any CUDA GPU torch can use;
+4. the faster CPU backend, :data:`CPU_DEFAULT`: ONNX Runtime, measured faster than torch eager on
    the 2-core CPU machine with the default architecture (numbers in docs/engines.md), falling back
    to ``torch-cpu`` if it cannot start (e.g. no onnxruntime, or a read-only bundle with no ONNX file).
 
@@ -25,7 +27,7 @@ from engines.base import Backend, BackendError
 from engines.bundle import Bundle
 from engines.errors import UserError
 
-__all__ = ["BACKENDS", "CPU_DEFAULT", "open_backend", "gpu_present"]
+__all__ = ["BACKENDS", "AUTO_OPTIONS", "CPU_DEFAULT", "open_backend", "gpu_present"]
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,12 @@ BACKENDS: dict[str, str] = {
     "onnxruntime-cpu": "engines.onnxrt:OnnxRuntimeCPUBackend",
     "torch-cuda": "engines.torch_cuda:TorchCUDABackend",
     "tensorrt": "engines.trt.runtime:TensorRTBackend",
+    "triton-fused": "engines.triton.backend:TritonFusedBackend",
 }
 CPU_DEFAULT = "onnxruntime-cpu"
-_AUTO_GPU = ("tensorrt", "torch-cuda")
+_AUTO_GPU = ("triton-fused", "tensorrt", "torch-cuda")
+# Options auto mode sets for a candidate: the fused kernels only where a tuning is cached.
+AUTO_OPTIONS = {"triton-fused": {"tune": False}}
 
 
 def _load(name: str) -> type[Backend]:
@@ -89,13 +94,14 @@ def open_backend(bundle: Bundle, name: str = "auto", **kwargs) -> Backend:
     skipped: list[str] = []
     candidates = list(_AUTO_GPU) if gpu_present() else []
     if not candidates:
-        skipped.append("tensorrt, torch-cuda: no CUDA GPU found")
+        skipped.append(f"{', '.join(_AUTO_GPU)}: no CUDA GPU found")
     candidates += [CPU_DEFAULT, "torch-cpu"]
     for cand in candidates:
         try:
             cls = _load(cand)
             why = "; ".join(skipped) or "first choice"
-            backend = _open(cand, bundle, _accepted(cls, kwargs), f"auto: {cand} ({why})")
+            options = {**_accepted(cls, kwargs), **AUTO_OPTIONS.get(cand, {})}
+            backend = _open(cand, bundle, options, f"auto: {cand} ({why})")
         except UserError as e:
             skipped.append(f"{cand}: {e}")
             log.info("backend %s not used: %s", cand, e)

@@ -5,10 +5,13 @@ Why these choices:
   everywhere makes the captured graph smaller and avoids per-op cast kernels; the sigmoid and the
   outputs are computed in float32.
 - channels_last: NHWC convolutions hit the tensor-core kernels without layout transposes.
-- CUDA graphs: at batch 1 this network is launch-bound (≈60 small kernels); replaying a graph
-  turns them into one launch. A graph is captured the first time a batch size is seen (after a
-  warm-up on the side stream) and replayed after; all graphs share one memory pool, which is safe
-  because they are replayed one at a time on the backend's stream.
+- CUDA graphs (:class:`engines.cuda_graphs.GraphCache`): at batch 1 this network is launch-bound
+  (≈60 small kernels); replaying a graph turns them into one launch. A graph is captured the first
+  time a batch size is seen and replayed after.
+- ``compile`` (off by default; bench's ``compiled-graph-*`` runners): BatchNorm folded into the
+  convolutions (in fp32, then cast) and the network compiled by ``torch.compile`` (Inductor) with
+  static shapes, which fuses the element-wise work into fewer kernels; compilation happens in the
+  warm-up before each batch size's capture.
 - fp32 means IEEE fp32: TF32 is switched off for convolutions and matmuls while this backend
   runs or captures (cuDNN allows TF32 by default, which moved probabilities by ~1e-4 on an H200).
 ``last_device_time`` is the CUDA-event time of copy-in + compute + copy-out.
@@ -22,6 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from engines.base import Backend, BackendError, Inference
+from engines.cuda_graphs import GraphCache
 from engines.cuda_io import CudaIO, require_cuda
 
 __all__ = ["TorchCUDABackend", "PRECISIONS"]
@@ -40,6 +44,7 @@ class TorchCUDABackend(Backend):
         device: int = 0,
         channels_last: bool = True,
         cuda_graphs: bool = True,
+        compile: str | None = None,
     ) -> None:
         super().__init__(bundle, max_batch)
         if precision not in PRECISIONS:
@@ -50,8 +55,9 @@ class TorchCUDABackend(Backend):
         self.device_index = device
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
+        self.compile = compile  # a torch.compile mode ("default", "max-autotune-no-cudagraphs"), or None
         self.device = f"cuda:{device}"
-        self._graphs: dict[int, tuple] = {}
+        self.graphs: GraphCache | None = None
 
     def activate_impl(self) -> None:
         import torch
@@ -63,15 +69,21 @@ class TorchCUDABackend(Backend):
             )
         self._torch = torch
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
-        model = self.bundle.build_model().to(dev, self._dtype)
+        model = self.bundle.build_model().eval()
+        if self.compile:
+            from torch.fx.experimental.optimization import fuse
+
+            model = fuse(model)  # in fp32: folding in half precision would round twice
+        model = model.to(dev, self._dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = torch.compile(model, mode=self.compile, dynamic=False) if self.compile else model
         m = self.bundle.manifest.model
         self.io = CudaIO(
             dev, self.max_batch, self.input_shape, {"probabilities": m.n_tags, "embeddings": m.embed_dim}
         )
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        if self.cuda_graphs:
+            self.graphs = GraphCache(self._forward, self.io.dev_in, self.io.stream, self._math_mode)
         self.device = f"cuda:{dev.index}"
 
     @contextmanager
@@ -99,34 +111,16 @@ class TorchCUDABackend(Backend):
         logits, emb = self.model(x.to(self._dtype))
         return {"probabilities": self._torch.sigmoid(logits.float()), "embeddings": emb.float()}
 
-    def _graph(self, b: int):
-        """The captured graph and its output tensors for batch ``b`` (captured on first use)."""
-        if b in self._graphs:
-            return self._graphs[b]
-        torch = self._torch
-        x = self.io.dev_in[:b]
-        with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._math_mode():
-            for _ in range(2):  # warm-up: cuDNN picks its algorithms outside the capture
-                self._forward(x)
-        self.io.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with (
-            self._math_mode(),
-            torch.inference_mode(),
-            torch.cuda.graph(graph, pool=self._pool, stream=self.io.stream),
-        ):
-            outs = self._forward(x)
-        self._graphs[b] = (graph, outs)
-        return self._graphs[b]
+    def describe(self) -> dict:
+        return {**super().describe(), **({"compile": self.compile} if self.compile else {})}
 
     def infer_impl(self, mel: np.ndarray) -> Inference:
         torch = self._torch
         b = mel.shape[0]
-        if self.cuda_graphs:
-            graph, outs = self._graph(b)
+        if self.graphs is not None:
+            self.graphs.get(b)  # capture outside the timed copy-in → copy-out
             self.io.upload(mel)
-            with torch.cuda.stream(self.io.stream):
-                graph.replay()
+            outs = self.graphs.replay(b)
         else:
             x = self.io.upload(mel)
             with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._math_mode():
@@ -135,6 +129,8 @@ class TorchCUDABackend(Backend):
         return Inference(host["probabilities"], host["embeddings"])
 
     def deactivate_impl(self) -> None:
-        self._graphs.clear()
+        if self.graphs is not None:
+            self.graphs.clear()
+            self.graphs = None
         self.model = None
         self.io = None

@@ -2,7 +2,7 @@
 
     python3 scripts/gpu_probe_fused.py [--batches 1024,4096] [--out probe.json]
 
-Prints, for each precision and batch: the accuracy of engines/triton_resnet.py against the fp32
+Prints, for each precision and batch: the accuracy of the fused kernels (engines/triton/) against the fp32
 torch model (and of torch eager at the same precision, for scale), every fused convolution's
 chosen tile and CUDA-event time with its achieved TFLOP/s, the stem and tail times, and the whole
 network under a CUDA graph against torch eager (cuDNN, CUDA graph) and cuDNN's own fused
@@ -21,24 +21,21 @@ import torch
 from bench.machine import machine_info
 from bench.runners import flops_per_window, random_windows
 from engines.bundle import Bundle
-from engines.triton_resnet import FusedResNet, cuda_event_ms, fold_resnet, oihw_weight
+from engines.cuda_graphs import GraphCache
+from engines.triton.network import FusedResNet
+from engines.triton.packing import fold_resnet, oihw_weight
+from engines.triton.tune import cuda_event_ms, tune_plan
 
 PEAK_TFLOPS = 989.4  # H100/H200 SXM dense fp16/bf16 (datasheet)
 
 
 def graph_ms(fn, x, iters: int = 30) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn(x)
-    ms = cuda_event_ms(g.replay, iters)
-    del g
-    torch.cuda.empty_cache()
+    """``fn(x)`` under a CUDA graph captured the way the backends capture it, by CUDA events."""
+    graphs = GraphCache(lambda inp: {"out": fn(inp)}, x, torch.cuda.Stream(), warmup=3)
+    graph, _ = graphs.get(x.shape[0])
+    with torch.cuda.stream(graphs.stream):
+        ms = cuda_event_ms(graph.replay, iters)
+    graphs.clear()
     return ms
 
 
@@ -138,7 +135,7 @@ def main() -> None:
             with torch.inference_mode():
                 t0 = time.perf_counter()
                 trace: list = []
-                report = fused.tune(x, trace=trace)
+                _, report = tune_plan(fused, x, trace=trace)
                 tune_s = time.perf_counter() - t0
                 f = fused
                 stem_ms = cuda_event_ms(lambda f=f, x=x: f.stem(x), 20)

@@ -22,6 +22,12 @@ def exported_bundle(tmp_path_factory) -> Bundle:
     return bundle
 
 
+@pytest.fixture(scope="session")
+def wide_bundle(tmp_path_factory) -> Bundle:
+    """A tiny bundle of width 16, the narrowest the fused Triton kernels take (tl.dot's tile side)."""
+    return make_random_bundle(tmp_path_factory.mktemp("wide") / "w16", width=16, seed=4)
+
+
 @pytest.fixture
 def bundle_copy(exported_bundle, tmp_path) -> Bundle:
     """A private copy of :func:`exported_bundle` that a test may change."""

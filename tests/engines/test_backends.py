@@ -19,7 +19,10 @@ CONFIGS = [
     ("torch-cuda", {"precision": "bf16"}),
     ("tensorrt", {"precision": "fp32"}),
     ("tensorrt", {"precision": "fp16"}),
+    ("triton-fused", {"precision": "bf16", "catalogue": "quick"}),
 ]
+# Backends that need a wider model than exported_bundle's (width 8).
+WIDE = {"triton-fused"}
 
 
 def test_every_backend_is_listed():
@@ -31,8 +34,9 @@ def test_every_backend_is_listed():
     CONFIGS,
     ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}" for n, k in CONFIGS],
 )
-def test_conformance(exported_bundle, name, kwargs):
-    backend = open_or_skip(exported_bundle, name, max_batch=16, **kwargs)
+def test_conformance(exported_bundle, request, name, kwargs):
+    bundle = request.getfixturevalue("wide_bundle") if name in WIDE else exported_bundle
+    backend = open_or_skip(bundle, name, max_batch=16, **kwargs)
     try:
         check_backend(backend)
     finally:

@@ -15,7 +15,7 @@ def test_unknown_backend(exported_bundle):
         open_backend(exported_bundle, "tpu")
 
 
-@pytest.mark.parametrize("name", ["torch-cuda", "tensorrt"])
+@pytest.mark.parametrize("name", ["torch-cuda", "tensorrt"])  # triton-fused: test_triton_backend.py
 def test_forcing_a_gpu_backend_without_gpu_says_why(exported_bundle, name):
     import torch
 
@@ -34,7 +34,8 @@ def test_auto_on_cpu_picks_the_measured_default_and_logs_it(exported_bundle, cap
         backend = open_backend(exported_bundle, "auto", max_batch=8, precision="fp32")
     with backend:
         assert backend.name == CPU_DEFAULT and backend.max_batch == 8
-        assert backend.selection.startswith(f"auto: {CPU_DEFAULT}") and "no CUDA GPU" in backend.selection
+        assert backend.selection.startswith(f"auto: {CPU_DEFAULT}")
+        assert "triton-fused, tensorrt, torch-cuda: no CUDA GPU found" in backend.selection
     assert f"backend auto-selected: {CPU_DEFAULT}" in caplog.text
 
 

@@ -1,4 +1,4 @@
-"""engines/triton_resnet.py: the fused Triton kernels compute what the torch model computes.
+"""engines/triton/: the fused Triton kernels compute what the torch model computes.
 
 On a CUDA GPU the kernels run for real (fp16/bf16, tuned tiles, under a CUDA graph). Without one,
 the same kernels run through Triton's interpreter (numpy on the CPU, fp32) in a child process,
@@ -27,7 +27,7 @@ INTERPRETED = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     from engines.bundle import Bundle
-    from engines.triton_resnet import CUDNN, FusedResNet, Tile
+    from engines.triton import CUDNN, FusedResNet, Tile, TilePlan
     bundle = Bundle.load(sys.argv[1])
     model = bundle.build_model().eval()
     rng = np.random.default_rng(0)
@@ -43,18 +43,13 @@ INTERPRETED = textwrap.dedent(
             ("packed_rows", Tile(64, 64, 32, 4, 2, pack=2), (32, 2, "rows")),
         )
         for name, tile, stem in layouts:  # each stem kernel runs too
-            for blk in fused.blocks:
-                blk.tiles = (tile, tile)
-            fused.stem_config = stem
-            logits, emb = fused(x)
+            logits, emb = fused(x, TilePlan(stem, [(tile, tile)] * len(fused.blocks)))
             out[name] = {"logits": float((logits - ref_logits).abs().max()),
                          "embedding": float((emb - ref_emb).abs().max())}
         # cuDNN candidates (F.conv2d stands in on the CPU): weights and layouts, alone and mixed
         hybrid = FusedResNet(model, "cpu", torch.float32, cudnn_candidates=True)
         for name, tiles in (("cudnn_everywhere", (CUDNN, CUDNN)), ("cudnn_mixed", (CUDNN, None))):
-            for blk in hybrid.blocks:
-                blk.tiles = tiles
-            logits, emb = hybrid(x)
+            logits, emb = hybrid(x, TilePlan(convs=[tiles] * len(hybrid.blocks)))
             out[name] = {"logits": float((logits - ref_logits).abs().max()),
                          "embedding": float((emb - ref_emb).abs().max())}
     print(json.dumps(out))
@@ -88,7 +83,7 @@ def test_kernels_match_torch_in_the_interpreter(tmp_path):
 
 
 def test_narrow_models_are_refused_with_a_reason(tmp_path):
-    from engines.triton_resnet import FusedResNet
+    from engines.triton import FusedResNet
 
     bundle = make_random_bundle(tmp_path / "w8", width=8)
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -96,7 +91,8 @@ def test_narrow_models_are_refused_with_a_reason(tmp_path):
 
 
 def test_tile_fitting():
-    from engines.triton_resnet import TILE_CANDIDATES, Tile, _fits, default_tile
+    from engines.triton.tiles import QUICK_TILE_CANDIDATES, TILE_CANDIDATES, Tile, default_tile
+    from engines.triton.tiles import fits as _fits
 
     assert _fits(Tile(128, 32, 32, 4, 4), 32, 32, 48)
     assert not _fits(Tile(128, 64, 32, 4, 4), 32, 32, 48)  # BLOCK_N wider than C_OUT
@@ -109,11 +105,25 @@ def test_tile_fitting():
         assert _fits(default_tile(c_in, c_out), c_in, c_out, 3)
     for c_in, c_out, width in ((32, 32, 48), (32, 64, 24), (64, 128, 12), (128, 256, 6), (256, 256, 6)):
         assert sum(_fits(t, c_in, c_out, width) for t in TILE_CANDIDATES) >= 3
+        assert any(_fits(t, c_in, c_out, width) for t in QUICK_TILE_CANDIDATES)
+    assert set(QUICK_TILE_CANDIDATES) <= set(TILE_CANDIDATES)
+
+
+def test_plans_survive_json():
+    """A tuning is cached as JSON: every kind of choice comes back as it was."""
+    from engines.triton.tiles import CUDNN, STEM_CANDIDATES, Tile, TilePlan
+
+    plan = TilePlan(
+        STEM_CANDIDATES[-1], [(Tile(128, 64, 32, 4, 3, pack=2), CUDNN), (None, Tile(64, 32, 32, 4, 2))]
+    )
+    again = TilePlan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert again == plan and again.uses_cudnn() and not TilePlan().uses_cudnn()
+    assert again.conv(1, 0) is None and TilePlan().conv(3, 1) is None
 
 
 def test_packed_weights_compute_the_same_convolution():
     """pack_weight/pack_shortcut: a row of ``pack`` outputs as one product equals the convolution."""
-    from engines.triton_resnet import pack_shortcut, pack_weight
+    from engines.triton.packing import pack_shortcut, pack_weight
 
     torch.manual_seed(0)
     for stride, pack in ((1, 2), (1, 4), (2, 2)):
@@ -137,7 +147,7 @@ def test_packed_weights_compute_the_same_convolution():
 
 def test_rows_stem_weight_computes_the_same_convolution():
     """stem_rows_weight: a 3 × 5 input patch times each half gives the two conv outputs of a pooling row."""
-    from engines.triton_resnet import stem_rows_weight
+    from engines.triton.packing import stem_rows_weight
 
     torch.manual_seed(0)
     x = torch.randn(2, 9, 13, dtype=torch.float64)
@@ -166,7 +176,11 @@ needs_cuda = pytest.mark.skipif(
 @pytest.mark.parametrize("cudnn_candidates", [False, True])
 @pytest.mark.parametrize("precision, tol", [("bf16", 3e-2), ("fp16", 1e-2)])
 def test_fused_kernels_on_the_gpu(precision, tol, cudnn_candidates, tmp_path):
-    from engines.triton_resnet import FusedResNet
+    """Untuned (default tiles, input in the network's dtype) and tuned over the quick catalogue
+    (float32 input, as the backend passes it) under a CUDA graph. The full catalogue is timed by
+    ``rt-tagger bench model --runners triton-fused-bf16``, which checks every tuned batch too."""
+    from engines.triton import FusedResNet
+    from engines.triton.tune import tune_plan
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     for bundle in (Bundle.load(DEFAULT_BUNDLE), make_random_bundle(tmp_path / "w16", width=16, seed=5)):
@@ -175,9 +189,10 @@ def test_fused_kernels_on_the_gpu(precision, tol, cudnn_candidates, tmp_path):
         with torch.inference_mode():
             ref = torch.sigmoid(model(x)[0])
             fused = FusedResNet(model, "cuda", dtype, cudnn_candidates=cudnn_candidates)
-            xd = x.cuda().to(dtype)
-            untuned = torch.sigmoid(fused(xd)[0]).cpu()
-            fused.tune(xd, iters=2)
+            untuned = torch.sigmoid(fused(x.cuda().to(dtype))[0]).cpu()
+            xd = x.cuda()
+            plan, _ = tune_plan(fused, xd, "quick", iters=2)
+            assert len(plan.convs) == len(fused.blocks)
             graph = torch.cuda.CUDAGraph()
             fused(xd)
             torch.cuda.synchronize()
@@ -233,7 +248,10 @@ def _hopper_ptx(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 def test_kernels_compile_for_hopper_here():
     """The GPU build of the kernels, made on this CPU machine: tensor-core (wgmma) code for the
     convolutions (packed rows too) and both stem kernels."""
-    from engines.triton_resnet import Tile, _conv_kernel, _stem_kernel, _stem_rows_kernel
+    from engines.triton.kernels_conv import conv_kernel as _conv_kernel
+    from engines.triton.kernels_stem import stem_rows_kernel as _stem_rows_kernel
+    from engines.triton.kernels_stem import stem_taps_kernel as _stem_kernel
+    from engines.triton.tiles import Tile
 
     def conv_ptx(tile: Tile, c_in: int = 32, c_out: int = 32) -> str:
         types = ["*bf16", "*bf16", "*fp32", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 7

@@ -1,0 +1,94 @@
+"""One CUDA graph per batch size: the capture the torch GPU backends share (and bench times).
+
+At small batch these networks are launch-bound (tens of small kernels); replaying a captured
+graph turns them into one launch. :class:`GraphCache` captures ``forward(inputs[:b])`` the first
+time batch ``b`` is asked for, after ``warmup`` plain runs on the same stream (cuDNN picks its
+algorithms, Triton compiles, the allocator grows, all outside the capture), and replays it after.
+
+All graphs of one cache share one memory pool: safe because they replay one at a time on one
+stream. When the last graph is released the pool is dropped with it and the next capture starts
+a new one: capturing into a pool whose graphs were all freed trips an allocator assert (torch 2.11,
+"it->second->use_count > 0").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+__all__ = ["GraphCache"]
+
+
+class GraphCache:
+    """Captured graphs of ``forward`` over prefixes of a fixed device input buffer.
+
+    Args:
+        forward: ``forward(x) -> dict[str, Tensor]``; must allocate through torch only.
+        inputs: the device buffer ``(max_batch, ...)`` whose prefix ``[:b]`` each graph reads.
+        stream: the CUDA stream that warms up, captures and replays.
+        context: returns a context manager entered around warm-up and capture (e.g. math flags).
+        warmup: plain runs before each capture.
+    """
+
+    def __init__(
+        self,
+        forward: Callable,
+        inputs,
+        stream,
+        context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        warmup: int = 2,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self.forward = forward
+        self.inputs = inputs
+        self.stream = stream
+        self.context = context
+        self.warmup = warmup
+        self._graphs: dict[int, tuple] = {}
+        self._pool = None
+
+    def __contains__(self, b: int) -> bool:
+        return b in self._graphs
+
+    def get(self, b: int) -> tuple:
+        """``(graph, outputs)`` for batch ``b``, capturing it on first use."""
+        if b in self._graphs:
+            return self._graphs[b]
+        torch = self._torch
+        x = self.inputs[:b]
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        with torch.cuda.stream(self.stream), torch.inference_mode(), self.context():
+            for _ in range(self.warmup):
+                self.forward(x)
+        self.stream.synchronize()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with (
+            self.context(),
+            torch.inference_mode(),
+            torch.cuda.graph(graph, pool=self._pool, stream=self.stream),
+        ):
+            outs = self.forward(x)
+        self._graphs[b] = (graph, outs)
+        return self._graphs[b]
+
+    def replay(self, b: int) -> dict:
+        """Enqueue batch ``b``'s graph on the stream (capturing it first if new); returns its outputs."""
+        graph, outs = self.get(b)
+        with self._torch.cuda.stream(self.stream):
+            graph.replay()
+        return outs
+
+    def release(self, b: int) -> None:
+        """Free batch ``b``'s graph (and the pool with the last one)."""
+        self._graphs.pop(b, None)
+        if not self._graphs:
+            self.clear()
+
+    def clear(self) -> None:
+        self._graphs.clear()
+        self._pool = None
+        self._torch.cuda.empty_cache()
