@@ -9,13 +9,19 @@ Socket set-up follows the pyzmq/zguide habits (STYLE.md §5): SNDHWM and LINGER 
 (they use SUB sockets) but which also tells us when a subscriber arrives (:meth:`wait_for_subscriber`).
 
 Drops: libzmq keeps one send queue per subscriber. A plain PUB drops silently for a subscriber
-whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead. We use both: each
-message is first offered with ``XPUB_NODROP``; if some subscriber's queue is full it fails
-(``zmq.Again``) without sending, and we send it again in lossy mode, so every subscriber with room
-gets it and only the slow ones miss it. Such a message counts once in :attr:`Publisher.dropped`
-(``drops.publisher_dropped``): the number of messages that at least one subscriber missed
-because its queue was full (libzmq does not say which or how many subscribers). The pipeline never
-waits; a healthy subscriber never loses a message because of a slow one.
+whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead (one stalled
+subscriber made every subscriber miss the same messages). We use both: each message is first
+offered with ``XPUB_NODROP``; if some subscriber's queue is full it fails (``zmq.Again``) without
+sending, and we send it again in lossy mode, so every subscriber with room gets it and only the full
+ones miss it. A healthy subscriber never loses a message because of a slow one; the pipeline never
+waits.
+
+What :attr:`Publisher.dropped` (``drops.publisher_dropped``) counts: the sends at which a
+subscriber's queue was found full. Each starts a burst in which that subscriber misses this message
+and, silently for the publisher, every later one until it has read about half of its queue (libzmq
+then reopens it; it reports neither which subscriber nor how many messages). So 0 means no
+subscriber missed anything, and a positive count is a lower bound of the messages lost; the exact
+number per subscriber is its own ``seq`` gaps (``rt-tagger subscribe`` prints them).
 
 Not thread-safe (ZeroMQ sockets are not): call ``publish`` from one thread.
 """
