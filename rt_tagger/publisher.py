@@ -53,6 +53,7 @@ from rt_tagger.messages import (
 __all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+BURST_GAP_S = 5.0  # drops closer together than this are one burst (one warning line)
 TOPIC_END = b"\0"  # ends every topic frame; not allowed in stream ids, so a stream's topic is exact
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Publisher:
         self._auth = None
         self._sent = 0
         self._dropped = 0
-        self._burst = 0  # messages dropped since the last one every subscriber got
+        self._last_drop = -float("inf")  # monotonic time of the last counted drop
         self._subscribed = False
         self._ser = TagMessage.__pydantic_serializer__
         self._ser_t = StageTimings.__pydantic_serializer__
@@ -277,7 +278,6 @@ class Publisher:
             self._send_lossy(frames)
             self._count_drop()
             return False
-        self._end_burst()
         self._sent += 1
         return True
 
@@ -291,22 +291,16 @@ class Publisher:
 
     def _count_drop(self) -> None:
         self._dropped += 1
-        self._burst += 1
-        if self._burst == 1:  # one warning per burst, not one per message
+        now = time.monotonic()
+        # One warning per burst, not one per drop: a burst is drops less than BURST_GAP_S apart.
+        if now - self._last_drop >= BURST_GAP_S:
             log.warning(
-                "a subscriber is not keeping up (send queue full at %d messages): it misses messages, "
-                "counted in drops.publisher_dropped; other subscribers get everything",
+                "a subscriber is not keeping up (its send queue of %d messages is full): it misses "
+                "messages, counted in drops.publisher_dropped (%d so far); other subscribers get everything",
                 self.sock.getsockopt(zmq.SNDHWM),
-            )
-
-    def _end_burst(self) -> None:
-        if self._burst:
-            log.info(
-                "the slow subscriber keeps up again: it missed %d messages (%d in total)",
-                self._burst,
                 self._dropped,
             )
-            self._burst = 0
+        self._last_drop = now
 
     def heartbeat(
         self,

@@ -331,3 +331,29 @@ def test_curve_clients_folder_without_keys_is_refused(tmp_path):
         Publisher(
             "tcp://127.0.0.1:*", curve_server_secret=keys.server_secret, curve_clients=tmp_path / "empty"
         )
+
+
+def test_one_warning_per_burst_of_drops(caplog):
+    """A subscriber that reads now and then makes its queue fill again and again: many counted
+    drops, one warning line."""
+    ctx = zmq.Context()
+    with Publisher("tcp://127.0.0.1:*", sndhwm=2, linger_ms=0, context=ctx) as pub:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 2)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, b"tags.")
+        sub.connect(pub.endpoint)
+        try:
+            assert pub.wait_for_subscriber(30)
+            with caplog.at_level("WARNING", logger="rt_tagger.publisher"):
+                for seq in range(3000):
+                    pub.publish(make_message(seq, n_scores=400))
+                    if seq % 100 == 99:  # read what arrived: the queue reopens, then fills again
+                        while sub.poll(50):
+                            sub.recv_multipart()
+        finally:
+            sub.close(linger=0)
+    ctx.term()
+    warnings = [r for r in caplog.records if r.name == "rt_tagger.publisher"]
+    assert pub.dropped >= 2, pub.dropped
+    assert len(warnings) == 1 and "not keeping up" in warnings[0].getMessage()
