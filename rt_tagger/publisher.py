@@ -9,13 +9,19 @@ Socket set-up follows the pyzmq/zguide habits (STYLE.md §5): SNDHWM and LINGER 
 (they use SUB sockets) but which also tells us when a subscriber arrives (:meth:`wait_for_subscriber`).
 
 Drops: libzmq keeps one send queue per subscriber. A plain PUB drops silently for a subscriber
-whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead. We use both: each
-message is first offered with ``XPUB_NODROP``; if some subscriber's queue is full it fails
-(``zmq.Again``) without sending, and we send it again in lossy mode, so every subscriber with room
-gets it and only the slow ones miss it. Such a message counts once in :attr:`Publisher.dropped`
-(``drops.publisher_dropped``): the number of messages that at least one subscriber missed
-because its queue was full (libzmq does not say which or how many subscribers). The pipeline never
-waits; a healthy subscriber never loses a message because of a slow one.
+whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead (one stalled
+subscriber made every subscriber miss the same messages). We use both: each message is first
+offered with ``XPUB_NODROP``; if some subscriber's queue is full it fails (``zmq.Again``) without
+sending, and we send it again in lossy mode, so every subscriber with room gets it and only the full
+ones miss it. A healthy subscriber never loses a message because of a slow one; the pipeline never
+waits.
+
+What :attr:`Publisher.dropped` (``drops.publisher_dropped``) counts: the sends at which a
+subscriber's queue was found full. Each starts a burst in which that subscriber misses this message
+and, silently for the publisher, every later one until it has read about half of its queue (libzmq
+then reopens it; it reports neither which subscriber nor how many messages). So 0 means no
+subscriber missed anything, and a positive count is a lower bound of the messages lost; the exact
+number per subscriber is its own ``seq`` gaps (``rt-tagger subscribe`` prints them).
 
 Not thread-safe (ZeroMQ sockets are not): call ``publish`` from one thread.
 """
@@ -40,6 +46,7 @@ from rt_tagger.messages import StageTimings, TagMessage
 __all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+BURST_GAP_S = 5.0  # drops closer together than this are one burst (one warning line)
 TOPIC_END = b"\0"  # ends every topic frame; not allowed in stream ids, so a stream's topic is exact
 log = logging.getLogger(__name__)
 
@@ -183,7 +190,7 @@ class Publisher:
         self._auth = None
         self._sent = 0
         self._dropped = 0
-        self._burst = 0  # messages dropped since the last one every subscriber got
+        self._last_drop = -float("inf")  # monotonic time of the last counted drop
         self._subscribed = False
         self._ser = TagMessage.__pydantic_serializer__
         self._ser_t = StageTimings.__pydantic_serializer__
@@ -265,7 +272,6 @@ class Publisher:
             self._send_lossy(frames)
             self._count_drop()
             return False
-        self._end_burst()
         self._sent += 1
         return True
 
@@ -291,22 +297,16 @@ class Publisher:
 
     def _count_drop(self) -> None:
         self._dropped += 1
-        self._burst += 1
-        if self._burst == 1:  # one warning per burst, not one per message
+        now = time.monotonic()
+        # One warning per burst, not one per drop: a burst is drops less than BURST_GAP_S apart.
+        if now - self._last_drop >= BURST_GAP_S:
             log.warning(
-                "a subscriber is not keeping up (send queue full at %d messages): it misses messages, "
-                "counted in drops.publisher_dropped; other subscribers get everything",
+                "a subscriber is not keeping up (its send queue of %d messages is full): it misses "
+                "messages, counted in drops.publisher_dropped (%d so far); other subscribers get everything",
                 self.sock.getsockopt(zmq.SNDHWM),
-            )
-
-    def _end_burst(self) -> None:
-        if self._burst:
-            log.info(
-                "the slow subscriber keeps up again: it missed %d messages (%d in total)",
-                self._burst,
                 self._dropped,
             )
-            self._burst = 0
+        self._last_drop = now
 
     def wait_for_subscriber(self, timeout_s: float) -> bool:
         """Wait until some subscriber has subscribed (XPUB notification); ``False`` on timeout.

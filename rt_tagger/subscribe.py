@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from rt_tagger.curve import load_public, load_secret
 from rt_tagger.message_line import ascii_only, format_end, format_message
 from rt_tagger.messages import TagMessage
 from rt_tagger.publisher import DEFAULT_ENDPOINT, parse_endpoint, stream_topic
-from rt_tagger.settings import load_settings
+from rt_tagger.settings import STREAM_ID_PATTERN, load_settings
 
 __all__ = ["SeqTracker", "SubscribeTimeout", "add_arguments", "main", "main_from_args", "run_subscribe"]
 
@@ -233,6 +234,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise UserError(f"--count must be >= 1, got {args.count}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be > 0, got {args.timeout}")
+    if args.stream is not None and not re.fullmatch(STREAM_ID_PATTERN, args.stream):
+        raise UserError(f"invalid stream id {args.stream!r}: letters, digits, '_', '.', '-' (at most 64)")
     endpoint = args.endpoint or load_settings(args.config).publish.endpoint
     return run_subscribe(
         endpoint,

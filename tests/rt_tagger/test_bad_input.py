@@ -72,9 +72,9 @@ def assert_one_line_error(p, *needles: str) -> str:
         ("empty", "empty"),
         ("zero-length", "zero-length"),
         ("truncated-wav", "truncated"),
-        ("truncated-flac", ""),
+        ("truncated-flac", "cannot decode"),
         ("corrupt-ogg", "cannot decode"),
-        ("text-as-mp3", ""),
+        ("text-as-mp3", "cannot decode"),
         ("nan", "NaN/Inf"),
         ("inf", "NaN/Inf"),
     ],
@@ -115,16 +115,73 @@ def test_unsupported_pcm_format(sensitive_bundle):
         "-",
         "--format",
         "u8",
+        "--rate",
+        "16000",
         "--bundle",
         str(sensitive_bundle.path),
         "--no-publish",
         input=b"\x00" * 100,
     )
-    assert_one_line_error(p, "unsupported PCM format 'u8'")
+    assert_one_line_error(p, "--format: invalid choice: 'u8' (choose from 's16le', 'f32le')")
+    assert p.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "rate, needle",
+    [
+        (None, "stream needs --rate"),  # raw PCM has no header: 16 kHz was silently assumed
+        ("0", "--rate: must be > 0, got 0"),
+        ("-44100", "--rate: must be > 0, got -44100"),
+        ("abc", "--rate: expected an integer, got 'abc'"),
+    ],
+)
+def test_stream_rate_is_required_and_positive(rate, needle, sensitive_bundle):
+    rate_args = () if rate is None else (f"--rate={rate}",)
+    p = run_cli(
+        "stream",
+        "-",
+        *rate_args,
+        "--bundle",
+        str(sensitive_bundle.path),
+        "--no-publish",
+        input=b"\x00" * 64000,
+    )
+    assert_one_line_error(p, needle)
+    assert p.returncode == 2 and p.stdout_text == ""
+
+
+def test_stream_rate_from_config(tmp_path, sensitive_bundle):
+    cfg = tmp_path / "rate.toml"
+    cfg.write_text("[audio]\nsample_rate = 8000\n")
+    pcm = np.zeros(8000 * 5, "<i2").tobytes()
+    p = run_cli(
+        "stream",
+        "-",
+        "--config",
+        str(cfg),
+        "--bundle",
+        str(sensitive_bundle.path),
+        "--no-publish",
+        "--json",
+        input=pcm,
+    )
+    assert p.returncode == 0, p.stderr_text
+    last = [json.loads(line) for line in p.stdout_text.splitlines() if line.startswith("{")][-1]
+    assert last["window"]["end_s"] == pytest.approx(5.0, abs=0.6)  # 5 s of 8 kHz audio, not 2.5 s of 16 kHz
 
 
 def test_empty_stdin(sensitive_bundle):
-    p = run_cli("stream", "-", "--bundle", str(sensitive_bundle.path), "--no-publish", "-q", input=b"")
+    p = run_cli(
+        "stream",
+        "-",
+        "--rate",
+        "16000",
+        "--bundle",
+        str(sensitive_bundle.path),
+        "--no-publish",
+        "-q",
+        input=b"",
+    )
     err = p.stderr_text.strip().splitlines()
     assert p.returncode != 0 and "Traceback" not in p.stderr_text
     assert err[-1].startswith("rt-tagger: error: no audio received"), p.stderr_text
@@ -163,6 +220,21 @@ def test_invalid_env(short_wav, sensitive_bundle):
         env=cli_env(RT_TAGGER_AGGREGATOR__MODE="median"),
     )
     assert_one_line_error(p, "aggregator.mode=median")
+
+
+@pytest.mark.parametrize(
+    "var, value, needle",
+    [
+        ("RT_TAGGER_FOO", "1", "unknown environment variable RT_TAGGER_FOO"),
+        ("RT_TAGGER_HOP", "abc", "unknown environment variable RT_TAGGER_HOP"),  # the field is hop_seconds
+        ("RT_TAGGER_HOP_SECONDS", "abc", "invalid setting hop_seconds=abc"),
+        ("RT_TAGGER_AGGREGATOR", "{bad", "environment variable RT_TAGGER_AGGREGATOR is not valid JSON"),
+    ],
+)
+def test_bad_environment_variables_are_one_line_errors(var, value, needle, short_wav, sensitive_bundle):
+    p = run_cli("tag", str(short_wav), "--bundle", str(sensitive_bundle.path), env=cli_env(**{var: value}))
+    line = assert_one_line_error(p, needle)
+    assert "internal error" not in line and p.returncode == 2
 
 
 def test_wrong_and_tampered_bundles(tmp_path, short_wav, sensitive_bundle):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from rt_tagger import __version__
+from rt_tagger.curve import generate_keys
 from rt_tagger.pipeline import run_file
 from rt_tagger.settings import load_settings
-from tests.rt_tagger.conftest import run_cli
+from tests.rt_tagger.conftest import ROOT, cli_env, run_cli
+from tests.rt_tagger.zmq_helpers import free_port, json_lines, start_subscriber
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_stream_stdin_subprocess_equals_pipeline(sensitive_bundle, short_wav, de
 
 
 def test_demo_fast_shows_subscriber_view(sensitive_bundle):
-    port = _free_port()
+    port = free_port()
     p = run_cli(
         "demo", "--fast", "--bundle", str(sensitive_bundle.path), "--endpoint", f"tcp://127.0.0.1:{port}"
     )
@@ -82,6 +88,22 @@ def test_demo_fast_shows_subscriber_view(sensitive_bundle):
 def test_help_lists_all_commands():
     p = run_cli("--help")
     assert p.returncode == 0
+    listed = re.findall(r"^    (\w+)", p.stdout_text, flags=re.M)  # the COMMAND column of the help
+    assert sorted(listed) == sorted(
+        ["devices", "listen", "tag", "stream", "subscribe", "demo", "train", "features", "compile", "bench"]
+    ), p.stdout_text
+
+
+def test_version():
+    p = run_cli("--version")
+    assert (p.returncode, p.stdout_text.strip()) == (0, f"rt-tagger {__version__}")
+
+
+def test_unknown_command_lists_every_command():
+    p = run_cli("tga")
+    assert p.returncode == 2
+    line = p.stderr_text.strip()
+    assert "\n" not in line and "invalid choice: 'tga'" in line
     for name in (
         "devices",
         "listen",
@@ -89,12 +111,107 @@ def test_help_lists_all_commands():
         "stream",
         "subscribe",
         "demo",
-        "train",
-        "features",
-        "compile",
         "bench",
+        "compile",
+        "features",
+        "train",
     ):
-        assert name in p.stdout_text
+        assert f"'{name}'" in line, line
+
+
+@pytest.mark.parametrize("command", ["devices", "subscribe"])
+def test_bundle_only_where_it_is_used(command):
+    p = run_cli(command, "--bundle", "x")
+    assert p.returncode == 2 and "unrecognized arguments: --bundle x" in p.stderr_text
+
+
+def test_help_lists_backend_and_format_choices():
+    p = run_cli("stream", "--help")
+    assert p.returncode == 0
+    assert "{auto,torch-cpu,onnxruntime-cpu,torch-cuda,tensorrt}" in p.stdout_text
+    assert "{s16le,f32le}" in p.stdout_text
+
+
+def test_json_into_a_missing_folder_is_an_error(short_wav, sensitive_bundle, tmp_path):
+    out = tmp_path / "no" / "such" / "tags.json"
+    p = run_cli("tag", str(short_wav), "--bundle", str(sensitive_bundle.path), "--json", str(out))
+    assert p.returncode == 2
+    assert (
+        p.stderr_text.strip()
+        == f"rt-tagger: error: cannot write --json output {out}: folder {out.parent} does not exist"
+    )
+    assert list(tmp_path.iterdir()) == []  # no folder was made
+
+
+def test_taggram_of_several_files_says_where_each_went(short_wav, sensitive_bundle, tmp_path):
+    p = run_cli(
+        "tag", str(short_wav), str(short_wav), "--bundle", str(sensitive_bundle.path),
+        "--taggram", str(tmp_path / "t.png"),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr_text
+    said = re.findall(r": taggram (\S+)$", p.stdout_text, flags=re.M)
+    assert said == [str(tmp_path / "t_0_short.png"), str(tmp_path / "t_1_short.png")]
+    assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in said)
+
+
+def test_allow_remote_without_curve_is_refused_unless_insecure_remote(sensitive_bundle):
+    args = ("stream", "-", "--rate", "16000", "--bundle", str(sensitive_bundle.path), "-q", "--allow-remote")
+    port = free_port()
+    p = run_cli(*args, "--publish", f"tcp://0.0.0.0:{port}", input=b"")
+    assert p.returncode == 2
+    assert "without encryption" in p.stderr_text and "--insecure-remote" in p.stderr_text
+    p = run_cli(
+        *args,
+        "--publish",
+        f"tcp://0.0.0.0:{port}",
+        "--insecure-remote",
+        input=np.zeros(32000, "<i2").tobytes(),
+    )
+    assert p.returncode == 0, p.stderr_text
+
+
+def test_curve_clients_allowed_key_receives_unknown_key_does_not(sensitive_bundle, tmp_path):
+    """`rt-tagger stream` with --curve-secret and --curve-clients (ZAP allow-list); the subscribers
+    are CLI processes: the listed client key receives, an unknown key gets nothing."""
+    keys = generate_keys(tmp_path / "keys")
+    generate_keys(tmp_path / "stranger")  # a key pair the publisher does not list
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    tagger = subprocess.Popen(
+        [sys.executable, "-m", "rt_tagger.cli", "stream", "-", "--rate", "16000", "--bundle",
+         str(sensitive_bundle.path), "--hop", "0.5", "-q", "--publish", endpoint,
+         "--curve-secret", str(keys.server_secret), "--curve-clients", str(keys.authorized_clients)],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
+    curve = ("--curve-public", str(keys.server_public))
+    allowed = start_subscriber(
+        endpoint,
+        "--json",
+        "--count",
+        "3",
+        "--timeout",
+        "60",
+        *curve,
+        "--curve-client-dir",
+        str(tmp_path / "keys"),
+    )
+    unknown = start_subscriber(
+        endpoint, "--json", "--timeout", "8", *curve, "--curve-client-dir", str(tmp_path / "stranger")
+    )
+    try:
+        block = np.zeros(1600, "<i2").tobytes()  # 0.1 s; real time is not needed, a steady flow is
+        deadline = time.monotonic() + 120
+        while (allowed.poll() is None or unknown.poll() is None) and time.monotonic() < deadline:
+            tagger.stdin.write(block)
+            tagger.stdin.flush()
+            time.sleep(0.02)
+        a_out, a_err = allowed.communicate(timeout=30)
+        u_out, u_err = unknown.communicate(timeout=30)
+    finally:
+        tagger.stdin.close()
+        tagger.wait(60)
+    assert allowed.returncode == 0, a_err
+    assert len(json_lines(a_out)) == 3
+    assert unknown.returncode == 2 and u_out == "" and "no message from" in u_err
 
 
 def test_default_bundle_missing_is_clear(short_wav):
@@ -108,17 +225,17 @@ def test_default_bundle_missing_is_clear(short_wav):
     assert "default model is not in this install yet" in p.stderr_text and "--bundle" in p.stderr_text
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_devices_runs():
-    p = run_cli("devices")
+def test_devices_lists_what_the_json_lists():
+    p = run_cli("devices", "--json")
     if p.returncode != 0 and "PortAudio" in p.stderr_text:
         pytest.skip(f"no PortAudio here: {p.stderr_text.strip()}")
-    assert p.returncode in (0, 1), p.stderr_text
-    _ = subprocess  # real subprocesses throughout (run_cli)
+    assert p.returncode == 0, p.stderr_text
+    inputs = json.loads(p.stdout_text)
+    q = run_cli("devices")
+    lines = q.stdout_text.splitlines()
+    if inputs:
+        assert q.returncode == 0 and len(lines) == len(inputs), q.stdout_text
+        for d, line in zip(inputs, lines, strict=True):
+            assert f"{d['index']:3d}  {d['name']}" in line
+    else:
+        assert (q.returncode, q.stdout_text.strip()) == (1, "no audio input devices found")

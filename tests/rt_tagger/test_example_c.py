@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rt_tagger.messages import TagMessage
-from tests.rt_tagger.test_publisher import publisher_process
+from tests.rt_tagger.zmq_helpers import publisher_process
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c_subscriber"
 
@@ -63,3 +63,23 @@ def test_c_subscriber_times_out_with_status_1(c_subscriber, tmp_path):
     )
     assert proc.returncode == 1 and proc.stdout == ""
     assert "no message from" in proc.stderr
+
+
+def test_c_subscriber_follows_exactly_one_stream_and_stops_at_its_end(c_subscriber):
+    with publisher_process(
+        "tcp://127.0.0.1:*", n=30, streams=("alpha", "alpha2"), wait_topics=1, send_end=True
+    ) as pub:
+        proc = subprocess.Popen(
+            [str(c_subscriber), "-e", pub.endpoint, "-s", "alpha", "-w", "30000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pub.get("done", timeout=60)
+        pub.end_on.set()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    topics = [line.split(" ", 1)[0] for line in out.splitlines()]
+    assert topics == ["tags.alpha"] * 31  # 30 messages and the end; never alpha2
+    assert '"kind":"end"' in out.splitlines()[-1]
+    assert "-- 31 messages, 0 gaps (0 missing), 0 malformed, 1 streams" in err

@@ -1,167 +1,33 @@
 """Publisher over real ZeroMQ sockets, with the publisher and subscribers in separate OS processes.
 
 The subscriber side is the real ``python -m rt_tagger.subscribe`` (what users run); the publisher
-runs in a spawned process. Helpers here are reused by test_subscribe.py and test_example_c.py.
+runs in a spawned process (helpers: zmq_helpers.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import multiprocessing as mp
-import os
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+import zmq
 
 from engines.errors import UserError
 from rt_tagger.curve import generate_keys
-from rt_tagger.messages import (
-    BackendInfo,
-    DropCounters,
-    ModelInfo,
-    TagMessage,
-    TagScore,
-    WindowInfo,
+from rt_tagger.messages import TagMessage
+from rt_tagger.publisher import Publisher, parse_endpoint, stream_topic
+from rt_tagger.subscribe import SubscribeTimeout
+from tests.rt_tagger.zmq_helpers import (
+    ipc_endpoint,
+    json_lines,
+    make_message,
+    publisher_process,
+    start_subscriber,
+    subscribe_in_thread,
 )
-from rt_tagger.publisher import Publisher, PublisherError, parse_endpoint
-from rt_tagger.subscribe import SubscribeTimeout, run_subscribe
-
-ROOT = Path(__file__).resolve().parents[2]
-TAGS = ["piano", "guitar", "drums", "strings"]
-
-
-# -- helpers (also used by the other test modules) -------------------------------------------------
-def make_message(seq: int, stream_id: str = "test", n_scores: int = 0) -> TagMessage:
-    """A plausible tags message; ``n_scores`` > 0 adds a full score vector (bigger body)."""
-    hop = 8000
-    scores = [((seq * 7 + i) % 100) / 100 for i in range(n_scores)] or None
-    return TagMessage(
-        stream_id=stream_id,
-        seq=seq,
-        window=WindowInfo(
-            start_sample=seq * hop, end_sample=seq * hop + 64000, start_s=seq * 0.5, end_s=seq * 0.5 + 4
-        ),
-        capture_wall_time=time.time(),
-        top=[TagScore(tag=t, score=round(1 / (i + 2), 3)) for i, t in enumerate(TAGS)],
-        scores=scores,
-        tags=[f"t{i}" for i in range(n_scores)] if scores else None,
-        active=["piano"],
-        drops=DropCounters(),
-        backend=BackendInfo(name="torch", device="cpu", precision="fp32"),
-        model=ModelInfo(name="test", weights_sha256="0123456789ab"),
-    )
-
-
-def run_publisher(
-    endpoint: str,
-    q,
-    stop,
-    n: int | None = None,
-    period_s: float = 0.0,
-    heartbeat_every: int = 0,
-    skip: tuple[int, ...] = (),
-    wait_sub_s: float = 0.0,
-    progress_at: int | None = None,
-    max_s: float = 60.0,
-    **pub_kw,
-) -> None:
-    """Process target: bind, report the endpoint, publish ``n`` messages (or until ``stop``)."""
-    try:
-        pub = Publisher(endpoint, linger_ms=3000, **pub_kw)
-    except UserError as e:
-        q.put(("error", str(e)))
-        return
-    with pub:
-        q.put(("endpoint", pub.endpoint))
-        if wait_sub_s:
-            pub.wait_for_subscriber(wait_sub_s)
-        t_end = time.monotonic() + max_s
-        seq = 0
-        while (n is None or seq < n) and not stop.is_set() and time.monotonic() < t_end:
-            if seq not in skip:  # a deliberate gap: the seq number is used up but not sent
-                if heartbeat_every and seq % heartbeat_every == heartbeat_every - 1:
-                    beat = TagMessage.heartbeat(
-                        "test",
-                        seq,
-                        "silent",
-                        backend=BackendInfo(name="torch", device="cpu", precision="fp32"),
-                        model=ModelInfo(name="test", weights_sha256="0123456789ab"),
-                    )
-                    pub.publish(beat)
-                else:
-                    pub.publish(make_message(seq))
-            if progress_at is not None and seq == progress_at:
-                q.put(("progress", seq))
-            seq += 1
-            if period_s:
-                time.sleep(period_s)
-        q.put(("done", pub.sent, pub.dropped))
-        stop.wait(10)  # keep the socket up until the test has read what it needs
-
-
-@dataclass
-class PubHandle:
-    endpoint: str
-    q: object
-    stop: object
-    proc: object
-
-    def get(self, kind: str, timeout: float = 30.0):
-        while True:
-            item = self.q.get(timeout=timeout)
-            if item[0] == kind:
-                return item
-
-
-@contextlib.contextmanager
-def publisher_process(endpoint: str, **kw):
-    """Start :func:`run_publisher` in a spawned process; yields a :class:`PubHandle`."""
-    ctx = mp.get_context("spawn")
-    q, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=run_publisher, args=(endpoint, q, stop), kwargs=kw, daemon=True)
-    proc.start()
-    try:
-        kind, value = q.get(timeout=60)
-        if kind == "error":
-            raise PublisherError(value)
-        yield PubHandle(value, q, stop, proc)
-    finally:
-        stop.set()
-        proc.join(15)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-
-
-def start_subscriber(endpoint: str, *args: str) -> subprocess.Popen:
-    """The real CLI subscriber in its own process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
-    return subprocess.Popen(
-        [sys.executable, "-m", "rt_tagger.subscribe", "--endpoint", endpoint, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-
-
-def json_lines(stdout: str) -> list[TagMessage]:
-    return [TagMessage.from_bytes(line) for line in stdout.splitlines() if line.strip()]
-
-
-def ipc_endpoint() -> str:
-    # A short path: ipc socket paths are limited to ~107 bytes.
-    return f"ipc://{tempfile.mkdtemp(prefix='rtt-')}/pub.sock"
 
 
 # -- two processes, no gaps -------------------------------------------------------------------------
@@ -277,9 +143,14 @@ def test_binding_beyond_loopback_needs_allow_remote(endpoint):
         Publisher(endpoint)
 
 
-def test_allow_remote_binds_all_interfaces():
-    with Publisher("tcp://0.0.0.0:*", allow_remote=True, linger_ms=0) as pub:
+def test_allow_remote_needs_curve_or_insecure_remote(tmp_path):
+    with pytest.raises(UserError, match="without encryption.*--insecure-remote"):
+        Publisher("tcp://0.0.0.0:*", allow_remote=True)
+    with Publisher("tcp://0.0.0.0:*", allow_remote=True, insecure_remote=True, linger_ms=0) as pub:
         assert pub.endpoint.startswith("tcp://0.0.0.0:")
+    keys = generate_keys(tmp_path / "keys")
+    with Publisher("tcp://0.0.0.0:*", allow_remote=True, curve_server_secret=keys.server_secret, linger_ms=0):
+        pass
 
 
 @pytest.mark.parametrize(
@@ -310,21 +181,6 @@ def test_missing_ipc_folder_is_a_user_error(tmp_path):
 
 
 # -- CURVE ------------------------------------------------------------------------------------------
-def subscribe_in_thread(endpoint: str, **kw) -> tuple[threading.Thread, dict]:
-    """run_subscribe in a thread of this (test) process; the publisher is another process."""
-    result: dict = {"out": io.StringIO(), "err": io.StringIO()}
-
-    def target():
-        try:
-            result["rc"] = run_subscribe(endpoint, raw_json=True, out=result["out"], err=result["err"], **kw)
-        except UserError as e:
-            result["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
-
-
 def test_curve_right_key_receives_wrong_key_and_plaintext_receive_nothing(tmp_path):
     keys = generate_keys(tmp_path / "keys")
     other = generate_keys(tmp_path / "other")
@@ -381,8 +237,6 @@ def test_curve_key_problems_are_user_errors(tmp_path):
 
 def test_messages_from_publish_are_valid_json_with_filled_fields():
     """The publisher's own serialisation (timings appended last) parses like to_bytes()."""
-    import zmq
-
     with Publisher("inproc://fill-test", linger_ms=0, context=zmq.Context.instance()) as pub:
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -392,7 +246,7 @@ def test_messages_from_publish_are_valid_json_with_filled_fields():
         assert pub.publish(msg)
         topic, body = sub.recv_multipart()
         sub.close(linger=0)
-    assert topic == b"tags.test"
+    assert topic == b"tags.test\0" == stream_topic("test")
     back = TagMessage.from_bytes(body)
     assert back == msg and json.loads(body)["timings_ms"]["publish"] == msg.timings_ms.publish
     assert back.publish_wall_time > 0
@@ -415,3 +269,91 @@ def test_keygen_cli(tmp_path, capsys):
         "server.key",
         "server.key_secret",
     ]
+
+
+# -- a slow subscriber loses only its own messages ---------------------------------------------------
+def test_sigstopped_subscriber_loses_only_its_own_messages_and_they_are_counted():
+    """Two subscriber processes over ipc with a small send queue; one is SIGSTOPped (with
+    XPUB_NODROP alone, the healthy one then saw the same seq gap). The healthy one gets every
+    message; the stopped one misses some, and the publisher's counter is a lower bound of them
+    (see the publisher's docstring for what it counts)."""
+    n = 600
+    with publisher_process(
+        ipc_endpoint(), n=n, period_s=0.002, n_scores=400, sndhwm=50, wait_topics=2, send_end=True
+    ) as pub:
+        # Different subscriptions, so that the publisher sees two arrive (XPUB reports each topic once).
+        stalled = start_subscriber(pub.endpoint, "--json", "--topic", "tags.", "--timeout", "5")
+        healthy = None
+        try:
+            pub.get("subscribed", timeout=60)
+            stalled.send_signal(signal.SIGSTOP)  # subscribed, and stopped before anything is published
+            healthy = start_subscriber(pub.endpoint, "--json", "--stream", "test", "--timeout", "60")
+            _, sent, dropped = pub.get("done", timeout=120)
+            stalled.send_signal(signal.SIGCONT)  # it reads its backlog, then times out or gets the end
+            pub.end_on.set()
+            h_out, h_err = healthy.communicate(timeout=60)
+            s_out, s_err = stalled.communicate(timeout=60)
+        finally:
+            for p in (stalled, healthy):
+                if p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+    assert healthy.returncode == 0, h_err
+    assert [m.seq for m in json_lines(h_out)] == list(range(n)), h_err
+    assert "0 gaps (0 missing)" in h_err
+    got = [m.seq for m in json_lines(s_out)]
+    assert got == sorted(got) and len(got) < n, s_err
+    assert 0 < dropped <= n - len(got) and sent + dropped == n
+
+
+# -- exact per-stream topics ---------------------------------------------------------------------------
+def test_stream_topic_is_exact_and_prefixes_still_work():
+    streams = ("alpha", "alpha2", "beta")
+    with publisher_process(
+        "tcp://127.0.0.1:*", n=50, streams=streams, wait_topics=3, period_s=0.002, send_end=True
+    ) as pub:
+        exact = start_subscriber(pub.endpoint, "--json", "--stream", "alpha", "--timeout", "30")
+        prefix = start_subscriber(pub.endpoint, "--json", "--topic", "tags.alpha", "--timeout", "30")
+        everything = start_subscriber(pub.endpoint, "--json", "--timeout", "30")
+        pub.get("done", timeout=60)
+        pub.end_on.set()
+        outs = [p.communicate(timeout=60) for p in (exact, prefix, everything)]
+    assert [p.returncode for p in (exact, prefix, everything)] == [0, 0, 0], outs
+    seen = [sorted({m.stream_id for m in json_lines(out)}) for out, _ in outs]
+    assert seen == [["alpha"], ["alpha", "alpha2"], ["alpha", "alpha2", "beta"]]
+    assert [len(json_lines(out)) for out, _ in outs] == [50, 100, 150]
+
+
+def test_curve_clients_folder_without_keys_is_refused(tmp_path):
+    keys = generate_keys(tmp_path / "keys")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no client public keys \(\*\.key\)"):
+        Publisher(
+            "tcp://127.0.0.1:*", curve_server_secret=keys.server_secret, curve_clients=tmp_path / "empty"
+        )
+
+
+def test_one_warning_per_burst_of_drops(caplog):
+    """A subscriber that reads now and then makes its queue fill again and again: many counted
+    drops, one warning line."""
+    ctx = zmq.Context()
+    with Publisher("tcp://127.0.0.1:*", sndhwm=2, linger_ms=0, context=ctx) as pub:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 2)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, b"tags.")
+        sub.connect(pub.endpoint)
+        try:
+            assert pub.wait_for_subscriber(30)
+            with caplog.at_level("WARNING", logger="rt_tagger.publisher"):
+                for seq in range(3000):
+                    pub.publish(make_message(seq, n_scores=400))
+                    if seq % 100 == 99:  # read what arrived: the queue reopens, then fills again
+                        while sub.poll(50):
+                            sub.recv_multipart()
+        finally:
+            sub.close(linger=0)
+    ctx.term()
+    warnings = [r for r in caplog.records if r.name == "rt_tagger.publisher"]
+    assert pub.dropped >= 2, pub.dropped
+    assert len(warnings) == 1 and "not keeping up" in warnings[0].getMessage()

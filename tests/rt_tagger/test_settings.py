@@ -82,3 +82,56 @@ def test_cli_invalid_setting_is_one_line(tmp_path):
     lines = p.stderr_text.strip().splitlines()
     assert p.returncode != 0
     assert len(lines) == 1 and "hop_seconds=0.01" in lines[0], p.stderr_text
+
+
+@pytest.mark.parametrize(
+    "var, needle",
+    [
+        ("RT_TAGGER_FOO", "unknown environment variable RT_TAGGER_FOO"),
+        ("RT_TAGGER_HOP", "unknown environment variable RT_TAGGER_HOP"),
+        ("RT_TAGGER_AGGREGATOR__COLOUR", "unknown environment variable RT_TAGGER_AGGREGATOR__COLOUR"),
+        ("rt_tagger_stream_idd", "unknown environment variable rt_tagger_stream_idd"),
+    ],
+)
+def test_unknown_environment_variables_are_errors(var, needle, monkeypatch):
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(SettingsError, match=needle):
+        load_settings()
+
+
+def test_known_and_other_environment_variables_are_accepted(monkeypatch):
+    from rt_tagger.settings import OTHER_ENV
+
+    for var in OTHER_ENV:  # read by engines, training or bench, not settings
+        monkeypatch.setenv(var, "x")
+    monkeypatch.setenv("rt_tagger_stream_id", "lower")  # like pydantic-settings: case-insensitive
+    monkeypatch.setenv("RT_TAGGER_AGGREGATOR", '{"mode": "ema"}')
+    monkeypatch.setenv("RT_TAGGER_PUBLISH__CURVE_CLIENTS", "/keys/authorized_clients")
+    s = load_settings()
+    assert (s.stream_id, s.aggregator.mode, str(s.publish.curve_clients)) == (
+        "lower",
+        "ema",
+        "/keys/authorized_clients",
+    )
+
+
+def test_section_as_bad_json_is_one_line(monkeypatch):
+    monkeypatch.setenv("RT_TAGGER_AGGREGATOR", "{bad")
+    with pytest.raises(
+        SettingsError, match="^environment variable RT_TAGGER_AGGREGATOR is not valid JSON"
+    ) as e:
+        load_settings()
+    assert "\n" not in str(e.value)
+
+
+def test_curve_settings_from_a_config_file(tmp_path):
+    cfg = tmp_path / "curve.toml"
+    cfg.write_text(
+        '[publish]\ncurve_server_secret = "k/server.key_secret"\ncurve_clients = "k/authorized_clients"\n'
+    )
+    p = load_settings(cfg).publish
+    assert (str(p.curve_server_secret), str(p.curve_clients), p.insecure_remote) == (
+        "k/server.key_secret",
+        "k/authorized_clients",
+        False,
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import io
+import json
 import os
 import subprocess
 import sys
@@ -12,17 +12,18 @@ import threading
 import pytest
 import zmq
 
-from engines.errors import UserError
+from engines.errors import UserError, UserErrorParser
+from rt_tagger.message_line import format_message
 from rt_tagger.messages import BackendInfo, DropCounters, ModelInfo, TagEvent
+from rt_tagger.publisher import stream_topic
 from rt_tagger.subscribe import (
     SeqTracker,
     SubscribeTimeout,
     add_arguments,
-    format_message,
     main_from_args,
     run_subscribe,
 )
-from tests.rt_tagger.test_publisher import ROOT, make_message, publisher_process
+from tests.rt_tagger.zmq_helpers import ROOT, end_body, make_message, publisher_process, start_subscriber
 
 
 def test_seq_tracker_reports_gaps_and_restarts_per_stream():
@@ -120,16 +121,21 @@ def test_timeout_is_a_user_error(tmp_path):
 
 
 def test_arguments_and_their_checks():
-    p = argparse.ArgumentParser()
+    p = UserErrorParser()
     add_arguments(p)
     a = p.parse_args([])
-    assert (a.endpoint, a.topic, a.json, a.count, a.timeout) == (
-        "tcp://127.0.0.1:5556",
+    assert (a.endpoint, a.stream, a.topic, a.json, a.count, a.timeout) == (
+        None,
+        None,
         "tags.",
         False,
         None,
         None,
     )
+    with pytest.raises(UserError, match="not allowed with argument"):
+        p.parse_args(["--stream", "a", "--topic", "tags.a"])
+    with pytest.raises(UserError, match="invalid stream id"):
+        main_from_args(p.parse_args(["--stream", "a b", "--count", "1"]))
     with pytest.raises(UserError, match="--count"):
         main_from_args(p.parse_args(["--count", "0"]))
     with pytest.raises(UserError, match="invalid endpoint"):
@@ -153,3 +159,59 @@ def test_cli_errors_are_one_line_and_nonzero():
         "rt-tagger: error: invalid endpoint: tcp://nowhere (expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556)"
     ]
     assert "Traceback" not in proc.stderr
+
+
+# -- the end of a stream ------------------------------------------------------------------------------
+@pytest.mark.parametrize("view", ["lines", "json"])
+def test_cli_prints_the_end_message_and_exits_0_also_with_timeout(view):
+    """A publisher process sends 5 messages, then ``kind="end"``: the CLI subscriber (its own
+    process, with --timeout) prints it and exits 0 instead of waiting for the timeout."""
+    with publisher_process("tcp://127.0.0.1:*", n=5, wait_topics=1, send_end=True) as pub:
+        sub = start_subscriber(pub.endpoint, *(["--json"] if view == "json" else []), "--timeout", "60")
+        pub.get("done", timeout=60)
+        pub.end_on.set()
+        out, err = sub.communicate(timeout=60)
+    assert sub.returncode == 0, err
+    if view == "json":
+        docs = [json.loads(line) for line in out.splitlines()]
+        assert [d["seq"] for d in docs] == [0, 1, 2, 3, 4, 5] and docs[-1]["kind"] == "end"
+        assert docs[-1]["reason"] == "eof" and "counters" in docs[-1]
+        summary = err
+    else:
+        lines = out.splitlines()
+        assert "#5" in lines[-2] and "end of stream: eof" in lines[-2] and '"counters"' in lines[-2]
+        summary = lines[-1]
+    assert summary.strip().endswith(
+        "-- 6 messages, 0 gaps (0 missing), 0 malformed, streams: test, ended: test"
+    )
+
+
+def test_subscriber_waits_until_every_stream_it_saw_ended(tmp_path):
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"ipc://{tmp_path}/raw.sock")
+    out, err = io.StringIO(), io.StringIO()
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.setdefault(
+            "rc", run_subscribe(f"ipc://{tmp_path}/raw.sock", timeout_s=20, out=out, err=err)
+        )
+    )
+    t.start()
+    try:
+        assert pub.poll(20_000) and pub.recv()[:1] == b"\x01"  # the subscription arrived
+        for stream in ("a", "b"):
+            pub.send_multipart([stream_topic(stream), make_message(0, stream).to_bytes()])
+        pub.send_multipart([stream_topic("a"), end_body(1, "a")])
+        pub.send_multipart([stream_topic("b"), make_message(1, "b").to_bytes()])
+        pub.send_multipart([stream_topic("b"), end_body(2, "b", reason="sigterm")])
+        t.join(30)
+    finally:
+        pub.close()
+        ctx.term()
+    assert result["rc"] == 0
+    lines = out.getvalue().splitlines()
+    assert [ln.split()[1] for ln in lines[:-1]] == ["a", "b", "a", "b", "b"]
+    assert "end of stream: eof" in lines[2] and "end of stream: sigterm" in lines[4]
+    assert lines[-1].endswith("streams: a, b, ended: a, b")
