@@ -97,6 +97,8 @@ class RunResult:
                 v = getattr(msg.timings_ms, stage)
                 if v is not None:
                     self.stage_ms[stage].append(v)
+        if msg.kind == "end":  # the end says why and carries the counters; no log line of its own
+            return
         drops = msg.drops.model_dump()
         if drops != self._last_drops and (self._last_drops is not None or any(drops.values())):
             log.warning("drop counters changed: %s", drops)

@@ -58,7 +58,9 @@ class RingBuffer:
         self.read_pos = 0  # consumer-owned
         self.overflow_samples = 0  # producer-owned: frames dropped because the ring was full
         self.overflow_events = 0  # producer-owned: write() calls that dropped anything
-        self.underflow_events = 0  # consumer-owned: reads that asked for more than was there
+        # consumer-owned: reads that asked for more than was there, and waits for overdue audio
+        # (note_underflow; the pipeline's definition is in rt_tagger.sources)
+        self.underflow_events = 0
 
     # ---------------------------------------------------------------- producer side
     def write(self, block: np.ndarray) -> int:
@@ -167,7 +169,8 @@ class RingBuffer:
         return True
 
     def note_underflow(self) -> None:
-        """Count an underflow the consumer detected itself (e.g. a hop deadline missed)."""
+        """Count an underflow the consumer detected itself: it waited for audio that was due
+        (:meth:`rt_tagger.sources.Source.note_starved`)."""
         self.underflow_events += 1
 
     def reset(self) -> None:

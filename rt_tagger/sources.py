@@ -610,8 +610,9 @@ class MicSource(Source):
         if silent_s < self.device_timeout_s:
             return
         if self._attempts >= self.reopen_attempts:
+            since = time.time() - (last if last is not None else self.started_wall)
             raise DeviceLostError(
-                f"input device {self.device_name!r} delivered no audio for {silent_s:.1f} s and could not be "
+                f"input device {self.device_name!r} delivered no audio for {since:.1f} s and could not be "
                 f"reopened ({self._attempts} attempt(s), {self.device_timeout_s:g} s apart)"
             )
         self._attempts += 1

@@ -41,6 +41,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import zmq
 
 from tests.rt_tagger.conftest import ROOT, cli_env
 
@@ -194,3 +195,139 @@ def test_listen_matches_tag(sensitive_bundle, short_wav, tmp_path):
     assert worst <= SCORE_TOL
     assert min(overlaps) >= 2
     assert min(far) > 2 * err  # the alignment is unambiguous: the comparison means something
+
+
+# --------------------------------------------------------------------------------- a dead device
+class _PrivatePulse:
+    """A PulseAudio server of this test alone (own runtime dir and socket, selected through
+    ``PULSE_SERVER``), so killing it disturbs no other test or session using the shared one."""
+
+    def __init__(self, root) -> None:
+        self.dir = root
+        self.socket = root / "native"
+        self.env = dict(
+            cli_env(),
+            PULSE_SERVER=f"unix:{self.socket}",
+            PULSE_RUNTIME_PATH=str(root),
+            PULSE_STATE_PATH=str(root),
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--use-pid-file=no",
+             f"--load=module-native-protocol-unix socket={self.socket} auth-anonymous=1",
+             "--load=module-null-sink sink_name=rt_null rate=44100 channels=2", "--load=module-always-sink"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(self.env, HOME=str(self.dir)),
+        )  # fmt: skip
+        for _ in range(100):
+            if subprocess.run(["pactl", "info"], capture_output=True, env=self.env).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            self.kill()
+            pytest.skip("a private PulseAudio server did not start")
+        subprocess.run(["pactl", "set-default-source", "rt_null.monitor"], capture_output=True, env=self.env)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _listen_on_private_pulse(bundle, tmp_path, attempts: int):
+    for tool in ("pulseaudio", "pactl"):
+        if shutil.which(tool) is None:
+            pytest.skip(
+                f"{tool} not installed (apt-get install pulseaudio pulseaudio-utils): no test audio device"
+            )
+    pulse = _PrivatePulse(tmp_path)
+    pulse.start()
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"tags.")
+    sub.connect(endpoint)
+    env = dict(
+        pulse.env, RT_TAGGER_AUDIO__DEVICE_TIMEOUT_S="1", RT_TAGGER_AUDIO__REOPEN_ATTEMPTS=str(attempts)
+    )
+    err = open(tmp_path / "listen.stderr", "w+")
+    listen = subprocess.Popen(
+        [sys.executable, "-m", "rt_tagger.cli", "listen", "--device", "pulse", "--publish", endpoint,
+         "--bundle", str(bundle.path), "--hop", "0.5", "-q"],
+        stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT,
+    )  # fmt: skip
+    return pulse, ctx, sub, listen, err
+
+
+def _receive(sub, until, timeout_s: float = 60.0):
+    from rt_tagger.messages import TagMessage
+
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sub.poll(200):
+            got.append(TagMessage.from_bytes(sub.recv_multipart()[1]))
+            if until(got[-1]):
+                break
+    return got
+
+
+def test_dead_device_ends_stream_with_device_lost(sensitive_bundle, tmp_path):
+    """The sound server dies under `listen`: after the reopen attempts, one error line, an end
+    message with reason device_lost, exit 3 (a supervisor can restart it)."""
+    pulse, ctx, sub, listen, err = _listen_on_private_pulse(sensitive_bundle, tmp_path, attempts=2)
+    try:
+        first = _receive(sub, lambda m: True, timeout_s=120)
+        assert first, "no message from listen"
+        pulse.kill()
+        msgs = _receive(sub, lambda m: m.kind == "end")
+        listen.wait(timeout=60)
+    finally:
+        pulse.kill()
+        if listen.poll() is None:
+            listen.kill()
+            listen.wait()
+        sub.close()
+        ctx.term()
+    err.seek(0)
+    stderr = err.read()
+    end = msgs[-1] if msgs else None
+    assert end is not None and end.kind == "end", f"no end message; stderr: {stderr}"
+    assert end.end.reason == "device_lost" and "could not be reopened (2 attempt(s)" in end.end.error
+    assert listen.returncode == 3, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("rt-tagger: error:")]
+    assert errors == [f"rt-tagger: error: {end.end.error}"] and "Traceback" not in stderr
+    assert stderr.count("reopening it (attempt") == 2
+
+
+def test_device_that_comes_back_is_reopened_and_counted(sensitive_bundle, tmp_path):
+    """The sound server dies and comes back: the device is reopened, audio flows again, every
+    message after that counts the reopen, and SIGTERM still ends the stream cleanly."""
+    pulse, ctx, sub, listen, err = _listen_on_private_pulse(sensitive_bundle, tmp_path, attempts=5)
+    try:
+        first = _receive(sub, lambda m: True, timeout_s=120)
+        assert first, "no message from listen"
+        pulse.kill()
+        time.sleep(0.5)
+        pulse.start()  # the same socket: the device "pulse" reaches a live server again
+        reopened = _receive(sub, lambda m: m.drops.device_reopens >= 1 and m.window is not None)
+        assert reopened and reopened[-1].drops.device_reopens >= 1, [m.kind for m in reopened]
+        after = reopened[-1].window.end_s
+        flowing = _receive(sub, lambda m: m.window is not None and m.window.end_s > after + 1.0)
+        listen.send_signal(signal.SIGTERM)
+        end = _receive(sub, lambda m: m.kind == "end")
+        listen.wait(timeout=60)
+    finally:
+        pulse.kill()
+        if listen.poll() is None:
+            listen.kill()
+            listen.wait()
+        sub.close()
+        ctx.term()
+    err.seek(0)
+    stderr = err.read()
+    assert flowing and flowing[-1].window.end_s > after + 1.0, "no audio after the reopen"
+    assert end and end[-1].kind == "end" and end[-1].end.reason == "sigterm", stderr
+    assert end[-1].drops.device_reopens >= 1 and listen.returncode == 0, stderr

@@ -52,6 +52,7 @@ def test_file_end_to_end(pipe, short_wav, sensitive_bundle):
     assert m.timings_ms.inference > 0 and m.timings_ms.framing_mel >= 0
     assert messages[0].tags == sensitive_bundle.tags and messages[1].tags is None
     assert m.drops.ring_overflow_samples == 0 and m.drops.resampler_dropped_samples == 0
+    assert m.drops.ring_underflow_events == 0  # a file read as fast as possible has no due time
     # The last window equals the model run on the reference (numpy) log-mel of the same samples.
     x, _ = sf.read(str(short_wav), dtype="float32")
     mel = logmel_numpy(x[m.window.start_sample : m.window.end_sample], spec)
@@ -124,6 +125,44 @@ def test_stalled_stdin_gives_heartbeat(sensitive_bundle, demo_audio):
     assert "stalled" in reasons
     assert res.duration_s == pytest.approx(4.0)
     assert [m.seq for m in msgs] == list(range(len(msgs)))
+    # The pause is an underflow: the consumer waited for audio a live source owed it. It is
+    # counted (once per gap; a loaded machine may starve the reader once more) and visible in the
+    # stalled heartbeats and in every message after the gap.
+    stalled = [m for m in msgs if m.heartbeat_reason == "stalled"]
+    assert 1 <= res.counters["ring_underflow_events"] <= 2
+    assert all(m.drops.ring_underflow_events >= 1 for m in stalled)
+    assert msgs[-1].drops.ring_underflow_events == res.counters["ring_underflow_events"]
+
+
+def test_slow_tagger_blocking_stdin_is_visible(sensitive_bundle, demo_audio):
+    """A tagger slower than its stdin writer holds the writer back: messages show the audio
+    waiting (``backlog_s``: ring + blocked reader + pipe) and the time the reader was blocked."""
+    x, sr = demo_audio
+    pcm = (x[: 8 * sr] * 32767).astype("<i2").tobytes()
+    r, w = os.pipe()
+    msgs = []
+
+    def writer():
+        with os.fdopen(w, "wb") as f:
+            f.write(pcm)  # blocks while the pipe is full: the upstream writer is held back
+
+    def slow_consumer(m):
+        msgs.append(m)
+        if m.kind == "tags":
+            time.sleep(0.25)  # a tagger that needs more time per hop than this writer gives it
+
+    with Pipeline(sensitive_bundle, load_settings(hop_seconds=0.5), on_message=slow_consumer) as p:
+        t = threading.Thread(target=writer)
+        t.start()
+        with os.fdopen(r, "rb") as rf:
+            res = p.run(StdinSource(rf, sr, 1, "s16le", block_size=512, ring_seconds=1.0))
+        t.join()
+    assert res.duration_s == pytest.approx(8.0) and res.counters["ring_overflow_samples"] == 0
+    backlog = [m.backlog_s for m in msgs if m.kind == "tags"]
+    # The ring alone holds 1 s; more than that waits in the blocked reader and the pipe.
+    assert max(backlog) > 1.5, backlog
+    assert msgs[-1].kind == "end" and msgs[-1].backlog_s == 0.0
+    assert msgs[-1].drops.input_blocked_s > 0 and res.counters["input_blocked_s"] == msgs[-1].drops.input_blocked_s
 
 
 def test_window_is_tagged_once_its_last_sample_arrives(sensitive_bundle, demo_audio):
