@@ -178,6 +178,7 @@ class _Shard:
     last_ok: float = field(default_factory=time.monotonic)
     starting_ref: object = None  # endpoints() of a (re)starting actor
     live: bool = False
+    waiting_logged: bool = False
 
 
 @dataclass
@@ -254,7 +255,7 @@ class Gateway:
         sh.sub.connect(info["publish"])
         self.poller.register(sh.dealer, zmq.POLLIN)
         self.poller.register(sh.sub, zmq.POLLIN)
-        sh.live, sh.last_ok = True, time.monotonic()
+        sh.live, sh.last_ok, sh.waiting_logged = True, time.monotonic(), False
         self.ring.add(sh.name)
         self._event("shard_ready", sh.name, ingest=info["ingest"], node_ip=info["node_ip"])
 
@@ -276,7 +277,9 @@ class Gateway:
                     try:
                         self._connect(sh, ray.get(ref))
                     except Exception as e:  # noqa: BLE001 - the actor died while starting: ask again
-                        log.warning("shard %s not up yet: %s", sh.name, str(e).splitlines()[0])
+                        if not sh.waiting_logged:  # once per restart, not once per retry
+                            log.warning("shard %s is restarting: %s", sh.name, str(e).splitlines()[0][:200])
+                            sh.waiting_logged = True
                         sh.starting_ref = sh.actor.endpoints.remote()
                 continue
             if not sh.live:
