@@ -217,3 +217,29 @@ def test_serve_rejects_a_busy_ingest_port_with_one_line():
     assert p.returncode == 2
     lines = [ln for ln in p.stderr_text.splitlines() if ln.strip()]
     assert len(lines) == 1 and "ingest" in lines[0], p.stderr_text
+
+
+def test_c_ingest_example_sends_a_stream(server, tmp_path):
+    import shutil
+
+    for tool in ("make", "cc", "pkg-config"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: cannot build the C example")
+    binary = tmp_path / "rt_tagger_send"
+    build = subprocess.run(
+        ["make", "-C", str(ROOT / "examples" / "c_ingest"), f"BIN={binary}"], capture_output=True, text=True
+    )
+    assert build.returncode == 0 and "warning" not in build.stderr.lower(), build.stderr
+    audio, sr = _demo(5.0)
+    pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2").tobytes()
+    p = subprocess.run(
+        [str(binary), "-e", server.ingest, "-r", str(sr), "-c", str(audio.shape[1]), "-i", "from-c", "-f", "3000"],
+        input=pcm, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"stream closed" in p.stderr
+    msgs = [m for m in server.receive(server.ended("from-c")) if m.get("stream_id") == "from-c"]
+    assert [m["seq"] for m in msgs] == list(range(len(msgs)))
+    assert sum(m["kind"] == "tags" for m in msgs) >= 4 and msgs[-1]["end"]["reason"] == "closed"
+    refused = subprocess.run([str(binary), "-e", server.ingest, "-r", "0"], capture_output=True, timeout=30)
+    assert refused.returncode == 2 and b"-r RATE" in refused.stderr
