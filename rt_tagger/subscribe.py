@@ -159,6 +159,10 @@ def run_subscribe(
             received += 1
             try:
                 doc = _decode(frames)
+                if doc.get("kind") in ("stats", "cluster"):  # rt-tagger serve's own messages: as they come
+                    out.write(frames[1].decode() + "\n")
+                    out.flush()
+                    continue
                 msg = None if doc.get("kind") == "end" else TagMessage.model_validate(doc)
                 stream, seq = (msg.stream_id, msg.seq) if msg else (str(doc["stream_id"]), int(doc["seq"]))
             except (ValidationError, ValueError, KeyError, TypeError) as e:

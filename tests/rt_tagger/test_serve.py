@@ -243,3 +243,21 @@ def test_c_ingest_example_sends_a_stream(server, tmp_path):
     assert sum(m["kind"] == "tags" for m in msgs) >= 4 and msgs[-1]["end"]["reason"] == "closed"
     refused = subprocess.run([str(binary), "-e", server.ingest, "-r", "0"], capture_output=True, timeout=30)
     assert refused.returncode == 2 and b"-r RATE" in refused.stderr
+
+
+def test_ingest_schema_file_is_in_sync():
+    from rt_tagger.ingest import SCHEMA_PATH, schema_text
+
+    assert SCHEMA_PATH.read_text() == schema_text(), "run: python -m rt_tagger.ingest"
+
+
+def test_subscribe_shows_stats_messages(server):
+    p = subprocess.Popen(
+        [sys.executable, "-m", "rt_tagger.cli", "subscribe", "--endpoint", server.publish, "--topic", "stats",
+         "--count", "1", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 0, err.decode()
+    doc = json.loads(out.decode().splitlines()[0])
+    assert doc["kind"] == "stats" and doc["streams_open"] == 0 and "batch_size_histogram" in doc
