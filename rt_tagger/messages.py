@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,24 +131,16 @@ class ModelInfo(_Model):
     weights_sha256: str = Field(description="First 12 hex digits of the weights' SHA-256.")
 
 
-END_REASONS = ("eof", "duration", "sigterm", "sigint", "stopped", "error", "device_lost")
+EndReason = Literal[
+    "eof", "duration", "sigterm", "sigint", "stopped", "error", "device_lost", "closed", "idle", "shard_lost"
+]
+END_REASONS: tuple[str, ...] = get_args(EndReason)
 
 
 class EndInfo(_Model):
     """Why and how a stream ended (only in ``kind="end"``)."""
 
-    reason: Literal[
-        "eof",
-        "duration",
-        "sigterm",
-        "sigint",
-        "stopped",
-        "error",
-        "device_lost",
-        "closed",
-        "idle",
-        "shard_lost",
-    ] = Field(
+    reason: EndReason = Field(
         description="eof: the input ended; duration: --duration elapsed; sigterm/sigint: the process was "
         "asked to stop; stopped: stopped by the program embedding the pipeline; error: the input or the "
         "tagger failed (see `error`); device_lost: the capture device stopped and could not be reopened. "

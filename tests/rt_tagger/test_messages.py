@@ -8,10 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from rt_tagger.messages import (
+    END_REASONS,
     SCHEMA_PATH,
     SCHEMA_VERSION,
     BackendInfo,
     DropCounters,
+    EndInfo,
     ModelInfo,
     StageTimings,
     TagEvent,
@@ -130,3 +132,31 @@ def test_schema_accepts_real_messages_and_rejects_bad_ones():
     bad = json.loads(full_message().to_bytes())
     bad["top"] = [{"tag": "piano"}]
     assert not validator.is_valid(bad)
+
+
+def test_end_message_round_trips_and_matches_the_schema():
+    end = TagMessage(
+        kind="end",
+        stream_id="mic",
+        seq=42,
+        events=[TagEvent(tag="piano", state="off", time_s=20.5)],
+        drops=DropCounters(ring_underflow_events=1, input_blocked_s=0.25, device_reopens=2),
+        backlog_s=0.0,
+        backend=BackendInfo(name="torch", device="cpu", precision="fp32"),
+        model=ModelInfo(name="m", weights_sha256="abc"),
+        end=EndInfo(
+            reason="device_lost",
+            error="input device 'pulse' delivered no audio",
+            stream_s=20.5,
+            windows=40,
+            heartbeats=2,
+        ),
+    )
+    back = TagMessage.from_bytes(end.to_bytes())
+    assert back == end and back.end.reason == "device_lost" and back.drops.device_reopens == 2
+    with pytest.raises(ValidationError):  # only the documented reasons
+        TagMessage.from_bytes(end.to_bytes().replace(b'"device_lost"', b'"tired"'))
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (pip install jsonschema)")
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    validator.validate(json.loads(end.to_bytes()))
+    assert END_REASONS == tuple(validator.schema["$defs"]["EndInfo"]["properties"]["reason"]["enum"])
