@@ -247,3 +247,80 @@ def test_debian_music_sources_split_by_package():
     assert all(by_split.values()) and sum(map(len, by_split.values())) == len(dm.SOURCES)
     assert "fretsonfire-songs-sectoid" in by_split["test"]  # sung vocals in the held-out music
     assert dm.SPLIT_DIRS["train"] == "real"  # the folder training recipes read: train packages only
+
+
+def test_vary_keeps_tags_is_deterministic_and_heldout_is_disjoint():
+    from training.corpora.synth_compose import COMPOSERS, vary
+
+    def notes(clip):
+        return [(n.start, n.end, n.pitch, n.velocity) for t in clip.midi.instruments for n in t.notes]
+
+    changed = 0
+    for name in ("varied", "heldout"):
+        for i in range(40):
+            base = compose(5, i, 4.0)
+            a, b = vary(compose(5, i, 4.0), name, 5), vary(compose(5, i, 4.0), name, 5)
+            assert a.tags == base.tags  # no tag changes: same instruments, tempo, level, style
+            assert notes(a) == notes(b) and a.meta == b.meta and a.post == b.post
+            assert a.meta["composer"] == name and a.meta["voicing"] in COMPOSERS[name].voicings
+            changed += notes(a) != notes(base)
+            for t in a.midi.instruments:  # parts stay within an octave of the instrument's register
+                if not t.is_drum:
+                    lo, hi = INSTRUMENTS[t.name].register
+                    assert all(lo - 24 <= n.pitch <= hi + 24 and n.end > n.start for n in t.notes)
+    assert changed >= 70
+    train, held = COMPOSERS["varied"], COMPOSERS["heldout"]
+    assert not set(train.voicings) & set(held.voicings)
+    assert not set(train.eqs) & set(held.eqs) and not set(train.codecs) & set(held.codecs)
+    assert train.articulation[0] > held.articulation[1]  # held-out articulation range never trained
+
+
+def test_eq_and_codecs_do_what_they_say():
+    from training.corpora.synth import apply_codec, apply_eq
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(32000) * 0.1
+
+    def band_db(x, lo, hi):
+        f = np.fft.rfftfreq(len(x), 1 / 16000)
+        p = np.abs(np.fft.rfft(x)) ** 2
+        return 10 * np.log10(p[(f >= lo) & (f < hi)].mean())
+
+    tel = apply_codec(noise, "telephone", np.random.default_rng(1), 16000)
+    assert len(tel) == len(noise) and band_db(tel, 4500, 7500) < band_db(tel, 300, 3000) - 30
+    band = apply_eq(noise, "band_limit", np.random.default_rng(1), 16000)
+    assert band_db(band, 50, 100) < band_db(band, 800, 2000) - 20
+    t = np.arange(32000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
+    for codec in ("opus", "mp3", "bitcrush"):
+        y = apply_codec(tone, codec, np.random.default_rng(2), 16000)
+        assert len(y) == len(tone) and np.all(np.isfinite(y))
+        peak = np.fft.rfftfreq(len(y), 1 / 16000)[np.argmax(np.abs(np.fft.rfft(y * np.hanning(len(y)))))]
+        assert abs(peak - 1000) < 3, codec
+    for eq in ("peak", "low_shelf", "high_shelf", "tilt"):
+        y = apply_eq(noise, eq, np.random.default_rng(3), 16000)
+        assert len(y) == len(noise) and not np.allclose(y, noise), eq
+
+
+def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
+    _need_fluidsynth()
+    from training.corpora.synth import SOUNDFONTS, main
+
+    out = tmp_path / "s"
+    # held-out material is refused without --test, before anything is downloaded
+    assert main(["--out", str(out), "--soundfont", "timgm6mb", "--data", str(tmp_path)]) == 2
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "heldout"]) == 2
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "nope"]) == 2
+    assert "held out" in capsys.readouterr().err and not (tmp_path / "debian_music").exists()
+    assert {v.family for v in SOUNDFONTS.values() if v.use == "test"}.isdisjoint(
+        {v.family for v in SOUNDFONTS.values() if v.use == "train"}
+    )
+    ms = Path("/") / SOUNDFONTS["musescore_general"].path
+    if not ms.is_file():
+        pytest.skip(f"{ms} not installed (apt package musescore-general-soundfont)")
+    args = ["--out", str(out), "--soundfont", "fluidr3_gm", "--soundfont", str(ms), "--composer", "varied"]
+    assert main([*args, "--n", "4", "--seconds", "2", "--seed", "3"]) == 0
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    assert [r["soundfont_name"] for r in rows] == ["fluidr3_gm", "musescore_general"] * 2
+    assert {r["composer"] for r in rows} == {"varied"} and all(r["voicing"] for r in rows)
+    assert len(load_table(out)) == 4

@@ -52,6 +52,7 @@ __all__ = [
     "Source",
     "Track",
     "fetch",
+    "fetch_package",
     "find_tracks",
     "load_mono_16k",
     "split",
@@ -184,12 +185,17 @@ def _matches(path: str, patterns: tuple[str, ...]) -> bool:
 
 
 def fetch(pkg: str, cache: str | os.PathLike) -> Path:
-    """Download ``pkg`` with apt-get and extract its music and copyright file; returns its root.
+    """Download ``pkg`` of :data:`SOURCES` and extract its music and copyright file; returns its root."""
+    return fetch_package(pkg, cache, SOURCES[pkg].files)
+
+
+def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) -> Path:
+    """Download any Debian package with apt-get and extract the ``files`` patterns and its copyright.
 
     Zip archives on the way of a pattern (``.pk3``) are unpacked into a folder of the same name.
-    Idempotent: a package whose root is complete is not fetched again.
+    Idempotent: a package whose root is complete is not fetched again. Returns the package's root
+    (``<cache>/root/<pkg>``).
     """
-    src = SOURCES[pkg]
     cache = Path(cache)
     root = cache / "root" / pkg
     if (root / ".complete").is_file():
@@ -205,14 +211,14 @@ def fetch(pkg: str, cache: str | os.PathLike) -> Path:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    archives = {p.split(".pk3/")[0] + ".pk3" for p in src.files if ".pk3/" in p}
+    archives = {p.split(".pk3/")[0] + ".pk3" for p in files if ".pk3/" in p}
     copyright = f"usr/share/doc/{pkg}/copyright"
     tar_out = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(found[-1])], stdout=subprocess.PIPE)
     assert tar_out.stdout is not None
     with tarfile.open(fileobj=tar_out.stdout, mode="r|") as tar:
         for member in tar:
             name = member.name.removeprefix("./")
-            if member.isfile() and (name == copyright or name in archives or _matches(name, src.files)):
+            if member.isfile() and (name == copyright or name in archives or _matches(name, files)):
                 member.name = name
                 tar.extract(member, root, filter="data")
     if tar_out.wait() != 0:
@@ -223,7 +229,7 @@ def fetch(pkg: str, cache: str | os.PathLike) -> Path:
         os.replace(path, tmp)
         with zipfile.ZipFile(tmp) as z:
             for m in z.namelist():
-                if _matches(f"{archive}/{m}", src.files):
+                if _matches(f"{archive}/{m}", files):
                     z.extract(m, path)
         tmp.unlink()
     (root / ".complete").write_text(found[-1].name + "\n")
