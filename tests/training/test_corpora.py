@@ -181,7 +181,7 @@ def _fake_deb(tmp_path, pkg: str) -> Path:
     return debs
 
 
-def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch):
+def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch, capsys):
     from training.corpora import debian_music as dm
 
     _fake_deb(tmp_path, "x-music")
@@ -197,6 +197,8 @@ def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch):
         ),
     )
     data = tmp_path / "data"
+    assert dm.main(["--data", str(data), "--packages", "x-music", "--list"]) == 0
+    assert "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test").exists()
     assert dm.main(["--data", str(data), "--packages", "x-music", "--workers", "1"]) == 0
     root = data / "debian_music/root/x-music"
     assert not (root / "usr/share/games/x/sfx.ogg").exists() and not list(root.rglob("*.txt"))

@@ -112,7 +112,6 @@ SOURCES: dict[str, Source] = {
         "GPL-2+",
         tree=("usr/share/games/ufoai/base/0music.pk3/", "base/"),
     ),
-    "nexuiz-music": Source(("usr/share/games/nexuiz/data/music.pk3/sound/cdtracks/*.ogg",), "GPL-2+"),
     "colobot-common-sounds": Source(("usr/share/games/colobot/music/*.ogg",), "GPL-3+"),
     "pushover-data": Source(("usr/share/pushover/themes/*.ogg",), "GPL-3+"),
     "fretsonfire-songs-muldjord": Source(
@@ -120,8 +119,10 @@ SOURCES: dict[str, Source] = {
     ),
     "asc-music": Source(("usr/share/games/asc/music/*.mp3",), "GPL-2+"),
     "xblast-tnt-musics": Source(("usr/share/games/xblast-tnt/sounds/xbsng*.raw",), "GPL-2", raw=(2, 22050)),
-    "boswars-data": Source(("usr/share/games/boswars/intro/*.ogg",), "GPL-2+"),
     # --- valid -----------------------------------------------------------------------------
+    "nexuiz-music": Source(
+        ("usr/share/games/nexuiz/data/music.pk3/sound/cdtracks/*.ogg",), "GPL-2+", "valid"
+    ),
     "singularity-music": Source(("usr/share/games/singularity/music/*.ogg",), "CC-BY-SA-3.0", "valid"),
     "extremetuxracer-data": Source(("usr/share/games/etr/music/*.ogg",), "GPL-2+", "valid"),
     "fillets-ng-data": Source(("usr/share/games/fillets-ng/music/*.ogg",), "GPL-2", "valid"),
@@ -350,6 +351,14 @@ def _mix_stems(paths: tuple[Path, ...], raw: tuple[int, int] | None) -> np.ndarr
     return out
 
 
+def source_seconds(files: tuple[Path, ...], raw: tuple[int, int] | None = None) -> float:
+    """Duration of a track from its files' headers (the longest stem), without decoding."""
+    if raw is not None:
+        channels, rate = raw
+        return max(p.stat().st_size / channels / rate for p in files)
+    return max(sf.info(str(p)).duration for p in files)
+
+
 def _name(pkg: str, files: tuple[Path, ...], root: Path) -> str:
     first = files[0].relative_to(root)
     rel = first.parent if len(files) > 1 else first.with_suffix("")
@@ -406,6 +415,28 @@ def _write_table(folder: Path, rows: list[dict]) -> None:
     os.replace(tmp, folder / "tracks.csv")
 
 
+def _list(tracks: list[tuple[str, tuple[Path, ...], str]], data: Path) -> int:
+    """Print tracks and hours per split and package (from file headers), and the .deb sizes."""
+    stats: dict[str, dict[str, list[float]]] = {s: {} for s in SPLITS}
+    for pkg, files, _ in tracks:
+        try:
+            seconds = source_seconds(files, SOURCES[pkg].raw)
+        except sf.LibsndfileError as e:
+            print(f"skip {files[0]}: {e}", file=sys.stderr)
+            continue
+        if seconds >= MIN_SECONDS:
+            stats[SOURCES[pkg].split].setdefault(pkg, []).append(seconds)
+    for split_name, by_pkg in stats.items():
+        n = sum(len(v) for v in by_pkg.values())
+        hours = sum(sum(v) for v in by_pkg.values()) / 3600
+        print(f"{split_name}: {n} tracks, {hours:.2f} h")
+        for pkg, secs in sorted(by_pkg.items()):
+            debs = sorted((data / "debian_music" / "debs").glob(f"{pkg}_*.deb"))
+            mib = debs[-1].stat().st_size / 2**20 if debs else float("nan")
+            print(f"  {pkg:28s} {len(secs):4d} tracks {sum(secs) / 3600:6.2f} h  deb {mib:6.1f} MiB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.corpora.debian_music", description=__doc__.splitlines()[0]
@@ -413,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for the splits and the cache")
     p.add_argument("--packages", nargs="*", default=None, help="only these packages (default: all)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--list", action="store_true", help="fetch, then list tracks and hours per split; no conversion"
+    )
     p.add_argument("--nice", type=int, default=10)
     a = p.parse_args(argv)
     packages = a.packages or list(SOURCES)
@@ -426,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             roots[pkg] = fetch(pkg, a.data / "debian_music")
         except RuntimeError as e:
             print(f"skipped: {e}", file=sys.stderr)
+    if a.list:
+        return _list(find_tracks(roots), a.data)
     jobs = []
     for pkg, files, lic in find_tracks(roots):
         src = SOURCES[pkg]
@@ -433,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "audio").mkdir(parents=True, exist_ok=True)
         name = _name(pkg, files, roots[pkg])
         jobs.append((pkg, tuple(map(str, files)), lic, src.split, str(folder), name, src.raw))
+    jobs.sort(key=lambda j: ("test", "valid", "train").index(j[3]))  # the small held-out splits first
     from tqdm import tqdm
 
     with mp.get_context("spawn").Pool(a.workers, initializer=_nice_init, initargs=(a.nice,)) as pool:
@@ -452,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
                     if r["path"] not in done and r["source_package"] not in packages and "split" in r
                 ]
         _write_table(folder, old + new)
+        for f in (folder / "audio").glob("*.flac"):  # tracks of packages since moved to another split
+            pkg = f.name.split("__")[0]
+            if pkg in SOURCES and SOURCES[pkg].split != split_name:
+                f.unlink()
     for split_name in SPLITS:
         try:
             tracks = split(split_name, a.data)
