@@ -197,8 +197,10 @@ def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch, capsys):
         ),
     )
     data = tmp_path / "data"
+    (data / "real_test/audio").mkdir(parents=True)
+    (data / "real_test/audio/x-music__old_name.flac").write_bytes(b"")  # from an earlier naming: removed
     assert dm.main(["--data", str(data), "--packages", "x-music", "--list"]) == 0
-    assert "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test").exists()
+    assert "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test/tracks.csv").exists()
     assert dm.main(["--data", str(data), "--packages", "x-music", "--workers", "1"]) == 0
     root = data / "debian_music/root/x-music"
     assert not (root / "usr/share/games/x/sfx.ogg").exists() and not list(root.rglob("*.txt"))
@@ -206,16 +208,21 @@ def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch, capsys):
     got = {t.path.name: (t.package, t.license, t.split, round(t.seconds)) for t in tracks}
     assert got == {
         "x-music__theme.flac": ("x-music", "CC0-1.0", "test", 20),  # the file's own DEP-5 stanza
-        "x-music__song.flac": ("x-music", "GPL-2+", "test", 20),  # stems=False: each stem alone
-        "x-music__guitar.flac": ("x-music", "GPL-2+", "test", 20),
+        "x-music__song_one_song.flac": ("x-music", "GPL-2+", "test", 20),  # stems=False: each alone
+        "x-music__song_one_guitar.flac": ("x-music", "GPL-2+", "test", 20),
         "x-music__track.flac": ("x-music", "GPL-2+", "test", 20),  # from inside the .pk3
     }
     for t in tracks:
         audio, sr = sf.read(t.path, dtype="float32")
         assert sr == 16000 and audio.ndim == 1 and abs(len(audio) - 16000 * 20) <= 2
     stems = {"x-music": dataclasses.replace(dm.SOURCES["x-music"], stems=True)}
-    grouped = {dm._name("x-music", f, root): len(f) for _, f, _ in dm.find_tracks({"x-music": root}, stems)}
+    patterns = dm.SOURCES["x-music"].files
+    grouped = {
+        dm.track_name("x-music", f, root, patterns): len(f)
+        for _, f, _ in dm.find_tracks({"x-music": root}, stems)
+    }
     assert grouped["x-music__song_one"] == 2  # stems=True: the song's stems make one track
+    assert sorted(p.name for p in (data / "real_test/audio").iterdir()) == sorted(got)
     with pytest.raises(FileNotFoundError):
         dm.split("train", data)
     with pytest.raises(ValueError, match="unknown split"):

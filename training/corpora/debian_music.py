@@ -56,6 +56,7 @@ __all__ = [
     "find_tracks",
     "load_mono_16k",
     "split",
+    "track_name",
     "main",
 ]
 
@@ -359,10 +360,19 @@ def source_seconds(files: tuple[Path, ...], raw: tuple[int, int] | None = None) 
     return max(sf.info(str(p)).duration for p in files)
 
 
-def _name(pkg: str, files: tuple[Path, ...], root: Path) -> str:
+def track_name(pkg: str, files: tuple[Path, ...], root: Path, patterns: tuple[str, ...]) -> str:
+    """``<package>__<path below the music folder>``, e.g. ``warzone2100-music__albums_legacy_soundtrack_track10``.
+
+    The music folder is the fixed part of the most specific pattern that matches, so names are
+    unique within a package; a song made of stems is named after its folder.
+    """
     first = files[0].relative_to(root)
-    rel = first.parent if len(files) > 1 else first.with_suffix("")
-    return f"{pkg}__{rel.name if len(files) > 1 else rel.stem}".replace(" ", "_")
+    matching = [p for p in patterns if fnmatch.fnmatch(first.as_posix(), p)]
+    base = max((p[: min(p.find(c) % (len(p) + 1) for c in "*?[")] for p in matching), key=len, default="")
+    base = base.rsplit("/", 1)[0] if "/" in base else ""
+    rel = Path(first.as_posix().removeprefix(base).lstrip("/"))
+    rel = rel.parent if len(files) > 1 else rel.with_suffix("")
+    return f"{pkg}__{'_'.join(rel.parts)}".replace(" ", "_")
 
 
 def _convert(job: tuple[str, tuple[str, ...], str, str, str, str, tuple[int, int] | None]) -> dict | None:
@@ -467,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         src = SOURCES[pkg]
         folder = a.data / SPLIT_DIRS[src.split]
         (folder / "audio").mkdir(parents=True, exist_ok=True)
-        name = _name(pkg, files, roots[pkg])
+        name = track_name(pkg, files, roots[pkg], src.files)
         jobs.append((pkg, tuple(map(str, files)), lic, src.split, str(folder), name, src.raw))
     jobs.sort(key=lambda j: ("test", "valid", "train").index(j[3]))  # the small held-out splits first
     from tqdm import tqdm
@@ -489,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
                     if r["path"] not in done and r["source_package"] not in packages and "split" in r
                 ]
         _write_table(folder, old + new)
-        for f in (folder / "audio").glob("*.flac"):  # tracks of packages since moved to another split
+        listed = {r["path"] for r in old + new}
+        for f in (folder / "audio").glob("*.flac"):  # stale: package moved to another split, or renamed
             pkg = f.name.split("__")[0]
-            if pkg in SOURCES and SOURCES[pkg].split != split_name:
+            moved = pkg in SOURCES and SOURCES[pkg].split != split_name
+            if moved or (pkg in packages and f"audio/{f.name}" not in listed):
                 f.unlink()
     for split_name in SPLITS:
         try:
