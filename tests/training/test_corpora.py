@@ -200,7 +200,9 @@ def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch, capsys):
     (data / "real_test/audio").mkdir(parents=True)
     (data / "real_test/audio/x-music__old_name.flac").write_bytes(b"")  # from an earlier naming: removed
     assert dm.main(["--data", str(data), "--packages", "x-music", "--list"]) == 0
-    assert "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test/tracks.csv").exists()
+    assert (
+        "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test/tracks.csv").exists()
+    )
     assert dm.main(["--data", str(data), "--packages", "x-music", "--workers", "1"]) == 0
     root = data / "debian_music/root/x-music"
     assert not (root / "usr/share/games/x/sfx.ogg").exists() and not list(root.rglob("*.txt"))
