@@ -200,8 +200,12 @@ def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) ->
     """
     cache = Path(cache)
     root = cache / "root" / pkg
-    if (root / ".complete").is_file():
+    marker = "\n".join(files) + "\n"  # re-extract when the patterns change
+    if (root / ".complete").is_file() and (root / ".complete").read_text().endswith(marker):
         return root
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: fetching Debian packages needs a Debian-based system")
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{pkg}_*.deb"))
@@ -234,7 +238,7 @@ def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) ->
                 if _matches(f"{archive}/{m}", files):
                     z.extract(m, path)
         tmp.unlink()
-    (root / ".complete").write_text(found[-1].name + "\n")
+    (root / ".complete").write_text(found[-1].name + "\n" + marker)
     return root
 
 
@@ -470,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             roots[pkg] = fetch(pkg, a.data / "debian_music")
         except RuntimeError as e:
             print(f"skipped: {e}", file=sys.stderr)
+    if not roots:
+        print("error: no package could be fetched", file=sys.stderr)
+        return 1
     if a.list:
         return _list(find_tracks(roots), a.data)
     jobs = []
