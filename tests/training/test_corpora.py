@@ -256,7 +256,7 @@ def test_debian_music_sources_split_by_package():
 
     by_split = {s: [p for p, src in dm.SOURCES.items() if src.split == s] for s in dm.SPLITS}
     assert all(by_split.values()) and sum(map(len, by_split.values())) == len(dm.SOURCES)
-    assert "fretsonfire-songs-sectoid" in by_split["test"]  # sung vocals in the held-out music
+    assert "fretsonfire-songs-muldjord" in by_split["test"]  # sung vocals in the held-out music
     assert dm.SPLIT_DIRS["train"] == "real"  # the folder training recipes read: train packages only
 
 
