@@ -133,6 +133,16 @@ def _check_frontend(fe: FrontEndSpec) -> None:
         raise ValueError(f"frontend.amin ({fe.amin}) must be below ref ({fe.ref})")
 
 
+def _read_json(mpath: Path) -> dict:
+    try:
+        raw = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"unreadable manifest {mpath}: {e}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"manifest {mpath} is not a JSON object")
+    return raw
+
+
 def _validated(raw: dict, where: Path) -> Manifest:
     """The manifest in ``raw``, or a one-line :class:`BundleError` naming the field and the value."""
     try:
@@ -191,12 +201,7 @@ class Bundle:
         mpath = path / MANIFEST_FILE
         if not mpath.is_file():
             raise BundleError(f"not a model bundle (no {MANIFEST_FILE}): {path}")
-        try:
-            raw = json.loads(mpath.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"unreadable manifest {mpath}: {e}") from None
-        if not isinstance(raw, dict):
-            raise BundleError(f"manifest {mpath} is not a JSON object")
+        raw = _read_json(mpath)
         version = raw.get("format_version")
         if version == 1:
             raise BundleError(
@@ -307,12 +312,7 @@ def seal_bundle(path: str | os.PathLike) -> Bundle:
     """
     path = Path(path)
     mpath = path / MANIFEST_FILE
-    try:
-        raw = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"unreadable manifest {mpath}: {e}") from None
-    if not isinstance(raw, dict):
-        raise BundleError(f"manifest {mpath} is not a JSON object")
+    raw = _read_json(mpath)
     raw["format_version"] = FORMAT_VERSION
     raw.pop(DIGEST_FIELD, None)
     manifest = _validated(raw, mpath)
