@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.bundle import Bundle
-from engines.cache import Artifact, CacheError, compiled_dir, load_or_build
+from engines.cache import Artifact, CacheError, bundle_artifact, load_or_build
 from engines.frontend import FrontEndSpec
 
 __all__ = [
@@ -42,7 +42,7 @@ _WINDOW, _FBANK = "window", "mel_fbanks"
 
 def frontend_artifact(bundle: Bundle) -> Artifact:
     key = {"kind": "frontend-constants", "frontend": bundle.frontend.model_dump(mode="json")}
-    return Artifact(compiled_dir(bundle) / "frontend.f32.safetensors", key)
+    return bundle_artifact(bundle, "frontend.f32.safetensors", key)
 
 
 def build_frontend_constants(bundle: Bundle, *, rebuild: bool = False) -> Path:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from engines.bundle import Bundle
+from engines.bundle import Bundle, sha256_file
 from engines.cache import CacheError
 from engines.frontend import FrontEndSpec
 from engines.logmel_torch import torchaudio_constants
@@ -92,3 +92,79 @@ def test_onnxruntime_tagging_process_never_imports_torch(fresh_bundle, tmp_path)
     # the first run built what it needed (in a child, which did import torch)
     assert frontend_artifact(fresh_bundle).problem() is None
     assert onnx_artifact(fresh_bundle, "fp32").problem() is None
+
+
+def _forge(art) -> None:
+    """Replace an artifact and rewrite its key file to match, as an attacker with write access would."""
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(art.path))
+    arrays["mel_fbanks"] = arrays["mel_fbanks"] * 0.5  # scores change, shapes do not
+    save_file(arrays, str(art.path))
+    stored = json.loads(art.key_path.read_text())
+    stored["artifact"].update(sha256=sha256_file(art.path), bytes=art.path.stat().st_size)
+    art.key_path.write_text(json.dumps(stored))
+
+
+def test_keys_carry_bundle_identity(fresh_bundle):
+    for art in (frontend_artifact(fresh_bundle), onnx_artifact(fresh_bundle, "fp32")):
+        assert art.key["weights_sha256"] == fresh_bundle.manifest.weights_sha256
+        assert art.key["manifest_sha256"] == fresh_bundle.manifest_sha256
+
+
+def test_forged_artifact_with_forged_key_is_rebuilt(fresh_bundle):
+    ensure_runtime_artifacts(fresh_bundle)
+    art = frontend_artifact(fresh_bundle)
+    _forge(art)
+    assert "not signed by this user's artifact key" in art.problem()
+    ensure_runtime_artifacts(fresh_bundle)  # rebuilt, with a warning naming the reason
+    assert art.problem() is None
+    _, fb = load_frontend_constants(art.path, fresh_bundle.frontend)
+    assert np.array_equal(fb, torchaudio_constants(fresh_bundle.frontend)[1].astype(np.float64))
+
+
+def test_forged_artifact_refused_where_read_only(fresh_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("RT_TAGGER_COMPILED_DIR", str(tmp_path / "cache"))
+    ensure_runtime_artifacts(fresh_bundle)
+    art = frontend_artifact(fresh_bundle)
+    _forge(art)
+    art.path.parent.chmod(0o555)
+    if os.access(art.path.parent, os.W_OK):  # root writes through file modes
+        monkeypatch.setattr("engines.cache._writable", lambda directory: False)
+    try:
+        with pytest.raises(CacheError) as e:
+            ensure_runtime_artifacts(fresh_bundle)
+    finally:
+        art.path.parent.chmod(0o755)
+    assert "not signed" in str(e.value) and "not writable" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_manifest_change_invalidates_artifacts(fresh_bundle):
+    from engines.bundle import seal_bundle
+
+    ensure_runtime_artifacts(fresh_bundle, "fp32")
+    m = json.loads((fresh_bundle.path / "manifest.json").read_text())
+    m["thresholds"][0] = 0.3  # recalibrated: a new manifest, same weights
+    (fresh_bundle.path / "manifest.json").write_text(json.dumps(m))
+    resealed = seal_bundle(fresh_bundle.path)
+    assert onnx_artifact(resealed, "fp32").problem().startswith("key mismatch on manifest_sha256")
+
+
+def test_shipped_artifacts_trusted_by_manifest_and_checked(fresh_bundle, tmp_path, monkeypatch):
+    from engines.seal import ship_runtime_artifacts
+
+    shipped = ship_runtime_artifacts(fresh_bundle)
+    assert set(shipped.manifest.artifacts) == {"frontend.f32.safetensors", "tagger.fp32.opset18.onnx"}
+    # another user (another signing key), reading the bundle through a cache folder: no rebuild
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other-user"))
+    monkeypatch.setenv("RT_TAGGER_COMPILED_DIR", str(tmp_path / "cache"))
+    art = onnx_artifact(shipped, "fp32")
+    assert art.path.parent == shipped.compiled_dir and art.problem() is None
+    assert not art.key_path.exists()
+    ensure_runtime_artifacts(shipped, "fp32")
+    assert not (tmp_path / "cache").exists()  # nothing built
+    fe = frontend_artifact(shipped)
+    data = bytearray(fe.path.read_bytes())
+    data[-8] ^= 0xFF
+    fe.path.write_bytes(bytes(data))
+    assert "differs from the bundle's manifest" in fe.problem()
