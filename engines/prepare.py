@@ -11,21 +11,30 @@ path on a CPU needs none of it once two artifacts exist beside the bundle:
 :func:`ensure_runtime_artifacts` checks their keys and, when one is missing or stale, builds it in
 a child process (``python -m engines.prepare BUNDLE``), which is where torch gets imported (in
 this process when torch is loaded already, e.g. for a torch backend).
-``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time.
+``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time. The default model
+ships both inside the package (sealed in its manifest), so it needs no build at all.
+
+A build that fails is recorded (``compiled/prepare.failed.json``: what was wanted, the exporter
+versions, the reason) and not retried at every start while nothing changed: each start says so in
+one warning, and the caller falls back (e.g. ``auto`` to torch-cpu). Installing other torch / onnx
+/ onnxscript versions, or ``rt-tagger compile BUNDLE --onnx-only``, tries again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from engines.bundle import Bundle
-from engines.cache import Artifact, CacheError, bundle_artifact, load_or_build
+from engines.cache import Artifact, CacheError, bundle_artifact, compiled_dir, load_or_build, write_atomic
+from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 
 __all__ = [
@@ -38,6 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _WINDOW, _FBANK = "window", "mel_fbanks"
+FAILED_FILE = "prepare.failed.json"
+_EXPORTERS = ("torch", "torchaudio", "onnx", "onnxscript")
 
 
 def frontend_artifact(bundle: Bundle) -> Artifact:
@@ -102,9 +113,24 @@ def ensure_runtime_artifacts(
     if not missing:
         return
     names = ", ".join(a.path.name for a in missing)
+    attempt = _attempt(missing)
+    failed = _failed_before(bundle, attempt)
+    if failed is not None:
+        log.warning(
+            "not retrying the build of %s: it failed before with the same torch/onnx/onnxscript "
+            "versions (%s); `rt-tagger compile %s --onnx-only` tries again",
+            names,
+            failed,
+            bundle.path,
+        )
+        raise CacheError(f"building {names} failed before: {failed}")
     if "torch" in sys.modules:  # loaded already (a torch backend): a child would only cost time
         log.info("building %s", names)
-        _build(bundle, onnx_precision, opset)
+        try:
+            _build(bundle, onnx_precision, opset)
+        except UserError as e:
+            _record_failure(bundle, attempt, str(e))
+            raise
         return
     log.info("building %s in a child process", names)
     cmd = [sys.executable, "-m", "engines.prepare", str(bundle.path)]
@@ -114,10 +140,51 @@ def ensure_runtime_artifacts(
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         reason = lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}"
+        _record_failure(bundle, attempt, reason)
+        log.warning(
+            "building %s failed: %s (recorded in %s; not retried until that changes)",
+            names,
+            reason,
+            FAILED_FILE,
+        )
         raise CacheError(f"{' '.join(cmd[2:4])} failed: {reason}")
     still = _missing(bundle, onnx_precision, opset)
     if still:  # the child said it succeeded; never load what does not match its key
         raise CacheError(f"{still[0].path} is still unusable after building it: {still[0].problem()}")
+    (compiled_dir(bundle) / FAILED_FILE).unlink(missing_ok=True)
+
+
+def _attempt(missing: list[Artifact]) -> dict:
+    """What a build attempt depends on: the wanted keys and the exporter packages' versions."""
+    versions = {}
+    for name in _EXPORTERS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"wanted": {a.path.name: a.key for a in missing}, "versions": versions}
+
+
+def _failed_before(bundle: Bundle, attempt: dict) -> str | None:
+    """The recorded reason if this very attempt failed before, else None."""
+    try:
+        record = json.loads((compiled_dir(bundle) / FAILED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("attempt") != attempt:
+        return None
+    return str(record.get("reason"))
+
+
+def _record_failure(bundle: Bundle, attempt: dict, reason: str) -> None:
+    directory = compiled_dir(bundle)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            directory / FAILED_FILE, json.dumps({"attempt": attempt, "reason": reason}, indent=2).encode()
+        )
+    except OSError:
+        pass  # read-only: the next start will try (and say) again
 
 
 def _build(bundle: Bundle, onnx_precision: str | None, opset: int | None) -> None:
@@ -134,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", choices=("fp32", "fp16"), help="also export this ONNX variant")
     p.add_argument("--opset", type=int, default=None)
     args = p.parse_args(argv)
-    from engines.errors import UserError
-
     try:
         _build(Bundle.load(args.bundle), args.onnx, args.opset)
     except UserError as e:

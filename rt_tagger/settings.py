@@ -39,7 +39,7 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "runtime.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "runtime.toml"  # configs/ links to it
 MIN_HOP_SECONDS = 0.1
 
 

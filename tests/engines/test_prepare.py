@@ -168,3 +168,21 @@ def test_shipped_artifacts_trusted_by_manifest_and_checked(fresh_bundle, tmp_pat
     data[-8] ^= 0xFF
     fe.path.write_bytes(bytes(data))
     assert "differs from the bundle's manifest" in fe.problem()
+
+
+def test_failed_export_not_retried_silently(fresh_bundle, monkeypatch, caplog):
+    from engines.onnx_export import OnnxError, export_onnx
+    from engines.prepare import FAILED_FILE
+
+    ensure_runtime_artifacts(fresh_bundle)  # front-end constants: torch is loaded, built in-process
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as in an install without onnxscript
+    with pytest.raises(OnnxError, match="onnxscript"):
+        ensure_runtime_artifacts(fresh_bundle, "fp32")
+    assert (fresh_bundle.path / "compiled" / FAILED_FILE).is_file()
+    caplog.clear()
+    with pytest.raises(CacheError, match="failed before"):
+        ensure_runtime_artifacts(fresh_bundle, "fp32")  # the exporter is not run again…
+    assert "not retrying" in caplog.text and "rt-tagger compile" in caplog.text  # …and it says so
+    monkeypatch.delitem(sys.modules, "onnxscript")
+    export_onnx(fresh_bundle, "fp32")  # what `rt-tagger compile --onnx-only` does
+    ensure_runtime_artifacts(fresh_bundle, "fp32")
