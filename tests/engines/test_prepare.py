@@ -186,3 +186,16 @@ def test_failed_export_not_retried_silently(fresh_bundle, monkeypatch, caplog):
     monkeypatch.delitem(sys.modules, "onnxscript")
     export_onnx(fresh_bundle, "fp32")  # what `rt-tagger compile --onnx-only` does
     ensure_runtime_artifacts(fresh_bundle, "fp32")
+
+
+def test_default_model_ships_its_runtime_artifacts(tmp_path, monkeypatch):
+    from rt_tagger.default_model import load_bundle
+
+    monkeypatch.setenv(
+        "XDG_CONFIG_HOME", str(tmp_path / "fresh-user")
+    )  # no signing key: trust is the manifest's
+    bundle = load_bundle(None)
+    for art in (frontend_artifact(bundle), onnx_artifact(bundle, "fp32")):
+        assert art.sealed is not None and art.problem() is None, art.problem()
+    ensure_runtime_artifacts(bundle, "fp32")  # nothing to build
+    assert not (tmp_path / "fresh-user").exists()
