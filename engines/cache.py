@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 KEY_SUFFIX = ".key.json"
 # Optional override, for bundles on read-only media (e.g. the default bundle inside site-packages).
 ENV_COMPILED_DIR = "RT_TAGGER_COMPILED_DIR"
+_KEY_BYTES = 32  # HMAC-SHA256 secret
 
 
 class CacheError(UserError):
@@ -74,24 +75,36 @@ def signing_key_path() -> Path:
 
 
 def _signing_key(create: bool) -> bytes | None:
+    """This user's secret (created when ``create``); None if there is none yet."""
     path = signing_key_path()
     try:
-        return path.read_bytes()
+        secret = path.read_bytes()
     except FileNotFoundError:
         if not create:
             return None
+        secret = _create_signing_key(path)
+    if len(secret) < _KEY_BYTES:
+        raise CacheError(f"artifact signing key {path} is damaged; delete it (artifacts are then rebuilt)")
+    return secret
+
+
+def _create_signing_key(path: Path) -> bytes:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=".artifact-signing.", dir=path.parent)  # 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    except FileExistsError:
-        pass  # another process made it first: use theirs
+            f.write(secrets.token_bytes(_KEY_BYTES))
+        try:
+            os.link(tmp, path)  # atomic and exclusive: a complete key or none
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            os.unlink(tmp)
+        return path.read_bytes()
     except OSError as e:
         raise CacheError(
             f"cannot create the artifact signing key {path}: {e.strerror}; set XDG_CONFIG_HOME to a writable folder"
         ) from None
-    return path.read_bytes()
 
 
 def _signature(secret: bytes, key: dict[str, Any], meta: dict[str, Any]) -> str:

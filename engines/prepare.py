@@ -166,12 +166,17 @@ def _attempt(missing: list[Artifact]) -> dict:
 
 
 def _failed_before(bundle: Bundle, attempt: dict) -> str | None:
-    """The recorded reason if this very attempt failed before, else None."""
+    """The recorded reason if a missing artifact failed to build before with these versions, else None."""
     try:
         record = json.loads((compiled_dir(bundle) / FAILED_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("attempt") != attempt:
+    before = record.get("attempt") if isinstance(record, dict) else None
+    if not isinstance(before, dict) or before.get("versions") != attempt["versions"]:
+        return None
+    wanted_before = before.get("wanted") or {}
+    # a part of that attempt may have been built since; what is still missing failed then
+    if not any(wanted_before.get(name) == key for name, key in attempt["wanted"].items()):
         return None
     return str(record.get("reason"))
 
