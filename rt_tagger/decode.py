@@ -7,7 +7,7 @@
 
 Which one is picked from the file's first bytes (an ID3 tag or an MPEG/ADTS frame sync, or an MP4
 ``ftyp`` box), not from its name, so a text file called ``x.mp3`` still gets libsndfile's clear
-refusal. The ffmpeg reader decodes packets in file order and hands out exactly the frames asked
+refusal (an MP3 that libsndfile recognises behind leading bytes goes to ffmpeg too). The ffmpeg reader decodes packets in file order and hands out exactly the frames asked
 for from what it decoded, so any block size yields the same samples as one read of the whole file.
 ffmpeg's own logging stays off (PyAV's default); decoding problems become :class:`DecodeError`.
 """
@@ -75,7 +75,13 @@ def open_audio(path: str | os.PathLike) -> AudioFile:
         DecodeError: no decoder can read it (the reason, one line).
     """
     path = Path(path)
-    return _FfmpegFile(path) if uses_ffmpeg(path) else _SoundFile(path)
+    if uses_ffmpeg(path):
+        return _FfmpegFile(path)
+    audio = _SoundFile(path)
+    if audio.format == "MP3":  # an MP3 behind leading junk that libsndfile found anyway
+        audio.close()
+        return _FfmpegFile(path)
+    return audio
 
 
 class _SoundFile(AudioFile):
@@ -89,7 +95,7 @@ class _SoundFile(AudioFile):
             raise DecodeError(_sf_reason(e)) from None
         self.sample_rate, self.channels, self.frames = self._f.samplerate, self._f.channels, self._f.frames
         self.format = self._f.format
-        self.exact_length = self.format != "MP3"  # only reached for MP3s without a frame sync up front
+        self.exact_length = True
 
     def read(self, out: np.ndarray) -> int:
         import soundfile as sf

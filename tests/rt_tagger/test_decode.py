@@ -106,3 +106,13 @@ def test_cli_tags_mp3_and_m4a_quietly(encoded, plain_bundle):
     assert p.stderr_text.strip() == "", p.stderr_text  # no decoder chatter (was 122 libmpg123 lines)
     for f in files:
         assert f"{f}: " in p.stdout_text, p.stdout_text
+
+
+def test_mp3_behind_leading_bytes_goes_to_ffmpeg(encoded, tmp_path):
+    padded = tmp_path / "padded.mp3"
+    padded.write_bytes(bytes(64) + encoded["low.mp3"].read_bytes())  # no ID3 or sync at offset 0
+    assert not uses_ffmpeg(padded)
+    audio = open_audio(padded)  # libsndfile finds the MP3; ffmpeg decodes it
+    audio.close()
+    assert type(audio).__name__ == "_FfmpegFile" and audio.format == "MP3"
+    assert abs(drain(FileSource(padded, block_size=777)).shape[0] / audio.sample_rate - 8.0) < 0.1
