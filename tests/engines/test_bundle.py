@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,15 @@ def test_shipped_default_manifest_is_sealed():
 
     b = Bundle.load(default_bundle_path())
     assert "flute" in b.tags and len(b.manifest.manifest_sha256) == 64
+
+
+def test_cli_names_the_tampered_manifest(tmp_path):
+    from tests.rt_tagger.conftest import run_cli
+
+    b = make_random_bundle(tmp_path / "b")
+    _edit_manifest(b, lambda m: m["tags"].__setitem__(m["tags"].index("piano"), "piccolo"))
+    demo = Path(__file__).resolve().parents[2] / "rt_tagger" / "demo" / "demo.ogg"
+    p = run_cli("tag", str(demo), "--bundle", str(b.path))
+    lines = p.stderr_text.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr_text
+    assert "manifest digest mismatch" in lines[0] and "manifest.json" in lines[0]
