@@ -6,7 +6,7 @@ graph (casts at the edges), which is what strongly typed TensorRT-RTX networks n
 their precision from the graph, not from a builder flag.
 
 Artifacts are cached under ``<bundle>/compiled/tagger.<precision>.opset<N>.onnx``, keyed by
-(weights sha256, opset, precision, I/O names); the exporter versions are recorded, not keyed, so
+(weights sha256, manifest digest, opset, precision, I/O names); the exporter versions are recorded, not keyed, so
 a bundle shipped with its ONNX file stays usable after a torch upgrade; see :mod:`engines.cache`.
 """
 
@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from engines.bundle import Bundle
-from engines.cache import Artifact, compiled_dir, load_or_build, write_atomic
+from engines.cache import Artifact, bundle_artifact, load_or_build, write_atomic
 from engines.errors import UserError
 
 __all__ = [
@@ -68,13 +68,12 @@ def onnx_artifact(bundle: Bundle, precision: str = "fp32", opset: int = DEFAULT_
         raise OnnxError(f"ONNX precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     key = {
         "kind": "onnx",
-        "weights_sha256": bundle.manifest.weights_sha256,
         "opset": int(opset),
         "precision": precision,
         "input": INPUT_NAME,
         "outputs": list(OUTPUT_NAMES),
     }
-    return Artifact(compiled_dir(bundle) / f"tagger.{precision}.opset{opset}.onnx", key)
+    return bundle_artifact(bundle, f"tagger.{precision}.opset{opset}.onnx", key)
 
 
 def _export_to(bundle: Bundle, precision: str, opset: int, path: Path) -> None:

@@ -1,8 +1,11 @@
 """Where the model bundle shipped inside the package lives.
 
 The training stage writes ``manifest.json`` and ``weights.safetensors`` into
-``rt_tagger/default_model/``; pyproject.toml's package data ships them, so everything works offline.
-Until that bundle exists, commands that need it say so plainly instead of guessing.
+``rt_tagger/default_model/``; ``python -m engines.seal rt_tagger/default_model --ship-runtime`` then
+adds the CPU runtime's ONNX graph and front-end constants under ``compiled/``, sealed in the
+manifest, so a fresh install tags on ONNX Runtime with no export and no torch import. pyproject.toml's
+package data ships all of them (by name), so everything works offline. Until that bundle exists,
+commands that need it say so plainly instead of guessing.
 """
 
 from __future__ import annotations

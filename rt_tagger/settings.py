@@ -49,7 +49,7 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "runtime.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "runtime.toml"  # configs/ links to it
 MIN_HOP_SECONDS = 0.1
 STREAM_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 ENV_PREFIX = "RT_TAGGER_"

@@ -43,6 +43,7 @@ from typing import BinaryIO
 import numpy as np
 
 from engines.errors import UserError
+from rt_tagger.decode import DecodeError, open_audio
 from rt_tagger.ring import RingBuffer
 
 __all__ = [
@@ -264,7 +265,7 @@ class _ThreadSource(Source):
 
 
 class FileSource(_ThreadSource):
-    """An audio file (wav, flac, ogg, mp3, … anything libsndfile reads), decoded block by block.
+    """An audio file (wav, flac, ogg, mp3, m4a…; :mod:`rt_tagger.decode`), decoded block by block.
 
     Args:
         path: The file.
@@ -282,8 +283,6 @@ class FileSource(_ThreadSource):
     def __init__(
         self, path: str | Path, block_size: int = 1024, realtime: bool = False, ring_seconds: float = 10.0
     ):
-        import soundfile as sf
-
         self.path = Path(path)
         if not self.path.exists():
             raise AudioInputError(f"audio file not found: {self.path}")
@@ -292,39 +291,36 @@ class FileSource(_ThreadSource):
         if self.path.stat().st_size == 0:
             raise AudioInputError(f"audio file is empty (0 bytes): {self.path}")
         try:
-            with _quiet_stderr():  # libsndfile's mpg123 prints "Note: ..." lines on fd 2 for junk input
-                self._sf = sf.SoundFile(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise AudioInputError(f"cannot decode {self.path}: {_sf_reason(e)}") from None
-        if self._sf.frames == 0:
-            self._sf.close()
+            self._audio = open_audio(self.path)
+        except DecodeError as e:
+            raise AudioInputError(f"cannot decode {self.path}: {e}") from None
+        if self._audio.frames == 0:
+            self._audio.close()
             raise AudioInputError(f"audio file has no samples (zero-length audio): {self.path}")
-        short = _wav_shortfall(self._sf)
+        short = self._audio.header_shortfall()
         if short is not None:
-            self._sf.close()
+            self._audio.close()
             raise AudioInputError(
                 f"{self.path} is truncated: its header promises {short[0]} bytes of audio, the file holds {short[1]}"
             )
-        self.frames = self._sf.frames  # as the header says; a truncated file may hold fewer
+        self.frames = self._audio.frames  # as the header says; a truncated file may hold fewer
         self.realtime = self.live = bool(realtime)
         self.frames_read = 0
-        super().__init__(self._sf.samplerate, self._sf.channels, ring_seconds, block_size)
+        super().__init__(self._audio.sample_rate, self._audio.channels, ring_seconds, block_size)
 
     def describe(self) -> str:
         pace = "real time" if self.realtime else "fast"
         return f"file {self.path.name} ({self.sample_rate} Hz × {self.channels} ch, {pace})"
 
     def _produce(self) -> None:
-        import soundfile as sf
-
         buf = np.empty((self.block_size, self.channels), dtype=np.float32)
         t0 = time.time()
         while not self._stop.is_set():
             try:
-                n = self._sf.read(frames=self.block_size, dtype="float32", always_2d=True, out=buf).shape[0]
-            except (sf.LibsndfileError, RuntimeError) as e:
+                n = self._audio.read(buf)
+            except DecodeError as e:
                 raise AudioInputError(
-                    f"cannot decode {self.path} after {self.frames_read / self.sample_rate:.2f} s: {_sf_reason(e)}"
+                    f"cannot decode {self.path} after {self.frames_read / self.sample_rate:.2f} s: {e}"
                 ) from None
             if n == 0:
                 break
@@ -342,15 +338,15 @@ class FileSource(_ThreadSource):
             return
         if self.frames_read == 0:
             raise AudioInputError(f"no audio could be decoded from {self.path}")
-        # MP3 headers only estimate the length; for the others a shortfall means a cut-off file.
-        if self.frames_read < self.frames and self._sf.format != "MP3":
+        # MP3/MP4 headers only estimate the length; for the others a shortfall means a cut-off file.
+        if self.frames_read < self.frames and self._audio.exact_length:
             raise AudioInputError(
                 f"{self.path} is truncated or corrupt: its header promises {self.frames} frames, "
                 f"only {self.frames_read} could be decoded"
             )
 
     def _close(self) -> None:
-        self._sf.close()
+        self._audio.close()
 
 
 class StdinSource(_ThreadSource):
@@ -657,48 +653,3 @@ class MicSource(Source):
             self._close_stream()
         finally:
             self.finished = True
-
-
-def _wav_shortfall(f) -> tuple[int, int] | None:
-    """``(declared, present)`` data bytes when a WAV's header promises more than the file holds.
-
-    libsndfile quietly shortens such files; its log says ``data : N (should be M)``. Streaming
-    writers that cannot seek put 0 or 0xFFFFFFFF there: an unknown length, not a truncation.
-    """
-    import re
-
-    if f.format not in ("WAV", "WAVEX", "RF64"):
-        return None
-    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info, re.MULTILINE)
-    if not m:
-        return None
-    declared, present = int(m.group(1)), int(m.group(2))
-    if 0 < declared < 0xFFFFFF00 and declared > present:
-        return declared, present
-    return None
-
-
-def _sf_reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "File does not exist or is not a regular file" in text:  # libsndfile's word for "no decoder took it"
-        return "not a supported audio format, or corrupt"
-    if ": " in text and text.startswith("Error opening"):
-        text = text.split(": ", 1)[1]
-    return text
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence C libraries writing to file descriptor 2 for the duration (main thread, short)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

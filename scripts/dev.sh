@@ -41,13 +41,9 @@ install_python() {
   echo "$want" >"$stamp"
 }
 
-# The default model's ONNX graph, built once here so that tagging
-# processes never import torch (engines/prepare.py) and the first run starts fast.
-prepare_default_model() {
-  "$VENV/bin/python" -m engines.prepare rt_tagger/default_model --onnx fp32
-}
-
-setup() { install_system; install_python; prepare_default_model; }
+# The default model ships its ONNX graph (sealed in its manifest), so nothing is built here;
+# after retraining it: python -m engines.seal rt_tagger/default_model --ship-runtime
+setup() { install_system; install_python; }
 
 cmd=${1:-}
 shift || true

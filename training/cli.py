@@ -17,7 +17,7 @@ from engines.errors import UserError
 __all__ = ["main"]
 
 log = logging.getLogger("training")
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "train_default.toml"
+DEFAULT_RECIPE = Path(__file__).resolve().parent / "configs" / "train_default.toml"  # configs/ links to it
 
 
 class CLIError(UserError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from engines.base import BackendError
 from engines.bundle import Bundle
-from engines.cache import Artifact, compiled_dir
+from engines.cache import Artifact, bundle_artifact
 from engines.onnx_export import DEFAULT_OPSET
 from engines.trt.api import TrtApi
 
@@ -107,7 +107,6 @@ def plan_artifact(
     lo, hi = batch_range
     key = {
         "kind": "tensorrt-plan",
-        "weights_sha256": bundle.manifest.weights_sha256,
         "flavour": api.flavour,
         "tensorrt_version": api.version,
         **target.key(),
@@ -117,4 +116,4 @@ def plan_artifact(
         "onnx_opset": int(opset),
     }
     name = f"tagger.{api.flavour}-{api.version}.{target.slug()}.{precision}.b{lo}-{hi}.plan"
-    return Artifact(compiled_dir(bundle) / name, key)
+    return bundle_artifact(bundle, name, key)  # adds weights sha256 and manifest digest
