@@ -21,6 +21,8 @@
 #      the eager CUDA-graph runner in the same run;
 #   8. fused-backend: batch 1 through infer() (numpy in/out, copies included) for triton-fused and
 #      torch-cuda, and the model alone under each one's CUDA graph (quick tuning catalogue);
+#   (tune-fused: tune the triton-fused backend with its default options, so `stream` and `serve`
+#   run on it through `auto`; serve: `bench serve`, concurrent real-time streams through one server.)
 #   9. gpu-tests: tests/engines on the GPU (conformance and parity of torch-cuda and triton-fused,
 #      the fused kernels against torch; TensorRT skips with its reason where no runtime supports the
 #      GPU). GPU_TESTS="tests/engines/test_x.py …" picks the files; GPU_TESTS_K passes pytest -k.
@@ -49,7 +51,7 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 
   B="$PY -m bench"
-  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled model-fused fused-backend gpu-tests}"
+  STEPS="${STEPS:-model-graphs model-backends capacity stream frontend model-compiled model-fused fused-backend gpu-tests}"  # also: tune-fused, serve
   export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/rt-triton-cache}"
   wanted() { [[ " $STEPS " == *" $1 "* ]]; }
   step() {  # step SECONDS NAME ARGS...
@@ -62,7 +64,14 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
        --iters 200 --max-seconds 2 --tag graphs
   step 100 model-backends model --runners backends --batches 1,8,64,512,4096 --iters 100 --max-seconds 2 --tag backends
   step 140 capacity capacity --runner cuda-graph-bf16 --hop 0.5 --max-batch 4096 --hops 10 --min-hops 5 --max-seconds 5
+  if wanted tune-fused; then  # the default options, so that `auto` picks triton-fused afterwards
+    echo; echo "== [tune-fused] $(date -u +%T)"
+    timeout --signal=INT "${TUNE_S:-300}" $PY -m engines.triton tune rt_tagger/default_model --max-batch "${TUNE_MAX_BATCH:-64}" \
+      || echo "!! step tune-fused failed or timed out (rc=$?)"
+  fi
   step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
+  step "${SERVE_S:-240}" serve serve --backend auto --streams "${SERVE_STREAMS:-100,1000,2000,4000}" --seconds 20 \
+       --skip-s 5 --stop-at-failure
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
   step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune
