@@ -70,7 +70,7 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
       || echo "!! step tune-fused failed or timed out (rc=$?)"
   fi
   step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
-  step "${SERVE_S:-240}" serve serve --backend auto --streams "${SERVE_STREAMS:-100,1000,2000,4000}" --seconds 20 \
+  step "${SERVE_S:-240}" serve serve --backend auto --streams "${SERVE_STREAMS:-250,500,1000,2000}" --seconds 20 --chunk-ms 100 \
        --skip-s 5 --stop-at-failure
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
