@@ -3,8 +3,9 @@
 Three kinds of OS process, as users run them: the server (``rt-tagger serve``), a subscriber
 (:mod:`bench.stream_sub`, every topic) and the load generator (this process), which opens N
 streams over the ingest protocol and sends each one's audio in real time: real music looped, each
-stream from its own random offset, one multi-stream message every ``--chunk-ms`` (what a gateway
-in front of many clients sends).
+stream from its own random offset and joining at its own random moment within the first hop (as
+independent live streams do, so their windows fall due spread over the hop), one multi-stream
+message every ``--chunk-ms`` (what a gateway in front of many clients sends).
 
 For every N of ``--streams``: every stream's sequence numbers at the subscriber (gaps = lost
 messages), capture→publish and capture→receive latency p50/p99 over all streams (capture = when
@@ -97,8 +98,11 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
             for sid in ids[1:]:
                 client.open(sid, sr, 1, "s16le", hop_s=args.hop)
             cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-            periods = int(args.seconds * 1e3 / args.chunk_ms)
             period = chunk / sr
+            # Live streams start at independent times: stream i joins at a random period within the
+            # first hop, so windows fall due spread over the hop, not all in the same instant.
+            join = rng.integers(0, max(1, int(round(args.hop / period))), size=n)
+            periods = int(args.seconds * 1e3 / args.chunk_ms) + int(join.max())
             late = 0
             for k in range(periods):
                 due = t0 + (k + 1) * period  # a chunk leaves once its last frame was "captured"
@@ -109,9 +113,12 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
                     late += 1
                 items = []
                 for i, sid in enumerate(ids):
-                    start = (offsets[i] + k * chunk) % (len(audio) - chunk)
+                    if k < join[i]:
+                        continue
+                    start = (offsets[i] + (k - join[i]) * chunk) % (len(audio) - chunk)
                     items.append((sid, audio[start : start + chunk]))
-                client.send_many(items)
+                if items:
+                    client.send_many(items)
             cpu1, t1 = _cpu_seconds(server.pid), time.perf_counter()
             for sid in ids:
                 client.close_stream(sid, wait=False)
@@ -126,7 +133,8 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
         sub.terminate()
         sub.wait(timeout=30)
     rows = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
-    return _analyse(args, rows, ids, n, period * periods, (cpu1 - cpu0) / (t1 - t0) * 100, late)
+    seconds = period * (periods - int(join.max()))  # audio every stream sent at least
+    return _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (t1 - t0) * 100, late)
 
 
 def _analyse(

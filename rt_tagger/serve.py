@@ -244,7 +244,7 @@ class Server:
             except ProtocolError as e:
                 self.stats.protocol_errors += 1
                 self._reply(identity, Reply(type="error", reason=str(e)))
-            if self._batch_full():
+            if self._batch_due():  # full, or the oldest due window waited long enough: score first
                 return
 
     # ------------------------------------------------------------------ requests
