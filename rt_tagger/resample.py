@@ -12,7 +12,9 @@ latency of ``right`` input samples: an output is emitted once all the inputs it 
 :meth:`StreamingResampler.flush` ends the stream (zeros after the end) and emits the tail.
 
 Non-finite input samples (NaN/Inf) would poison the filter's history; they are replaced by 0 and
-counted in ``dropped_samples`` (0 in normal operation), which feeds the messages' drop counters.
+counted in ``dropped_samples`` (0 in normal operation). This is the streaming path's only NaN
+handling: the count is the messages' ``drops.resampler_dropped_samples``, and the stream state
+(:mod:`rt_tagger.stream_state`) applies the ``nonfinite`` policy (reject or keep the zeros) from it.
 """
 
 from __future__ import annotations

@@ -162,7 +162,10 @@ def test_slow_tagger_blocking_stdin_is_visible(sensitive_bundle, demo_audio):
     # The ring alone holds 1 s; more than that waits in the blocked reader and the pipe.
     assert max(backlog) > 1.5, backlog
     assert msgs[-1].kind == "end" and msgs[-1].backlog_s == 0.0
-    assert msgs[-1].drops.input_blocked_s > 0 and res.counters["input_blocked_s"] == msgs[-1].drops.input_blocked_s
+    assert (
+        msgs[-1].drops.input_blocked_s > 0
+        and res.counters["input_blocked_s"] == msgs[-1].drops.input_blocked_s
+    )
 
 
 def test_window_is_tagged_once_its_last_sample_arrives(sensitive_bundle, demo_audio):
