@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.teachers.base import Teacher, TeacherOutput, WindowGrid
+
 __all__ = [
     "SAMPLE_RATE",
     "N_FFT",
@@ -42,6 +44,7 @@ __all__ = [
     "musicnn_logmel",
     "load_musicnn",
     "weights_path",
+    "MusicnnTeacher",
 ]
 
 SAMPLE_RATE = 16000
@@ -204,3 +207,44 @@ def load_musicnn(model: str = "MTT_musicnn", path: str | Path | None = None) -> 
     net = MusiCNN(n_tags=len(tags), **cfg)
     net.load_state_dict(load_file(str(path)))
     return net.eval(), tags
+
+
+class MusicnnTeacher(Teacher):
+    """MTT_musicnn or MSD_musicnn as a :class:`Teacher` (probabilities = sigmoid outputs).
+
+    Native grid (``grid=None``): 187-frame patches without overlap from frame 0, exactly as
+    ``musicnn.extractor(input_length=3, input_overlap=False)``. On a :class:`WindowGrid` each
+    window gets the 187 frames centred in it (rt-tagger's 3.09-s window holds 192 full frames).
+    """
+
+    def __init__(self, model: str = "MTT_musicnn", device: str = "cpu", batch_size: int = 64) -> None:
+        self.model_name = model
+        self.name = {"MTT_musicnn": "musicnn-mtt", "MSD_musicnn": "musicnn-msd"}.get(model, model)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        net, self._tags = load_musicnn(model)
+        self.net = net.to(self.device)
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self._tags)
+
+    def _predict(self, audio: np.ndarray, grid: WindowGrid | None) -> TeacherOutput:
+        logmel = musicnn_logmel(audio)
+        if grid is None:  # musicnn's batch_data: every patch that fits, stepping 187 frames
+            first = np.arange(0, logmel.shape[0] - PATCH_FRAMES + 1, PATCH_FRAMES, dtype=np.int64)
+            times = np.stack([first, first + PATCH_FRAMES], axis=1) * (HOP / SAMPLE_RATE)
+        else:
+            if logmel.shape[0] < PATCH_FRAMES:  # short clip: pad with the value of silence, log10(1)
+                logmel = np.pad(logmel, ((0, PATCH_FRAMES - logmel.shape[0]), (0, 0)))
+            starts = grid.starts(len(audio))
+            first = (starts + (grid.length - PATCH_FRAMES * HOP) // 2) // HOP
+            first = np.clip(first, 0, logmel.shape[0] - PATCH_FRAMES)
+            times = grid.times(len(audio))
+        probs = np.empty((len(first), len(self._tags)), dtype=np.float32)
+        idx = np.arange(PATCH_FRAMES)
+        with torch.inference_mode():
+            for a in range(0, len(first), self.batch_size):
+                batch = torch.from_numpy(logmel[first[a : a + self.batch_size, None] + idx[None, :]])
+                probs[a : a + len(batch)] = torch.sigmoid(self.net(batch.to(self.device))).cpu().numpy()
+        return TeacherOutput(self.tags, probs, times)
