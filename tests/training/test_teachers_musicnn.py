@@ -17,6 +17,7 @@ from training.teachers.base import WindowGrid
 from training.teachers.musicnn import (
     MODELS,
     PATCH_FRAMES,
+    PUBLISHED_EXAMPLE,
     MusicnnTeacher,
     load_musicnn,
     musicnn_logmel,
@@ -25,21 +26,7 @@ from training.teachers.musicnn import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "teachers"
-EXAMPLE_NAME = "joram-moments_of_clarity-08-solipsism-59-88.mp3"
-# musicnn's README (top_tags(..., topN=10)) and the values its TF graph gives under numpy 1.x
-PUBLISHED_TOP10 = [
-    "techno",
-    "electronic",
-    "synth",
-    "fast",
-    "beat",
-    "drums",
-    "no vocals",
-    "no vocal",
-    "dance",
-    "ambient",
-]
-PUBLISHED_TOP3 = {"techno": 0.5855, "electronic": 0.5408, "synth": 0.4187}
+EXAMPLE_NAME = PUBLISHED_EXAMPLE["file"]
 
 pytestmark = pytest.mark.skipif(
     not all(weights_path(m).is_file() for m in MODELS),
@@ -148,6 +135,6 @@ def test_published_example_is_reproduced():
         means[model] = (out.probs.mean(axis=0), out.tags)
     mean, tags = means["MTT_musicnn"]
     order = [tags[i] for i in np.argsort(-mean)]
-    assert order[:10] == PUBLISHED_TOP10
-    for tag, value in PUBLISHED_TOP3.items():
+    assert order[:10] == PUBLISHED_EXAMPLE["top10"]
+    for tag, value in PUBLISHED_EXAMPLE["top3_values"].items():
         assert round(float(mean[tags.index(tag)]), 4) == value

@@ -45,6 +45,7 @@ __all__ = [
     "load_musicnn",
     "weights_path",
     "MusicnnTeacher",
+    "PUBLISHED_EXAMPLE",
 ]
 
 SAMPLE_RATE = 16000
@@ -53,6 +54,27 @@ HOP = 256
 N_MELS = 96
 PATCH_FRAMES = 187  # musicnn's input_length=3 s: librosa.time_to_frames(3, 16000, 256, 512) + 1
 BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
+
+# musicnn's published example (README, tagging_example.ipynb): the clip lives only in its git
+# repository (audio/), not in the wheel or sdist. Top-10 from the README; the three values are
+# what musicnn's own TF graph gives under numpy 1.x (scripts/convert_musicnn.py --example).
+PUBLISHED_EXAMPLE = {
+    "file": "joram-moments_of_clarity-08-solipsism-59-88.mp3",
+    "model": "MTT_musicnn",
+    "top10": [
+        "techno",
+        "electronic",
+        "synth",
+        "fast",
+        "beat",
+        "drums",
+        "no vocals",
+        "no vocal",
+        "dance",
+        "ambient",
+    ],
+    "top3_values": {"techno": 0.5855, "electronic": 0.5408, "synth": 0.4187},
+}
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODELS = ("MTT_musicnn", "MSD_musicnn")
