@@ -37,7 +37,7 @@ install_python() {
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   echo "dev.sh: installing rt-tagger and its dependencies into $VENV (torch CPU wheels: a few minutes)"
-  "$VENV/bin/pip" install -q -e ".[dev,synth,tensorrt-rtx]"
+  "$VENV/bin/pip" install -q -e ".[dev,synth,tensorrt-rtx,teachers]"
   echo "$want" >"$stamp"
 }
 
