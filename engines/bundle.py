@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -29,11 +29,19 @@ from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 from engines.model_spec import ModelSpec
 
-__all__ = ["BundleError", "Manifest", "Bundle", "save_bundle", "sha256_file", "FORMAT_VERSION"]
+__all__ = ["BundleError", "Manifest", "Bundle", "save_bundle", "sha256_file", "FORMAT_VERSION", "TAG_GROUPS"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+
+# What a tag describes. "music" is the music / not-music head: at most one tag, which gates the others
+# (docs/messages.md, `state`). A manifest without `groups` has every tag in "other".
+TagGroup = Literal[
+    "instrument", "drums", "vocals", "genre", "style", "mood", "tempo", "dynamics", "music", "other"
+]  # fmt: skip
+TAG_GROUPS: tuple[str, ...] = TagGroup.__args__
 
 
 class BundleError(UserError):
@@ -50,6 +58,9 @@ class Manifest(BaseModel):
     hop_seconds: float = Field(0.5, gt=0, description="default streaming hop")
     tags: list[str]
     thresholds: list[float] = Field(description="per-tag decision thresholds on probabilities")
+    groups: list[TagGroup] = Field(
+        default_factory=list, description="per-tag group, in `tags` order; empty: every tag is 'other'"
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     weights_file: str = WEIGHTS_FILE
@@ -63,7 +74,21 @@ class Manifest(BaseModel):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.tags)} tags")
         if len(set(self.tags)) != len(self.tags):
             raise ValueError("tag names must be unique")
+        if self.groups and len(self.groups) != len(self.tags):
+            raise ValueError(f"{len(self.groups)} groups for {len(self.tags)} tags")
+        if self.groups.count("music") > 1:
+            raise ValueError("at most one tag may be in group 'music' (the music / not-music head)")
         return self
+
+    @property
+    def tag_groups(self) -> list[str]:
+        """Every tag's group, in ``tags`` order ("other" when the manifest names none)."""
+        return list(self.groups) if self.groups else ["other"] * len(self.tags)
+
+    @property
+    def music_index(self) -> int | None:
+        """Index of the music / not-music tag (group "music"), or None if the model has none."""
+        return self.groups.index("music") if "music" in self.groups else None
 
 
 def sha256_file(path: Path) -> str:

@@ -79,6 +79,9 @@ def _publish_opts(p: argparse.ArgumentParser) -> None:
         help="with --allow-remote: publish without CURVE (anyone on the network can read)",
     )
     p.add_argument("--full-scores", action="store_true", default=None, help="send the whole score vector")
+    p.add_argument(
+        "--embedding", action="store_true", default=None, help="send each window's embedding in its message"
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print a line per message")
 
