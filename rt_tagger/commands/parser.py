@@ -118,6 +118,21 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
     p.add_argument("--taggram", type=Path, metavar="PNG", help="draw the tags over time into this image")
     p.add_argument("--block-size", type=int, help="frames per decoded block")
 
+    p = sub.add_parser("embed", help="per-window embeddings of audio files into .npy or .safetensors")
+    _common(p)
+    p.add_argument("--bundle", type=Path, help="model bundle directory (default: the shipped model)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
+    p.add_argument("--hop", type=float, dest="hop_seconds", help="seconds between windows (0.1 .. window)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="X.npy|X.safetensors",
+        help="output file (format by suffix)",
+    )
+    p.add_argument("--block-size", type=int, help="frames per decoded block")
+
     p = sub.add_parser("stream", help="tag raw PCM from stdin (`stream -`) and publish")
     _common(p)
     _model_opts(p)
