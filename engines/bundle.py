@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -50,12 +50,21 @@ __all__ = [
     "manifest_digest",
     "sha256_file",
     "FORMAT_VERSION",
+    "TAG_GROUPS",
 ]
 
 FORMAT_VERSION = 2  # 2: the manifest carries manifest_sha256 over all its other fields
 DIGEST_FIELD = "manifest_sha256"
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+
+# What a tag describes. "music" is the music / not-music head: at most one tag, which gates the others
+# (docs/messages.md, `state`). A manifest without `groups` has every tag in "other".
+TagGroup = Literal[
+    "instrument", "drums", "vocals", "genre", "style", "mood", "tempo", "dynamics", "music", "other"
+]  # fmt: skip
+TAG_GROUPS: tuple[str, ...] = TagGroup.__args__
 
 
 class BundleError(UserError):
@@ -91,6 +100,9 @@ class Manifest(BaseModel):
     thresholds: list[Probability] = Field(
         description="per-tag decision thresholds on probabilities, in (0, 1)"
     )
+    groups: list[TagGroup] = Field(
+        default_factory=list, description="per-tag group, in `tags` order; empty: every tag is 'other'"
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     artifacts: dict[str, SealedArtifact] = Field(
@@ -108,11 +120,25 @@ class Manifest(BaseModel):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.tags)} tags")
         if len(set(self.tags)) != len(self.tags):
             raise ValueError("tag names must be unique")
+        if self.groups and len(self.groups) != len(self.tags):
+            raise ValueError(f"{len(self.groups)} groups for {len(self.tags)} tags")
+        if self.groups.count("music") > 1:
+            raise ValueError("at most one tag may be in group 'music' (the music / not-music head)")
         _check_frontend(self.frontend)
         for name in self.artifacts:
             if Path(name).name != name or name.startswith("."):
                 raise ValueError(f"artifact {name!r} must be a plain file name inside compiled/")
         return self
+
+    @property
+    def tag_groups(self) -> list[str]:
+        """Every tag's group, in ``tags`` order ("other" when the manifest names none)."""
+        return list(self.groups) if self.groups else ["other"] * len(self.tags)
+
+    @property
+    def music_index(self) -> int | None:
+        """Index of the music / not-music tag (group "music"), or None if the model has none."""
+        return self.groups.index("music") if "music" in self.groups else None
 
 
 def _check_frontend(fe: FrontEndSpec) -> None:

@@ -7,6 +7,12 @@ Hysteresis keeps tags from flickering: a tag turns *on* when its smoothed score 
 ``on = t`` (the bundle's calibrated per-tag threshold) and turns *off* only when it falls to
 ``off = t * off_ratio``. A score that wanders inside ``(off, on)`` changes nothing. An optional
 minimum dwell (stream seconds) also holds a state for a while after each switch.
+
+A model with a music / not-music head (the tag in manifest group ``music``, ``music_index``) gates
+the others: that tag's own hysteresis decides the window's ``state`` ("music" / "not_music"). While
+it says not music no tag turns on, the tags still on turn off, and ``top`` is empty, so noise,
+tones or speech never read as confident music tags. The gate tag itself is never in ``top``,
+``active`` or ``events``: ``state`` says it. Without such a tag ``state`` is None (unknown).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class AggregateResult:
     top: list[tuple[str, float]]  # best first
     events: list[Event] = field(default_factory=list)
     active: list[str] = field(default_factory=list)  # tags on after this update, in tag order
+    state: Literal["music", "not_music"] | None = None  # None: the model has no music head
 
 
 class Aggregator:
@@ -47,6 +54,7 @@ class Aggregator:
         top_k: Tags listed per update.
         off_ratio: ``off = on * off_ratio``; 1.0 disables hysteresis.
         min_dwell_s: A tag keeps its state at least this many stream seconds after a switch.
+        music_index: Index of the music / not-music tag that gates the others (None: no gate).
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class Aggregator:
         top_k: int = 5,
         off_ratio: float = 0.8,
         min_dwell_s: float = 0.0,
+        music_index: int | None = None,
     ) -> None:
         if mode not in ("mean", "ema"):
             raise ValueError(f"mode must be 'mean' or 'ema', got {mode!r}")
@@ -73,7 +82,13 @@ class Aggregator:
         self.mode = mode
         self.horizon = int(horizon_windows)
         self.alpha = float(ema_alpha)
-        self.top_k = min(int(top_k), len(self.tags))
+        if music_index is not None and not 0 <= music_index < len(self.tags):
+            raise ValueError(f"music_index {music_index} is not a tag index (0..{len(self.tags) - 1})")
+        self.music_index = music_index
+        self._listed = np.ones(len(self.tags), dtype=bool)  # tags that may be listed (not the gate)
+        if music_index is not None:
+            self._listed[music_index] = False
+        self.top_k = min(int(top_k), int(self._listed.sum()))
         self.min_dwell_s = float(min_dwell_s)
         self.reset()
 
@@ -110,21 +125,42 @@ class Aggregator:
         may_switch = (time_s - self._last_switch) >= self.min_dwell_s
         turn_on = ~self.active & (scores >= self.on_thresholds) & may_switch
         turn_off = self.active & (scores <= self.off_thresholds) & may_switch
-        events = [Event(self.tags[i], "on", time_s) for i in np.flatnonzero(turn_on)]
-        events += [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(turn_off)]
+        state = None
+        m = self.music_index
+        if m is not None:
+            music = bool(self.active[m] ^ (turn_on[m] | turn_off[m]))
+            state = "music" if music else "not_music"
+            if not music:  # not music: nothing turns on, whatever is on turns off (dwell or not)
+                turn_on &= ~self._listed
+                turn_off |= self.active & self._listed
+        listed = self._listed
+        events = [Event(self.tags[i], "on", time_s) for i in np.flatnonzero(turn_on & listed)]
+        events += [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(turn_off & listed)]
         changed = turn_on | turn_off
         self.active ^= changed
         self._last_switch[changed] = time_s
 
+        top = [] if state == "not_music" else self._top(scores)
+        return AggregateResult(
+            scores=scores.astype(np.float32), top=top, events=events, active=self.active_tags(), state=state
+        )
+
+    def _top(self, scores: np.ndarray) -> list[tuple[str, float]]:
+        """The ``top_k`` listed tags by score, best first (ties in tag order)."""
         k = self.top_k
-        idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        idx = idx[np.argsort(-scores[idx], kind="stable")]
-        top = [(self.tags[i], float(scores[i])) for i in idx]
-        active = [self.tags[i] for i in np.flatnonzero(self.active)]
-        return AggregateResult(scores=scores.astype(np.float32), top=top, events=events, active=active)
+        if k == 0:
+            return []
+        ranked = np.where(self._listed, scores, -np.inf)
+        idx = np.argpartition(-ranked, k - 1)[:k] if k < len(ranked) else np.arange(len(ranked))
+        idx = idx[np.argsort(-ranked[idx], kind="stable")]
+        return [(self.tags[i], float(scores[i])) for i in idx if self._listed[i]]
+
+    def active_tags(self) -> list[str]:
+        """The tags on now, in tag order (the music gate is not listed: it is the ``state``)."""
+        return [self.tags[i] for i in np.flatnonzero(self.active & self._listed)]
 
     def close_events(self, time_s: float) -> list[Event]:
         """``off`` events for every tag still on (end of stream), and clear the state."""
-        events = [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(self.active)]
+        events = [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(self.active & self._listed)]
         self.active[:] = False
         return events

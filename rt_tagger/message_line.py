@@ -3,7 +3,8 @@
 
     12:03:04.512 mic      #42    t=21.0s  piano ▇▇▇▆ .82  guitar ▃ .31 | on piano | +piano | lat 7.3ms | drops 0
     12:03:05.012 mic      #43    t=21.5s  ♥ heartbeat (silent) | drops 0
-    12:03:05.512 mic      #44    end of stream: eof | {"counters": {...}}
+    12:03:05.512 mic      #44    t=22.0s  not music | -piano | lat 7.1ms | drops 0
+    12:03:06.012 mic      #45    end of stream: eof | {"counters": {...}}
 
 ``lat`` is processing latency (publish wall time − capture wall time of the window's last sample).
 """
@@ -64,6 +65,8 @@ def format_message(
     if msg.kind == "heartbeat":
         heart = "<3" if ascii_only else "♥"
         parts.append(f"{heart} heartbeat ({msg.heartbeat_reason or '?'})")
+    elif msg.state == "not_music":  # the music head says no: no tags to show
+        parts.append("not music")
     else:
         tops = "  ".join(
             f"{s.tag} {_bar(s.score, 4, ascii_only)} {f'{s.score:.2f}'.lstrip('0')}" for s in msg.top[:top_n]

@@ -28,6 +28,7 @@ __all__ = [
     "BackendInfo",
     "DropCounters",
     "END_REASONS",
+    "STATES",
     "EndInfo",
     "ModelInfo",
     "StageTimings",
@@ -39,7 +40,8 @@ __all__ = [
     "json_schema",
 ]
 
-SCHEMA_VERSION = "1.1"  # 1.1 added kind="end", `end`, `backlog_s`, two drop counters
+# 1.1 added kind="end", `end`, `backlog_s`, two drop counters; 1.2 added `state` and `embedding`.
+SCHEMA_VERSION = "1.2"
 SCHEMA_PATH = Path(__file__).with_name("schema") / "tag_message.schema.json"
 
 
@@ -153,6 +155,9 @@ class EndInfo(_Model):
     heartbeats: int = Field(description="Heartbeats built over the whole stream.")
 
 
+STATES = ("music", "not_music", "silence")
+
+
 class TagMessage(_Model):
     """One message on topic ``tags.<stream_id>``: rolling tags for a hop, or a heartbeat."""
 
@@ -189,6 +194,18 @@ class TagMessage(_Model):
         "a blocked reader, and (stdin) unread in the pipe. Grows when the tagger falls behind.",
     )
     end: EndInfo | None = Field(None, description='Only for kind="end": why the stream ended.')
+    state: Literal["music", "not_music", "silence"] | None = Field(
+        None,
+        description='What the window holds. "silence": a silent heartbeat (input below the silence floor). '
+        '"music" / "not_music": the model\'s music head (the tag in manifest group "music") is on / off; '
+        'while "not_music", `top` and `active` are empty. null: the model has no music head (it cannot '
+        "tell), or the message is a stalled heartbeat or the end.",
+    )
+    embedding: list[float] | None = Field(
+        None,
+        description="The window's embedding (the model's penultimate layer, embed_dim floats); only with "
+        "publish.embedding / --embedding, only in kind=tags.",
+    )
 
     @property
     def topic(self) -> bytes:
@@ -224,6 +241,7 @@ class TagMessage(_Model):
             stream_id=stream_id,
             seq=seq,
             heartbeat_reason=reason,
+            state="silence" if reason == "silent" else None,
             drops=drops if drops is not None else DropCounters(),
             backend=backend,
             model=model,

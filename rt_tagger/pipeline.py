@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.bundle import Bundle
 from rt_tagger.aggregator import Aggregator
-from rt_tagger.messages import BackendInfo, ModelInfo, TagEvent, TagMessage
+from rt_tagger.messages import BackendInfo, ModelInfo, TagEvent, TagMessage, WindowInfo
 from rt_tagger.scheduler import run_due
 from rt_tagger.settings import RuntimeSettings, SettingsError, load_settings
 from rt_tagger.sources import AudioInputError, DeviceLostError, FileSource, Source
@@ -61,6 +61,7 @@ class RunResult:
 
     tags: list[str]
     windows: list[WindowResult] = field(default_factory=list)
+    silent_windows: list[WindowInfo] = field(default_factory=list)  # heartbeats instead of tags
     events: list[TagEvent] = field(default_factory=list)
     messages: int = 0  # delivered, the end message included
     heartbeats: int = 0
@@ -209,6 +210,7 @@ class Pipeline:
             stall_s=st.stall_hops * hop_s,
             nonfinite=st.nonfinite,
             full_scores=st.publish.full_scores if full_scores is None else full_scores,
+            embedding=st.publish.embedding,
         )
         aggregator = Aggregator(
             self.bundle.tags,
@@ -219,6 +221,7 @@ class Pipeline:
             top_k=agg.top_k,
             off_ratio=agg.off_ratio,
             min_dwell_s=agg.min_dwell_s,
+            music_index=self.bundle.manifest.music_index,
         )
         fe = self.front_end(input_rate, channels)
         return StreamState(fe, aggregator, hop_frames, options, source=source, keep_windows=self.keep_windows)
@@ -256,6 +259,7 @@ class Pipeline:
             raise
         self._end(stream, res, reason, None)
         res.windows, res.events = stream.totals.kept, stream.totals.events
+        res.silent_windows = stream.totals.silent
         res.heartbeats, res.duration_s = stream.totals.heartbeats, stream.duration_s
         res.counters = {**stream.drops().model_dump(), "ring_overflow_events": source.ring.overflow_events}
         if self.publisher is not None:

@@ -32,18 +32,18 @@ def run_due(streams: Iterable[StreamState], backend) -> list[tuple[StreamState, 
     """
     due = [(s, w) for s in streams for w in s.due_windows()]
     live = [w for _, w in due if not w.silent]
-    probabilities: dict[int, tuple[np.ndarray, float]] = {}
+    results: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
     batch_max = backend.batch_range[1]
     for i in range(0, len(live), batch_max):
         chunk = live[i : i + batch_max]
         mel = chunk[0].mel[None] if len(chunk) == 1 else np.stack([w.mel for w in chunk])
         t = time.perf_counter()
-        p = backend.infer(mel).probabilities
+        out = backend.infer(mel)
         ms = (time.perf_counter() - t) * 1e3
         for j, w in enumerate(chunk):
-            probabilities[id(w)] = (p[j], ms)
+            results[id(w)] = (out.probabilities[j], out.embeddings[j], ms)
     done = []
     for stream, w in due:
-        p, ms = probabilities.get(id(w), (None, None))
-        done.append((stream, w, stream.complete(w, p, ms)))
+        p, e, ms = results.get(id(w), (None, None, None))
+        done.append((stream, w, stream.complete(w, p, ms, e)))
     return done

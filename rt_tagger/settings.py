@@ -115,6 +115,7 @@ class PublishSettings(BaseModel):
     )
     insecure_remote: bool = Field(False, description="allow binding beyond loopback without CURVE")
     full_scores: bool = Field(False, description="send the whole score vector in every message")
+    embedding: bool = Field(False, description="send each window's embedding (embed_dim floats)")
 
 
 class ServeSettings(BaseModel):

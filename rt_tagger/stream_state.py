@@ -75,6 +75,7 @@ class MessageOptions:
     stall_s: float = 1.0  # no audio pushed for this long: a stalled heartbeat (then one per hop)
     nonfinite: str = "reject"  # "reject" | "zero"
     full_scores: bool = False
+    embedding: bool = False  # send each window's embedding (publish.embedding)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class WindowResult:
     probabilities: np.ndarray  # (n_tags,) this window's raw model output
     scores: np.ndarray  # (n_tags,) aggregated over the horizon
     top: list[tuple[str, float]]
+    state: str | None = None  # "music" / "not_music" (the music head), None: no music head
+    embedding: np.ndarray | None = None  # (embed_dim,) when the backend returned one
 
 
 @dataclass
@@ -115,6 +118,7 @@ class _Totals:
     heartbeats: int = 0
     events: list[TagEvent] = field(default_factory=list)
     kept: list[WindowResult] = field(default_factory=list)
+    silent: list[WindowInfo] = field(default_factory=list)  # silent windows (kept with ``kept``)
 
 
 class StreamState:
@@ -260,11 +264,18 @@ class StreamState:
         return due
 
     def complete(
-        self, window: DueWindow, probabilities: np.ndarray | None, inference_ms: float | None
+        self,
+        window: DueWindow,
+        probabilities: np.ndarray | None,
+        inference_ms: float | None,
+        embedding: np.ndarray | None = None,
     ) -> TagMessage:
-        """The message for a due window: tags from ``probabilities`` ``(n_tags,)``, or a heartbeat
-        for a silent window (``probabilities`` None)."""
+        """The message for a due window: tags from ``probabilities`` ``(n_tags,)`` (and the
+        window's ``embedding``), or a ``state="silence"`` heartbeat for a silent window
+        (``probabilities`` None)."""
         if window.silent:
+            if self.keep_windows:
+                self.totals.silent.append(window.info)
             return self._heartbeat("silent", window)
         t = time.perf_counter()
         out = self.aggregator.update(probabilities, window.info.end_s)
@@ -274,7 +285,13 @@ class StreamState:
         if self.keep_windows:
             self.totals.kept.append(
                 WindowResult(
-                    window.info.start_s, window.info.end_s, probabilities.copy(), out.scores.copy(), out.top
+                    window.info.start_s,
+                    window.info.end_s,
+                    probabilities.copy(),
+                    out.scores.copy(),
+                    out.top,
+                    out.state,
+                    None if embedding is None else embedding.copy(),
                 )
             )
         c2r = _ms_between(window.capture_wall, window.arrival_wall)
@@ -300,6 +317,8 @@ class StreamState:
             backend=self.options.backend,
             model=self.options.model,
             backlog_s=self._backlog(),
+            state=out.state,
+            embedding=embedding.tolist() if self.options.embedding and embedding is not None else None,
         )
         self.seq += 1
         self.totals.windows += 1
@@ -387,7 +406,7 @@ class StreamState:
             model=self.options.model,
             window=window.info if window is not None else None,
             capture_wall_time=window.capture_wall if window is not None else None,
-            active=[t for t, a in zip(self.aggregator.tags, self.aggregator.active, strict=True) if a],
+            active=self.aggregator.active_tags(),
         )
         msg.backlog_s = self._backlog()
         self.seq += 1

@@ -1,4 +1,4 @@
-"""The runtime subcommands of ``rt-tagger``: devices, listen, tag, stream, subscribe, demo.
+"""The runtime subcommands of ``rt-tagger``: devices, listen, tag, embed, stream, subscribe, demo.
 
 ``rt_tagger.cli`` turns :class:`~engines.errors.UserError` into one line on stderr and a non-zero
 exit (tracebacks with ``--debug``); commands here only raise. Settings come from
@@ -6,7 +6,8 @@ exit (tracebacks with ``--debug``); commands here only raise. Settings come from
 
 Modules: :mod:`.parser` (every option), :mod:`.settings_from_args` (flags → settings),
 :mod:`.console` (log silencing, summaries), :mod:`.live` (devices, listen, stream),
-:mod:`.tag` (offline tagging, result documents, taggrams), :mod:`.demo`; ``subscribe`` is
+:mod:`.tag` (offline tagging, result documents, taggrams), :mod:`.embed` (embeddings of files),
+:mod:`.demo`; ``subscribe`` is
 :mod:`rt_tagger.subscribe`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from rt_tagger import subscribe
 from rt_tagger.commands.console import quiet_logs
 from rt_tagger.commands.demo import cmd_demo
+from rt_tagger.commands.embed import cmd_embed
 from rt_tagger.commands.live import cmd_devices, cmd_listen, cmd_stream
 from rt_tagger.commands.parser import build_parser
 from rt_tagger.commands.serve import cmd_serve
@@ -26,6 +28,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "listen": cmd_listen,
     "tag": cmd_tag,
+    "embed": cmd_embed,
     "stream": cmd_stream,
     "serve": cmd_serve,
     "subscribe": subscribe.main_from_args,

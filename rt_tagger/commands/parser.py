@@ -79,6 +79,9 @@ def _publish_opts(p: argparse.ArgumentParser) -> None:
         help="with --allow-remote: publish without CURVE (anyone on the network can read)",
     )
     p.add_argument("--full-scores", action="store_true", default=None, help="send the whole score vector")
+    p.add_argument(
+        "--embedding", action="store_true", default=None, help="send each window's embedding in its message"
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print a line per message")
 
@@ -113,6 +116,21 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
     p.add_argument("--per-window", action="store_true", help="also list every window's top tags")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON to stdout, or to FILE")
     p.add_argument("--taggram", type=Path, metavar="PNG", help="draw the tags over time into this image")
+    p.add_argument("--block-size", type=int, help="frames per decoded block")
+
+    p = sub.add_parser("embed", help="per-window embeddings of audio files into .npy or .safetensors")
+    _common(p)
+    p.add_argument("--bundle", type=Path, help="model bundle directory (default: the shipped model)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
+    p.add_argument("--hop", type=float, dest="hop_seconds", help="seconds between windows (0.1 .. window)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="X.npy|X.safetensors",
+        help="output file (format by suffix)",
+    )
     p.add_argument("--block-size", type=int, help="frames per decoded block")
 
     p = sub.add_parser("stream", help="tag raw PCM from stdin (`stream -`) and publish")

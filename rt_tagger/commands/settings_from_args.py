@@ -18,6 +18,7 @@ def settings_from_args(args: argparse.Namespace, **extra) -> RuntimeSettings:
         "curve_clients": get("curve_clients"),
         "insecure_remote": get("insecure_remote"),
         "full_scores": get("full_scores"),
+        "embedding": get("embedding"),
     }
     if get("publish"):
         publish["endpoint"] = get("publish")

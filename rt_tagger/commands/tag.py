@@ -1,5 +1,9 @@
 """``rt-tagger tag FILE…``: offline tagging, its result documents (``--json``) and taggrams.
 
+A file with no tagged window (all below the silence floor) is reported as ``silence``; with a model
+that has a music / not-music head (manifest group ``music``) a file whose mean music probability is
+below that tag's threshold is ``not music``. Neither lists tags: no confident or zero scores.
+
 Nothing is half-written: every output path is checked before any work, ``--json FILE`` is written
 atomically, and only after every input was processed.
 """
@@ -16,7 +20,7 @@ from engines.cache import write_atomic
 from engines.errors import UserError
 from rt_tagger.commands.settings_from_args import settings_from_args
 
-__all__ = ["cmd_tag", "result_document", "taggram_path"]
+__all__ = ["cmd_tag", "file_state", "result_document", "taggram_path"]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -30,8 +34,37 @@ def check_writable(path: Path, what: str) -> None:
         raise UserError(f"cannot write {what} {path}: folder not writable")
 
 
+def file_state(res, bundle) -> str | None:
+    """The file's state: "silence" (no tagged window), "music" / "not_music" (the mean of the music
+    head's probability against its threshold), or None when the model has no music head."""
+    if not res.windows:
+        return "silence"
+    m = bundle.manifest.music_index
+    if m is None:
+        return None
+    return "music" if res.clip_scores[m] >= bundle.manifest.thresholds[m] else "not_music"
+
+
+def _file_top(res, bundle, state: str | None, k: int) -> list[tuple[str, float]]:
+    """The whole-file top tags, without the music gate; none for silence or not music."""
+    if state in ("silence", "not_music"):
+        return []
+    m = bundle.manifest.music_index
+    gate = None if m is None else bundle.tags[m]
+    return [(t, s) for t, s in res.clip_top(k + 1) if t != gate][:k]
+
+
+def _window_rows(res) -> list[tuple[float, float, str | None, object]]:
+    """``(start_s, end_s, state, window)`` for every window in stream order, silent ones included."""
+    rows = [(w.start_s, w.end_s, w.state, w) for w in res.windows]
+    rows += [(w.start_s, w.end_s, "silence", None) for w in res.silent_windows]
+    return sorted(rows, key=lambda r: r[0])
+
+
 def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_window: bool) -> dict:
     """The ``--json`` document of one file."""
+    state = file_state(res, bundle)
+    rows = _window_rows(res)
     doc = {
         "file": str(f),
         "duration_s": round(res.duration_s, 3),
@@ -41,24 +74,39 @@ def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_w
         "backend": res.backend.get("name"),
         "window_s": round(res.window_seconds, 4),
         "hop_s": round(res.hop_seconds, 4),
+        "state": state,
         "windows": len(res.windows),
-        "top": [{"tag": t, "score": s} for t, s in res.clip_top(top_k)],
-        "scores": {t: float(s) for t, s in zip(res.tags, res.clip_scores, strict=True)},
+        "silent_windows": len(res.silent_windows),
+        "window_states": {s: sum(1 for r in rows if r[2] == s) for s in ("music", "not_music", "silence")},
+        "top": [{"tag": t, "score": s} for t, s in _file_top(res, bundle, state, top_k)],
+        "scores": dict(zip(res.tags, map(float, res.clip_scores), strict=True)) if res.windows else {},
         "events": [e.model_dump() for e in res.events],
         "counters": res.counters,
     }
     if per_window:
         doc["per_window"] = [
-            {
-                "start_s": round(w.start_s, 4),
-                "end_s": round(w.end_s, 4),
+            {"start_s": round(start, 4), "end_s": round(end, 4), "state": "silence"}
+            if w is None
+            else {
+                "start_s": round(start, 4),
+                "end_s": round(end, 4),
+                "state": state_w,
                 "top": [{"tag": t, "score": s} for t, s in w.top],
                 "probabilities": [float(x) for x in w.probabilities],
                 "scores": [float(x) for x in w.scores],
             }
-            for w in res.windows
+            for start, end, state_w, w in rows
         ]
     return doc
+
+
+def _state_text(state: str | None, top: list[tuple[str, float]]) -> str:
+    """What one line says: "silence", "not music", or the tags with their scores."""
+    if state == "silence":
+        return "silence"
+    if state == "not_music":
+        return "not music"
+    return "  ".join(f"{t} {s:.3f}" for t, s in top) or "(no tags)"
 
 
 def taggram_path(taggram: Path, index: int, f: Path, n_files: int) -> Path:
@@ -102,6 +150,9 @@ def cmd_tag(args) -> int:
         from rt_tagger.taggram import draw_taggram
 
         for i, (f, res, _) in enumerate(results):
+            if not res.windows:
+                print(f"{f}: no taggram (silence: no window was tagged)", file=console)
+                continue
             out = taggram_path(args.taggram, i, f, len(results))
             probs = np.array([w.probabilities for w in res.windows]).reshape(-1, len(res.tags))
             draw_taggram(probs, res.tags, out, window_ends_s=[w.end_s for w in res.windows], title=str(f))
@@ -114,10 +165,9 @@ def cmd_tag(args) -> int:
             write_atomic(Path(args.json), text.encode())
     if args.json != "-":
         for doc, (f, res, _) in zip(docs, results, strict=True):
-            tops = "  ".join(f"{t['tag']} {t['score']:.3f}" for t in doc["top"])
-            print(f"{f}: {tops}")
+            top = [(t["tag"], t["score"]) for t in doc["top"]]
+            print(f"{f}: {_state_text(doc['state'], top)}")
             if args.per_window:
-                for w in res.windows:
-                    wt = "  ".join(f"{t} {s:.3f}" for t, s in w.top)
-                    print(f"  {w.start_s:8.2f}-{w.end_s:8.2f}s  {wt}")
+                for start, end, state, w in _window_rows(res):
+                    print(f"  {start:8.2f}-{end:8.2f}s  {_state_text(state, w.top if w else [])}")
     return 0

@@ -90,7 +90,8 @@ def test_help_lists_all_commands():
     assert p.returncode == 0
     listed = re.findall(r"^    (\w+)", p.stdout_text, flags=re.M)  # the COMMAND column of the help
     assert sorted(listed) == sorted(
-        ["devices", "listen", "tag", "stream", "subscribe", "demo", "train", "features", "compile", "bench"]
+        ["devices", "listen", "tag", "embed", "stream", "serve", "subscribe", "demo"]
+        + ["train", "features", "compile", "bench"]
     ), p.stdout_text
 
 
