@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from engines.bundle import Bundle
+from engines.cache import write_atomic
 from engines.errors import UserError
 
 __all__ = [
@@ -122,24 +122,8 @@ def save_document(doc: dict, out_dir: Path, slug: str, tag: str | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     date = doc["created"][:10]
     path = out_dir / f"{doc['mode']}-{slug}-{date}{'-' + tag if tag else ''}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, default=_json_default)
-            f.write("\n")
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=2, default=_json_default) + "\n")
     return path
-
-
-def _readable(path) -> None:
-    """mkstemp makes files 0600; results are meant to be shared like any file the user writes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _json_default(o):

@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ from typing import Any
 from engines.bundle import Bundle, sha256_file
 from engines.errors import UserError
 
-__all__ = ["CacheError", "Artifact", "compiled_dir", "load_or_build", "write_atomic", "KEY_SUFFIX"]
+__all__ = [
+    "CacheError",
+    "Artifact",
+    "compiled_dir",
+    "load_or_build",
+    "atomic_path",
+    "write_atomic",
+    "KEY_SUFFIX",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +99,31 @@ class Artifact:
         return None
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one rename.
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    The one way this project writes a file that readers may open at any moment: a crash or an error
+    leaves the old file (or none), never a half-written one. The temporary file is removed on error.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; artifacts are shared like the bundle
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; written files are shared like any other
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def _writable(directory: Path) -> bool:
@@ -148,10 +165,7 @@ def load_or_build(
         )
     if problem != "not built yet":
         log.warning("rebuilding %s %s: %s", what, artifact.path.name, problem)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(artifact.path) as tmp:
         info = build(tmp) or {}
         stored = {
             "key": artifact.key,
@@ -159,10 +173,6 @@ def load_or_build(
             "info": info,
         }
         artifact.key_path.unlink(missing_ok=True)  # no key while the artifact changes
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, artifact.path)
-        write_atomic(artifact.key_path, (json.dumps(stored, indent=2, sort_keys=True) + "\n").encode())
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(artifact.key_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
     log.info("built %s %s", what, artifact.path)
     return artifact.path
