@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
 from pathlib import Path
 
 from engines.bundle import Bundle
@@ -16,6 +17,7 @@ __all__ = [
     "RESULTS_DIR",
     "bundle_info",
     "default_arch_random_bundle",
+    "free_port",
     "open_bench_bundle",
     "new_document",
     "save_document",
@@ -114,6 +116,13 @@ def new_document(mode: str, machine: dict, settings: dict) -> dict:
         "summary": {},
         "notes": [],
     }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, for the ZeroMQ endpoints of processes we start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_document(doc: dict, out_dir: Path, slug: str, tag: str | None = None) -> Path:

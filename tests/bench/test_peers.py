@@ -1,5 +1,6 @@
 import pytest
 
+from bench.common import BenchError
 from bench.peers import MUSICNN_VENV
 
 from .conftest import run_bench
@@ -24,6 +25,5 @@ def test_peers_mode_side_by_side(tiny_bundle, tmp_path, capsys):
 def test_peers_without_musicnn_is_one_clear_error(tmp_path, capsys):
     from bench.cli import main
 
-    with pytest.raises(Exception) as e:
+    with pytest.raises(BenchError, match=r"musicnn environment not found at .*nowhere: run scripts/setup_musicnn_env.sh"):
         main(["peers", "--musicnn-venv", str(tmp_path / "nowhere"), "--no-save"])
-    assert "setup_musicnn_env.sh" in str(e.value)

@@ -11,12 +11,13 @@ import time
 import numpy as np
 import pytest
 
+from bench.common import free_port
 from rt_tagger import __version__
 from rt_tagger.curve import generate_keys
 from rt_tagger.pipeline import run_file
 from rt_tagger.settings import load_settings
 from tests.rt_tagger.conftest import ROOT, cli_env, run_cli
-from tests.rt_tagger.zmq_helpers import free_port, json_lines, start_subscriber
+from tests.rt_tagger.zmq_helpers import json_lines, start_subscriber
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ import pytest
 import soundfile as sf
 import zmq
 
+from bench.common import free_port
 from tests.rt_tagger.conftest import ROOT, cli_env
 
 WINDOW_MEAN_TOL = 0.04  # mean |diff| over tags, per window
@@ -72,15 +72,9 @@ def _audio_device_or_skip() -> None:
         pytest.skip(f"PortAudio sees no 'pulse' input device: {q.stdout.strip()} {q.stderr.strip()}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_listen_matches_tag(sensitive_bundle, short_wav, tmp_path):
     _audio_device_or_skip()
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     env = cli_env(RT_TAGGER_AGGREGATOR__HORIZON_WINDOWS="1", RT_TAGGER_BACKEND="torch-cpu")
     listen = subprocess.Popen(
