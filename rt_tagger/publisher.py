@@ -157,6 +157,18 @@ class Publisher:
 
     _closed = True  # until the socket exists; makes close()/__del__ safe after a failed __init__
 
+    @classmethod
+    def from_settings(cls, publish) -> Publisher:
+        """A publisher as ``publish`` (:class:`rt_tagger.settings.PublishSettings`) describes it."""
+        return cls(
+            publish.endpoint,
+            sndhwm=publish.sndhwm,
+            allow_remote=publish.allow_remote,
+            curve_server_secret=publish.curve_server_secret,
+            curve_clients=publish.curve_clients,
+            insecure_remote=publish.insecure_remote,
+        )
+
     def __init__(
         self,
         endpoint: str = DEFAULT_ENDPOINT,
