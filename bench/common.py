@@ -78,7 +78,7 @@ def open_bench_bundle(path: str | None) -> tuple[Bundle, str]:
         bundle = Bundle.load(path)
         return bundle, f"bundle {bundle.manifest.name} ({path})"
     try:
-        from rt_tagger.default_model import load_bundle
+        from rt_tagger.bundled_model import load_bundle
 
         bundle = load_bundle(None)
         return bundle, f"shipped default model {bundle.manifest.name}"

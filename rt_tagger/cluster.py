@@ -95,7 +95,7 @@ def shard_actor_class():
         """One single-node server inside a Ray actor; its sockets bind this node's address."""
 
         def __init__(self, settings_json: str, name: str) -> None:
-            from rt_tagger.default_model import load_bundle
+            from rt_tagger.bundled_model import load_bundle
             from rt_tagger.pipeline import Pipeline, StopRequest
             from rt_tagger.serve import Server
 

@@ -136,7 +136,7 @@ class Pipeline:
         on_message=None,
         keep_windows: bool = True,
     ) -> None:
-        from engines.select import open_backend
+        from engines.registry import open_backend
 
         self.bundle = bundle
         self.settings = settings or load_settings()

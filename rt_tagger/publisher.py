@@ -40,7 +40,7 @@ from pathlib import Path
 import zmq
 
 from engines.errors import UserError
-from rt_tagger.curve import load_secret
+from rt_tagger.curve_keys import load_secret
 from rt_tagger.messages import StageTimings, TagMessage
 
 __all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]

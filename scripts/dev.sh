@@ -42,9 +42,9 @@ install_python() {
 }
 
 # The default model's ONNX graph, built once here so that tagging
-# processes never import torch (engines/prepare.py) and the first run starts fast.
+# processes never import torch (engines/runtime_artifacts.py) and the first run starts fast.
 prepare_default_model() {
-  "$VENV/bin/python" -m engines.prepare rt_tagger/default_model --onnx fp32
+  "$VENV/bin/python" -m engines.runtime_artifacts rt_tagger/default_model --onnx fp32
 }
 
 setup() { install_system; install_python; prepare_default_model; }

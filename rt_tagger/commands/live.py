@@ -60,7 +60,7 @@ def cmd_devices(args) -> int:
 
 def _run_live(args, source_factory) -> int:
     """listen / stream: build settings, pipeline, publisher; run until the source ends or a signal."""
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.publisher import Publisher
 

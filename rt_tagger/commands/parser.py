@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import UserErrorParser
-from engines.select import BACKENDS
+from engines.registry import BACKENDS
 from rt_tagger import __version__, subscribe
 from rt_tagger.settings import MIN_HOP_SECONDS
 from rt_tagger.sources import PCM_FORMATS
@@ -70,7 +70,7 @@ def _publish_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--curve-secret",
         type=Path,
-        help="publisher's CURVE server.key_secret (encrypts; python -m rt_tagger.curve)",
+        help="publisher's CURVE server.key_secret (encrypts; python -m rt_tagger.curve_keys)",
     )
     p.add_argument(
         "--curve-clients", type=Path, metavar="DIR", help="folder of accepted subscriber public keys (*.key)"

@@ -39,7 +39,7 @@ def cmd_serve(args) -> int:
         threading.Timer(args.duration, stop.request, args=("duration",)).start()
     if args.ray is not None:
         return _serve_ray(args, st, stop)
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.serve import Server
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engines.bundle import Bundle, BundleError
-from engines.select import open_backend
+from engines.registry import open_backend
 from tests.conftest import make_random_bundle
 
 

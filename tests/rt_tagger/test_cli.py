@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from bench.common import free_port
-from engines.select import BACKENDS
+from engines.registry import BACKENDS
 from rt_tagger import __version__
-from rt_tagger.curve import generate_keys
+from rt_tagger.curve_keys import generate_keys
 from rt_tagger.pipeline import run_file
 from rt_tagger.settings import load_settings
 from tests.rt_tagger.conftest import ROOT, cli_env, run_cli
@@ -218,7 +218,7 @@ def test_curve_clients_allowed_key_receives_unknown_key_does_not(sensitive_bundl
 
 
 def test_default_bundle_missing_is_clear(short_wav):
-    from rt_tagger.default_model import default_bundle_path
+    from rt_tagger.bundled_model import default_bundle_path
 
     if (default_bundle_path() / "manifest.json").exists():
         pytest.skip("the default model is installed; nothing to report missing")

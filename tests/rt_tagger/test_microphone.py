@@ -112,7 +112,7 @@ def test_listen_matches_tag(sensitive_bundle, short_wav, tmp_path):
     assert all(m["drops"]["ring_overflow_samples"] == 0 for m in messages)
 
     from engines.frontend import logmel_numpy
-    from engines.select import open_backend
+    from engines.registry import open_backend
 
     x, sr = sf.read(str(short_wav), dtype="float32")
     spec = sensitive_bundle.frontend

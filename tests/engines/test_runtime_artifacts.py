@@ -1,4 +1,4 @@
-"""engines.prepare: the CPU runtime's artifacts are built by a child process, and a tagging process
+"""engines.runtime_artifacts: the CPU runtime's artifacts are built by a child process, and a tagging process
 on the ONNX Runtime path never imports torch (which costs ~600 MB of resident memory): the ONNX graph
 is built beforehand and the front end is numpy and numba."""
 
@@ -14,8 +14,8 @@ import pytest
 from engines.bundle import Bundle
 from engines.cache import CacheError
 from engines.onnx_export import onnx_artifact
-from engines.prepare import ensure_runtime_artifacts
-from engines.select import gpu_present
+from engines.registry import gpu_present
+from engines.runtime_artifacts import ensure_runtime_artifacts
 from tests.conftest import ROOT, make_random_bundle
 
 
