@@ -25,5 +25,7 @@ def test_peers_mode_side_by_side(tiny_bundle, tmp_path, capsys):
 def test_peers_without_musicnn_is_one_clear_error(tmp_path, capsys):
     from bench.cli import main
 
-    with pytest.raises(BenchError, match=r"musicnn environment not found at .*nowhere: run scripts/setup_musicnn_env.sh"):
+    with pytest.raises(
+        BenchError, match=r"musicnn environment not found at .*nowhere: run scripts/setup_musicnn_env.sh"
+    ):
         main(["peers", "--musicnn-venv", str(tmp_path / "nowhere"), "--no-save"])
