@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
+import socket
 from pathlib import Path
 
 from engines.bundle import Bundle
+from engines.cache import write_atomic
 from engines.errors import UserError
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RESULTS_DIR",
     "bundle_info",
     "default_arch_random_bundle",
+    "free_port",
     "open_bench_bundle",
     "new_document",
     "save_document",
@@ -76,7 +78,7 @@ def open_bench_bundle(path: str | None) -> tuple[Bundle, str]:
         bundle = Bundle.load(path)
         return bundle, f"bundle {bundle.manifest.name} ({path})"
     try:
-        from rt_tagger.default_model import load_bundle
+        from rt_tagger.bundled_model import load_bundle
 
         bundle = load_bundle(None)
         return bundle, f"shipped default model {bundle.manifest.name}"
@@ -116,30 +118,21 @@ def new_document(mode: str, machine: dict, settings: dict) -> dict:
     }
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, for the ZeroMQ endpoints of processes we start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def save_document(doc: dict, out_dir: Path, slug: str, tag: str | None = None) -> Path:
     """Write ``doc`` as ``<out_dir>/<mode>-<slug>-<date>[-<tag>].json`` atomically; returns the path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = doc["created"][:10]
     path = out_dir / f"{doc['mode']}-{slug}-{date}{'-' + tag if tag else ''}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, default=_json_default)
-            f.write("\n")
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=2, default=_json_default) + "\n")
     return path
-
-
-def _readable(path) -> None:
-    """mkstemp makes files 0600; results are meant to be shared like any file the user writes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _json_default(o):

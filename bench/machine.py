@@ -10,9 +10,9 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["machine_info", "machine_slug", "gpu_peak_tflops", "GPU_PEAK_TFLOPS"]
+from engines.provenance import git_commit
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["machine_info", "machine_slug", "gpu_peak_tflops", "GPU_PEAK_TFLOPS"]
 
 # Dense (no sparsity) fp16/bf16 tensor-core peak in TFLOP/s from the vendors' data sheets.
 # Matched by substring against torch.cuda.get_device_name(); first match wins, so order matters.
@@ -68,16 +68,10 @@ def _ram_gib() -> float | None:
 
 
 def _git_commit() -> dict[str, str | bool | None]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "bench", "engines", "rt_tagger")
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+    commit = git_commit(("bench", "engines", "rt_tagger"))
+    if commit == "unknown":
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty")}
 
 
 def _gpu() -> dict | None:

@@ -1,6 +1,6 @@
 """An engines backend and how it is timed: what model and capacity modes measure.
 
-A :class:`Runner` is one backend from :func:`engines.select.open_backend` with one of two timers:
+A :class:`Runner` is one backend from :func:`engines.registry.open_backend` with one of two timers:
 
 - ``infer``: through the public ``infer()`` exactly as the runtime calls it (numpy in, numpy out,
   host↔device copies included), wall clock; the call returns once the results are on the host.
@@ -208,7 +208,7 @@ def make_runner(bundle: Bundle, spec: str, max_batch: int) -> Runner:
     """A runner for ``spec`` (see the module docstring) holding batches up to ``max_batch``."""
     import torch
 
-    from engines.select import open_backend
+    from engines.registry import open_backend
 
     head, *parts = spec.split(":")
     options = _options(parts)
@@ -227,7 +227,7 @@ def auto_runners(
     """Every runner that opens here: on a GPU machine the CUDA-graph runners and the GPU backends,
     else the CPU backends. Returns the runners and one note per backend that could not open."""
     from engines.errors import UserError
-    from engines.select import AUTO_OPTIONS, BACKENDS
+    from engines.registry import AUTO_OPTIONS, BACKENDS
 
     runners: list[Runner] = []
     notes: list[str] = []

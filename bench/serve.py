@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BenchError, bundle_info, new_document, open_bench_bundle
+from bench.common import BenchError, bundle_info, free_port, new_document, open_bench_bundle
 from bench.machine import machine_info
 from bench.stats import summarize
-from bench.stream import DEMO, _audio, _free_port
+from bench.stream import DEMO, _audio
 
 __all__ = ["add_arguments", "run", "plot", "COLUMNS"]
 
@@ -74,7 +74,7 @@ def _cpu_seconds(pid: int) -> float:
 def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
     from rt_tagger.client import IngestClient
 
-    ingest, publish = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    ingest, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     jsonl = tmp / f"messages-{n}.jsonl"
     sub = subprocess.Popen(
         [sys.executable, "-m", "bench.stream_sub", publish, "", str(jsonl)], stdout=subprocess.PIPE, text=True

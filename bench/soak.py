@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BenchError, bundle_info, new_document, open_bench_bundle
+from bench.common import BenchError, bundle_info, free_port, new_document, open_bench_bundle
 from bench.machine import machine_info
 from bench.stats import summarize
-from bench.stream import DEMO, _audio, _free_port
+from bench.stream import DEMO, _audio
 
 __all__ = ["add_arguments", "run", "plot", "COLUMNS"]
 
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     loop, sr = _audio(args.file, min(120.0, args.minutes * 60), args.rate, 1)
     block = max(1, int(round(args.block_ms * sr / 1e3)))
     seconds = args.minutes * 60
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     stream_id = f"soak{os.getpid()}"
     doc = new_document("soak", machine_info(), {
         "file": str(args.file), "minutes": args.minutes, "rate": sr, "channels": 1, "block_frames": block,

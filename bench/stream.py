@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BenchError, bundle_info, new_document, open_bench_bundle
+from bench.common import BenchError, bundle_info, free_port, new_document, open_bench_bundle
 from bench.machine import machine_info
 from bench.stats import summarize
 
@@ -85,12 +84,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=120.0,
         help="give up when the tagger runs this much past the audio (default 120 s)",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _audio(path: Path, seconds: float, rate: int | None, channels: int | None) -> tuple[np.ndarray, int]:
@@ -168,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     bundle, label = open_bench_bundle(args.bundle)
     audio, sr = _audio(args.file, args.seconds, args.rate, args.channels)
     block = max(1, int(round(args.block_ms * sr / 1e3)))
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     stream_id = f"bench{os.getpid()}"
     info = machine_info()

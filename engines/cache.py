@@ -28,7 +28,8 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "bundle_artifact",
     "compiled_dir",
     "load_or_build",
+    "atomic_path",
     "write_atomic",
     "signing_key_path",
     "seal_artifacts",
@@ -200,23 +202,31 @@ def _content_problem(path: Path, size: Any, sha256: Any, where: str) -> str | No
     return None
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one rename.
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    The one way this project writes a file that readers may open at any moment: a crash or an error
+    leaves the old file (or none), never a half-written one. The temporary file is removed on error.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; artifacts are shared like the bundle
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; written files are shared like any other
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def _writable(directory: Path) -> bool:
@@ -259,10 +269,7 @@ def load_or_build(
     if problem != "not built yet":
         log.warning("rebuilding %s %s: %s", what, artifact.path.name, problem)
     secret = _signing_key(create=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{artifact.path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(artifact.path) as tmp:
         info = build(tmp) or {}
         meta = {"file": artifact.path.name, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
         stored = {
@@ -272,11 +279,7 @@ def load_or_build(
             "signature": _signature(secret, artifact.key, meta),
         }
         artifact.key_path.unlink(missing_ok=True)  # no key while the artifact changes
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, artifact.path)
-        write_atomic(artifact.key_path, (json.dumps(stored, indent=2, sort_keys=True) + "\n").encode())
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(artifact.key_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
     log.info("built %s %s", what, artifact.path)
     return artifact.path
 

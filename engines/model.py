@@ -25,7 +25,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -58,7 +60,9 @@ class ResNetTagger(nn.Module):
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.feature_dim = c_in
-        self.embed = nn.Sequential(nn.Linear(2 * c_in, spec.embed_dim), nn.BatchNorm1d(spec.embed_dim), nn.ReLU(inplace=True))
+        self.embed = nn.Sequential(
+            nn.Linear(2 * c_in, spec.embed_dim), nn.BatchNorm1d(spec.embed_dim), nn.ReLU(inplace=True)
+        )
         self.head = nn.Linear(spec.embed_dim, spec.n_tags)
 
     def backbone(self, mel: torch.Tensor) -> torch.Tensor:

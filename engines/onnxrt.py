@@ -24,7 +24,7 @@ from engines.onnx_export import (
     check_onnx_file,
     onnx_artifact,
 )
-from engines.prepare import ensure_runtime_artifacts
+from engines.runtime_artifacts import ensure_runtime_artifacts
 
 __all__ = ["OnnxRuntimeCPUBackend", "available_cores"]
 

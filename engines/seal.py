@@ -21,7 +21,7 @@ def ship_runtime_artifacts(bundle: Bundle) -> Bundle:
     """Build the fp32 ONNX graph and seal it into the manifest."""
     from engines.cache import seal_artifacts
     from engines.onnx_export import DEFAULT_OPSET, onnx_artifact
-    from engines.prepare import ensure_runtime_artifacts
+    from engines.runtime_artifacts import ensure_runtime_artifacts
 
     ensure_runtime_artifacts(bundle, "fp32", DEFAULT_OPSET)
     return seal_artifacts(bundle, [onnx_artifact(bundle, "fp32", DEFAULT_OPSET)])

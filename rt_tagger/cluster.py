@@ -95,8 +95,7 @@ def shard_actor_class():
         """One single-node server inside a Ray actor; its sockets bind this node's address."""
 
         def __init__(self, settings_json: str, name: str) -> None:
-            from rt_tagger.commands.live import open_publisher
-            from rt_tagger.default_model import load_bundle
+            from rt_tagger.bundled_model import load_bundle
             from rt_tagger.pipeline import Pipeline, StopRequest
             from rt_tagger.serve import Server
 
@@ -127,7 +126,7 @@ def shard_actor_class():
             def serve() -> None:  # sockets are made and used in this one thread
                 try:
                     ingest = bind_ingest(st.serve)
-                    publisher = open_publisher(st)
+                    publisher = Publisher.from_settings(st.publish)
                     with Pipeline(
                         load_bundle(st.bundle), st, publisher=publisher, keep_windows=False
                     ) as pipe:

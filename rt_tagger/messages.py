@@ -14,9 +14,7 @@ counters and the input backlog, so a subscriber sees gaps and lag without any ot
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -267,16 +265,11 @@ def schema_text() -> str:
 
 def export_schema(path: Path = SCHEMA_PATH) -> Path:
     """Write the schema atomically (temp file + rename, never half-written)."""
+    from engines.cache import write_atomic  # only the exporter needs it; messages stay a light import
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".schema-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(schema_text())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, schema_text())
     return path
 
 

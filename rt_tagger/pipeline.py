@@ -32,7 +32,7 @@ from engines.bundle import Bundle
 from rt_tagger.aggregator import Aggregator
 from rt_tagger.messages import BackendInfo, ModelInfo, TagEvent, TagMessage, WindowInfo
 from rt_tagger.scheduler import run_due
-from rt_tagger.settings import RuntimeSettings, SettingsError, load_settings
+from rt_tagger.settings import MIN_HOP_SECONDS, RuntimeSettings, SettingsError, load_settings
 from rt_tagger.sources import AudioInputError, DeviceLostError, FileSource, Source
 from rt_tagger.stream_state import MessageOptions, StreamState, WindowResult
 
@@ -107,12 +107,12 @@ class RunResult:
 
 
 def resolve_hop_frames(hop_seconds: float | None, bundle: Bundle) -> int:
-    """Hop in front-end frames: the bundle's default or ``hop_seconds``, 0.1 s .. one window."""
+    """Hop in front-end frames: the bundle's default or ``hop_seconds``, MIN_HOP_SECONDS .. one window."""
     spec = bundle.frontend
     hop_s = bundle.manifest.hop_seconds if hop_seconds is None else float(hop_seconds)
-    if hop_s < 0.1 - 1e-9 or hop_s > spec.window_seconds + 1e-9:
+    if hop_s < MIN_HOP_SECONDS - 1e-9 or hop_s > spec.window_seconds + 1e-9:
         raise SettingsError(
-            f"invalid setting hop_seconds={hop_s}: must be between 0.1 and the window ({spec.window_seconds:.3f} s)"
+            f"invalid setting hop_seconds={hop_s}: must be between {MIN_HOP_SECONDS} and the window ({spec.window_seconds:.3f} s)"
         )
     return max(1, round(hop_s * spec.sample_rate / spec.hop_length))
 
@@ -137,7 +137,7 @@ class Pipeline:
         on_message=None,
         keep_windows: bool = True,
     ) -> None:
-        from engines.select import open_backend
+        from engines.registry import open_backend
 
         self.bundle = bundle
         self.settings = settings or load_settings()

@@ -40,7 +40,7 @@ from pathlib import Path
 import zmq
 
 from engines.errors import UserError
-from rt_tagger.curve import load_secret
+from rt_tagger.curve_keys import load_secret
 from rt_tagger.messages import StageTimings, TagMessage
 
 __all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]
@@ -156,6 +156,18 @@ class Publisher:
     """
 
     _closed = True  # until the socket exists; makes close()/__del__ safe after a failed __init__
+
+    @classmethod
+    def from_settings(cls, publish) -> Publisher:
+        """A publisher as ``publish`` (:class:`rt_tagger.settings.PublishSettings`) describes it."""
+        return cls(
+            publish.endpoint,
+            sndhwm=publish.sndhwm,
+            allow_remote=publish.allow_remote,
+            curve_server_secret=publish.curve_server_secret,
+            curve_clients=publish.curve_clients,
+            insecure_remote=publish.insecure_remote,
+        )
 
     def __init__(
         self,

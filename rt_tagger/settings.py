@@ -57,7 +57,7 @@ ENV_PREFIX = "RT_TAGGER_"
 OTHER_ENV = {
     ENV_COMPILED_DIR,  # engines/cache.py: where compiled artifacts go
     ENV_FLAVOUR,  # engines/trt/api.py: which TensorRT module
-    "RT_TAGGER_COMMIT",  # training/stages.py: provenance when there is no git checkout
+    "RT_TAGGER_COMMIT",  # engines/provenance.py: the commit when there is no git checkout
     "RT_TAGGER_MUSICNN_VENV",  # bench/peers.py: the musicnn comparison's virtual environment
 }
 

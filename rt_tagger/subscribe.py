@@ -29,7 +29,7 @@ import zmq
 from pydantic import ValidationError
 
 from engines.errors import UserError, UserErrorParser, run_guarded
-from rt_tagger.curve import load_public, load_secret
+from rt_tagger.curve_keys import load_public, load_secret
 from rt_tagger.message_line import ascii_only, format_end, format_message
 from rt_tagger.messages import TagMessage
 from rt_tagger.publisher import DEFAULT_ENDPOINT, parse_endpoint, stream_topic

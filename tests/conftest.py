@@ -14,7 +14,9 @@ if str(ROOT) not in sys.path:
 TAGS = ["piano", "guitar", "strings", "drums", "no_drums", "fast", "slow", "ambient"]
 
 
-def make_random_bundle(path: Path, tags: list[str] | None = None, seed: int = 0, width: int = 8, window_frames: int = 64):
+def make_random_bundle(
+    path: Path, tags: list[str] | None = None, seed: int = 0, width: int = 8, window_frames: int = 64
+):
     import torch
 
     from engines.bundle import Manifest, save_bundle

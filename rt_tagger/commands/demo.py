@@ -29,7 +29,7 @@ def _echo_and_count(stream, counts: dict) -> None:
 
 
 def cmd_demo(args) -> int:
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.publisher import Publisher
     from rt_tagger.sources import FileSource

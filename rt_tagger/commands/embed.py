@@ -102,7 +102,7 @@ def safetensors_bytes(results: list[dict], bundle, hop_s: float) -> bytes:
 
 
 def cmd_embed(args) -> int:
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.sources import FileSource
 
     out: Path = args.out

@@ -15,25 +15,10 @@ from engines.errors import UserError
 from rt_tagger.commands.console import print_summary
 from rt_tagger.commands.settings_from_args import settings_from_args
 from rt_tagger.message_line import ascii_only, format_message
-from rt_tagger.settings import RuntimeSettings
 
-__all__ = ["cmd_devices", "cmd_listen", "cmd_stream", "open_publisher", "stop_on_signals"]
+__all__ = ["cmd_devices", "cmd_listen", "cmd_stream", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
-
-
-def open_publisher(st: RuntimeSettings):
-    from rt_tagger.publisher import Publisher
-
-    p = st.publish
-    return Publisher(
-        p.endpoint,
-        sndhwm=p.sndhwm,
-        allow_remote=p.allow_remote,
-        curve_server_secret=p.curve_server_secret,
-        curve_clients=p.curve_clients,
-        insecure_remote=p.insecure_remote,
-    )
 
 
 def stop_on_signals():
@@ -75,14 +60,15 @@ def cmd_devices(args) -> int:
 
 def _run_live(args, source_factory) -> int:
     """listen / stream: build settings, pipeline, publisher; run until the source ends or a signal."""
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
+    from rt_tagger.publisher import Publisher
 
     stop = stop_on_signals()  # from the start: a signal during start-up still ends the stream cleanly
     st = settings_from_args(args)
     source = source_factory(st)  # opens devices / checks formats before the model loads
     bundle = load_bundle(st.bundle)
-    publisher = None if args.no_publish else open_publisher(st)
+    publisher = None if args.no_publish else Publisher.from_settings(st.publish)
     json_lines = getattr(args, "json", False)
     plain = ascii_only(sys.stdout)
 

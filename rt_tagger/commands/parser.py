@@ -11,8 +11,9 @@ import argparse
 from pathlib import Path
 
 from engines.errors import UserErrorParser
-from engines.select import BACKENDS
+from engines.registry import BACKENDS
 from rt_tagger import __version__, subscribe
+from rt_tagger.settings import MIN_HOP_SECONDS
 from rt_tagger.sources import PCM_FORMATS
 
 __all__ = ["EXTRA_HELP", "build_parser"]
@@ -48,7 +49,9 @@ def _model_opts(p: argparse.ArgumentParser) -> None:
         choices=["auto", *BACKENDS],
         help="inference backend (default: auto, see docs/engines.md)",
     )
-    p.add_argument("--hop", type=float, dest="hop_seconds", help="seconds between windows (0.1 .. window)")
+    p.add_argument(
+        "--hop", type=float, dest="hop_seconds", help=f"seconds between windows ({MIN_HOP_SECONDS} .. window)"
+    )
     p.add_argument("--top", type=int, dest="top_k", help="tags per result (top-k)")
 
 
@@ -67,7 +70,7 @@ def _publish_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--curve-secret",
         type=Path,
-        help="publisher's CURVE server.key_secret (encrypts; python -m rt_tagger.curve)",
+        help="publisher's CURVE server.key_secret (encrypts; python -m rt_tagger.curve_keys)",
     )
     p.add_argument(
         "--curve-clients", type=Path, metavar="DIR", help="folder of accepted subscriber public keys (*.key)"

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from engines.errors import UserError
-from rt_tagger.commands.live import open_publisher, stop_on_signals
+from rt_tagger.commands.live import stop_on_signals
 from rt_tagger.commands.settings_from_args import settings_from_args
 
 __all__ = ["cmd_serve"]
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def cmd_serve(args) -> int:
+    from rt_tagger.publisher import Publisher
     from rt_tagger.serve import bind_ingest
 
     stop = stop_on_signals()
@@ -38,13 +39,13 @@ def cmd_serve(args) -> int:
         threading.Timer(args.duration, stop.request, args=("duration",)).start()
     if args.ray is not None:
         return _serve_ray(args, st, stop)
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.serve import Server
 
     ingest = bind_ingest(st.serve)  # a busy port or bad endpoint fails before the model loads
     bundle = load_bundle(st.bundle)
-    publisher = open_publisher(st)
+    publisher = Publisher.from_settings(st.publish)
     try:
         with Pipeline(bundle, st, publisher=publisher, keep_windows=False) as pipe:
             server = Server(pipe, publisher, st.serve, ingest_socket=ingest)
@@ -63,6 +64,7 @@ def _serve_ray(args, st, stop) -> int:
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'rt-tagger[ray]'") from None
     from rt_tagger.cluster import Gateway
+    from rt_tagger.publisher import Publisher
 
     try:
         resources = json.loads(args.shard_resources) if args.shard_resources else {}
@@ -81,7 +83,7 @@ def _serve_ray(args, st, stop) -> int:
         shards = args.shards or max(1, int(ray.cluster_resources().get("CPU", 1)) // args.shard_cpus)
     if resources:
         options["resources"] = resources
-    publisher = open_publisher(st)
+    publisher = Publisher.from_settings(st.publish)
     try:
         gateway = Gateway(st, shards, options, shard_timeout_s=args.shard_timeout, publisher=publisher)
         gateway.wait_ready(timeout_s=600)

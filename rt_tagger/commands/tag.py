@@ -117,7 +117,7 @@ def taggram_path(taggram: Path, index: int, f: Path, n_files: int) -> Path:
 
 
 def cmd_tag(args) -> int:
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.sources import FileSource
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import BenchError
 from bench.peers import MUSICNN_VENV
 
 from .conftest import run_bench
@@ -71,7 +72,6 @@ def test_peers_refuses_a_musicnn_environment_with_numpy_2(tmp_path):
 
 
 def test_peers_checks_the_published_example():
-    from bench.common import BenchError
     from bench.peers import _check_example
     from training.teachers.musicnn import PUBLISHED_EXAMPLE
 

@@ -46,7 +46,7 @@ def test_a_backend_with_options_through_infer(tiny_bundle):
 
 def test_the_graph_timer_refuses_a_backend_without_graphs(tiny_bundle):
     from bench.runners import Runner
-    from engines.select import open_backend
+    from engines.registry import open_backend
 
     backend = open_backend(tiny_bundle, "torch-cpu")
     with pytest.raises(BenchError, match="backend torch-cpu has no CUDA graphs to time"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engines.base import Backend, BackendError
-from engines.select import open_backend
+from engines.registry import open_backend
 
 # max |Δ| vs torch-cpu fp32, per precision: fp32 is the 1e-4; half precisions carry ~3
 # significant digits through ~20 layers.

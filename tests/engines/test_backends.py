@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engines.base import BackendError
-from engines.select import BACKENDS, open_backend
+from engines.registry import BACKENDS, open_backend
 from tests.engines.conformance import check_backend, open_or_skip
 from tests.engines.conftest import random_mel
 

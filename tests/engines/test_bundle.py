@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engines.bundle import Bundle, BundleError
-from engines.select import open_backend
+from engines.registry import open_backend
 from tests.conftest import make_random_bundle
 
 
@@ -139,7 +139,7 @@ def test_format1_bundle_refused_then_sealed(tmp_path):
 
 
 def test_shipped_default_manifest_is_sealed():
-    from rt_tagger.default_model import default_bundle_path
+    from rt_tagger.bundled_model import default_bundle_path
 
     b = Bundle.load(default_bundle_path())
     assert "flute" in b.tags and len(b.manifest.manifest_sha256) == 64

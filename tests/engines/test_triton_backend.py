@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from engines.base import BackendError
-from engines.select import open_backend
+from engines.registry import open_backend
 from tests.conftest import make_random_bundle
 from tests.engines.conformance import check_backend
 from tests.engines.conftest import random_mel
@@ -29,7 +29,7 @@ INTERPRETED = textwrap.dedent(
     """
     import sys
     from engines.bundle import Bundle
-    from engines.select import open_backend
+    from engines.registry import open_backend
     from tests.engines.conformance import check_backend
     bundle = Bundle.load(sys.argv[1])
     backend = open_backend(bundle, "triton-fused", precision="fp32", max_batch=3)

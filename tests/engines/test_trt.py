@@ -10,7 +10,7 @@ import pytest
 from engines.base import BackendError
 from engines.cache import CacheError
 from engines.errors import UserError
-from engines.select import gpu_present
+from engines.registry import gpu_present
 from tests.engines.conformance import check_backend, open_or_skip
 
 

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from rt_tagger.default_model import load_bundle
+from rt_tagger.bundled_model import load_bundle
 from tests.rt_tagger.conftest import run_cli
 
 

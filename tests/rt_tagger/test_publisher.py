@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from engines.errors import UserError
-from rt_tagger.curve import generate_keys
+from rt_tagger.curve_keys import generate_keys
 from rt_tagger.messages import TagMessage
 from rt_tagger.publisher import Publisher, parse_endpoint, stream_topic
 from rt_tagger.subscribe import SubscribeTimeout
@@ -253,7 +253,7 @@ def test_messages_from_publish_are_valid_json_with_filled_fields():
 
 
 def test_keygen_cli(tmp_path, capsys):
-    from rt_tagger.curve import keygen_main
+    from rt_tagger.curve_keys import keygen_main
 
     assert keygen_main([str(tmp_path / "k")]) == 0
     assert "server.key_secret" in capsys.readouterr().out

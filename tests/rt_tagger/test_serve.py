@@ -17,18 +17,10 @@ import pytest
 import soundfile as sf
 import zmq
 
+from bench.common import free_port
 from rt_tagger.client import ClientError, IngestClient
 
 from .conftest import ROOT, cli_env, run_cli
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"
 

@@ -11,7 +11,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TAGS = ["piano", "guitar", "drums", "strings"]
 BACKEND = BackendInfo(name="torch", device="cpu", precision="fp32")
 MODEL = ModelInfo(name="test", weights_sha256="0123456789ab")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ipc_endpoint() -> str:

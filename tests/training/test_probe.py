@@ -10,7 +10,7 @@ import torch
 
 from engines.bundle import Bundle
 from engines.model import ModelSpec, ResNetTagger
-from engines.select import open_backend
+from engines.registry import open_backend
 from tests.training.corpus_fixture import make_corpus, write_recipe
 from training.cli import main
 from training.probe import label_subset, pooled_features

@@ -96,7 +96,7 @@ def _grid(args) -> WindowGrid | None:
         if args.hop is not None:
             raise TeacherCLIError("--hop applies to --grid windows only")
         return None
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
 
     return WindowGrid.from_bundle(load_bundle(args.bundle), args.hop)
 

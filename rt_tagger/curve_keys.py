@@ -12,7 +12,7 @@ Files are the ZeroMQ certificate format (``zmq.auth.create_certificates``)::
     KEYDIR/client.key_secret      secret: a subscriber's own keys (--curve-client-dir), mode 0600
     KEYDIR/authorized_clients/    public keys the publisher accepts (client.key is put there)
 
-``python -m rt_tagger.curve KEYDIR`` (or :func:`keygen_main`) writes them.
+``python -m rt_tagger.curve_keys KEYDIR`` (or :func:`keygen_main`) writes them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""engines.prepare: the CPU runtime's artifacts are built by a child process, and a tagging process
+"""engines.runtime_artifacts: the CPU runtime's artifacts are built by a child process, and a tagging process
 on the ONNX Runtime path never imports torch (which costs ~600 MB of resident memory): the ONNX graph
 is built beforehand and the front end is numpy and numba."""
 
@@ -14,8 +14,8 @@ import pytest
 from engines.bundle import Bundle, sha256_file
 from engines.cache import CacheError
 from engines.onnx_export import onnx_artifact
-from engines.prepare import ensure_runtime_artifacts
-from engines.select import gpu_present
+from engines.registry import gpu_present
+from engines.runtime_artifacts import ensure_runtime_artifacts
 from tests.conftest import ROOT, make_random_bundle
 
 
@@ -152,7 +152,7 @@ _TWO_STARTS = """
 import logging, sys
 from engines.bundle import Bundle
 from engines.errors import UserError
-from engines.prepare import ensure_runtime_artifacts
+from engines.runtime_artifacts import ensure_runtime_artifacts
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 for start in (1, 2):
     try:
@@ -164,7 +164,7 @@ for start in (1, 2):
 
 def test_failed_export_not_retried_silently(fresh_bundle, tmp_path):
     from engines.onnx_export import export_onnx
-    from engines.prepare import FAILED_FILE
+    from engines.runtime_artifacts import FAILED_FILE
 
     shadow = tmp_path / "no-onnxscript"  # as in an install without onnxscript, child processes included
     (shadow / "onnxscript").mkdir(parents=True)
@@ -190,7 +190,7 @@ def test_failed_export_not_retried_silently(fresh_bundle, tmp_path):
 
 
 def test_default_model_ships_its_runtime_artifacts(tmp_path, monkeypatch):
-    from rt_tagger.default_model import load_bundle
+    from rt_tagger.bundled_model import load_bundle
 
     monkeypatch.setenv(
         "XDG_CONFIG_HOME", str(tmp_path / "fresh-user")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from engines.base import BackendError
-from engines.select import CPU_DEFAULT, open_backend
+from engines.registry import CPU_DEFAULT, open_backend
 
 
 def test_unknown_backend(exported_bundle):
@@ -30,7 +30,7 @@ def test_auto_on_cpu_picks_the_measured_default_and_logs_it(exported_bundle, cap
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present; auto would pick a GPU backend")
-    with caplog.at_level(logging.INFO, logger="engines.select"):
+    with caplog.at_level(logging.INFO, logger="engines.registry"):
         backend = open_backend(exported_bundle, "auto", max_batch=8, precision="fp32")
     with backend:
         assert backend.name == CPU_DEFAULT and backend.max_batch == 8

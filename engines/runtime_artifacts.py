@@ -6,7 +6,7 @@ exists beside the bundle (the front end needs no artifact: its window and filter
 by :mod:`engines.frontend`, in numpy).
 
 :func:`ensure_runtime_artifacts` checks its key and, when it is missing or stale, builds it in
-a child process (``python -m engines.prepare BUNDLE --onnx fp32``), which is where torch gets
+a child process (``python -m engines.runtime_artifacts BUNDLE --onnx fp32``), which is where torch gets
 imported (in this process when torch is loaded already, e.g. for a torch backend).
 ``rt-tagger compile BUNDLE --onnx-only`` builds the same files ahead of time.
 
@@ -84,7 +84,7 @@ def ensure_runtime_artifacts(bundle: Bundle, onnx_precision: str, opset: int | N
     cmd = [
         sys.executable,
         "-m",
-        "engines.prepare",
+        "engines.runtime_artifacts",
         str(bundle.path),
         "--onnx",
         onnx_precision,
@@ -154,7 +154,9 @@ def _build(bundle: Bundle, onnx_precision: str, opset: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engines.prepare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m engines.runtime_artifacts", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("bundle")
     p.add_argument("--onnx", choices=("fp32", "fp16"), required=True, help="the ONNX variant to export")
     p.add_argument("--opset", type=int, default=None)

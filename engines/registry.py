@@ -1,4 +1,4 @@
-"""Choosing a backend by name, or automatically.
+"""The backend registry: every backend by name, and the automatic choice among them.
 
 ``auto`` tries, in order, and logs what it picked and why (also kept in ``backend.selection``):
 
