@@ -166,8 +166,10 @@ def test_stream_rate_from_config(tmp_path, sensitive_bundle):
         input=pcm,
     )
     assert p.returncode == 0, p.stderr_text
-    last = [json.loads(line) for line in p.stdout_text.splitlines() if line.startswith("{")][-1]
-    assert last["window"]["end_s"] == pytest.approx(5.0, abs=0.6)  # 5 s of 8 kHz audio, not 2.5 s of 16 kHz
+    msgs = [json.loads(line) for line in p.stdout_text.splitlines() if line.startswith("{")]
+    assert msgs[-1]["kind"] == "end"
+    assert msgs[-1]["end"]["stream_s"] == pytest.approx(5.0)  # 5 s of 8 kHz audio, not 2.5 s of 16 kHz
+    assert msgs[-2]["window"]["end_s"] == pytest.approx(5.0, abs=0.6)
 
 
 def test_empty_stdin(sensitive_bundle):
