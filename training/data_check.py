@@ -91,6 +91,8 @@ def _sources(recipe: Recipe, needs: set[str]) -> tuple[list[tuple[str, str]], li
         out += [(f"pretrain[{i}]", p) for i, p in enumerate(d.pretrain)]
         if not d.pretrain and not d.labelled:
             problems.append("data.pretrain (--pretrain): not set, and no --labelled corpus to pretrain on")
+        elif not d.pretrain and "labelled" not in needs:
+            out.append(("labelled", d.labelled))  # pretraining on the labelled corpus' audio
     if "real" in needs and d.real:
         out.append(("real", d.real))
     return out, problems

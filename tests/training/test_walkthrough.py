@@ -67,7 +67,7 @@ def test_training_says_what_it_found_and_what_it_left_out(run):
     assert "finetune test: 1 tag(s) left out of the metrics" in err and "not labelled there): noisy" in err
     # the small recipe's warm-up fits its step count; stages announce themselves
     assert "warm-up" not in err
-    assert "──── pretrain: contrastive, 40 steps on" in err
+    assert "──── pretrain: contrastive, 30 steps on" in err
     assert "──── probe: random-init backbone (the baseline" in err
     assert "no --pretrain corpus: pretraining on the labelled train and valid audio" in err
 
