@@ -19,7 +19,7 @@ from training.recipe import Recipe, RecipeError, load_recipe, loop_warnings
 __all__ = ["resolve_recipe", "DEFAULT_RECIPE", "SMALL_RECIPE", "SMALL_TRACKS", "DATA_FIELDS"]
 
 log = logging.getLogger("training")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped in the package; configs/ links here
 DEFAULT_RECIPE = CONFIGS / "train_default.toml"
 SMALL_RECIPE = CONFIGS / "train_small.toml"
 SMALL_TRACKS = 1000
