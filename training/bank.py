@@ -110,7 +110,10 @@ class AudioBank:
 
     @staticmethod
     def concat(banks: list[AudioBank]) -> AudioBank:
-        """Several unlabelled banks (same rate) as one, e.g. real + synthetic audio for pretraining."""
+        """Several banks (same rate) as one, e.g. real + synthetic audio for pretraining.
+
+        Labels, tags and splits are kept when every bank has labels over the same tags.
+        """
         rates = {b.sample_rate for b in banks}
         if len(rates) != 1:
             raise ValueError(f"banks have different sample rates: {sorted(rates)}")
@@ -119,10 +122,15 @@ class AudioBank:
         for b in banks:
             offsets.append(b.offsets.cpu() + shift)
             shift += b.audio.shape[0]
+        labelled = all(b.labels is not None and b.tags == banks[0].tags for b in banks)
+        splits = all(b.split is not None for b in banks)
         return AudioBank(
             audio=torch.cat([b.audio.cpu() for b in banks]),
             offsets=torch.cat(offsets),
             lengths=torch.cat([b.lengths.cpu() for b in banks]),
             sample_rate=banks[0].sample_rate,
             names=[n for b in banks for n in b.names],
+            labels=torch.cat([b.labels.cpu() for b in banks]) if labelled else None,
+            tags=list(banks[0].tags) if labelled else [],
+            split=np.concatenate([b.split for b in banks]) if splits else None,
         )

@@ -1,8 +1,11 @@
-"""`rt-tagger train …`: pretrain | probe | finetune | evaluate | export-bundle | compare.
+"""`rt-tagger train …`: all | pretrain | probe | finetune | evaluate | export-bundle | compare | recipe.
 
-Every stage reads a TOML recipe (``--recipe``, default configs/train_default.toml) and takes
-flags on top; ``--set section.field=value`` overrides any recipe field. Runs on CPU for tiny
-runs, on a GPU when there is one, and on several GPUs when launched with torchrun.
+Data comes from ``--pretrain DIR…``, ``--labelled DIR|CSV``, ``--valid`` and ``--test`` (or the
+recipe's ``[data]``); every corpus is checked before any stage starts. The recipe is a TOML file
+(``--recipe``; ``--small`` for the CPU-sized one; chosen by data size otherwise) with flags on top;
+``--set section.field=value`` overrides any field; ``train recipe`` prints the result. Ctrl-C
+saves a checkpoint and prints the command that resumes. Runs on a CPU, one GPU, or several GPUs
+under torchrun. Guide: docs/training.md.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 from pathlib import Path
 
 from engines.errors import UserError
@@ -17,7 +21,6 @@ from engines.errors import UserError
 __all__ = ["main"]
 
 log = logging.getLogger("training")
-DEFAULT_RECIPE = Path(__file__).resolve().parent / "configs" / "train_default.toml"  # configs/ links to it
 
 
 class CLIError(UserError):
@@ -29,10 +32,11 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{self.prog}: {message}")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--recipe", default=None, help=f"TOML recipe (default: {DEFAULT_RECIPE.name} when it exists)"
-    )
+def _common(
+    p: argparse.ArgumentParser, data: tuple[str, ...] = ("pretrain", "labelled", "valid", "test")
+) -> None:
+    p.add_argument("--recipe", default=None, help="TOML recipe (default: chosen by --small or data size)")
+    p.add_argument("--small", action="store_true", help="the CPU-sized recipe, configs/train_small.toml")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -43,97 +47,85 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the recipe's)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--workers", type=int, default=0, help="audio decoding workers")
+    p.add_argument("--workers", type=int, default=0, help="audio decoding threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    if "pretrain" in data:
+        p.add_argument(
+            "--pretrain", nargs="+", metavar="DIR", help="unlabelled audio (default: the labelled audio)"
+        )
+    if "labelled" in data:
+        p.add_argument(
+            "--labelled", metavar="DIR|CSV", help="folder of class folders, or a folder / CSV with tags"
+        )
+    if "valid" in data:
+        p.add_argument("--valid", metavar="DIR|CSV", help="validation corpus (default: split or carved)")
+    if "test" in data:
+        p.add_argument("--test", metavar="DIR|CSV", help="test corpus (default: split or carved)")
+
+
+def _outputs(p: argparse.ArgumentParser, export: bool = True, resume: bool = True) -> None:
+    p.add_argument("--out", required=True, help="run folder (checkpoints, results, plots)")
+    if export:
+        p.add_argument("--export", default=None, metavar="BUNDLE", help="also write a model bundle here")
+        p.add_argument("--name", default=None, help="the bundle's name (default: the --out folder's name)")
+    if resume:
+        p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="rt-tagger train", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    p = sub.add_parser("pretrain", help="self-supervised pretraining with one pretext")
-    _common(p)
-    p.add_argument("--pretext", default=None, help="contrastive | byol | clustering | barlow_twins | vicreg")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--out", required=True, help="run directory (checkpoints, backbone.safetensors)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    for name, helptext in (
-        ("probe", "frozen-backbone MLP probes (label fractions from the recipe)"),
-        ("finetune", "full fine-tuning"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        _common(p)
-        p.add_argument(
-            "--backbone",
-            default=None,
-            help="pretrain run directory or backbone.safetensors ('random' or omitted: random init)",
-        )
-        p.add_argument("--out", required=True)
-        p.add_argument("--export", default=None, metavar="BUNDLE", help="also write a model bundle here")
-        if name == "finetune":
-            p.add_argument("--steps", type=int, default=None)
-            p.add_argument("--no-resume", action="store_true")
-    p = sub.add_parser("evaluate", help="metrics of a bundle on a labelled corpus")
-    _common(p)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--data", required=True, help="labelled corpus")
-    p.add_argument("--split", default=None, help="only this split of the corpus")
-    p.add_argument("--json", default=None, help="write the metrics here")
-    p = sub.add_parser("export-bundle", help="turn a probe/finetune result directory into a bundle")
-    p.add_argument("--result", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default="rt-tagger")
-    p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "all", help="pretrain → probes (pretrained and random-init) → fine-tune → bundle, one process"
-    )
+    p = sub.add_parser("all", help="pretrain → probes (pretrained and random-init) → fine-tune → bundle")
     _common(p)
     p.add_argument("--pretext", default=None)
     p.add_argument("--steps", type=int, default=None, help="pretraining steps")
-    p.add_argument("--out", required=True, help="run directory (pretrain/, probe/, probe_random/, finetune/)")
-    p.add_argument("--export", default=None, metavar="BUNDLE")
-    p.add_argument("--no-random-probe", action="store_true")
+    _outputs(p)
+    p.add_argument("--no-random-probe", action="store_true", help="skip the random-init baseline probe")
+    p = sub.add_parser("pretrain", help="self-supervised pretraining with one pretext")
+    _common(p, ("pretrain", "labelled"))
+    p.add_argument("--pretext", default=None, help="contrastive | byol | clustering | barlow_twins | vicreg")
+    p.add_argument("--steps", type=int, default=None)
+    _outputs(p, export=False)
+    for name, helptext in (("probe", "frozen-backbone MLP probes"), ("finetune", "full fine-tuning")):
+        p = sub.add_parser(name, help=helptext)
+        _common(p, ("labelled", "valid", "test"))
+        p.add_argument(
+            "--backbone",
+            default=None,
+            help="pretrain run folder or backbone.safetensors (omitted: random init)",
+        )
+        if name == "finetune":
+            p.add_argument("--steps", type=int, default=None)
+        _outputs(p, resume=name == "finetune")
+    p = sub.add_parser("evaluate", help="metrics of a bundle on a labelled corpus")
+    _common(p, ("test",))
+    p.add_argument("--data", dest="test_alias", default=None, help="same as --test")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--split", default=None, help="only this split of the corpus")
+    p.add_argument("--json", default=None, help="write the metrics here")
+    p.add_argument("--confusion", default=None, metavar="PNG", help="confusion matrix (classes only)")
+    p = sub.add_parser("export-bundle", help="turn a probe/finetune result folder into a bundle")
+    p.add_argument("--result", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default=None, help="bundle name (default: the --out folder's name)")
+    p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser("compare", help="all pretexts for the same budget, then probes (the comparison table)")
     _common(p)
     p.add_argument("--pretexts", default="contrastive,byol,clustering,barlow_twins,vicreg")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps per pretext")
     p.add_argument(
-        "--steps", type=int, default=None, help="pretraining steps per pretext (default: the recipe's)"
-    )
-    p.add_argument(
-        "--seconds-per-pretext",
-        type=float,
-        default=0.0,
-        help="calibrate one step count that fits this budget",
+        "--seconds-per-pretext", type=float, default=0.0, help="calibrate one step count for this budget"
     )
     p.add_argument("--out", required=True)
+    p = sub.add_parser("recipe", help="print the resolved recipe (TOML) and exit")
+    _common(p)
+    p.add_argument("--pretext", default=None)
+    p.add_argument("--steps", type=int, default=None)
     return ap
 
 
-def _recipe(args):
-    from training.recipe import load_recipe
-
-    path = args.recipe
-    if path is None and DEFAULT_RECIPE.exists():
-        path = DEFAULT_RECIPE
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f'device="{args.device}"')
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if getattr(args, "pretext", None):
-        overrides.append(f'pretrain.pretext="{args.pretext}"')
-    if getattr(args, "steps", None) is not None:
-        section = "finetune" if args.cmd == "finetune" else "pretrain"  # all / compare: pretraining steps
-        overrides.append(f"{section}.loop.steps={args.steps}")
-    recipe = load_recipe(path, overrides)
-    from training.pretexts import PRETEXTS
-
-    if recipe.pretrain.pretext not in PRETEXTS:
-        raise CLIError(f"unknown pretext {recipe.pretrain.pretext!r}; choose from: {', '.join(PRETEXTS)}")
-    return recipe, path
-
-
-def _backbone(arg: str | None) -> str | None:
-    return None if arg in (None, "", "random") else arg
+def _header(text: str) -> None:
+    log.info("──── %s ────", text)
 
 
 def _export(result_dir: Path, bundle: str, recipe_path, name: str) -> None:
@@ -146,150 +138,152 @@ def _export(result_dir: Path, bundle: str, recipe_path, name: str) -> None:
         overwrite=True,
         extra_provenance={"recipe_file": str(recipe_path) if recipe_path else None},
     )
-    print(f"bundle written: {b.path}")
+    print(f"bundle written: {b.path} (name {name!r}, {len(b.tags)} tags)")
+
+
+def _brief(summary: dict) -> dict:
+    if "fractions" in summary:
+        return {f: r["test"]["roc_auc"] for f, r in summary["fractions"].items()}
+    brief = {"test_roc_auc": summary["test"]["roc_auc"], "test_pr_auc": summary["test"]["pr_auc"]}
+    if "classes" in summary["test"]:
+        brief["test_accuracy"] = summary["test"]["classes"]["accuracy"]
+    return brief
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
     args = _parser().parse_args(argv)
     if args.cmd == "export-bundle":
         from training.export import export_bundle
 
-        b = export_bundle(args.result, args.out, name=args.name, overwrite=args.overwrite)
-        print(f"bundle written: {b.path} ({len(b.tags)} tags)")
+        name = args.name or Path(args.out).resolve().name
+        b = export_bundle(args.result, args.out, name=name, overwrite=args.overwrite)
+        print(f"bundle written: {b.path} (name {name!r}, {len(b.tags)} tags)")
         return 0
-    recipe, recipe_path = _recipe(args)
+    if args.cmd == "evaluate":
+        args.test = args.test or args.test_alias
+        if not args.test:
+            raise CLIError("rt-tagger train evaluate: give the labelled corpus with --test DIR|CSV")
+    from training.loop import Interrupted
+    from training.recipe_args import resolve_recipe
+
+    recipe, recipe_path = resolve_recipe(args, "finetune" if args.cmd == "finetune" else "pretrain")
+    if args.cmd == "recipe":
+        from training.recipe import dump_toml
+
+        print(f"# resolved from {recipe_path} and the flags given\n" + dump_toml(recipe), end="")
+        return 0
+    try:
+        return _run(args, recipe, recipe_path)
+    except Interrupted as e:
+        again = [a for a in argv if a != "--no-resume"]
+        raise Interrupted(f"{e}; resume with: rt-tagger train {shlex.join(again)}") from None
+
+
+def _run(args, recipe, recipe_path) -> int:
+    from training import stages
+    from training.data_check import check_data
     from training.loop import setup_distributed
+    from training.plots import plot_stage
 
     dist = setup_distributed(recipe.device)
     progress = not args.no_progress
-    if args.cmd == "pretrain":
-        from training.plots import plot_curves
-        from training.stages import run_pretrain
-
-        out = Path(args.out)
-        summary = run_pretrain(recipe, out, dist, args.workers, resume=not args.no_resume, progress=progress)
-        if dist.is_main:
-            plot_curves(
-                json.loads((out / "history.json").read_text()),
-                out / "pretrain_curves.png",
-                f"pretrain: {recipe.pretrain.pretext}",
-            )
-            print(
-                json.dumps(
-                    {k: summary[k] for k in ("pretext", "steps", "views_per_s", "gpu_util_mean", "final")},
-                    default=str,
-                )
-            )
-        return 0
-    if args.cmd in ("probe", "finetune"):
-        from training import stages
-
-        out = Path(args.out)
-        if args.cmd == "probe":
-            summary = stages.run_probe(recipe, _backbone(args.backbone), out, dist, args.workers, progress)
-            brief = {f: r["test"]["roc_auc"] for f, r in summary["fractions"].items()}
-        else:
-            summary = stages.run_finetune(
-                recipe, _backbone(args.backbone), out, dist, args.workers, not args.no_resume, progress
-            )
-            brief = {"test_roc_auc": summary["test"]["roc_auc"], "test_pr_auc": summary["test"]["pr_auc"]}
-            if dist.is_main:
-                from training.plots import plot_curves, plot_embedding_map
-
-                plot_curves(
-                    json.loads((out / "history.json").read_text()), out / "finetune_curves.png", "fine-tune"
-                )
-                plot_embedding_map(out / "test_embeddings.npz", out / "embedding_map.png", seed=recipe.seed)
-        if dist.is_main:
-            print(json.dumps(brief))
-            if args.export:
-                _export(out, args.export, recipe_path, recipe.name)
-        return 0
     if args.cmd == "evaluate":
-        from engines.bundle import Bundle
-        from training.stages import evaluate_model
-
-        bundle = Bundle.load(args.bundle)
-        recipe = recipe.model_copy(update={"frontend": bundle.frontend})
-        metrics = evaluate_model(
-            bundle.build_model(), bundle.tags, recipe, args.data, dist, args.workers, args.split
-        )
-        text = json.dumps(metrics, indent=1)
-        if args.json:
-            Path(args.json).write_text(text + "\n")
-        print(
-            json.dumps(
-                {
-                    "roc_auc": metrics["roc_auc"],
-                    "pr_auc": metrics["pr_auc"],
-                    "n": metrics["n"],
-                    "skipped": metrics["skipped"],
-                }
-            )
-        )
-        return 0
-    if args.cmd == "all":
-        return _run_all(args, recipe, recipe_path, dist, progress)
+        return _evaluate(args, recipe, dist)
     if args.cmd == "compare":
         from training.compare import run_compare
 
-        run_compare(
-            recipe,
-            [p.strip() for p in args.pretexts.split(",") if p.strip()],
-            Path(args.out),
-            dist,
-            args.workers,
-            progress,
-            args.seconds_per_pretext,
-        )
+        pretexts = [p.strip() for p in args.pretexts.split(",") if p.strip()]
+        data = check_data(recipe, {"pretrain", "labelled"}, args.workers)
+        run_compare(recipe, data, pretexts, Path(args.out), dist, progress, args.seconds_per_pretext)
         return 0
-    raise CLIError(f"unknown command {args.cmd}")
-
-
-def _run_all(args, recipe, recipe_path, dist, progress: bool) -> int:
-    """The whole recipe in one process (each corpus decoded once): what trains the default model."""
-    from training import stages
-    from training.plots import plot_curves, plot_embedding_map
-
+    needs = {"all": {"pretrain", "labelled", "real"}, "pretrain": {"pretrain"}, "probe": {"labelled"}}
+    data = check_data(recipe, needs.get(args.cmd, {"labelled", "real"}), args.workers)
     out = Path(args.out)
-    pre = stages.run_pretrain(recipe, out / "pretrain", dist, args.workers, resume=True, progress=progress)
-    summary = {"pretrain": pre}
-    if dist.is_main:
-        plot_curves(
-            json.loads((out / "pretrain" / "history.json").read_text()),
-            out / "pretrain_curves.png",
-            f"pretrain: {recipe.pretrain.pretext}",
+    resume = not getattr(args, "no_resume", False)
+    pretext, steps = recipe.pretrain.pretext, recipe.pretrain.loop.steps
+    if args.cmd == "pretrain":
+        _header(f"pretrain: {pretext}, {steps} steps on {len(data.pretrain)} tracks")
+        summary = stages.run_pretrain(recipe, data.pretrain, out, dist, resume, progress)
+        if dist.is_main:
+            plot_stage(out, out, "pretrain", f"pretrain: {pretext}")
+            print(
+                json.dumps({k: summary[k] for k in ("pretext", "steps", "views_per_s", "final")}, default=str)
+            )
+        return 0
+    backbone = None if args.cmd != "all" else str(out / "pretrain")
+    result_dir = out / "finetune" if args.cmd == "all" else out
+    summary = {}
+    if args.cmd == "all":
+        _header(f"pretrain: {pretext}, {steps} steps on {len(data.pretrain)} tracks")
+        summary["pretrain"] = stages.run_pretrain(
+            recipe, data.pretrain, out / "pretrain", dist, resume, progress
         )
-    summary["probe"] = stages.run_probe(
-        recipe, str(out / "pretrain"), out / "probe", dist, args.workers, progress
-    )
-    if not args.no_random_probe:
+    else:
+        backbone = None if args.backbone in (None, "", "random") else args.backbone
+    if args.cmd in ("all", "probe"):
+        label = "pretrained backbone" if backbone else "random-init backbone"
+        _header(f"probe: {label} {backbone or ''}".rstrip())
+        summary["probe"] = stages.run_probe(
+            recipe, data.labelled, backbone, out / "probe" if args.cmd == "all" else out, dist, progress
+        )
+        result_dir = out if args.cmd == "probe" else result_dir
+    if args.cmd == "all" and not args.no_random_probe:
+        _header("probe: random-init backbone (the baseline the pretrained probe should beat)")
         summary["probe_random"] = stages.run_probe(
-            recipe, None, out / "probe_random", dist, args.workers, progress
+            recipe, data.labelled, None, out / "probe_random", dist, progress
         )
-    summary["finetune"] = stages.run_finetune(
-        recipe, str(out / "pretrain"), out / "finetune", dist, args.workers, True, progress
-    )
-    if dist.is_main:
-        plot_curves(
-            json.loads((out / "finetune" / "history.json").read_text()),
-            out / "finetune_curves.png",
-            "fine-tune",
+    if args.cmd in ("all", "finetune"):
+        fdir = out / "finetune" if args.cmd == "all" else out
+        _header(f"finetune: {recipe.finetune.loop.steps} steps from {backbone or 'a random-init backbone'}")
+        summary["finetune"] = stages.run_finetune(
+            recipe, data.labelled, backbone, fdir, dist, resume, progress, data.real
         )
-        plot_embedding_map(
-            out / "finetune" / "test_embeddings.npz", out / "embedding_map.png", seed=recipe.seed
-        )
+    if not dist.is_main:
+        return 0
+    if args.cmd == "all":
+        plot_stage(out / "pretrain", out, "pretrain", f"pretrain: {pretext}")
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-        brief = {
-            k: {f: r["test"]["roc_auc"] for f, r in v["fractions"].items()}
-            for k, v in summary.items()
-            if k.startswith("probe")
-        }
-        brief["finetune"] = {
-            "test_roc_auc": summary["finetune"]["test"]["roc_auc"],
-            "test_pr_auc": summary["finetune"]["test"]["pr_auc"],
-        }
-        print(json.dumps(brief))
-        if args.export:
-            _export(out / "finetune", args.export, recipe_path, recipe.name)
+    if "finetune" in summary:
+        plot_stage(result_dir, out, "finetune", "fine-tune", recipe.seed)
+    names = {
+        "probe": "probe (pretrained)" if backbone else "probe (random-init)",
+        "probe_random": "probe (random-init baseline)",
+    }
+    print(json.dumps({names.get(k, k): _brief(v) for k, v in summary.items() if k != "pretrain"}))
+    if args.export:
+        _export(result_dir, args.export, recipe_path, args.name or Path(args.out).resolve().name)
+    return 0
+
+
+def _evaluate(args, recipe, dist) -> int:
+    from engines.bundle import Bundle
+    from training.data_check import check_data
+    from training.plots import plot_confusion
+    from training.stages import evaluate_model, warn_skipped
+
+    bundle = Bundle.load(args.bundle)
+    recipe = recipe.model_copy(update={"frontend": bundle.frontend})
+    bank = check_data(recipe, {"evaluate"}, args.workers).test
+    if args.split:
+        bank = bank.subset(bank.indices(args.split))
+    metrics = evaluate_model(bundle.build_model(), bundle.tags, recipe, bank, dist)
+    warn_skipped(metrics, "evaluate")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+    brief = {k: metrics[k] for k in ("roc_auc", "pr_auc", "n", "skipped")}
+    if "classes" in metrics:
+        cls = metrics["classes"]
+        png = args.confusion or (
+            str(Path(args.json).with_suffix("")) + "_confusion.png" if args.json else None
+        )
+        if png:
+            plot_confusion(cls, Path(png))
+            log.info("confusion matrix: %s", png)
+        brief.update(
+            accuracy=cls["accuracy"],
+            macro_f1=cls["macro_f1"],
+            f1={t: m["f1"] for t, m in cls["per_class"].items()},
+        )
+    print(json.dumps(brief))
     return 0

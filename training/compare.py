@@ -8,9 +8,10 @@ import logging
 import time
 from pathlib import Path
 
+from training.data_check import RunData
 from training.loop import Dist
 from training.pretexts import PRETEXTS
-from training.recipe import Recipe
+from training.recipe import Recipe, RecipeError
 
 __all__ = ["run_compare"]
 
@@ -19,33 +20,28 @@ log = logging.getLogger(__name__)
 
 def run_compare(
     recipe: Recipe,
+    data: RunData,
     pretexts: list[str],
     out: Path,
     dist: Dist,
-    workers: int = 0,
     progress: bool = True,
     seconds_per_pretext: float = 0.0,
 ) -> dict:
-    """Writes ``out/compare.json`` (and a bar chart) and returns it."""
+    """Writes ``out/compare.json`` (and a bar chart) and returns it; ``data`` from training.data_check."""
     from training import stages
-    from training.bank import AudioBank
     from training.plots import plot_compare
 
     bad = [p for p in pretexts if p not in PRETEXTS]
     if bad:
-        raise stages.DataError(f"unknown pretext {bad[0]!r}; choose from: {', '.join(PRETEXTS)}")
+        raise RecipeError(f"unknown pretext {bad[0]!r}; choose from: {', '.join(PRETEXTS)}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pre = [stages.load_bank(p, recipe, workers) for p in recipe.data.pretrain]
-    pre_bank = AudioBank.concat(pre).to(dist.device)
-    banks = {"labelled": stages.load_bank(recipe.data.labelled, recipe, workers, need_labels=True)}
-    if recipe.data.test:
-        banks["test"] = stages.load_bank(recipe.data.test, recipe, workers, need_labels=True)
+    pre_bank = data.pretrain.to(dist.device)
     load_s = time.perf_counter() - t0
     rows = []
 
     def probe_row(name: str, backbone: str | None, pre_summary: dict | None) -> None:
-        s = stages.run_probe(recipe, backbone, out / name / "probe", dist, workers, progress, banks=banks)
+        s = stages.run_probe(recipe, data.labelled, backbone, out / name / "probe", dist, progress)
         row = {
             "name": name,
             "pretrain": pre_summary,

@@ -33,7 +33,7 @@ def export_bundle(
     """Write the bundle for ``result_dir`` (``model.safetensors`` + ``result.json``) at ``out``."""
     from safetensors.torch import load_file
 
-    from training.stages import git_commit
+    from training.provenance import git_commit
 
     result_dir = Path(result_dir)
     rpath, wpath = result_dir / "result.json", result_dir / "model.safetensors"

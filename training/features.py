@@ -9,6 +9,10 @@ computed by :class:`engines.logmel_torch.LogMel` from the front-end spec (bundle
 default). Files are written to a temporary name and renamed, existing ones are skipped, and
 ``DIR/manifest.json`` (spec, settings, vocabulary, one entry per track) is written last, so an
 interrupted run simply resumes and ends with the same files as an uninterrupted one.
+
+The output is for export (other tools, notebooks): ``rt-tagger train`` does not read it, it
+decodes the audio itself (augmentations and random crops need the waveform), and refuses a
+features folder given as a corpus with a message saying so.
 """
 
 from __future__ import annotations
@@ -172,7 +176,11 @@ def extract(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rt-tagger features", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="rt-tagger features",
+        description=__doc__.splitlines()[0]
+        + " For export to other tools: training reads audio, not these files.",
+    )
     p.add_argument("source", help="corpus folder (or tags table)")
     p.add_argument("--format", choices=FORMATS, help="corpus layout (detected when omitted)")
     p.add_argument("--out", required=True, help="output folder")

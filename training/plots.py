@@ -1,4 +1,4 @@
-"""PNG plots: training curves and a t-SNE map of track embeddings coloured by tag."""
+"""PNG plots: training curves, a t-SNE map of track embeddings coloured by tag, confusion matrix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_embedding_map", "plot_compare"]
+__all__ = ["plot_curves", "plot_stage", "plot_embedding_map", "plot_compare", "plot_confusion"]
 
 
 def _plt():
@@ -30,6 +30,37 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stage(stage_dir: Path, out_dir: Path, name: str, title: str, seed: int = 0) -> None:
+    """The plots of one stage folder: ``<name>_curves.png`` from its history and, when the stage
+    saved test embeddings, ``embedding_map.png``."""
+    import json
+
+    history = stage_dir / "history.json"
+    if history.exists():
+        plot_curves(json.loads(history.read_text()), out_dir / f"{name}_curves.png", title)
+    if (stage_dir / "test_embeddings.npz").exists():
+        plot_embedding_map(stage_dir / "test_embeddings.npz", out_dir / "embedding_map.png", seed=seed)
+
+
+def plot_confusion(classes: dict, path: Path) -> None:
+    """Confusion matrix of :func:`training.metrics.class_metrics` (rows: true class)."""
+    plt = _plt()
+    cm, labels = np.asarray(classes["confusion"]), classes["labels"]
+    size = 2.5 + 0.45 * len(labels)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black" if v <= cm.max() / 2 else "white")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {classes['accuracy']:.3f}, macro F1 {classes['macro_f1']:.3f} (n={classes['n']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

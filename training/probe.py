@@ -99,23 +99,30 @@ def recalibrate_bn(
     bank: AudioBank,
     idx: np.ndarray,
     gen: torch.Generator,
-    batches: int = 20,
+    crops_per_track: int = 8,
+    max_crops: int = 5120,
     batch: int = 256,
+    progress: bool = True,
 ) -> None:
     """Re-estimate BatchNorm statistics on clean crops of ``idx`` (cumulative average).
 
     A random-init network's BN statistics are meaningless (the input is in dB, far from zero
     mean), so both the random baseline and pretrained backbones are recalibrated the same way.
+    The number of crops follows the data: ``crops_per_track`` per track, at most ``max_crops``.
     """
+    from tqdm import tqdm
+
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.train()
     pool = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=bank.device)
-    for _ in range(batches):
-        pick = pool[torch.randint(len(pool), (batch,), generator=gen, device=gen.device).to(bank.device)]
-        views, _ = sample_views(bank, batch, 1, logmel.spec.window_samples, 0, gen, tracks=pick)
+    total = min(max_crops, max(2, crops_per_track * len(pool)))
+    sizes = [min(batch, total - i) for i in range(0, total, batch)]
+    for n in tqdm(sizes, desc="BatchNorm statistics", disable=not progress, leave=False, mininterval=1.0):
+        pick = pool[torch.randint(len(pool), (n,), generator=gen, device=gen.device).to(bank.device)]
+        views, _ = sample_views(bank, n, 1, logmel.spec.window_samples, 0, gen, tracks=pick)
         model.backbone(logmel(views[0]))
     for m in bns:
         m.momentum = 0.1

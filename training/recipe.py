@@ -8,6 +8,8 @@ the field and the reason.
 
 from __future__ import annotations
 
+import difflib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from engines.frontend import FrontEndSpec
 from training.augment import AugmentSpec
 from training.loop import LoopSpec
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "dump_toml", "loop_warnings", "LOOPS"]
 
 
 class RecipeError(UserError):
@@ -43,6 +45,10 @@ class DataCfg(_M):
     labelled: str = Field(
         "", description="labelled corpus: its train/valid splits train the probe and fine-tune"
     )
+    valid: str = Field(
+        "",
+        description="labelled corpus for thresholds and model selection; empty: the labelled corpus' valid split",
+    )
     test: str = Field(
         "",
         description="held-out labelled corpus (e.g. another soundfont); empty: the labelled corpus' test split",
@@ -50,6 +56,15 @@ class DataCfg(_M):
     real: str = Field("", description="unlabelled real music for the top-tag report")
     valid_fraction: float = Field(
         0.15, gt=0, lt=1, description="used when the labelled corpus has no valid split"
+    )
+    test_fraction: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="carved from train when there is no test split nor data.test (0: refuse)",
+    )
+    min_tracks_per_tag: int = Field(
+        3, ge=1, description="tags with fewer labelled tracks are left out, with a warning"
     )
     max_seconds: float = Field(
         0.0, ge=0, description="crop long tracks to this length at load time (0: keep)"
@@ -69,6 +84,7 @@ class PretrainCfg(_M):
 
 class ProbeCfg(_M):
     label_fractions: list[float] = Field(default_factory=lambda: [0.1, 1.0])
+    min_tracks: int = Field(8, ge=2, description="label fractions giving fewer tracks are skipped (not 1.0)")
     crops_per_track: int = Field(8, ge=1)
     loop: LoopSpec = LoopSpec(
         steps=600, batch_size=256, lr=1e-3, warmup_steps=20, ckpt_every=0, log_every=100, eval_every=100
@@ -103,10 +119,36 @@ class Recipe(_M):
     jetatag: JetatagCfg = JetatagCfg()
 
 
-def _first_error(e: ValidationError, where: str) -> RecipeError:
+LOOPS = ("pretrain", "probe", "finetune", "jetatag")
+
+
+def _first_error(e: ValidationError, where: str, flags: dict[str, str]) -> RecipeError:
+    """One line naming the field and the reason, blaming the flag that set it when one did."""
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    blame = next((flag for key, flag in flags.items() if loc == key or loc.startswith(key + ".")), None)
+    if blame:
+        return RecipeError(f"{blame}: {loc}: {err['msg']}")
     return RecipeError(f"invalid recipe {where}: {loc}: {err['msg']}")
+
+
+def _sub_model(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
+    ann = cls.model_fields[key].annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def check_keys(raw: dict, source: str, cls: type[BaseModel] = None, prefix: str = "") -> None:
+    """Raise RecipeError for the first unknown field of ``raw``, with the closest known name."""
+    cls = cls or Recipe
+    for key, value in raw.items():
+        fields = list(cls.model_fields)
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix}{near[0]}?" if near else f"known here: {', '.join(fields)}"
+            raise RecipeError(f"{source}: unknown field {prefix}{key}; {hint}")
+        sub = _sub_model(cls, key)
+        if sub is not None and isinstance(value, dict):
+            check_keys(value, source, sub, f"{prefix}{key}.")
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
@@ -126,13 +168,21 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``section.field=value`` strings to a raw recipe dict."""
+def apply_overrides(raw: dict, overrides: list[str], blame: dict[str, str] | None = None) -> dict:
+    """Apply ``section.field=value`` strings to a raw recipe dict (unknown fields refused).
+
+    ``blame`` collects ``{dotted key: "--set key=value"}`` for error messages.
+    """
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"override {item!r} must look like section.field=value")
-        key, text = item.split("=", 1)
-        _set_path(raw, key.strip(), _parse_value(text.strip()))
+            raise RecipeError(f"--set {item!r} must look like section.field=value")
+        key, text = (part.strip() for part in item.split("=", 1))
+        probe: dict = {}
+        _set_path(probe, key, None)
+        check_keys(probe, f"--set {item}")
+        _set_path(raw, key, _parse_value(text))
+        if blame is not None:
+            blame[key] = f"--set {item}"
     return raw
 
 
@@ -146,8 +196,19 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read and validate a recipe (``None``: all defaults), then apply overrides."""
+def load_recipe(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    flags: dict[str, tuple[str, Any]] | None = None,
+) -> Recipe:
+    """Read and validate a recipe (``None``: all defaults), then apply flags and overrides.
+
+    Args:
+        path: TOML recipe.
+        overrides: ``section.field=value`` strings (``--set``), applied last.
+        flags: ``{dotted field: (flag name, value)}`` from dedicated options (``--labelled``...),
+            applied before ``overrides``; errors in those fields name the flag.
+    """
     raw: dict = {}
     where = "(defaults)"
     if path is not None:
@@ -161,10 +222,57 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise RecipeError(f"cannot read recipe {path}: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise RecipeError(f"recipe {path} is not valid TOML: {e}") from None
-    raw = apply_overrides(raw, overrides or [])
+        check_keys(raw, f"recipe {path}")
+    blame: dict[str, str] = {}
+    for key, (flag, value) in (flags or {}).items():
+        _set_path(raw, key, value)
+        blame[key] = flag
+    raw = apply_overrides(raw, overrides or [], blame)
     try:
         # Merge onto the defaults so a partial section keeps its other defaults (e.g. a recipe
         # giving only pretrain.loop.steps keeps pretrain's own learning rate).
         return Recipe.model_validate(_merge(Recipe().model_dump(), raw))
     except ValidationError as e:
-        raise _first_error(e, where) from None
+        raise _first_error(e, where, blame) from None
+
+
+def loop_warnings(recipe: Recipe) -> list[str]:
+    """Settings that run but are probably not meant: warm-up that never ends."""
+    out = []
+    for name in LOOPS:
+        if name == "jetatag" and not recipe.jetatag.enabled:
+            continue
+        loop = getattr(recipe, name).loop
+        if loop.warmup >= loop.steps:
+            out.append(
+                f"{name}.loop: warm-up ({loop.warmup} steps) >= steps ({loop.steps}): the learning rate "
+                f"never reaches {name}.loop.lr; lower warmup_steps or set warmup_fraction"
+            )
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def dump_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (loads back to the same Recipe)."""
+    lines: list[str] = []
+
+    def table(d: dict, name: str) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if name:
+            lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items() if v is not None)
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(v, f"{name}.{k}" if name else k)
+
+    table(recipe.model_dump(mode="json"), "")
+    return "\n".join(lines).lstrip() + "\n"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training.data import DataError, detect_format, load_table, read_audio
+from training.data.folder import TABLE_NAMES
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -169,3 +170,71 @@ def test_unknown_format(tmp_path):
         load_table(FIX / "data_classes", format="nope")
     with pytest.raises(DataError, match="not found"):
         load_table(tmp_path / "absent")
+
+
+# --- layouts a user's own music comes in ---------------------------------------------------------
+
+
+def test_folder_per_class_with_split_folders(tmp_path):
+    for split, cls in (("train", "drums"), ("train", "piano"), ("valid", "piano"), ("test", "drums")):
+        shutil.copytree(FIX / "data_classes" / cls, tmp_path / split / cls, dirs_exist_ok=True)
+    assert detect_format(tmp_path) == "classes"
+    t = load_table(tmp_path)
+    assert t.tags == ["drums", "piano"] and len(t) == 6
+    assert sorted(t.split) == ["test"] + ["train"] * 3 + ["valid"] * 2
+    assert {p.split("/")[0] for p in t.paths} == {"train", "valid", "test"}
+    assert all(t.labels[i].sum() == 1 for i in range(len(t)))
+
+
+def test_a_table_with_another_name_is_used_and_said(tmp_path):
+    d = _copy("data_folder_onehot", tmp_path)
+    (d / "labels.tsv").rename(d / "my_tags.tsv")
+    assert detect_format(d) == "folder"
+    t = load_table(d)
+    assert t.tags == ["guitar", "vocals"] and len(t) == 2
+    assert t.notes == [f"tags table my_tags.tsv used (not a standard name: {', '.join(TABLE_NAMES)})"]
+
+
+def test_class_folders_say_which_tables_they_ignore(tmp_path):
+    d = _copy("data_classes", tmp_path)
+    (d / "notes.csv").write_text("path,comment\ndrums/d1.ogg,x\n")
+    (d / "other.csv").write_text("path,comment\npiano/p1.wav,y\n")  # two candidates: no guessing
+    t = load_table(d)
+    assert t.format == "classes"
+    assert sorted(t.notes) == [
+        "notes.csv ignored: a tags table must be named tags.csv (or pass the table itself)",
+        "other.csv ignored: a tags table must be named tags.csv (or pass the table itself)",
+    ]
+
+
+def test_features_output_is_refused_as_a_corpus(tmp_path):
+    (tmp_path / "feats").mkdir()
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(DataError, match="is `rt-tagger features` output") as e:
+        detect_format(tmp_path)
+    _one_line(e)
+
+
+def test_usable_tags_leave_out_constant_and_rare_columns():
+    from training.data import TrackTable
+    from training.data_check import usable_tags
+
+    labels = np.array([[1, 0, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0]])
+    t = TrackTable(Path("."), [f"{i}.wav" for i in range(5)], ["all", "none", "ok", "rare"], labels)
+    keep, warnings = usable_tags(t, min_tracks=3)
+    assert keep == ["ok"]
+    assert warnings == [
+        "tag 'all' is on every track (nothing to tell apart): left out",
+        "tag 'none' is on no track (an empty column): left out",
+        "tag 'rare' has 2 track(s), fewer than data.min_tracks_per_tag = 3: left out",
+    ]
+
+
+def test_carve_is_stratified_and_disjoint():
+    from training.labelled import carve
+
+    labels = np.zeros((30, 3), np.float32)
+    labels[np.arange(30), [0] * 20 + [1] * 7 + [2] * 3] = 1
+    rest, held = carve(np.arange(30), 0.2, labels, seed=0)
+    assert len(np.intersect1d(rest, held)) == 0 and len(rest) + len(held) == 30
+    assert [int(labels[held, j].sum()) for j in range(3)] == [4, 1, 1]  # every class on both sides

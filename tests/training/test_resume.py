@@ -1,10 +1,11 @@
-"""A pretraining run killed mid-way (SIGKILL) and resumed ends with the same weights as an
-uninterrupted run."""
+"""A pretraining run killed mid-way (SIGKILL) or interrupted with Ctrl-C (SIGINT) and resumed ends
+with the same weights as an uninterrupted run; Ctrl-C prints the command that resumes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,46 +49,86 @@ def _env() -> dict:
     return env
 
 
-@pytest.mark.parametrize("pretext", ["byol"])  # EMA teacher + predictor: the most state to restore
-def test_resume_after_kill_equals_uninterrupted(tmp_path, pretext):
-    corpus = make_corpus(tmp_path / "corpus")
-    recipe = write_recipe(tmp_path / "r.toml", corpus)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(
-        _cmd(recipe, whole, pretext), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=300
-    )
+PRETEXT = "byol"  # EMA teacher + predictor: the most state to restore
 
-    proc = subprocess.Popen(
-        _cmd(recipe, killed, pretext),
-        env=_env(),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    corpus = make_corpus(root / "corpus")
+    recipe = write_recipe(root / "r.toml", corpus)
+    whole = root / "whole"
+    subprocess.run(
+        _cmd(recipe, whole, PRETEXT), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=300
     )
-    marker = killed / "ckpt.json"
+    return recipe, whole
+
+
+def _start_and_stop_mid_way(cmd: list[str], out: Path, sig: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    marker = out / "ckpt.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if marker.exists() and json.loads(marker.read_text())["step"] >= 8:
             break
         time.sleep(0.01)
     if proc.poll() is not None:
-        pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed mid-way; raise STEPS")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    at = json.loads(marker.read_text())["step"]
-    assert 0 < at < STEPS, at
-    assert not (killed / "backbone.safetensors").exists()
+        pytest.fail(f"the run ended (rc {proc.returncode}) before it could be stopped mid-way; raise STEPS")
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc
 
-    res = subprocess.run(
-        _cmd(recipe, killed, pretext), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "resumed from" in res.stderr
+
+def _same_weights_and_history(whole: Path, resumed: Path) -> None:
     a = load_file(str(whole / "backbone.safetensors"))
-    b = load_file(str(killed / "backbone.safetensors"))
+    b = load_file(str(resumed / "backbone.safetensors"))
     assert a.keys() == b.keys()
     diff = [k for k in a if not (a[k] == b[k]).all()]
     assert not diff, f"weights differ after resume: {diff[:5]}"
     ha = json.loads((whole / "history.json").read_text())
-    hb = json.loads((killed / "history.json").read_text())
+    hb = json.loads((resumed / "history.json").read_text())
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, uninterrupted):
+    recipe, whole = uninterrupted
+    killed = tmp_path / "killed"
+    _start_and_stop_mid_way(_cmd(recipe, killed, PRETEXT), killed, signal.SIGKILL)
+    at = json.loads((killed / "ckpt.json").read_text())["step"]
+    assert 0 < at < STEPS, at
+    assert not (killed / "backbone.safetensors").exists()
+
+    res = subprocess.run(
+        _cmd(recipe, killed, PRETEXT), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed from {killed / 'ckpt.pt'} at step {at} of {STEPS}" in res.stderr
+    _same_weights_and_history(whole, killed)
+
+
+def test_ctrl_c_saves_and_prints_the_command_that_resumes(tmp_path, uninterrupted):
+    recipe, whole = uninterrupted
+    out = tmp_path / "interrupted"
+    proc = _start_and_stop_mid_way(_cmd(recipe, out, PRETEXT), out, signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    at = json.loads((out / "ckpt.json").read_text())["step"]
+    assert 8 <= at < STEPS
+    assert last.startswith(f"rt-tagger: error: pretrain[{PRETEXT}] interrupted at step {at} of {STEPS}; ")
+    assert f"checkpoint saved in {out / 'ckpt.pt'}; resume with: rt-tagger train pretrain " in last
+    command = shlex.split(last.split("resume with: ", 1)[1])
+    assert command[:3] == ["rt-tagger", "train", "pretrain"]
+    res = subprocess.run(
+        [sys.executable, "-m", "rt_tagger.cli", *command[1:]],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed from {out / 'ckpt.pt'} at step {at} of {STEPS}" in res.stderr
+    _same_weights_and_history(whole, out)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from training.data.audio import crop_or_pad, read_audio, resample
 from training.data.classes import audio_files, load_classes, load_unlabelled
-from training.data.folder import TABLE_NAMES, load_folder
+from training.data.folder import TABLE_NAMES, load_folder, other_tables
 from training.data.jamendo import load_jamendo
 from training.data.mtat import load_mtat
 from training.data.table import DataError, TrackTable
@@ -44,11 +44,16 @@ def detect_format(source: str | Path) -> str:
         if source.suffix.lower() in (".csv", ".tsv"):
             return "mtat" if source.name == "annotations_final.csv" else "folder"
         raise DataError(f"{source}: unknown corpus format (a file, but not a CSV/TSV table)")
+    if (source / "manifest.json").is_file() and (source / "feats").is_dir():
+        raise DataError(
+            f"{source} is `rt-tagger features` output (log-mel for other tools); training decodes "
+            "audio itself: point at the audio corpus the features were made from"
+        )
     if (source / "annotations_final.csv").is_file():
         return "mtat"
     if any(source.glob("autotagging*.tsv")) or any((source / "data").glob("autotagging*.tsv")):
         return "jamendo"
-    if any((source / n).is_file() for n in TABLE_NAMES):
+    if any((source / n).is_file() for n in TABLE_NAMES) or len(other_tables(source)) == 1:
         return "folder"
     if (source / "tracks.csv").is_file():
         return "unlabelled"
@@ -58,7 +63,7 @@ def detect_format(source: str | Path) -> str:
         for p in source.iterdir()
         if p.is_file() and p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3", ".opus")
     ]
-    if subdirs and not top_audio and all(audio_files(d) for d in subdirs):
+    if subdirs and not top_audio and any(audio_files(d) for d in subdirs):
         return "classes"
     if top_audio or audio_files(source):
         return "unlabelled"

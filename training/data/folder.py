@@ -6,6 +6,9 @@ Accepted tables (delimiter detected from the header line: tab, comma or semicolo
   ``tags`` (or ``labels``) column holding ``;``- or ``,``-separated tags;
 - or a path column plus one-hot tag columns (every value 0/1, empty counts as 0);
 - optional ``split`` column (train/valid/test); other columns are kept as metadata.
+
+The table is one of :data:`TABLE_NAMES` inside the folder, or any ``.csv``/``.tsv`` passed
+directly; a folder holding exactly one other table with a path column uses it, with a note.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from training.data.table import DataError, TrackTable, normalise_split
 
-__all__ = ["load_folder", "read_rows", "PATH_COLUMNS", "TABLE_NAMES"]
+__all__ = ["load_folder", "read_rows", "other_tables", "PATH_COLUMNS", "TABLE_NAMES"]
 
 PATH_COLUMNS = ("path", "file", "filename", "audio", "clip", "mp3_path", "audio_path")
 TAG_COLUMNS = ("tags", "labels", "tag", "label")
@@ -57,6 +60,20 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def other_tables(folder: Path) -> list[Path]:
+    """Top-level CSV/TSV files of ``folder`` with a path column that are not standard table names."""
+    found = []
+    for p in sorted(folder.glob("*")):
+        if p.suffix.lower() in (".csv", ".tsv") and p.name not in TABLE_NAMES and p.name != "tracks.csv":
+            try:
+                header, _, _ = read_rows(p)
+            except DataError:
+                continue
+            if _column(header, PATH_COLUMNS) is not None:
+                found.append(p)
+    return found
+
+
 def load_folder(source: str | Path, table: str | Path | None = None, check: bool = True) -> TrackTable:
     """Load a folder of audio with a tags table.
 
@@ -71,10 +88,15 @@ def load_folder(source: str | Path, table: str | Path | None = None, check: bool
     source = Path(source)
     if table is None and source.is_file():
         source, table = source.parent, source
+    notes = []
     if table is None:
         found = [source / n for n in TABLE_NAMES if (source / n).is_file()]
         if not found:
-            raise DataError(f"{source}: no tags table (looked for {', '.join(TABLE_NAMES)})")
+            others = other_tables(source)
+            if len(others) != 1:
+                raise DataError(f"{source}: no tags table (looked for {', '.join(TABLE_NAMES)})")
+            found = others
+            notes.append(f"tags table {others[0].name} used (not a standard name: {', '.join(TABLE_NAMES)})")
         table = found[0]
     table = Path(table)
     if not table.is_absolute() and not table.exists():
@@ -131,4 +153,4 @@ def load_folder(source: str | Path, table: str | Path | None = None, check: bool
             if not (source / p).is_file():
                 raise DataError(f"{table} line {n}: audio file missing: {source / p}")
     meta = {header[j]: [r[j] for r in rows] for j in meta_cols if header[j]}
-    return TrackTable(source, paths, vocab, labels, split, meta, "folder")
+    return TrackTable(source, paths, vocab, labels, split, meta, "folder", notes)

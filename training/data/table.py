@@ -49,6 +49,7 @@ class TrackTable:
         split: optional ``train``/``valid``/``test`` per track.
         meta: extra per-track columns from the source table (e.g. style, bpm, artist).
         format: the layout it was read from (folder, mtat, jamendo, classes, unlabelled).
+        notes: things the loader decided that the user should hear about (printed as warnings).
     """
 
     root: Path
@@ -58,6 +59,7 @@ class TrackTable:
     split: list[str] | None = None
     meta: dict[str, list[str]] = field(default_factory=dict)
     format: str = "folder"
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -92,6 +94,20 @@ class TrackTable:
             split=None if self.split is None else [self.split[i] for i in idx],
             meta={k: [v[i] for i in idx] for k, v in self.meta.items()},
             format=self.format,
+            notes=list(self.notes),
+        )
+
+    def with_tags(self, keep: list[int]) -> TrackTable:
+        """The same tracks with only the tag columns ``keep``."""
+        return TrackTable(
+            self.root,
+            self.paths,
+            [self.tags[j] for j in keep],
+            self.labels[:, keep],
+            self.split,
+            self.meta,
+            self.format,
+            list(self.notes),
         )
 
     def check_files(self, where: str | None = None) -> None:
