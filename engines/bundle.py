@@ -196,7 +196,7 @@ def seal_manifest(manifest: Manifest) -> Manifest:
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Seal ``manifest`` and write it atomically as ``directory/manifest.json``."""
-    from engines.cache import write_atomic
+    from engines.atomic import write_atomic
 
     text = json.dumps(seal_manifest(manifest).model_dump(mode="json"), indent=2) + "\n"
     write_atomic(directory / MANIFEST_FILE, text.encode())

@@ -28,12 +28,12 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.atomic import atomic_path, write_atomic  # re-exported: the one way to write a file
 from engines.bundle import Bundle, SealedArtifact, sha256_file, write_manifest
 from engines.errors import UserError
 
@@ -200,33 +200,6 @@ def _content_problem(path: Path, size: Any, sha256: Any, where: str) -> str | No
     if sha256_file(path) != sha256:
         return f"file sha256 differs from {where} (corrupt or replaced)"
     return None
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one rename.
-
-    The one way this project writes a file that readers may open at any moment: a crash or an error
-    leaves the old file (or none), never a half-written one. The temporary file is removed on error.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; written files are shared like any other
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_path`."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def _writable(directory: Path) -> bool:

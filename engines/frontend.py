@@ -78,6 +78,10 @@ class FrontEndSpec(BaseModel):
     def window_seconds(self) -> float:
         return self.window_samples / self.sample_rate
 
+    def hop_frames_for(self, seconds: float) -> int:
+        """Frames between windows for a hop of ``seconds`` (at least one)."""
+        return max(1, round(seconds * self.sample_rate / self.hop_length))
+
     def frames_for(self, n_samples: int) -> int:
         """Number of complete frames in ``n_samples`` samples (center=False)."""
         if n_samples < self.n_fft:

@@ -114,7 +114,7 @@ def resolve_hop_frames(hop_seconds: float | None, bundle: Bundle) -> int:
         raise SettingsError(
             f"invalid setting hop_seconds={hop_s}: must be between {MIN_HOP_SECONDS} and the window ({spec.window_seconds:.3f} s)"
         )
-    return max(1, round(hop_s * spec.sample_rate / spec.hop_length))
+    return spec.hop_frames_for(hop_s)
 
 
 class Pipeline:

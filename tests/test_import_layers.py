@@ -12,7 +12,7 @@ ALLOWED = {
     "engines": set(),
     "training": {"engines"},
     "rt_tagger": {"engines"},
-    "bench": {"engines", "rt_tagger"},
+    "bench": {"engines", "rt_tagger", "training"},  # bench peers times training's musicnn port
 }
 
 

@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from rt_tagger.cli import run_guarded
+from engines.errors import run_guarded
 from training.teachers.cli import main
 
 if __name__ == "__main__":

@@ -48,11 +48,14 @@ class WindowGrid:
     @classmethod
     def from_bundle(cls, bundle, hop_seconds: float | None = None) -> WindowGrid:
         """rt-tagger's windows for ``bundle``: its window length, and its hop (or ``hop_seconds``)."""
-        from rt_tagger.pipeline import resolve_hop_frames
+        return cls.from_spec(
+            bundle.frontend, bundle.manifest.hop_seconds if hop_seconds is None else hop_seconds
+        )
 
-        spec = bundle.frontend
-        hop_frames = resolve_hop_frames(hop_seconds, bundle)
-        return cls(spec.window_samples, hop_frames * spec.hop_length, spec.sample_rate)
+    @classmethod
+    def from_spec(cls, spec, hop_seconds: float) -> WindowGrid:
+        """The windows rt-tagger cuts with front end ``spec`` at ``hop_seconds``."""
+        return cls(spec.window_samples, spec.hop_frames_for(hop_seconds) * spec.hop_length, spec.sample_rate)
 
 
 @dataclass

@@ -96,9 +96,13 @@ def _grid(args) -> WindowGrid | None:
         if args.hop is not None:
             raise TeacherCLIError("--hop applies to --grid windows only")
         return None
-    from rt_tagger.bundled_model import load_bundle
+    if args.bundle is None:  # the shipped model's windows: the default front end at the default hop
+        from engines.frontend import FrontEndSpec
 
-    return WindowGrid.from_bundle(load_bundle(args.bundle), args.hop)
+        return WindowGrid.from_spec(FrontEndSpec(), 0.5 if args.hop is None else args.hop)
+    from engines.bundle import Bundle
+
+    return WindowGrid.from_bundle(Bundle.load(args.bundle), args.hop)
 
 
 def label(args) -> int:
