@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,21 +139,198 @@ def test_pack_round_trip(tmp_path):
     assert roundtrip_error(np.tile(tone, 10), 32) < 3.0
 
 
-def test_debian_music_discovery_and_conversion(tmp_path):
+def _fake_deb(tmp_path, pkg: str) -> Path:
+    """Build a real .deb with music the way game packages ship it (loose files, stems, a .pk3)."""
+    import subprocess
+    import zipfile
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb not found (Debian's dpkg): cannot build a test package")
+    tree = tmp_path / "tree"
+    music = tree / "usr/share/games/x/music"
+    (music / "song one").mkdir(parents=True)
+    t = np.arange(44100 * 20) / 44100
+    tone = np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3
+    sf.write(music / "theme.ogg", tone, 44100)
+    sf.write(music / "theme_fast.ogg", tone, 44100)  # a sped-up duplicate: skipped
+    sf.write(music / "jingle.ogg", tone[: 44100 * 5], 44100)  # shorter than MIN_SECONDS: dropped
+    sf.write(music / "song one/song.ogg", tone * 0.5, 44100)  # two stems of one song
+    sf.write(music / "song one/guitar.ogg", tone * 0.5, 44100)
+    buf = tmp_path / "inner.ogg"
+    sf.write(buf, tone[:, 0], 44100)
+    with zipfile.ZipFile(music / "data.pk3", "w") as z:
+        z.write(buf, "cd/track.ogg")
+        z.writestr("maps/readme.txt", "not music")
+    (tree / "usr/share/games/x/sfx.ogg").write_bytes(buf.read_bytes())  # not matched: not extracted
+    doc = tree / f"usr/share/doc/{pkg}"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: *\nLicense: GPL-2+\n\nFiles: music/theme.ogg\nLicense: CC0-1.0\n"
+    )
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {pkg}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: test music\n"
+    )
+    debs = tmp_path / "data/debian_music/debs"
+    debs.mkdir(parents=True)
+    subprocess.run(
+        ["dpkg-deb", "--build", str(tree), str(debs / f"{pkg}_1.0_all.deb")], check=True, capture_output=True
+    )
+    return debs
+
+
+def test_debian_music_fetch_convert_and_split(tmp_path, monkeypatch, capsys):
     from training.corpora import debian_music as dm
 
-    root = tmp_path / "usr/share/games/x/music"
-    root.mkdir(parents=True)
-    t = np.arange(44100 * 20) / 44100
-    sf.write(root / "theme.ogg", np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3, 44100)
-    sf.write(root / "theme_fast.ogg", np.zeros(44100 * 20), 44100)  # a sped-up duplicate: skipped
-    sources = {
-        "x-music": dm.Source((str(root),), "GPL-2+", (("theme", "CC0"),)),
-        "absent": dm.Source(("/nonexistent",), "?"),
+    _fake_deb(tmp_path, "x-music")
+    monkeypatch.setitem(
+        dm.SOURCES,
+        "x-music",
+        dm.Source(
+            ("usr/share/games/x/music/*.ogg", "usr/share/games/x/music/data.pk3/cd/*.ogg"),
+            "GPL-2",
+            "test",
+            stems=False,
+            skip=("*_fast.ogg",),
+        ),
+    )
+    data = tmp_path / "data"
+    (data / "real_test/audio").mkdir(parents=True)
+    (data / "real_test/audio/x-music__old_name.flac").write_bytes(b"")  # from an earlier naming: removed
+    assert dm.main(["--data", str(data), "--packages", "x-music", "--list"]) == 0
+    assert (
+        "test: 4 tracks, 0.02 h" in capsys.readouterr().out and not (data / "real_test/tracks.csv").exists()
+    )
+    assert dm.main(["--data", str(data), "--packages", "x-music", "--workers", "1"]) == 0
+    root = data / "debian_music/root/x-music"
+    assert not (root / "usr/share/games/x/sfx.ogg").exists() and not list(root.rglob("*.txt"))
+    tracks = dm.split("test", data)
+    got = {t.path.name: (t.package, t.license, t.split, round(t.seconds)) for t in tracks}
+    assert got == {
+        "x-music__theme.flac": ("x-music", "CC0-1.0", "test", 20),  # the file's own DEP-5 stanza
+        "x-music__song_one_song.flac": ("x-music", "GPL-2+", "test", 20),  # stems=False: each alone
+        "x-music__song_one_guitar.flac": ("x-music", "GPL-2+", "test", 20),
+        "x-music__track.flac": ("x-music", "GPL-2+", "test", 20),  # from inside the .pk3
     }
-    found, missing = dm.find_tracks(sources)
-    assert [(p, f.name, lic) for p, f, lic in found] == [("x-music", "theme.ogg", "CC0")] and missing == [
-        "absent"
-    ]
-    audio = dm.load_mono_16k(root / "theme.ogg")
-    assert abs(len(audio) - 16000 * 20) <= 2 and audio.dtype == np.float32
+    for t in tracks:
+        audio, sr = sf.read(t.path, dtype="float32")
+        assert sr == 16000 and audio.ndim == 1 and abs(len(audio) - 16000 * 20) <= 2
+    stems = {"x-music": dataclasses.replace(dm.SOURCES["x-music"], stems=True)}
+    patterns = dm.SOURCES["x-music"].files
+    grouped = {
+        dm.track_name("x-music", f, root, patterns): len(f)
+        for _, f, _ in dm.find_tracks({"x-music": root}, stems)
+    }
+    assert grouped["x-music__song_one"] == 2  # stems=True: the song's stems make one track
+    assert sorted(p.name for p in (data / "real_test/audio").iterdir()) == sorted(got)
+    with pytest.raises(FileNotFoundError):
+        dm.split("train", data)
+    with pytest.raises(ValueError, match="unknown split"):
+        dm.split("holdout", data)
+    assert dm.main(["--data", str(data), "--packages", "nope"]) == 2
+
+
+def test_debian_music_mixes_stems_and_reads_raw_pcm(tmp_path):
+    from training.corpora import debian_music as dm
+
+    t = np.arange(22050 * 2) / 22050
+    a, b = 0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)
+    sf.write(tmp_path / "song.ogg", a, 22050)
+    sf.write(tmp_path / "guitar.ogg", b, 22050)
+    mixed = dm._mix_stems((tmp_path / "song.ogg", tmp_path / "guitar.ogg"), None)
+    ref = dm.load_mono_16k(tmp_path / "song.ogg") + dm.load_mono_16k(tmp_path / "guitar.ogg")
+    assert np.allclose(mixed, ref)
+    # XBlast's songs: headerless unsigned 8-bit stereo at 22050 Hz
+    left = np.round(128 + 100 * np.sin(2 * np.pi * 440 * t)).astype(np.uint8)
+    np.stack([left, left], 1).tofile(tmp_path / "x.raw")
+    x = dm.load_mono_16k(tmp_path / "x.raw", raw=(2, 22050))
+    assert abs(len(x) - 32000) <= 2
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    assert abs(np.fft.rfftfreq(len(x), 1 / 16000)[np.argmax(spec)] - 440) < 2
+
+
+def test_debian_music_sources_split_by_package():
+    from training.corpora import debian_music as dm
+
+    by_split = {s: [p for p, src in dm.SOURCES.items() if src.split == s] for s in dm.SPLITS}
+    assert all(by_split.values()) and sum(map(len, by_split.values())) == len(dm.SOURCES)
+    assert "fretsonfire-songs-muldjord" in by_split["test"]  # sung vocals in the held-out music
+    assert dm.SPLIT_DIRS["train"] == "real"  # the folder training recipes read: train packages only
+
+
+def test_vary_keeps_tags_is_deterministic_and_heldout_is_disjoint():
+    from training.corpora.synth_compose import COMPOSERS, vary
+
+    def notes(clip):
+        return [(n.start, n.end, n.pitch, n.velocity) for t in clip.midi.instruments for n in t.notes]
+
+    changed = 0
+    for name in ("varied", "heldout"):
+        for i in range(40):
+            base = compose(5, i, 4.0)
+            a, b = vary(compose(5, i, 4.0), name, 5), vary(compose(5, i, 4.0), name, 5)
+            assert a.tags == base.tags  # no tag changes: same instruments, tempo, level, style
+            assert notes(a) == notes(b) and a.meta == b.meta and a.post == b.post
+            assert a.meta["composer"] == name and a.meta["voicing"] in COMPOSERS[name].voicings
+            changed += notes(a) != notes(base)
+            for t in a.midi.instruments:  # parts stay within an octave of the instrument's register
+                if not t.is_drum:
+                    lo, hi = INSTRUMENTS[t.name].register
+                    assert all(lo - 24 <= n.pitch <= hi + 24 and n.end > n.start for n in t.notes)
+    assert changed >= 70
+    train, held = COMPOSERS["varied"], COMPOSERS["heldout"]
+    assert not set(train.voicings) & set(held.voicings)
+    assert not set(train.eqs) & set(held.eqs) and not set(train.codecs) & set(held.codecs)
+    assert train.articulation[0] > held.articulation[1]  # held-out articulation range never trained
+
+
+def test_eq_and_codecs_do_what_they_say():
+    from training.corpora.synth import apply_codec, apply_eq
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(32000) * 0.1
+
+    def band_db(x, lo, hi):
+        f = np.fft.rfftfreq(len(x), 1 / 16000)
+        p = np.abs(np.fft.rfft(x)) ** 2
+        return 10 * np.log10(p[(f >= lo) & (f < hi)].mean())
+
+    tel = apply_codec(noise, "telephone", np.random.default_rng(1), 16000)
+    assert len(tel) == len(noise) and band_db(tel, 4500, 7500) < band_db(tel, 300, 3000) - 30
+    band = apply_eq(noise, "band_limit", np.random.default_rng(1), 16000)
+    assert band_db(band, 50, 100) < band_db(band, 800, 2000) - 20
+    t = np.arange(32000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
+    for codec in ("opus", "mp3", "bitcrush"):
+        y = apply_codec(tone, codec, np.random.default_rng(2), 16000)
+        assert len(y) == len(tone) and np.all(np.isfinite(y))
+        peak = np.fft.rfftfreq(len(y), 1 / 16000)[np.argmax(np.abs(np.fft.rfft(y * np.hanning(len(y)))))]
+        assert abs(peak - 1000) < 3, codec
+    for eq in ("peak", "low_shelf", "high_shelf", "tilt"):
+        y = apply_eq(noise, eq, np.random.default_rng(3), 16000)
+        assert len(y) == len(noise) and not np.allclose(y, noise), eq
+
+
+def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
+    _need_fluidsynth()
+    from training.corpora.synth import SOUNDFONTS, main
+
+    out = tmp_path / "s"
+    # held-out material is refused without --test, before anything is downloaded
+    assert main(["--out", str(out), "--soundfont", "timgm6mb", "--data", str(tmp_path)]) == 2
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "heldout"]) == 2
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "nope"]) == 2
+    assert "held out" in capsys.readouterr().err and not (tmp_path / "debian_music").exists()
+    assert {v.family for v in SOUNDFONTS.values() if v.use == "test"}.isdisjoint(
+        {v.family for v in SOUNDFONTS.values() if v.use == "train"}
+    )
+    other = tmp_path / "other.sf2"  # a second soundfont file (the same samples; loads fast)
+    other.symlink_to(SF2)
+    args = ["--out", str(out), "--soundfont", "fluidr3_gm", "--soundfont", str(other), "--composer", "varied"]
+    assert main([*args, "--n", "4", "--seconds", "2", "--seed", "3"]) == 0
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    assert [r["soundfont_name"] for r in rows] == ["fluidr3_gm", "other"] * 2
+    assert {r["composer"] for r in rows} == {"varied"} and all(r["voicing"] for r in rows)
+    assert len(load_table(out)) == 4

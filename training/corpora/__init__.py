@@ -1,1 +1,2 @@
-"""Corpus builders: synthetic labelled renders, real unlabelled music, packing for the GPU machine."""
+"""Corpus builders: synthetic labelled renders (several soundfonts, composer configurations), real
+unlabelled music from Debian packages split by package, not-music negatives, Opus packs."""

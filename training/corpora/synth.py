@@ -4,6 +4,16 @@ Usage::
 
     python -m training.corpora.synth --out data/synth_train \\
         --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 --n 2400 --seconds 10 --seed 0 --workers 2
+    # several soundfonts (clip i uses the (i mod k)-th) and the varied composer, for training:
+    python -m training.corpora.synth --out data/synth_multi --soundfont fluidr3_gm \\
+        --soundfont musescore_general --soundfont opl3 --composer varied --n 7200 --seed 10
+    # the held-out test: a soundfont family and a composer configuration training never uses
+    python -m training.corpora.synth --out data/synth_heldout --soundfont timgm6mb \\
+        --composer heldout --n 600 --seed 11 --test
+
+Soundfonts are named in :data:`SOUNDFONTS` (fetched from Debian with apt-get download when their
+package is not installed) or given as files. Held-out soundfonts and the ``heldout`` composer are
+refused without ``--test``.
 
 Each track of a clip is rendered as its own stem (FluidSynth straight at 16 kHz; pitch checked),
 scaled to a common RMS plus a small random offset so every tagged instrument is audible, then
@@ -23,18 +33,76 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from training.corpora.synth_compose import TAGS, Clip, compose
+from training.corpora.synth_compose import COMPOSERS, TAGS, Clip, compose, vary
 
-__all__ = ["Renderer", "render_clip", "main", "SAMPLE_RATE"]
+__all__ = [
+    "SOUNDFONTS",
+    "SoundFont",
+    "Renderer",
+    "apply_codec",
+    "apply_eq",
+    "render_clip",
+    "resolve_soundfont",
+    "main",
+]
 
 SAMPLE_RATE = 16000
 _FLUSH_S = 2.0  # silence rendered after each stem so reverb tails do not leak into the next
 _SILENT_DB = -90.0  # a stem whose active level is below this (dBFS) is treated as missing
+
+
+@dataclass(frozen=True)
+class SoundFont:
+    """A General MIDI soundfont from Debian: package, file inside it, sample family, use."""
+
+    package: str
+    path: str  # inside the package (and where it lies when the package is installed)
+    family: str  # soundfonts of one family share samples: never split one family across train/test
+    use: str  # "train" or "test" (held out: never rendered for training)
+
+
+SOUNDFONTS: dict[str, SoundFont] = {
+    "fluidr3_gm": SoundFont("fluid-soundfont-gm", "usr/share/sounds/sf2/FluidR3_GM.sf2", "fluid", "train"),
+    # MuseScore General is derived from FluidR3 Mono: same family as fluidr3_gm, so training only
+    "musescore_general": SoundFont(
+        "musescore-general-soundfont", "usr/share/sounds/sf3/MuseScore_General.sf3", "fluid", "train"
+    ),
+    # FM synthesis rendered into samples: nothing in common with the sample-based fonts
+    "opl3": SoundFont("opl3-soundfont", "usr/share/sounds/sf2/OPL-3_FM_128M.sf2", "opl3", "train"),
+    # Held out. TimGM6mb and csound's sf_GMbank share samples: both are test-only.
+    "timgm6mb": SoundFont("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2", "timgm", "test"),
+    "csound": SoundFont("csound-soundfont", "usr/share/sounds/sf2/sf_GMbank.sf2", "timgm", "test"),
+}
+
+
+def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tuple[str, Path]:
+    """``(name, file)`` of a soundfont given by :data:`SOUNDFONTS` name or by path.
+
+    A named soundfont is used from ``/`` when its package is installed, else fetched with
+    ``apt-get download`` into ``<data>/debian_music`` (see :func:`debian_music.fetch_package`).
+    """
+    if name_or_path not in SOUNDFONTS:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"soundfont not found: {name_or_path} (nor a name in {', '.join(SOUNDFONTS)})"
+            )
+        name = next((k for k, v in SOUNDFONTS.items() if v.path.endswith(path.name)), path.stem)
+        return name, path
+    sf_ = SOUNDFONTS[name_or_path]
+    installed = Path("/") / sf_.path
+    if installed.is_file():
+        return name_or_path, installed
+    from training.corpora.debian_music import fetch_package
+
+    root = fetch_package(sf_.package, Path(data) / "debian_music", (sf_.path,))
+    return name_or_path, root / sf_.path
 
 
 class Renderer:
@@ -121,6 +189,91 @@ def _active_db(x: np.ndarray, frame: int = 1024) -> float:
     return 10.0 * float(np.log10(active.mean() + 1e-20))
 
 
+def _biquad(kind: str, f0: float, gain_db: float, q: float, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """RBJ audio-EQ-cookbook biquad coefficients (b, a)."""
+    a_ = 10.0 ** (gain_db / 40.0)
+    w = 2 * np.pi * f0 / sr
+    alpha = np.sin(w) / (2 * q)
+    c = np.cos(w)
+    if kind == "peak":
+        b = [1 + alpha * a_, -2 * c, 1 - alpha * a_]
+        a = [1 + alpha / a_, -2 * c, 1 - alpha / a_]
+    else:
+        sq = 2 * np.sqrt(a_) * alpha
+        sign = 1 if kind == "low_shelf" else -1
+        b = [
+            a_ * ((a_ + 1) - sign * (a_ - 1) * c + sq),
+            sign * 2 * a_ * ((a_ - 1) - sign * (a_ + 1) * c),
+            a_ * ((a_ + 1) - sign * (a_ - 1) * c - sq),
+        ]
+        a = [
+            (a_ + 1) + sign * (a_ - 1) * c + sq,
+            -sign * 2 * ((a_ - 1) + sign * (a_ + 1) * c),
+            (a_ + 1) + sign * (a_ - 1) * c - sq,
+        ]
+    return np.asarray(b) / a[0], np.asarray(a) / a[0]
+
+
+def apply_eq(x: np.ndarray, kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """One EQ move on the mix: peak / low_shelf / high_shelf (training), band_limit / tilt (held out)."""
+    from scipy.signal import butter, lfilter, sosfilt
+
+    if kind == "peak":
+        b, a = _biquad("peak", rng.uniform(150, 6000), rng.uniform(-9, 9), rng.uniform(0.7, 2.0), sr)
+    elif kind == "low_shelf":
+        b, a = _biquad("low_shelf", rng.uniform(80, 400), rng.uniform(-9, 9), 0.707, sr)
+    elif kind == "high_shelf":
+        b, a = _biquad("high_shelf", rng.uniform(2000, 6000), rng.uniform(-9, 9), 0.707, sr)
+    elif kind == "band_limit":  # a small speaker: no lows, no highs
+        sos = butter(4, [rng.uniform(150, 500), rng.uniform(2500, 5000)], "bandpass", fs=sr, output="sos")
+        return sosfilt(sos, x)
+    elif kind == "tilt":  # first-order pre-emphasis (bright) or its inverse (dull)
+        k = rng.uniform(0.5, 0.95)
+        b, a = ([1.0, -k], [1.0]) if rng.random() < 0.5 else ([1.0 - k], [1.0, -k])
+    else:
+        raise ValueError(f"unknown eq {kind!r}")
+    return lfilter(b, a, x)
+
+
+def apply_codec(x: np.ndarray, kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """A lossy round trip: opus / mp3 (training), telephone / bitcrush (held out); same length out."""
+    import io
+
+    n = len(x)
+    if kind == "opus":
+        from training.corpora.pack import decode, encode_opus
+
+        y = decode(encode_opus(x.astype(np.float32), rng.uniform(8, 32), sr))
+    elif kind == "mp3":
+        buf = io.BytesIO()
+        sf.write(
+            buf,
+            x.astype(np.float32),
+            sr,
+            format="MP3",
+            subtype="MPEG_LAYER_III",
+            compression_level=rng.uniform(0.4, 1.0),
+        )
+        y, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="float32", always_2d=True)
+        y = y.mean(axis=1)
+    elif kind == "telephone":  # 8 kHz G.711 mu-law
+        from scipy.signal import resample_poly
+
+        lo = np.clip(resample_poly(x, 1, 2), -1, 1)
+        mu = 255.0
+        q = np.round(np.sign(lo) * np.log1p(mu * np.abs(lo)) / np.log1p(mu) * 127) / 127
+        y = resample_poly(np.sign(q) * np.expm1(np.abs(q) * np.log1p(mu)) / mu, 2, 1)
+    elif kind == "bitcrush":  # few bits and a sample-and-hold rate reduction
+        bits, hold = int(rng.integers(5, 9)), int(rng.integers(2, 4))
+        levels = 2 ** (bits - 1)
+        y = np.repeat(np.round(x[::hold] * levels) / levels, hold)
+    else:
+        raise ValueError(f"unknown codec {kind!r}")
+    out = np.zeros(n)
+    out[: min(n, len(y))] = y[:n]
+    return out
+
+
 def render_clip(renderer: Renderer, clip: Clip, seconds: float) -> tuple[np.ndarray, list[str], dict]:
     """Render ``clip`` to a mono float32 mix.
 
@@ -143,10 +296,14 @@ def render_clip(renderer: Renderer, clip: Clip, seconds: float) -> tuple[np.ndar
         mix += stem.astype(np.float64) * 10.0 ** ((gain_db - level_db) / 20.0)
     if not np.any(mix):
         raise RuntimeError(f"clip {clip.index}: every stem is silent")
+    if clip.post.get("eq"):
+        mix = apply_eq(mix, clip.post["eq"], np.random.default_rng(clip.post["seed"]), renderer.sr)
     mix *= 10.0 ** ((clip.target_rms_db - _rms_db(mix)) / 20.0)
     peak = float(np.max(np.abs(mix)))
     if peak > 0.95:  # soft-limit peaks instead of scaling the whole clip down (keeps the level class)
         mix = 0.95 * np.tanh(mix / 0.95)
+    if clip.post.get("codec"):
+        mix = apply_codec(mix, clip.post["codec"], np.random.default_rng(clip.post["seed"] + 1), renderer.sr)
     tags = [t for t in clip.tags if t not in silent or t == "drums"]
     if "drums" in silent:
         tags = [t for t in tags if t != "drums"] + ["no_drums"]
@@ -175,8 +332,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# Worker state: one Renderer per process (loading a soundfont takes 0.2-3 s).
-_R: Renderer | None = None
+# Worker state: one Renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
+_R: dict[str, Renderer] = {}
 _ARGS: dict = {}
 
 
@@ -185,20 +342,23 @@ def _init_worker(args: dict) -> None:
     if args.get("nice"):
         os.nice(args["nice"])
     _ARGS = args
-    _R = Renderer(args["soundfont"])
+    _R = {name: Renderer(path) for name, path in args["soundfonts"]}
 
 
 def _work(index: int) -> dict:
-    assert _R is not None
+    assert _R
     out = Path(_ARGS["out"])
     cid = clip_id(index)
+    sf_name, sf_path = _ARGS["soundfonts"][index % len(_ARGS["soundfonts"])]
     audio_path = out / "audio" / f"{cid}.flac"
     meta_path = out / "meta" / f"{cid}.json"
     if audio_path.exists() and meta_path.exists():
         return json.loads(meta_path.read_text())
     t0 = time.perf_counter()
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
-    audio, tags, info = render_clip(_R, clip, _ARGS["seconds"])
+    if _ARGS["composer"] != "default":
+        vary(clip, _ARGS["composer"], _ARGS["seed"])
+    audio, tags, info = render_clip(_R[sf_name], clip, _ARGS["seconds"])
     row = {
         "path": f"audio/{cid}.flac",
         "tags": ";".join(tags),
@@ -208,7 +368,9 @@ def _work(index: int) -> dict:
         "level": clip.level,
         "rms_db": str(info["rms_db"]),
         "instruments": ";".join(f"{i.name}:{i.program}" for i in clip.midi.instruments),
-        "soundfont": Path(_ARGS["soundfont"]).name,
+        "soundfont": Path(sf_path).name,
+        "soundfont_name": sf_name,
+        "composer": _ARGS["composer"],
         "seed": str(_ARGS["seed"]),
         "index": str(index),
         **clip.meta,
@@ -240,10 +402,24 @@ def write_table(out: Path, rows: list[dict]) -> None:
     os.replace(tmp, out / "tags.csv")
 
 
+def _held_out(soundfonts: list[str], composer: str) -> str:
+    """Why this render would leak held-out test material into training ("" when it would not)."""
+    names = [n for n in soundfonts if n in SOUNDFONTS and SOUNDFONTS[n].use == "test"]
+    names += ["composer heldout"] if composer == "heldout" else []
+    return f"{', '.join(names)} is held out for testing: render it only with --test" if names else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.corpora.synth", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--soundfont", required=True)
+    p.add_argument(
+        "--soundfont",
+        action="append",
+        required=True,
+        help="soundfont name (" + ", ".join(SOUNDFONTS) + ") or file; repeat to alternate clip by clip",
+    )
+    p.add_argument("--composer", default="default", help="composer configuration: " + ", ".join(COMPOSERS))
+    p.add_argument("--data", type=Path, default=Path("data"), help="cache for soundfonts fetched from Debian")
     p.add_argument("--n", type=int, default=2400, help="number of clips")
     p.add_argument("--start", type=int, default=0, help="first clip index")
     p.add_argument("--seconds", type=float, default=10.0)
@@ -252,15 +428,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="niceness increment for worker processes")
     p.add_argument("--test", action="store_true", help="mark every clip split=test (held-out set)")
     a = p.parse_args(argv)
-    if not Path(a.soundfont).is_file():
-        print(f"error: soundfont not found: {a.soundfont}", file=sys.stderr)
+    if a.composer not in COMPOSERS:
+        print(
+            f"error: unknown composer {a.composer!r} (expected one of {', '.join(COMPOSERS)})",
+            file=sys.stderr,
+        )
+        return 2
+    if not a.test and _held_out(a.soundfont, a.composer):  # before any download
+        print(f"error: {_held_out(a.soundfont, a.composer)}", file=sys.stderr)
+        return 2
+    try:
+        soundfonts = [resolve_soundfont(x, a.data) for x in a.soundfont]
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not a.test and _held_out([n for n, _ in soundfonts], a.composer):  # a held-out font given by path
+        print(f"error: {_held_out([n for n, _ in soundfonts], a.composer)}", file=sys.stderr)
         return 2
     for sub in ("audio", "midi", "meta"):
         (a.out / sub).mkdir(parents=True, exist_ok=True)
     (a.out / "vocabulary.txt").write_text("\n".join(TAGS) + "\n")
     args = {
         "out": str(a.out),
-        "soundfont": a.soundfont,
+        "soundfonts": [(n, str(p)) for n, p in soundfonts],
+        "composer": a.composer,
         "seed": a.seed,
         "seconds": a.seconds,
         "test": a.test,

@@ -24,7 +24,10 @@ __all__ = [
     "FAST_BPM",
     "LEVELS",
     "Clip",
+    "COMPOSERS",
+    "Composer",
     "compose",
+    "vary",
 ]
 
 SLOW_BPM = 90.0  # tempo < SLOW_BPM -> "slow"
@@ -321,6 +324,7 @@ class Clip:
     reverb: tuple[float, float, float, float]  # roomsize, damping, width, level
     has_drums: bool
     meta: dict[str, str] = field(default_factory=dict)
+    post: dict = field(default_factory=dict)  # render-side processing chosen by vary(): eq, codec
 
     @property
     def tags(self) -> list[str]:
@@ -667,3 +671,118 @@ def _play_drums(
                     continue
                 t = grid.t(t0 + s)
                 _add(track, key, t, t + 0.1, max(30.0, vel * scale + rng.normal(0, 4)), end_s)
+
+
+@dataclass(frozen=True)
+class Composer:
+    """A composer configuration: variety added on top of the style templates.
+
+    Voicings re-voice chords (3+ notes starting together), octave shifts move a whole melodic part,
+    articulation scales note lengths (staccato < 1 < legato), EQ and codec act on the rendered mix
+    (see :func:`training.corpora.synth.post_process`). None of it changes a tag: instruments,
+    drums, tempo, level class and style stay what :attr:`Clip.tags` says.
+    """
+
+    voicings: tuple[str, ...] = ("close",)
+    octave_shifts: tuple[int, ...] = (0,)
+    articulation: tuple[float, float] = (1.0, 1.0)
+    velocity_sd: float = 0.0
+    eqs: tuple[str, ...] = ()  # drawn from when a clip gets EQ
+    eq_prob: float = 0.0
+    codecs: tuple[str, ...] = ()  # drawn from when a clip goes through a codec
+    codec_prob: float = 0.0
+
+
+# "default" is the original composer (its clips are unchanged). "varied" is for training;
+# "heldout" is for testing only: its voicings, articulation range, EQ shapes and codecs are never
+# drawn in training, so a test on it measures whether instrument tags carry over.
+COMPOSERS: dict[str, Composer] = {
+    "default": Composer(),
+    "varied": Composer(
+        voicings=("close", "open", "drop2"),
+        octave_shifts=(-1, 0, 0, 1),
+        articulation=(0.55, 1.25),
+        velocity_sd=6.0,
+        eqs=("peak", "low_shelf", "high_shelf"),
+        eq_prob=0.6,
+        codecs=("opus", "mp3"),
+        codec_prob=0.35,
+    ),
+    "heldout": Composer(
+        voicings=("spread", "drop3"),
+        octave_shifts=(-1, 0, 1),
+        articulation=(0.3, 0.5),
+        velocity_sd=10.0,
+        eqs=("band_limit", "tilt"),
+        eq_prob=0.7,
+        codecs=("telephone", "bitcrush"),
+        codec_prob=0.5,
+    ),
+}
+
+
+def _revoice(notes: list[int], voicing: str) -> list[int]:
+    """Re-voice one chord (pitches low to high)."""
+    ps = sorted(notes)
+    if voicing == "open" and len(ps) >= 3:  # middle voice up an octave
+        ps[1] += 12
+    elif voicing == "drop2" and len(ps) >= 3:  # second voice from the top down an octave
+        ps[-2] -= 12
+    elif voicing == "drop3" and len(ps) >= 4:
+        ps[-3] -= 12
+    elif voicing == "spread":  # root down an octave, upper voices up: a wide chord
+        ps = [ps[0] - 12, *ps[1:-1], ps[-1] + 12]
+    return sorted(ps)
+
+
+def vary(clip: Clip, composer: str | Composer, seed: int) -> Clip:
+    """Apply a composer configuration to a composed clip, in place; deterministic per (seed, index).
+
+    Draws from its own random stream, so the notes :func:`compose` chose stay the same; the
+    choices go to ``clip.meta`` (voicing, octave shifts, articulation, eq, codec).
+    """
+    cfg = COMPOSERS[composer] if isinstance(composer, str) else composer
+    rng = np.random.default_rng([seed, clip.index, 101])
+    shifts, arts = [], []
+    voicing = str(rng.choice(cfg.voicings))
+    for track in clip.midi.instruments:
+        if track.is_drum:
+            continue
+        lo, hi = INSTRUMENTS[track.name].register
+        shift = 12 * int(rng.choice(cfg.octave_shifts))
+        if any(not (lo - 12 <= n.pitch + shift <= hi + 12) for n in track.notes):
+            shift = 0  # the part would leave the instrument's playable range: keep it
+        art = float(rng.uniform(*cfg.articulation))
+        shifts.append(shift // 12)
+        arts.append(round(art, 2))
+        by_start: dict[float, list[pretty_midi.Note]] = {}
+        for n in track.notes:
+            n.pitch = int(np.clip(n.pitch + shift, 0, 127))
+            n.end = n.start + max(0.03, (n.end - n.start) * art)
+            if cfg.velocity_sd:
+                n.velocity = int(np.clip(round(n.velocity + rng.normal(0, cfg.velocity_sd)), 1, 127))
+            by_start.setdefault(round(n.start, 2), []).append(n)
+        for chord in by_start.values():
+            if len(chord) >= 3 and voicing != "close":
+                chord.sort(key=lambda n: n.pitch)
+                for n, p in zip(chord, _revoice([n.pitch for n in chord], voicing), strict=True):
+                    n.pitch = int(np.clip(p, 0, 127))
+    eq = str(rng.choice(cfg.eqs)) if cfg.eqs and rng.random() < cfg.eq_prob else ""
+    codec = str(rng.choice(cfg.codecs)) if cfg.codecs and rng.random() < cfg.codec_prob else ""
+    clip.post = {"eq": eq, "codec": codec, "seed": int(rng.integers(2**31))}
+    clip.meta.update(
+        {
+            "composer": cfg_name(cfg),
+            "voicing": voicing,
+            "octave_shifts": "|".join(map(str, shifts)),
+            "articulation": "|".join(map(str, arts)),
+            "eq": eq,
+            "codec": codec,
+        }
+    )
+    return clip
+
+
+def cfg_name(cfg: Composer) -> str:
+    """The name of a composer configuration in :data:`COMPOSERS` ("custom" when not there)."""
+    return next((k for k, v in COMPOSERS.items() if v == cfg), "custom")
