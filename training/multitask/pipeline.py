@@ -115,10 +115,24 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
 
 
 def init_backbone(model: ResNetTagger, bundle_path: str) -> int:
-    """Copy every weight but the tag head from a bundle's model; returns how many tensors."""
-    from engines.bundle import Bundle
+    """Copy every weight but the tag head from a bundle's model; returns how many tensors.
 
-    state = {k: v for k, v in Bundle.load(bundle_path).state_dict().items() if not k.startswith("head.")}
+    Reads the weights file directly (checked against the manifest's sha256), so a bundle of
+    another manifest format version still serves as a starting point.
+    """
+    from safetensors.torch import load_file
+
+    from engines.bundle import sha256_file
+
+    path = Path(bundle_path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        wpath = path / manifest["weights_file"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MultitaskError(f"init_from {bundle_path}: not a bundle ({e})") from None
+    if sha256_file(wpath) != manifest.get("weights_sha256"):
+        raise MultitaskError(f"init_from {bundle_path}: weights do not match the manifest's sha256")
+    state = {k: v for k, v in load_file(str(wpath)).items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise MultitaskError(
