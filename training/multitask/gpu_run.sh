@@ -19,10 +19,10 @@ stage)
   cp -r .carry/mt_a/packs/* "$DATA"/ && ls -la "$DATA" && du -sh "$DATA"
   ;;
 run)
-  cp -r .carry/mt_b/packs/* "$DATA"/ || exit 1
+  cp -r .carry/mt_c/packs/* "$DATA"/ || exit 1
   export PYTHONPATH=/root/site
-  export RT_TAGGER_COMMIT="$(cat .carry/mt_b/COMMIT)"
-  cd .carry/mt_b/code || exit 1
+  export RT_TAGGER_COMMIT="$(cat .carry/mt_c/COMMIT)"
+  cd .carry/mt_c/code || exit 1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -m training.multitask --recipe configs/train_multitask.toml --out /root/mtrun --export /root/mtbundle --no-progress \
     --set "init_from=\"$ROOT/rt_tagger/default_model\"" --set label_workers=14 \

@@ -255,6 +255,9 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
     return save_bundle(out, model.eval(), Manifest(**fields), overwrite=overwrite)
 
 
+_TRAIN_ONLY = ("real_train", "synth_train", "not_music")  # not loaded when the model exists
+
+
 def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, progress: bool = True) -> dict:
     """Every step that has not run yet; returns the metrics."""
     from safetensors.torch import save_file
@@ -264,24 +267,22 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     device = "cuda" if recipe.device == "auto" and torch.cuda.is_available() else recipe.device
     device = "cpu" if device == "auto" else device
     window = recipe.frontend.window_samples
-    corpora = {k: mt_data.load_corpus(getattr(d, k)) for k in DataPaths.model_fields}
-    labels = {
-        k: _labels(run_dir, k, corpora[k], recipe, device) for k in ("real_valid", "real_test", "real_train")
-    }
+    wpath = run_dir / "model.safetensors"
+    trained = wpath.is_file()
+    needed = [k for k in DataPaths.model_fields if not (trained and k in _TRAIN_ONLY)]
+    corpora = {k: mt_data.load_corpus(getattr(d, k)) for k in needed}
+    real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora]
+    labels = {k: _labels(run_dir, k, corpora[k], recipe, device) for k in real}
     specs, vocab = _specs(run_dir, labels["real_valid"])
     names = [s.name for s in specs]
     log.info("%d units: %s", len(specs), ", ".join(names))
-    src = {
-        k: mt_data.real_source(specs, corpora[k], labels[k], window)
-        for k in ("real_train", "real_valid", "real_test")
-    }
+    src = {k: mt_data.real_source(specs, corpora[k], labels[k], window) for k in real}
     src |= {
-        k: mt_data.clip_source(specs, corpora[k], window, True)
-        for k in ("synth_train", "synth_calib", "synth_test")
+        k: mt_data.clip_source(specs, corpora[k], window, k.startswith("synth"))
+        for k in corpora
+        if not k.startswith("real")
     }
-    src |= {k: mt_data.clip_source(specs, corpora[k], window, False) for k in ("not_music", "not_music_test")}
-    wpath = run_dir / "model.safetensors"
-    if wpath.is_file():
+    if trained:
         model = _model(recipe, len(specs))
         from safetensors.torch import load_file
 
