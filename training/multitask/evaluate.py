@@ -104,10 +104,14 @@ def calibrate(
             )
         else:
             y = target_s[:, j : j + 1] > 0.5
-            thresholds.append(calibrate_thresholds(y, probs_s[:, j : j + 1])[0])
+            t_synth = calibrate_thresholds(y, probs_s[:, j : j + 1])[0]
+            t_real = float(np.quantile(probs_r[:, j], 1 - MAX_REAL_ON_RATE))
+            thresholds.append(max(t_synth, t_real))
             how[s.name] = "F1-max on held-out-soundfont synthetic clips" + (
                 "" if y.any() else " (no positives: 0.5)"
             )
+            if t_real > t_synth:
+                how[s.name] += f", raised to be on in at most {MAX_REAL_ON_RATE:.0%} of valid real windows"
     return [_clip(t) for t in thresholds], how
 
 
