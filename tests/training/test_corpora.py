@@ -284,6 +284,7 @@ def test_vary_keeps_tags_is_deterministic_and_heldout_is_disjoint():
     assert not set(train.voicings) & set(held.voicings)
     assert not set(train.eqs) & set(held.eqs) and not set(train.codecs) & set(held.codecs)
     assert train.articulation[0] > held.articulation[1]  # held-out articulation range never trained
+    assert train.reverb[0][1] <= held.reverb[0][0] and train.mix != held.mix
 
 
 def test_eq_and_codecs_do_what_they_say():
@@ -333,4 +334,9 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
     rows = list(csv.DictReader((out / "tags.csv").open()))
     assert [r["soundfont_name"] for r in rows] == ["fluidr3_gm", "other"] * 2
     assert {r["composer"] for r in rows} == {"varied"} and all(r["voicing"] for r in rows)
+    assert {r["codec"] for r in rows} >= {"opus", "mp3"} and any(r["eq"] for r in rows)
+    for r in rows:  # EQ and codec keep the clip in its level class
+        audio, _ = sf.read(out / r["path"], dtype="float32")
+        lo, hi = LEVELS[r["level"]][1]
+        assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
     assert len(load_table(out)) == 4

@@ -68,3 +68,14 @@ def test_unknown_teacher_is_one_line_and_exit_2(tmp_path):
 def test_out_must_be_npz(tmp_path):
     res = _run("label", "--teacher", "musicnn-mtt", "x.wav", "--out", str(tmp_path / "o.json"))
     assert res.returncode == 2 and "--out must end in .npz" in res.stderr
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    res = _run(
+        "label", "--teacher", "musicnn-mtt", "x.wav", "--out", str(tmp_path / "o.npz"), "--device", "cuda"
+    )
+    assert res.returncode == 2 and "no CUDA GPU" in res.stderr

@@ -302,8 +302,11 @@ def render_clip(renderer: Renderer, clip: Clip, seconds: float) -> tuple[np.ndar
     peak = float(np.max(np.abs(mix)))
     if peak > 0.95:  # soft-limit peaks instead of scaling the whole clip down (keeps the level class)
         mix = 0.95 * np.tanh(mix / 0.95)
-    if clip.post.get("codec"):
+    if clip.post.get("codec"):  # after the codec, back to the level class (a band limit loses level)
         mix = apply_codec(mix, clip.post["codec"], np.random.default_rng(clip.post["seed"] + 1), renderer.sr)
+        mix *= 10.0 ** ((clip.target_rms_db - _rms_db(mix)) / 20.0)
+        if np.max(np.abs(mix)) > 0.95:
+            mix = 0.95 * np.tanh(mix / 0.95)
     tags = [t for t in clip.tags if t not in silent or t == "drums"]
     if "drums" in silent:
         tags = [t for t in tags if t != "drums"] + ["no_drums"]

@@ -678,7 +678,8 @@ class Composer:
     """A composer configuration: variety added on top of the style templates.
 
     Voicings re-voice chords (3+ notes starting together), octave shifts move a whole melodic part,
-    articulation scales note lengths (staccato < 1 < legato), EQ and codec act on the rendered mix
+    articulation scales note lengths (staccato < 1 < legato), ``mix`` sets the stem balance and
+    ``reverb`` FluidSynth's room size and wet level; EQ and codec act on the rendered mix
     (see :func:`training.corpora.synth.post_process`). None of it changes a tag: instruments,
     drums, tempo, level class and style stay what :attr:`Clip.tags` says.
     """
@@ -691,6 +692,8 @@ class Composer:
     eq_prob: float = 0.0
     codecs: tuple[str, ...] = ()  # drawn from when a clip goes through a codec
     codec_prob: float = 0.0
+    mix: str = "style"  # stem balance: "style" (compose's), "wide" (-8..+2 dB) or "lead" (one on top)
+    reverb: tuple[tuple[float, float], tuple[float, float]] | None = None  # (room, level) ranges
 
 
 # "default" is the original composer (its clips are unchanged). "varied" is for training;
@@ -707,6 +710,8 @@ COMPOSERS: dict[str, Composer] = {
         eq_prob=0.6,
         codecs=("opus", "mp3"),
         codec_prob=0.35,
+        mix="wide",
+        reverb=((0.1, 0.9), (0.1, 0.9)),
     ),
     "heldout": Composer(
         voicings=("spread", "drop3"),
@@ -717,6 +722,8 @@ COMPOSERS: dict[str, Composer] = {
         eq_prob=0.7,
         codecs=("telephone", "bitcrush"),
         codec_prob=0.5,
+        mix="lead",
+        reverb=((0.9, 1.0), (0.85, 1.0)),  # a very wet hall, wetter than any training clip
     ),
 }
 
@@ -767,6 +774,21 @@ def vary(clip: Clip, composer: str | Composer, seed: int) -> Clip:
                 chord.sort(key=lambda n: n.pitch)
                 for n, p in zip(chord, _revoice([n.pitch for n in chord], voicing), strict=True):
                     n.pitch = int(np.clip(p, 0, 127))
+    n = len(clip.stem_gain_db)
+    if cfg.mix == "wide":
+        clip.stem_gain_db = [float(g) for g in rng.uniform(-8.0, 2.0, size=n)]
+    elif cfg.mix == "lead":  # one stem 4-10 dB above the others (a soloist in front of a band)
+        gains = rng.uniform(-4.0, 0.0, size=n)
+        gains[int(rng.integers(n))] = rng.uniform(4.0, 6.0)
+        clip.stem_gain_db = [float(g) for g in gains]
+    if cfg.reverb:
+        (r_lo, r_hi), (l_lo, l_hi) = cfg.reverb
+        clip.reverb = (
+            float(rng.uniform(r_lo, r_hi)),
+            clip.reverb[1],
+            clip.reverb[2],
+            float(rng.uniform(l_lo, l_hi)),
+        )
     eq = str(rng.choice(cfg.eqs)) if cfg.eqs and rng.random() < cfg.eq_prob else ""
     codec = str(rng.choice(cfg.codecs)) if cfg.codecs and rng.random() < cfg.codec_prob else ""
     clip.post = {"eq": eq, "codec": codec, "seed": int(rng.integers(2**31))}
@@ -774,6 +796,8 @@ def vary(clip: Clip, composer: str | Composer, seed: int) -> Clip:
         {
             "composer": cfg_name(cfg),
             "voicing": voicing,
+            "mix": cfg.mix,
+            "reverb": "|".join(f"{v:.2f}" for v in clip.reverb),
             "octave_shifts": "|".join(map(str, shifts)),
             "articulation": "|".join(map(str, arts)),
             "eq": eq,

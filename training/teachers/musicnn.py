@@ -23,6 +23,7 @@ and its layer order (after the ReLU).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def weights_path(model: str) -> Path:
     return WEIGHTS_DIR / f"{model}.safetensors"
 
 
+@functools.lru_cache(maxsize=1)
 def _slaney_mel_basis() -> np.ndarray:
     """``librosa.filters.mel(sr=16000, n_fft=512, n_mels=96)`` bit for bit, as ``(n_freqs, n_mels)``.
 
@@ -109,18 +111,13 @@ def _slaney_mel_basis() -> np.ndarray:
     return np.ascontiguousarray(weights.T)
 
 
-_MEL_BASIS: np.ndarray | None = None
-
-
 def musicnn_logmel(audio: np.ndarray, chunk_frames: int = 4096) -> np.ndarray:
     """musicnn's input representation of a 16 kHz mono clip: ``(n_frames, 96)`` float32.
 
     ``n_frames = 1 + len(audio) // 256`` (librosa's centred frames). Computed in chunks of
     ``chunk_frames`` so hour-long files need little memory.
     """
-    global _MEL_BASIS
-    if _MEL_BASIS is None:
-        _MEL_BASIS = _slaney_mel_basis()
+    mel_basis = _slaney_mel_basis()
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
@@ -134,7 +131,7 @@ def musicnn_logmel(audio: np.ndarray, chunk_frames: int = 4096) -> np.ndarray:
         frames = padded[(np.arange(a, b) * HOP)[:, None] + k[None, :]] * window
         # librosa: FFT in float64, stored as complex64, power and mel product in float32
         power = np.abs(np.fft.rfft(frames, axis=1).astype(np.complex64)) ** 2
-        out[a:b] = (power @ _MEL_BASIS).astype(np.float16)
+        out[a:b] = (power @ mel_basis).astype(np.float16)
     return np.log10(np.float32(10000) * out + np.float32(1))
 
 
