@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from engines.bundle import TAG_GROUPS, Bundle, BundleError
+from engines.bundle import TAG_GROUPS, Bundle, BundleError, seal_bundle
 from tests.conftest import TAGS, make_random_bundle
 from tests.rt_tagger.conftest import run_cli
 
@@ -29,7 +29,9 @@ def test_groups_default_to_other_and_no_music_head(bundle):
 def test_groups_and_music_head_read(bundle):
     groups = ["instrument"] * (len(TAGS) - 1) + ["music"]
     _with_groups(bundle, groups)
-    m = Bundle.load(bundle.path).manifest
+    with pytest.raises(BundleError, match="manifest digest mismatch"):  # an edit is refused until sealed
+        Bundle.load(bundle.path)
+    m = seal_bundle(bundle.path).manifest
     assert m.tag_groups == groups and m.music_index == len(TAGS) - 1
     assert set(groups) <= set(TAG_GROUPS)
 

@@ -226,7 +226,7 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
     from safetensors.torch import load_file
 
     from engines.bundle import Manifest, save_bundle
-    from training.stages import git_commit
+    from training.provenance import git_commit
 
     result = json.loads((run_dir / "result.json").read_text())
     spec = ModelSpec.model_validate(result["model"])
