@@ -16,7 +16,7 @@ import logging
 import shlex
 from pathlib import Path
 
-from engines.errors import UserError
+from engines.errors import UserError, UserErrorParser
 
 __all__ = ["main"]
 
@@ -25,11 +25,6 @@ log = logging.getLogger("training")
 
 class CLIError(UserError):
     """Bad command-line usage."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line through the UserError path instead of argparse's exit(2)
-        raise CLIError(f"{self.prog}: {message}")
 
 
 def _common(
@@ -73,8 +68,8 @@ def _outputs(p: argparse.ArgumentParser, export: bool = True, resume: bool = Tru
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="rt-tagger train", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    ap = UserErrorParser(prog="rt-tagger train", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=UserErrorParser)
     p = sub.add_parser("all", help="pretrain → probes (pretrained and random-init) → fine-tune → bundle")
     _common(p)
     p.add_argument("--pretext", default=None)
