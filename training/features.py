@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.atomic import atomic_path, write_atomic
 from engines.frontend import FrontEndSpec
 from training.data import FORMATS, DataError, crop_or_pad, load_table, read_audio
 
@@ -86,10 +87,8 @@ def _one(job: tuple[str, str]) -> str:
     with torch.no_grad():
         mel = _STATE["logmel"](torch.from_numpy(np.ascontiguousarray(audio))).numpy()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
+    with atomic_path(dst) as tmp, tmp.open("wb") as fh:  # a file object: np.save adds no ".npy"
         np.save(fh, mel.astype(_STATE["dtype"]))
-    os.replace(tmp, dst)
     return name
 
 
@@ -100,9 +99,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         if json.loads(path.read_text()) != json.loads(json.dumps(settings)):
             raise DataError(f"{out} holds features made with other settings; choose another --out")
     else:
-        tmp = out / "settings.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(settings, indent=1))
     for stale in (out / "feats").rglob("*.tmp") if (out / "feats").exists() else ():
         stale.unlink(missing_ok=True)
 
@@ -169,9 +166,8 @@ def extract(
             for i in range(len(table))
         ],
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")  # last: its presence means the run completed
+    # Written last: its presence means the run completed.
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 

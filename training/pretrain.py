@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from engines.atomic import atomic_path
 from engines.logmel_torch import LogMel
 from engines.model import ModelSpec, ResNetTagger
 from training.augment import augment_mel, augment_wave
@@ -36,16 +37,13 @@ def model_spec(recipe: Recipe, n_tags: int) -> ModelSpec:
 
 def save_backbone(model: ResNetTagger, path: Path) -> None:
     """The ResNet's weights without its tag head (safetensors, atomic)."""
-    import os
-
     from safetensors.torch import save_file
 
     state = {
         k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def load_backbone(model: ResNetTagger, path: Path) -> None:

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from engines.atomic import atomic_path
+
 __all__ = [
     "SOURCES",
     "SPLITS",
@@ -398,9 +400,8 @@ def _convert(job: tuple[str, tuple[str, ...], str, str, str, str, tuple[int, int
     peak = float(np.max(np.abs(audio)))
     if peak > 1.0:  # resampling overshoot or summed stems: scale, never clip
         audio = audio / peak
-    tmp = dst.with_name(dst.name + ".tmp")
-    sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return _row(name, pkg, lic, split_name, seconds, source_file)
 
 
@@ -422,12 +423,10 @@ def _nice_init(n: int) -> None:
 
 def _write_table(folder: Path, rows: list[dict]) -> None:
     rows = sorted(rows, key=lambda r: r["path"])
-    tmp = folder / "tracks.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(folder / "tracks.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(_row("", "", "", "", 0.0, "")))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, folder / "tracks.csv")
 
 
 def _list(tracks: list[tuple[str, tuple[Path, ...], str]], data: Path) -> int:

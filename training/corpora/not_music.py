@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from engines.atomic import atomic_path
 
 __all__ = [
     "CATEGORIES",
@@ -329,10 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         name = f"audio/notmusic_{i:06d}.flac"
         dst = a.out / name
         if not dst.exists():
-            tmp = dst.with_name(dst.name + ".tmp")
             # FLAC 24-bit keeps near-silence (down to -100 dBFS) above the quantisation floor.
-            sf.write(tmp, c.audio, SAMPLE_RATE, format="FLAC", subtype="PCM_24")
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                sf.write(tmp, c.audio, SAMPLE_RATE, format="FLAC", subtype="PCM_24")
         rows.append(
             {
                 "path": name,
@@ -343,12 +343,10 @@ def main(argv: list[str] | None = None) -> int:
                 "detail": json.dumps(c.detail, sort_keys=True),
             }
         )
-    tmp = a.out / "tags.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(a.out / "tags.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, a.out / "tags.csv")
     print(f"{len(rows)} clips ({len(rows) * a.seconds / 3600:.2f} h) -> {a.out / 'tags.csv'}")
     return 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from engines.atomic import atomic_path, write_atomic
 from training.data import TrackTable, load_table, read_audio
 from training.data.table import DataError
 
@@ -97,61 +98,59 @@ def _pack_one(
 
     jobs = [(str(table.audio_path(i)), kbps, max_seconds) for i in range(len(table))]
     rows, offset = [], 0
-    tmp_bin = dest / "audio.bin.tmp"
-    with tmp_bin.open("wb") as fh, ProcessPoolExecutor(workers) as ex:
-        for i, blob in enumerate(
-            tqdm(ex.map(_encode_job, jobs, chunksize=8), total=len(jobs), desc=name, mininterval=5)
-        ):
-            fh.write(blob)
-            row = {"path": table.paths[i], "offset": offset, "nbytes": len(blob)}
-            if table.labelled:
-                row["tags"] = ";".join(t for t, v in zip(table.tags, table.labels[i], strict=True) if v)
-            if table.split is not None:
-                row["split"] = table.split[i]
-            row.update({k: v[i] for k, v in table.meta.items() if k not in row})
-            rows.append(row)
-            offset += len(blob)
-    # Quality on a sample: round-trip log-mel error, and the decode time of the packed streams.
-    rng = np.random.default_rng(0)
-    pick = rng.choice(len(table), size=min(sample_clips, len(table)), replace=False)
-    errs, dec_s, dec_audio_s = [], 0.0, 0.0
-    data = tmp_bin.read_bytes()
-    for i in pick:
-        audio = read_audio(table.audio_path(int(i)), SAMPLE_RATE)[: 30 * SAMPLE_RATE]
-        errs.append(roundtrip_error(audio, kbps))
-        t0 = time.perf_counter()
-        y = decode(data[rows[i]["offset"] : rows[i]["offset"] + rows[i]["nbytes"]])
-        dec_s += time.perf_counter() - t0
-        dec_audio_s += len(y) / SAMPLE_RATE
-    seconds = float(
-        sum(sf.info(io.BytesIO(data[r["offset"] : r["offset"] + r["nbytes"]])).duration for r in rows)
-    )
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with (dest / "table.csv.tmp").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    info = {
-        "name": name,
-        "format": "ogg-opus",
-        "sample_rate": SAMPLE_RATE,
-        "target_kbps": kbps,
-        "actual_kbps": round(offset * 8 / 1000 / max(seconds, 1e-9), 2),
-        "n_tracks": len(rows),
-        "seconds": round(seconds, 1),
-        "bytes": offset,
-        "tags": list(table.tags),
-        "source_format": table.format,
-        "source": str(table.root),
-        "max_seconds_per_track": max_seconds or None,
-        "roundtrip_logmel_mean_abs_db": round(float(np.mean(errs)), 3) if errs else None,
-        "decode_x_realtime_1core": round(dec_audio_s / max(dec_s, 1e-9), 1),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    os.replace(dest / "table.csv.tmp", dest / "table.csv")
-    os.replace(tmp_bin, dest / "audio.bin")
-    (dest / "pack.json.tmp").write_text(json.dumps(info, indent=1))
-    os.replace(dest / "pack.json.tmp", dest / "pack.json")  # written last: marks the pack complete
+    # Replaced in order on success: table.csv, audio.bin, then pack.json, which marks the pack complete.
+    with atomic_path(dest / "audio.bin") as tmp_bin:
+        with tmp_bin.open("wb") as fh, ProcessPoolExecutor(workers) as ex:
+            for i, blob in enumerate(
+                tqdm(ex.map(_encode_job, jobs, chunksize=8), total=len(jobs), desc=name, mininterval=5)
+            ):
+                fh.write(blob)
+                row = {"path": table.paths[i], "offset": offset, "nbytes": len(blob)}
+                if table.labelled:
+                    row["tags"] = ";".join(t for t, v in zip(table.tags, table.labels[i], strict=True) if v)
+                if table.split is not None:
+                    row["split"] = table.split[i]
+                row.update({k: v[i] for k, v in table.meta.items() if k not in row})
+                rows.append(row)
+                offset += len(blob)
+        # Quality on a sample: round-trip log-mel error, and the decode time of the packed streams.
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(table), size=min(sample_clips, len(table)), replace=False)
+        errs, dec_s, dec_audio_s = [], 0.0, 0.0
+        data = tmp_bin.read_bytes()
+        for i in pick:
+            audio = read_audio(table.audio_path(int(i)), SAMPLE_RATE)[: 30 * SAMPLE_RATE]
+            errs.append(roundtrip_error(audio, kbps))
+            t0 = time.perf_counter()
+            y = decode(data[rows[i]["offset"] : rows[i]["offset"] + rows[i]["nbytes"]])
+            dec_s += time.perf_counter() - t0
+            dec_audio_s += len(y) / SAMPLE_RATE
+        seconds = float(
+            sum(sf.info(io.BytesIO(data[r["offset"] : r["offset"] + r["nbytes"]])).duration for r in rows)
+        )
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(dest / "table.csv") as tmp_table, tmp_table.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        info = {
+            "name": name,
+            "format": "ogg-opus",
+            "sample_rate": SAMPLE_RATE,
+            "target_kbps": kbps,
+            "actual_kbps": round(offset * 8 / 1000 / max(seconds, 1e-9), 2),
+            "n_tracks": len(rows),
+            "seconds": round(seconds, 1),
+            "bytes": offset,
+            "tags": list(table.tags),
+            "source_format": table.format,
+            "source": str(table.root),
+            "max_seconds_per_track": max_seconds or None,
+            "roundtrip_logmel_mean_abs_db": round(float(np.mean(errs)), 3) if errs else None,
+            "decode_x_realtime_1core": round(dec_audio_s / max(dec_s, 1e-9), 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    write_atomic(dest / "pack.json", json.dumps(info, indent=1))  # written last: marks the pack complete
     return info
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from engines.atomic import atomic_path, write_atomic
 from training.corpora.synth_compose import COMPOSERS, TAGS, Clip, compose, vary
 
 __all__ = [
@@ -329,12 +330,6 @@ def _split(index: int, test: bool) -> str:
     return "valid" if index % 10 == 9 else "train"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # Worker state: one Renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
 _R: dict[str, Renderer] = {}
 _ARGS: dict = {}
@@ -380,13 +375,11 @@ def _work(index: int) -> dict:
         "silent_stems": ";".join(info["silent"]),
         "render_s": f"{time.perf_counter() - t0:.3f}",
     }
-    mid_tmp = out / "midi" / f"{cid}.mid.tmp"
-    clip.midi.write(str(mid_tmp))
-    os.replace(mid_tmp, out / "midi" / f"{cid}.mid")
-    _atomic_write_bytes(meta_path, json.dumps(row).encode())
-    tmp = audio_path.with_name(audio_path.name + ".tmp")
-    sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, audio_path)  # audio last: its existence marks the clip done
+    with atomic_path(out / "midi" / f"{cid}.mid") as tmp:
+        clip.midi.write(str(tmp))
+    write_atomic(meta_path, json.dumps(row))
+    with atomic_path(audio_path) as tmp:  # audio last: its existence marks the clip done
+        sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return row
 
 
@@ -397,12 +390,10 @@ def write_table(out: Path, rows: list[dict]) -> None:
     """Write ``tags.csv`` atomically, rows sorted by clip index."""
     rows = sorted(rows, key=lambda r: int(r["index"]))
     cols = _FIRST + sorted({k for r in rows for k in r} - set(_FIRST))
-    tmp = out / "tags.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(out / "tags.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out / "tags.csv")
 
 
 def _held_out(soundfonts: list[str], composer: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.atomic import atomic_path
 from training.bank import AudioBank
 from training.multitask.vocab import TagSpec, teacher_target
 from training.teachers.base import WindowGrid
@@ -121,9 +122,8 @@ def label_windows(
 
 
 def save_labels(path: Path, labels: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **labels)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a file object: numpy adds no ".npz"
+        np.savez_compressed(fh, **labels)
 
 
 def load_labels(path: Path) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engines.atomic import write_atomic
 from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 from engines.logmel_torch import LogMel
@@ -142,9 +143,7 @@ def init_backbone(model: ResNetTagger, bundle_path: str) -> int:
 
 
 def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _labels(run_dir: Path, split: str, corpus: mt_data.Corpus, recipe: MultitaskRecipe, device: str) -> dict:
