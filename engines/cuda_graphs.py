@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-__all__ = ["GraphCache"]
+__all__ = ["GraphCache", "infer_on_device"]
 
 
 class GraphCache:
@@ -92,3 +92,21 @@ class GraphCache:
         self._graphs.clear()
         self._pool = None
         self._torch.cuda.empty_cache()
+
+
+def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context: Callable):
+    """One batch through a torch GPU backend: copy in, replay the batch's graph (or run
+    ``forward`` under ``context`` on the copy stream), copy out.
+
+    Returns ``(host outputs, device milliseconds)`` from ``io.download``.
+    """
+    b = mel.shape[0]
+    if graphs is not None:
+        graphs.get(b)  # capture outside the timed copy-in → copy-out
+        io.upload(mel)
+        outs = graphs.replay(b)
+    else:
+        x = io.upload(mel)
+        with torch.cuda.stream(io.stream), torch.inference_mode(), context():
+            outs = forward(x)
+    return io.download(outs, b)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from engines.base import Backend, BackendError, Inference
-from engines.cuda_graphs import GraphCache
+from engines.cuda_graphs import GraphCache, infer_on_device
 from engines.cuda_io import CudaIO, require_cuda
 
 __all__ = ["TorchCUDABackend", "PRECISIONS"]
@@ -115,17 +115,9 @@ class TorchCUDABackend(Backend):
         return {**super().describe(), **({"compile": self.compile} if self.compile else {})}
 
     def infer_impl(self, mel: np.ndarray) -> Inference:
-        torch = self._torch
-        b = mel.shape[0]
-        if self.graphs is not None:
-            self.graphs.get(b)  # capture outside the timed copy-in → copy-out
-            self.io.upload(mel)
-            outs = self.graphs.replay(b)
-        else:
-            x = self.io.upload(mel)
-            with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._math_mode():
-                outs = self._forward(x)
-        host, self.last_device_time = self.io.download(outs, b)
+        host, self.last_device_time = infer_on_device(
+            self._torch, mel, self.io, self._forward, self.graphs, self._math_mode
+        )
         return Inference(host["probabilities"], host["embeddings"])
 
     def deactivate_impl(self) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.base import Backend, BackendError, Inference
 from engines.cache import load_or_build
-from engines.cuda_graphs import GraphCache
+from engines.cuda_graphs import GraphCache, infer_on_device
 from engines.cuda_io import CudaIO, require_cuda
 from engines.triton.keys import bucket_of, buckets, tuning_artifact
 from engines.triton.tiles import TilePlan
@@ -220,20 +220,13 @@ class TritonFusedBackend(Backend):
 
     def infer_impl(self, mel: np.ndarray) -> Inference:
         torch = self._torch
-        b = mel.shape[0]
         if self.device.startswith("cpu"):
             with torch.inference_mode():
                 outs = self._forward(torch.from_numpy(mel))
             return Inference(outs["probabilities"].numpy(), outs["embeddings"].numpy())
-        if self.graphs is not None:
-            self.graphs.get(b)  # capture outside the timed copy-in → copy-out
-            self.io.upload(mel)
-            outs = self.graphs.replay(b)
-        else:
-            x = self.io.upload(mel)
-            with torch.cuda.stream(self.io.stream), torch.inference_mode(), self._cudnn_mode():
-                outs = self._forward(x)
-        host, self.last_device_time = self.io.download(outs, b)
+        host, self.last_device_time = infer_on_device(
+            torch, mel, self.io, self._forward, self.graphs, self._cudnn_mode
+        )
         return Inference(host["probabilities"], host["embeddings"])
 
     def describe(self) -> dict:
