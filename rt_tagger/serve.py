@@ -193,7 +193,7 @@ class Server:
         self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started = time.monotonic()
-        self._last_stats = self._started
+        self._last_stats = self._last_idle_scan = self._started
         log.info("serving: ingest on %s, tags on %s", self.ingest_endpoint, publisher.endpoint)
 
     # ------------------------------------------------------------------ the loop
@@ -360,9 +360,13 @@ class Server:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         idle = self.settings.idle_timeout_s
-        for stream_id, (_, inp) in list(self.streams.items()):
-            if now - inp.last_audio > idle:
-                self._finish(stream_id, "idle")
+        # Every stream is looked at a few times per idle timeout, not on every pass of the loop
+        # (one pass per ingest read: with thousands of streams the scan would dominate it).
+        if now - self._last_idle_scan >= min(0.5, idle / 4):
+            self._last_idle_scan = now
+            for stream_id, (_, inp) in list(self.streams.items()):
+                if now - inp.last_audio > idle:
+                    self._finish(stream_id, "idle")
         if now - self._last_stats >= self.settings.stats_interval_s:
             self._publish_stats()
 
