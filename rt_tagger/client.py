@@ -10,10 +10,17 @@
 
 Tags come from the server's PUB socket (topic ``tags.<stream_id>``), as with ``rt-tagger stream``.
 ``send_many`` puts chunks of several streams into one message, as a gateway would.
+
+Redirects (protocol 1.1, ``rt-tagger serve --processes N``): ``open`` asks for them; when the
+server answers ``redirect``, the client connects one more DEALER socket to the named child
+process (one per child, shared by its streams) and opens the stream there; the stream's audio and
+close then go straight to that child. ``send_many`` splits a message per child. A server older
+than 1.1 rejects the ``redirect`` field: the client then opens again without it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +53,7 @@ class ClientError(UserError):
 class _Stream:
     format: str
     channels: int
+    sock: zmq.Socket
     seq: int = 0
 
 
@@ -77,6 +85,11 @@ class IngestClient:
         self.timeout_s = timeout_s
         self.notices: deque[Reply] = deque()  # replies nobody waited for (e.g. an idle stream closed)
         self._streams: dict[str, _Stream] = {}
+        self._sndhwm = sndhwm
+        self._redirect = True  # until the server turns out not to know the field (protocol < 1.1)
+        self._children: dict[str, zmq.Socket] = {}  # redirect endpoint -> its DEALER
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
 
     # ------------------------------------------------------------------ requests
     def open(
@@ -90,13 +103,21 @@ class IngestClient:
         """Open a stream; returns the ``opened`` reply (hop, buffer, topic); raises :class:`ClientError` if refused."""
         header = OpenHeader(
             stream_id=stream_id, sample_rate=sample_rate, channels=channels, format=format,
-            options=StreamOptions(**options),
+            options=StreamOptions(**options), redirect=self._redirect or None,
         )  # fmt: skip
+        sock = self.sock
         self.sock.send_multipart(encode_message(header))
-        reply = self._wait_for(stream_id, ("opened", "refused", "error"))
+        reply = self._wait_for(stream_id, ("opened", "refused", "error", "redirect"))
+        if reply.type == "error" and header.redirect and "redirect" in (reply.reason or ""):
+            self._redirect = False  # a 1.0 server: open as before
+            return self.open(stream_id, sample_rate, channels, format, **options)
+        if reply.type == "redirect":
+            sock = self._child(reply.endpoint or "")
+            sock.send_multipart(encode_message(header.model_copy(update={"redirect": None})))
+            reply = self._wait_for(stream_id, ("opened", "refused", "error"))
         if reply.type != "opened":
             raise ClientError(f"stream {stream_id!r} {reply.type}: {reply.reason}")
-        self._streams[stream_id] = _Stream(format, channels)
+        self._streams[stream_id] = _Stream(format, channels, sock)
         return reply
 
     def send(self, stream_id: str, pcm: np.ndarray, capture_wall_time: float | None = None) -> None:
@@ -110,22 +131,24 @@ class IngestClient:
     def send_many(self, items: list[tuple[str, np.ndarray]], capture_wall_time: float | None = None) -> None:
         """Send chunks of several streams in one message (all captured at ``capture_wall_time``)."""
         t = time.time() if capture_wall_time is None else capture_wall_time
-        chunks, payloads = [], []
+        per_sock: dict[zmq.Socket, tuple[list, list]] = {}  # redirected streams: one message per child
         for stream_id, pcm in items:
             st = self._streams.get(stream_id)
             if st is None:
                 raise ClientError(f"stream {stream_id!r} is not open on this client")
             data = _pcm_bytes(pcm, st.format, st.channels)
             frames = len(data) // _frame_bytes(st)
+            chunks, payloads = per_sock.setdefault(st.sock, ([], []))
             chunks.append(AudioChunk(stream_id=stream_id, seq=st.seq, frames=frames, capture_wall_time=t))
             payloads.append(data)
             st.seq += 1
-        self.sock.send_multipart(encode_message(AudioHeader(chunks=chunks), payloads), copy=False)
+        for sock, (chunks, payloads) in per_sock.items():
+            sock.send_multipart(encode_message(AudioHeader(chunks=chunks), payloads), copy=False)
 
     def close_stream(self, stream_id: str, *, wait: bool = True) -> Reply | None:
         """End a stream (its last window is tagged and an ``end`` message published)."""
-        self.sock.send_multipart(encode_message(CloseHeader(stream_id=stream_id)))
-        self._streams.pop(stream_id, None)
+        st = self._streams.pop(stream_id, None)
+        (st.sock if st else self.sock).send_multipart(encode_message(CloseHeader(stream_id=stream_id)))
         return self._wait_for(stream_id, ("closed", "error")) if wait else None
 
     def poll_notices(self, timeout_s: float = 0.0) -> list[Reply]:
@@ -139,13 +162,29 @@ class IngestClient:
         return out
 
     # ------------------------------------------------------------------ plumbing
+    def _child(self, endpoint: str) -> zmq.Socket:
+        """The DEALER to a child process named in a redirect (a wildcard host: the server's host)."""
+        m = re.match(r"^tcp://(0\.0\.0\.0|\*|\[::\]|::):(\d+)$", endpoint)
+        if m:
+            host = re.match(r"^tcp://(\[[^\]]+\]|[^:/]+):", self.endpoint)
+            endpoint = f"tcp://{host.group(1) if host else '127.0.0.1'}:{m.group(2)}"
+        sock = self._children.get(endpoint)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 2000)
+            sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+            sock.connect(endpoint)
+            self._children[endpoint] = sock
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
     def _receive(self, timeout_s: float) -> None:
-        if self.sock.poll(int(timeout_s * 1000)):
+        for sock, _ in self._poller.poll(int(timeout_s * 1000)):
             while True:
                 try:
-                    self.notices.append(parse_reply(self.sock.recv_multipart(zmq.NOBLOCK)))
+                    self.notices.append(parse_reply(sock.recv_multipart(zmq.NOBLOCK)))
                 except zmq.Again:
-                    return
+                    break
 
     def _wait_for(self, stream_id: str, types: tuple[str, ...]) -> Reply:
         deadline = time.monotonic() + self.timeout_s
@@ -160,6 +199,8 @@ class IngestClient:
             self._receive(left)
 
     def close(self) -> None:
+        for sock in self._children.values():
+            sock.close()
         self.sock.close()
         if self._own_ctx:
             self._ctx.term()

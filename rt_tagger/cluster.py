@@ -48,7 +48,7 @@ from rt_tagger.publisher import Publisher
 from rt_tagger.serve import STATS_TOPIC, bind_ingest
 from rt_tagger.settings import RuntimeSettings
 
-__all__ = ["Gateway", "HashRing", "shard_actor_class"]
+__all__ = ["Gateway", "HashRing", "shard_actor_class", "shard_lost_end"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,21 @@ class HashRing:
             return None
         i = bisect.bisect(self._points, (self._hash(key), "\uffff")) % len(self._points)
         return self._points[i][1]
+
+
+def shard_lost_end(stream_id: str, seq: int, info: dict | None, error: str) -> TagMessage:
+    """The ``end`` message (reason ``shard_lost``) of a stream whose server died, published for it
+    by whoever noticed (the Ray gateway, or the parent of ``serve --processes``); ``info``: the
+    dead server's ``backend`` and ``model`` (as :class:`BackendInfo`/:class:`ModelInfo` dicts)."""
+    info = info or {}
+    return TagMessage(
+        kind="end",
+        stream_id=stream_id,
+        seq=seq,
+        backend=BackendInfo(**info.get("backend", {"name": "?", "device": "?", "precision": "?"})),
+        model=ModelInfo(**info.get("model", {"name": "?", "weights_sha256": "?"})),
+        end=EndInfo(reason="shard_lost", error=error, stream_s=0.0, windows=0, heartbeats=0),
+    )
 
 
 def shard_actor_class():
@@ -309,22 +324,8 @@ class Gateway:
         sh.starting_ref = sh.actor.endpoints.remote()  # Ray restarts the actor; connect when it answers
 
     def _publish_end(self, stream_id: str, sh: _Shard) -> None:
-        info = sh.info or {}
-        msg = TagMessage(
-            kind="end",
-            stream_id=stream_id,
-            seq=self.routes[stream_id].last_seq + 1,
-            backend=BackendInfo(**info.get("backend", {"name": "?", "device": "?", "precision": "?"})),
-            model=ModelInfo(**info.get("model", {"name": "?", "weights_sha256": "?"})),
-            end=EndInfo(
-                reason="shard_lost",
-                error=f"{sh.name} stopped answering",
-                stream_s=0.0,
-                windows=0,
-                heartbeats=0,
-            ),
-        )
-        self.publisher.publish(msg)
+        seq = self.routes[stream_id].last_seq + 1
+        self.publisher.publish(shard_lost_end(stream_id, seq, sh.info, f"{sh.name} stopped answering"))
 
     def _reopen(self, stream_id: str) -> None:
         route = self.routes[stream_id]

@@ -19,6 +19,11 @@ Client → server (header ``type``):
 
 Server → client: ``opened``, ``refused``, ``closed`` (also when the server closes an idle
 stream or shuts down) and ``error`` (a malformed message: the reason, never silence).
+
+Version 1.1 (additive): an ``open`` with ``redirect: true`` may be answered ``redirect`` with the
+``endpoint`` of the process that holds the stream (``rt-tagger serve --processes N``); the client
+sends that process the same ``open`` and then the stream's audio and close. A client that does not
+set ``redirect`` is served through the first endpoint as before.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ __all__ = [
     "parse_reply",
 ]
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"  # 1.1: open.redirect and the redirect reply (serve --processes)
 SCHEMA_PATH = Path(__file__).with_name("schema") / "ingest.schema.json"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 PCM_DTYPES = {"s16le": ("<i2", 1.0 / 32768.0), "f32le": ("<f4", 1.0)}
@@ -83,6 +88,11 @@ class OpenHeader(_Header):
     channels: int = Field(1, ge=1, le=32)
     format: Literal["s16le", "f32le"] = "s16le"
     options: StreamOptions = Field(default_factory=StreamOptions)
+    redirect: bool | None = Field(
+        None,
+        description="(1.1) The client follows a redirect reply: it then sends this stream's open, audio "
+        "and close to the endpoint named there. Without it a server of several processes forwards.",
+    )
 
 
 class AudioChunk(BaseModel):
@@ -119,12 +129,17 @@ class Reply(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     v: str = PROTOCOL_VERSION
-    type: Literal["opened", "refused", "closed", "error"]
+    type: Literal["opened", "refused", "closed", "error", "redirect"]
     stream_id: str | None = None
     reason: str | None = Field(None, description="Why a stream was refused or closed, or what was malformed.")
     hop_s: float | None = Field(None, description='With "opened": the hop the stream runs at.')
     buffer_s: float | None = Field(None, description='With "opened": how far a live stream may run ahead.')
     topic: str | None = Field(None, description='With "opened": the PUB topic of the stream\'s messages.')
+    endpoint: str | None = Field(
+        None,
+        description='With "redirect" (1.1): the ingest endpoint that holds the stream; send it the same '
+        "open there. A wildcard host (0.0.0.0, *, ::) means the host the client reached this server on.",
+    )
 
 
 def encode_message(header: BaseModel, payloads: list[bytes] | tuple = ()) -> list[bytes]:

@@ -148,6 +148,9 @@ class Publisher:
         linger_ms: how long ``close`` may wait to flush queued messages. (Default: ``200``)
         count_drops: detect and count messages a full subscriber queue misses (see the module
             docstring); ``False`` leaves libzmq to drop silently.
+        connect: connect to ``endpoint`` instead of binding it: the peer is an XSUB socket that
+            forwards (``rt-tagger serve --processes``: a child server into its parent's proxy).
+            The endpoint checks for binding beyond loopback do not apply.
         context: a ZeroMQ context to use (default: a private one, terminated on close).
 
     Raises:
@@ -181,8 +184,11 @@ class Publisher:
         linger_ms: int = 200,
         count_drops: bool = True,
         context: zmq.Context | None = None,
+        connect: bool = False,
     ) -> None:
         ep = parse_endpoint(endpoint)
+        if connect:
+            allow_remote = insecure_remote = True  # connecting publishes nothing on that address
         if not ep.is_local and not allow_remote:
             raise PublisherError(
                 f"refusing to bind {ep.url} beyond loopback; pass allow_remote (--allow-remote) "
@@ -217,14 +223,17 @@ class Publisher:
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_server_secret is not None:
                 self._setup_curve(Path(curve_server_secret), curve_clients)
-            elif not ep.is_local:
+            elif not ep.is_local and not connect:
                 log.warning("publishing unencrypted and unauthenticated on %s (no CURVE keys)", ep.url)
-            if ep.transport == "ipc" and _ipc_in_use(ep.path):
+            if connect:
+                self.sock.connect(ep.url)
+            elif ep.transport == "ipc" and _ipc_in_use(ep.path):
                 raise PublisherError(f"address already in use: {ep.url}")
-            try:
-                self.sock.bind(ep.url)
-            except zmq.ZMQError as e:
-                raise _bind_error(ep, e) from None
+            else:
+                try:
+                    self.sock.bind(ep.url)
+                except zmq.ZMQError as e:
+                    raise _bind_error(ep, e) from None
             self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or ep.url
         except BaseException:
             self.close(linger_ms=0)

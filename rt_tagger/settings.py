@@ -140,6 +140,9 @@ class ServeSettings(BaseModel):
     idle_timeout_s: float = Field(10.0, gt=0.0, description="a stream without audio this long is ended")
     stats_interval_s: float = Field(5.0, gt=0.0, description="seconds between stats messages")
     rcvhwm: int = Field(10000, ge=1, description="ingest messages queued before clients feel back-pressure")
+    processes: int = Field(
+        1, ge=1, le=256, description="server processes sharing the machine and its GPU (1: this process)"
+    )
 
 
 class RuntimeSettings(BaseSettings):

@@ -179,6 +179,11 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
     )
     p.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
     p.add_argument(
+        "--processes",
+        type=positive_int,
+        help="server processes sharing this machine and its GPU, behind the same endpoints (default 1)",
+    )
+    p.add_argument(
         "--ray", nargs="?", const="auto", metavar="ADDRESS",
         help="run shards as Ray actors on the cluster at ADDRESS (default: auto), behind this gateway",
     )  # fmt: skip

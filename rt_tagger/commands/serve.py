@@ -33,12 +33,17 @@ def cmd_serve(args) -> int:
         "buffer_s": args.buffer_s,
         "idle_timeout_s": args.idle_timeout,
         "stats_interval_s": args.stats_interval,
+        "processes": args.processes,
     }
     st = settings_from_args(args, serve={k: v for k, v in serve.items() if v is not None})
     if args.duration is not None:
         threading.Timer(args.duration, stop.request, args=("duration",)).start()
     if args.ray is not None:
+        if st.serve.processes > 1:
+            raise UserError("--processes and --ray do not combine: under --ray, run more shards (--shards)")
         return _serve_ray(args, st, stop)
+    if st.serve.processes > 1:
+        return _serve_processes(args, st, stop)
     from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline
     from rt_tagger.serve import Server
@@ -55,6 +60,26 @@ def cmd_serve(args) -> int:
             log.info("stopped (%s) after %d streams", reason, server.stats.opened)
     finally:
         publisher.close()
+    return 0
+
+
+def _serve_processes(args, st, stop) -> int:
+    from rt_tagger.processes import ProcessServer
+
+    server = ProcessServer(st, st.serve.processes)
+    try:
+        server.wait_ready(timeout_s=600)
+    except BaseException:
+        stop.request("failed")
+        server.run(stop)  # stops the children and closes the sockets
+        raise
+    if not args.quiet:
+        print(
+            f"serving with {st.serve.processes} processes: ingest {server.ingest_endpoint}, tags {server.endpoint}",
+            flush=True,
+        )
+    reason = server.run(stop)
+    log.info("stopped (%s)", reason)
     return 0
 
 
