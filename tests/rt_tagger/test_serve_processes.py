@@ -1,0 +1,214 @@
+"""``rt-tagger serve --processes 2`` across real processes: the parent, two child servers (spawned by
+it, the shipped default model on the CPU backend), ingest clients and a subscriber in this process.
+
+What is checked: streams opened through one client land on both children (redirects), a client
+without redirects is forwarded, every stream's messages reach the public PUB endpoint with
+gap-free ``seq``; a child killed with SIGKILL: its streams get ``end`` (``shard_lost``, ``seq`` =
+last + 1), their client gets ``closed``, new streams go to the live child, the child is restarted
+and takes streams again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from bench.common import free_port
+from rt_tagger.client import IngestClient
+from rt_tagger.cluster import HashRing
+
+from .conftest import ROOT, cli_env
+
+DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"
+RING = HashRing(["serve.p0", "serve.p1"])  # the parent's ring while both children live
+
+
+def _ids(child: str, n: int, prefix: str) -> list[str]:
+    """``n`` stream ids that the ring puts on ``child``."""
+    out = [f"{prefix}{i}" for i in range(200) if RING.lookup(f"{prefix}{i}") == child]
+    return out[:n]
+
+
+def _audio(seconds: float) -> np.ndarray:
+    x, sr = sf.read(str(DEMO), dtype="float32", always_2d=True)
+    return np.ascontiguousarray(x[: int(seconds * sr), 0]), sr
+
+
+class ProcServer:
+    """``rt-tagger serve --processes 2`` in a subprocess plus a subscriber to all it publishes."""
+
+    def __init__(self, *flags: str) -> None:
+        self.ingest = f"tcp://127.0.0.1:{free_port()}"
+        self.publish = f"tcp://127.0.0.1:{free_port()}"
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.connect(self.publish)
+        cmd = [sys.executable, "-m", "rt_tagger.cli", "serve", "--processes", "2", "--ingest", self.ingest,
+               "--publish", self.publish, "--backend", "onnxruntime-cpu", "--stats-interval", "0.5", *flags]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
+        )
+        line = self.proc.stdout.readline().decode()  # printed once every child is ready
+        assert line.startswith("serving with 2 processes"), self.stderr_tail()
+        self.messages: list[dict] = []
+
+    def client(self) -> IngestClient:
+        return IngestClient(self.ingest, timeout_s=30.0)
+
+    def receive(self, until, timeout_s: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while not until(self.messages):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out; got {len(self.messages)} messages; server: {self.stderr_tail()}")
+            if self.sub.poll(100):
+                topic, body = self.sub.recv_multipart()
+                self.messages.append({**json.loads(body), "_topic": topic})
+        return self.messages
+
+    def of(self, stream_id: str, kind: str | None = None) -> list[dict]:
+        return [m for m in self.messages if m.get("stream_id") == stream_id and kind in (None, m["kind"])]
+
+    def ended(self, *ids: str):
+        return lambda ms: all(any(m.get("stream_id") == s and m["kind"] == "end" for m in ms) for s in ids)
+
+    def processes(self) -> list[dict]:
+        """The latest processes stats message, received after this call."""
+        n = len(self.messages)
+        ms = self.receive(lambda ms: any(m["kind"] == "processes" for m in ms[n:]))
+        return [m for m in ms[n:] if m["kind"] == "processes"][-1]["processes"]
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sub.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def server():
+    s = ProcServer()
+    yield s
+    s.close()
+
+
+def _gap_free(server: ProcServer, sid: str) -> list[int]:
+    seqs = [m["seq"] for m in server.of(sid)]
+    assert seqs == list(range(len(seqs))), (sid, seqs)
+    return seqs
+
+
+def test_streams_spread_over_children_and_reach_the_public_publisher(server):
+    audio, sr = _audio(5.0)
+    ids = _ids("serve.p0", 3, "s") + _ids("serve.p1", 3, "s")
+    legacy = _ids("serve.p0", 1, "old") + _ids("serve.p1", 1, "old")
+    with server.client() as c, server.client() as old:
+        old._redirect = False  # a 1.0 client: it never sees a redirect, the parent forwards for it
+        for sid in ids:
+            assert c.open(sid, sr, 1, "f32le", pace="batch").topic == f"tags.{sid}"
+        for sid in legacy:
+            old.open(sid, sr, 1, "f32le", pace="batch")
+        children = {sid: c._streams[sid].sock.getsockopt_string(zmq.LAST_ENDPOINT) for sid in ids}
+        assert len(set(children.values())) == 2  # both children hold streams of this one client
+        assert all(st.sock is old.sock for st in old._streams.values())
+        for start in range(0, len(audio), 1600):  # one message: chunks of all streams, split per child
+            block = audio[start : start + 1600]
+            c.send_many([(sid, block) for sid in ids])
+            old.send_many([(sid, block) for sid in legacy])
+        for sid in ids:
+            assert c.close_stream(sid).type == "closed"
+        for sid in legacy:
+            assert old.close_stream(sid).reason == "closed"
+    n = len(server.receive(server.ended(*ids, *legacy)))
+    stats = server.receive(
+        lambda ms: {m.get("server") for m in ms[n:] if m["kind"] == "stats"} >= {"serve.p0", "serve.p1"}
+    )[n:]
+    for sid in ids + legacy:
+        assert len(_gap_free(server, sid)) >= 4
+        assert len(server.of(sid, "tags")) >= 3
+        assert server.of(sid, "end")[0]["end"]["reason"] == "closed"
+    opened = {m["server"]: m["streams_opened"] for m in stats if m["kind"] == "stats"}
+    assert opened == {"serve.p0": 4, "serve.p1": 4}
+    procs = server.processes()
+    assert [p["live"] for p in procs] == [True, True] and len({p["pid"] for p in procs}) == 2
+    assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_killed_child_ends_its_streams_and_is_restarted(server):
+    audio, sr = _audio(4.0)
+    lost, kept = _ids("serve.p0", 3, "k"), _ids("serve.p1", 3, "k")
+    with server.client() as c:
+        for sid in lost + kept:
+            c.open(sid, sr, 1, "f32le", pace="batch")
+        ep = {sid: c._streams[sid].sock.getsockopt_string(zmq.LAST_ENDPOINT) for sid in lost + kept}
+        for start in range(0, len(audio), 1600):
+            c.send_many([(sid, audio[start : start + 1600]) for sid in lost + kept])
+        server.receive(lambda ms: all(len(server.of(s, "tags")) >= 1 for s in lost + kept))
+        p0 = server.processes()[0]
+        t_kill = time.time()
+        os.kill(p0["pid"], signal.SIGKILL)
+        server.receive(server.ended(*lost), timeout_s=10)
+        for sid in lost:
+            end = server.of(sid, "end")[0]
+            assert end["end"]["reason"] == "shard_lost" and "serve.p0" in end["end"]["error"]
+            _gap_free(server, sid)  # the end follows the last message the child sent: seq = last + 1
+        notices = []
+        deadline = time.monotonic() + 5
+        while {n.stream_id for n in notices if n.reason == "shard_lost"} < set(
+            lost
+        ) and time.monotonic() < deadline:
+            notices += c.poll_notices(0.2)
+        assert {n.stream_id for n in notices if n.type == "closed" and n.reason == "shard_lost"} == set(lost)
+        assert not any(server.of(s, "end") for s in kept)
+        # While p0 restarts, a stream that hashes to it goes to the live child.
+        c.open(lost[0], sr, 1, "f32le", pace="batch")
+        assert c._streams[lost[0]].sock.getsockopt_string(zmq.LAST_ENDPOINT) == ep[kept[0]]
+        # The restarted p0 rejoins the ring on its endpoint and takes new streams.
+        deadline = time.monotonic() + 60
+        while not (procs := server.processes())[0]["live"]:
+            assert time.monotonic() < deadline, server.stderr_tail()
+        assert (
+            procs[0]["restarts"] == 1 and procs[0]["pid"] != p0["pid"] and procs[0]["ingest"] == p0["ingest"]
+        )
+        restart_s = time.time() - t_kill
+        fresh = _ids("serve.p0", 1, "fresh")[0]
+        c.open(fresh, sr, 1, "f32le", pace="batch")
+        assert c._streams[fresh].sock.getsockopt_string(zmq.LAST_ENDPOINT) == ep[lost[1]]
+        for start in range(0, len(audio), 1600):
+            c.send_many([(sid, audio[start : start + 1600]) for sid in (fresh, lost[0], *kept)])
+        for sid in (fresh, lost[0], *kept):
+            c.close_stream(sid)
+    closed = lambda sid: [m for m in server.of(sid, "end") if m["end"]["reason"] == "closed"]  # noqa: E731
+    server.receive(lambda ms: all(closed(sid) for sid in (fresh, lost[0], *kept)))
+    for sid in kept:
+        assert server.of(sid, "end")[0]["end"]["reason"] == "closed"
+        _gap_free(server, sid)
+    assert len(server.of(fresh, "tags")) >= 2
+    ms = server.of(lost[0])
+    marker = next(i for i, m in enumerate(ms) if m["kind"] == "end")  # shard_lost; then the reopened stream
+    assert [m["seq"] for m in ms[: marker + 1]] == list(range(marker + 1))
+    assert [m["seq"] for m in ms[marker + 1 :]] == list(range(len(ms) - marker - 1))
+    assert ms[-1]["end"]["reason"] == "closed" and len(ms) - marker - 1 >= 3
+    print(f"child restarted {restart_s:.1f} s after SIGKILL")
+    assert server.stop() == 0
