@@ -64,11 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-delay-ms", type=float, default=20.0, help="the server's batching delay")
     p.add_argument("--stop-at-failure", action="store_true", help="stop at the first level that fails")
+    p.add_argument(
+        "--processes", type=int, default=1, help="server processes (serve --processes; CPU %% counts all)"
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and every live process under it (``serve --processes``: its children)."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stats[int(d.name)] = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                pass
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [q for q, st in stats.items() if int(st[1]) == p and q not in tree]
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
@@ -85,6 +100,7 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
         sys.executable, "-m", "rt_tagger.cli", "serve", "--bundle", str(bundle_path), "--ingest", ingest,
         "--publish", publish, "--backend", args.backend, "--hop", str(args.hop), "--max-streams", str(n),
         "--max-batch-delay-ms", str(args.max_batch_delay_ms), "--stats-interval", "1", "-q",
+        "--processes", str(args.processes),
     ]  # fmt: skip
     err = open(tmp / f"server-{n}.stderr", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -168,8 +184,9 @@ def _analyse(
                 recv.append((r["recv"] - m["capture_wall_time"]) * 1e3)
     cp, cr = summarize(lat), summarize(recv)
     hist: Counter = Counter()
-    if stats:
-        hist.update({int(k): v for k, v in stats[-1]["batch_size_histogram"].items()})
+    last = {m.get("server"): m for m in stats}  # serve --processes: one stats message per child
+    for m in last.values():
+        hist.update({int(k): v for k, v in m["batch_size_histogram"].items()})
     total = sum(hist.values())
     mean_batch = sum(k * v for k, v in hist.items()) / total if total else None  # bucket upper bounds
     holds = lost == 0 and dropped == 0 and short == 0 and cp["p99"] is not None and cp["p99"] <= args.bound_ms
@@ -178,7 +195,7 @@ def _analyse(
         "p50_ms": cp["p50"], "p99_ms": cp["p99"], "max_ms": cp["max"], "recv_p50_ms": cr["p50"],
         "recv_p99_ms": cr["p99"], "server_cpu_pct": round(cpu_pct, 1), "generator_late_periods": late,
         "mean_batch": None if mean_batch is None else round(mean_batch, 1), "batch_size_histogram": dict(hist),
-        "last_stats": stats[-1] if stats else None, "holds": holds,
+        "last_stats": list(last.values()) if len(last) > 1 else (stats[-1] if stats else None), "holds": holds,
     }  # fmt: skip
 
 
@@ -192,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     doc = new_document("serve", machine_info(), {
         "file": str(args.file), "streams": levels, "seconds": args.seconds, "chunk_ms": args.chunk_ms,
         "hop_s": args.hop, "backend": args.backend, "bound_ms": args.bound_ms, "skip_s": args.skip_s,
-        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "max_batch_delay_ms": args.max_batch_delay_ms, "processes": args.processes,
         "load": "one generator process, all streams multiplexed into one ingest message per chunk period; "
                 "16 kHz mono s16le; each stream starts at its own random offset of the looped file",
     })  # fmt: skip
