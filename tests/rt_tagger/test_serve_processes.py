@@ -212,3 +212,36 @@ def test_a_killed_child_ends_its_streams_and_is_restarted(server):
     assert ms[-1]["end"]["reason"] == "closed" and len(ms) - marker - 1 >= 3
     print(f"child restarted {restart_s:.1f} s after SIGKILL")
     assert server.stop() == 0
+
+
+def test_client_opens_again_without_redirect_on_a_1_0_server():
+    """A server that rejects the 1.1 ``redirect`` field (as 1.0 servers do): the client retries without it."""
+    import threading
+
+    from rt_tagger.ingest import Reply, encode_message
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    seen: list[dict] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            identity, header = router.recv_multipart()
+            h = json.loads(header)
+            seen.append(h)
+            reply = (
+                Reply(type="error", reason="bad header: redirect: Extra inputs are not permitted")
+                if "redirect" in h
+                else Reply(type="opened", stream_id=h["stream_id"], topic=f"tags.{h['stream_id']}")
+            )
+            router.send_multipart([identity, *encode_message(reply)])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with IngestClient(f"tcp://127.0.0.1:{port}", timeout_s=5) as c:
+        assert c.open("x", 16000).type == "opened"
+    t.join(5)
+    router.close(linger=0)
+    ctx.term()
+    assert [("redirect" in h) for h in seen] == [True, False]
