@@ -136,6 +136,18 @@ def _child_main(
     stop = StopRequest()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.request(signal.Signals(signum).name.lower()))
+    ready = threading.Event()
+
+    def watch_parent() -> None:  # the pipe ends when the parent dies, however it dies
+        try:
+            conn.recv()
+        except (EOFError, OSError):
+            pass
+        if not ready.is_set():  # still loading: nothing to end
+            os._exit(0)
+        stop.request("parent_gone")
+
+    threading.Thread(target=watch_parent, daemon=True).start()
     st = RuntimeSettings.model_validate_json(settings_json)
     try:
         sock = bind_ingest(st.serve.model_copy(update={"ingest": ingest}))
@@ -154,15 +166,7 @@ def _child_main(
                     "model": pipe.model_info.model_dump(),
                 }
             )
-
-            def watch_parent() -> None:  # the pipe ends when the parent dies, however it dies
-                try:
-                    conn.recv()
-                except (EOFError, OSError):
-                    pass
-                stop.request("parent_gone")
-
-            threading.Thread(target=watch_parent, daemon=True).start()
+            ready.set()
             server.run(stop)
     finally:
         publisher.close()
