@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from engines.errors import UserError
 from rt_tagger.cluster import HashRing, shard_lost_end
 from rt_tagger.ingest import (
     AudioHeader,
@@ -119,10 +121,18 @@ class _ChildServer(Server):
             self.publisher.register(h.stream_id)
 
 
-def _child_main(
+def _child_main(*args) -> None:
+    """A child process: one :class:`Server` until SIGTERM/SIGINT from the parent, or the parent is gone."""
+    try:
+        _child(*args)
+    except UserError as e:  # a bad backend or bundle: one line, as the CLI prints it
+        print(f"rt-tagger serve ({args[1]}): error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _child(
     settings_json: str, name: str, ingest: str, fallback: str, publish: str, roster: str, conn
 ) -> None:
-    """A child process: one :class:`Server` until SIGTERM/SIGINT from the parent, or the parent is gone."""
     from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline, StopRequest
     from rt_tagger.settings import SettingsError
@@ -289,7 +299,10 @@ class ProcessServer:
                 raise TimeoutError(f"server processes not ready after {timeout_s:g} s")
             for ch in self.children:
                 if not ch.live and ch.proc.exitcode is not None:
-                    raise RuntimeError(f"server process {ch.name} exited with code {ch.proc.exitcode}")
+                    raise UserError(
+                        f"server process {ch.name} exited with code {ch.proc.exitcode} while starting"
+                        " (see above)"
+                    )
             self._check_children()
             time.sleep(0.05)
 
