@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from rt_tagger.batch_frontend import BatchFrontEnd
 from rt_tagger.ingest import (
     AudioHeader,
     CloseHeader,
@@ -139,6 +140,17 @@ def _pcts(values) -> dict[str, float | None]:
     return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
 
 
+def _batch_frontend(mode: str, pipeline: Pipeline) -> BatchFrontEnd | None:
+    """The server's batch front end: on the backend's device for ``batch``, and for ``auto`` where
+    the backend runs on a GPU; None: every stream computes its own log-mel (numba, CPU)."""
+    device = pipeline.backend.device
+    if mode == "stream" or (mode == "auto" and not device.startswith("cuda")):
+        return None
+    from rt_tagger.batch_frontend import BatchFrontEnd
+
+    return BatchFrontEnd(pipeline.spec, device)
+
+
 def bind_ingest(settings: ServeSettings, context: zmq.Context | None = None) -> zmq.Socket:
     """The server's ROUTER socket, bound (done first, so a busy port fails before the model loads)."""
     ep = parse_endpoint(settings.ingest)
@@ -190,6 +202,7 @@ class Server:
         self._due_since: float | None = None
         self._due_count = 0
         self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
+        self.frontend = _batch_frontend(settings.frontend, pipeline)
         self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started = time.monotonic()
@@ -265,7 +278,7 @@ class Server:
             return refuse(str(e))
         state = self.pipeline.open_stream(
             None, h.sample_rate, h.channels, stream_id=h.stream_id, hop_frames=hop_frames,
-            full_scores=h.options.full_scores,
+            full_scores=h.options.full_scores, batch_frontend=self.frontend,
         )  # fmt: skip
         inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)
         state.source = inp
@@ -348,7 +361,7 @@ class Server:
         self._due.clear()
         self._due_since, self._due_count = None, 0
         t = time.perf_counter()
-        done = run_due(streams, self.pipeline.backend)
+        done = run_due(streams, self.pipeline.backend, self.frontend)
         batch_ms = (time.perf_counter() - t) * 1e3
         live = sum(1 for _, w, _ in done if not w.silent)
         if live:
@@ -373,6 +386,8 @@ class Server:
     def _end(self, stream_id: str, reason: str, error: str | None = None) -> None:
         state, inp = self.streams.pop(stream_id)
         self._due.discard(stream_id)
+        if state.batch_slot is not None:
+            self.frontend.close(state.batch_slot)
         self.publisher.publish(state.end(reason, error))
         self.stats.closed[reason] += 1
         self.stats.ended_dropped_samples += inp.dropped_frames
@@ -407,7 +422,10 @@ class Server:
                 "publisher_dropped": self.publisher.dropped,
             },
             "backend": self.pipeline.backend_info.model_dump(),
+            "frontend": "batch" if self.frontend is not None else "stream",
         }
+        if self.frontend is not None:
+            doc["frontend_frames"] = self.frontend.frames_flushed
         return doc
 
     def _publish_stats(self) -> None:

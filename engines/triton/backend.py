@@ -134,6 +134,7 @@ class TritonFusedBackend(Backend):
         if self.cuda_graphs:
             self.graphs = GraphCache(self._forward, self.io.dev_in, self.io.stream, self._cudnn_mode)
         self.device = f"cuda:{dev.index}"
+        self.device_input = True
 
     def _activate_interpreted(self, model) -> None:
         from engines.triton.network import FusedResNet

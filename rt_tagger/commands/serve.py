@@ -33,6 +33,7 @@ def cmd_serve(args) -> int:
         "buffer_s": args.buffer_s,
         "idle_timeout_s": args.idle_timeout,
         "stats_interval_s": args.stats_interval,
+        "frontend": args.frontend,
     }
     st = settings_from_args(args, serve={k: v for k, v in serve.items() if v is not None})
     if args.duration is not None:
