@@ -130,6 +130,8 @@ class Pipeline:
         publisher: A :class:`rt_tagger.publisher.Publisher`, or None (offline runs).
         on_message: Called with every message after it was published (e.g. printing).
         keep_windows: Keep every window's probabilities in the result (offline tagging).
+        max_batch: The backend's largest batch (a server's ``serve.max_batch``; None: the backend's
+            default).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Pipeline:
         publisher=None,
         on_message=None,
         keep_windows: bool = True,
+        max_batch: int | None = None,
     ) -> None:
         from engines.registry import open_backend
 
@@ -152,7 +155,8 @@ class Pipeline:
         self.on_message = on_message
         self.keep_windows = keep_windows
         t0 = time.perf_counter()
-        self.backend = open_backend(bundle, self.settings.backend)
+        options = {"max_batch": max_batch} if max_batch else {}
+        self.backend = open_backend(bundle, self.settings.backend, **options)
         d = self.backend.describe()
         self.backend_info = BackendInfo(name=d["name"], device=d["device"], precision=d["precision"])
         self.model_info = ModelInfo(

@@ -1,5 +1,5 @@
 """The batch front end (a server's GPU front end, here on torch's CPU device) gives the windows of
-the per-stream numba framer within 1e-3 dB, for many streams pushed in uneven chunks, several
+the per-stream numba framer within 1e-3 dB (on CUDA in the GPU suite), for many streams pushed in uneven chunks, several
 windows per round, a ring that must grow, and more streams than the slots it started with."""
 
 from __future__ import annotations
@@ -46,15 +46,23 @@ def _windows_of_round(states, batch):
         return []
     batch.flush()
     mel = batch.windows(np.array([w.slot for _, w in due]), np.array([w.frame_end for _, w in due]))
-    return [(i, w.frame_end, mel[j].numpy()) for j, (i, w) in enumerate(due)]
+    return [(i, w.frame_end, mel[j].cpu().numpy()) for j, (i, w) in enumerate(due)]
 
 
+def _devices():
+    import torch
+
+    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (runs on the GPU suite)")
+    return ["cpu", pytest.param("cuda", marks=cuda)]
+
+
+@pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("rate", [16000, 44100])
-def test_batch_windows_equal_the_numba_framer(rate):
+def test_batch_windows_equal_the_numba_framer(rate, device):
     rng = np.random.default_rng(1)
     n = 5
     audio = [_music(9.0, rate, seed) for seed in range(n)]
-    batch = BatchFrontEnd(SPEC, "cpu", slots=2)  # slots grow to 5
+    batch = BatchFrontEnd(SPEC, device, slots=2)  # slots grow to 5
     batched = [_state(rate, batch) for _ in range(n)]
     reference = [_state(rate, None) for _ in range(n)]
     got, want = [], []
