@@ -48,7 +48,9 @@ def cmd_serve(args) -> int:
     bundle = load_bundle(st.bundle)
     publisher = Publisher.from_settings(st.publish)
     try:
-        with Pipeline(bundle, st, publisher=publisher, keep_windows=False, max_batch=st.serve.max_batch) as pipe:
+        with Pipeline(
+            bundle, st, publisher=publisher, keep_windows=False, max_batch=st.serve.max_batch
+        ) as pipe:
             server = Server(pipe, publisher, st.serve, ingest_socket=ingest)
             if not args.quiet:
                 print(f"serving: ingest {server.ingest_endpoint}, tags {publisher.endpoint}", flush=True)

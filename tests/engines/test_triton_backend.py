@@ -173,7 +173,9 @@ def test_auto_falls_back_to_the_quick_catalogues_tuning(wide_bundle, tmp_path, m
     with open_backend(wide_bundle, "auto", max_batch=8, cudnn=False) as backend:  # catalogue: full
         assert backend.name == "triton-fused" and backend.catalogue == "quick"
         assert backend.plans == tuned.plans
-        np.testing.assert_allclose(backend.infer(random_mel(wide_bundle, 3)).probabilities, expected, atol=1e-6)
+        np.testing.assert_allclose(
+            backend.infer(random_mel(wide_bundle, 3)).probabilities, expected, atol=1e-6
+        )
 
 
 @needs_cuda

@@ -52,7 +52,9 @@ def _windows_of_round(states, batch):
 def _devices():
     import torch
 
-    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (runs on the GPU suite)")
+    cuda = pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA GPU here (runs on the GPU suite)"
+    )
     return ["cpu", pytest.param("cuda", marks=cuda)]
 
 
