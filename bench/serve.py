@@ -47,6 +47,7 @@ COLUMNS = [
     ("p99_ms", "cap->pub p99"),
     ("recv_p99_ms", "cap->recv p99"),
     ("server_cpu_pct", "server CPU %"),
+    ("gpu_util_pct", "GPU busy %"),
     ("mean_batch", "mean batch"),
     ("holds", "holds"),
 ]
@@ -80,6 +81,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _GpuSampler:
+    """GPU utilisation (NVML busy %, every 200 ms) through ``nvidia-smi``; no samples without one."""
+
+    def __init__(self) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> float | None:
+        """Mean busy percent of the first GPU over the sampling, or None."""
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        gpu0 = [
+            float(x) for x in out.split()[:: max(1, _gpu_count())] if x.strip().replace(".", "").isdigit()
+        ]
+        return round(sum(gpu0) / len(gpu0), 1) if gpu0 else None
+
+
+def _gpu_count() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 1
+    return max(1, len(out.splitlines()))
 
 
 def _stream_ids(n: int) -> list[str]:
@@ -192,8 +225,10 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
             t0.put(start)
         time.sleep(max(0.0, start - time.time()))
         cpu0, w0 = _cpu_seconds(server.pid), time.perf_counter()
+        gpu = _GpuSampler()
         late = sum(results.get(timeout=args.seconds + 600)[1] for _ in gens)
         cpu1, w1 = _cpu_seconds(server.pid), time.perf_counter()
+        gpu_pct = gpu.stop()
         for p in gens:
             p.join(timeout=60)
         server.send_signal(signal.SIGTERM)
@@ -211,7 +246,9 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
             sub.wait(timeout=60)
     rows = [json.loads(ln) for out in outputs for ln in out.read_text().splitlines() if ln.strip()]
     seconds = period * (periods - int(join.max()))  # audio every stream sent at least
-    return _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (w1 - w0) * 100, late)
+    row = _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (w1 - w0) * 100, late)
+    row["gpu_util_pct"] = gpu_pct
+    return row
 
 
 def _analyse(

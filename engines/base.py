@@ -41,6 +41,7 @@ class Backend:
         self.is_active = False
         self.last_inference_time: float | None = None  # seconds, wall clock around infer_impl
         self.last_device_time: float | None = None  # seconds by device events (GPU backends only)
+        self.device_time_total = 0.0  # the sum of last_device_time over every infer()
         self.selection = "forced"  # how open_backend chose it ("forced" or "auto: <why>")
         self.device = "cpu"
         self.precision = "fp32"
@@ -83,6 +84,8 @@ class Backend:
         t0 = time.perf_counter()
         out = self.infer_impl(mel)
         self.last_inference_time = time.perf_counter() - t0
+        if self.last_device_time is not None:
+            self.device_time_total += self.last_device_time
         return out
 
     @property

@@ -121,16 +121,21 @@ class ServeStats:
     batch_sizes: Counter = field(default_factory=Counter)  # power-of-two bucket -> batches
     queue_delay_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
     batch_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    device_ms: deque = field(default_factory=lambda: deque(maxlen=4096))  # GPU time of a round's batches
     ended_dropped_samples: int = 0  # input counters of streams already ended
     ended_lost_chunks: int = 0
     batches_at_last_report: int = 0
 
-    def record_batch(self, size: int, queue_delay_ms: float, batch_ms: float) -> None:
+    def record_batch(
+        self, size: int, queue_delay_ms: float, batch_ms: float, device_ms: float | None
+    ) -> None:
         self.batches += 1
         self.windows += size
         self.batch_sizes[1 << max(0, size - 1).bit_length()] += 1
         self.queue_delay_ms.append(queue_delay_ms)
         self.batch_ms.append(batch_ms)
+        if device_ms is not None:
+            self.device_ms.append(device_ms)
 
 
 def _pcts(values) -> dict[str, float | None]:
@@ -360,12 +365,14 @@ class Server:
         streams = [self.streams[s][0] for s in self._due if s in self.streams]
         self._due.clear()
         self._due_since, self._due_count = None, 0
-        t = time.perf_counter()
-        done = run_due(streams, self.pipeline.backend, self.frontend)
+        backend = self.pipeline.backend
+        t, device0 = time.perf_counter(), backend.device_time_total
+        done = run_due(streams, backend, self.frontend)
         batch_ms = (time.perf_counter() - t) * 1e3
+        device_ms = (backend.device_time_total - device0) * 1e3 if backend.device != "cpu" else None
         live = sum(1 for _, w, _ in done if not w.silent)
         if live:
-            self.stats.record_batch(live, queue_ms, batch_ms)
+            self.stats.record_batch(live, queue_ms, batch_ms, device_ms)
         for _, _, msg in done:
             self.publisher.publish(msg)
 
@@ -414,6 +421,7 @@ class Server:
             "batch_size_histogram": {str(k): v for k, v in sorted(self.stats.batch_sizes.items())},
             "queue_delay_ms": _pcts(self.stats.queue_delay_ms),
             "batch_ms": _pcts(self.stats.batch_ms),
+            "device_ms": _pcts(self.stats.device_ms),
             "drops": {
                 "ingest_dropped_samples": self.stats.ended_dropped_samples
                 + sum(inp.dropped_frames for _, inp in self.streams.values()),
