@@ -21,8 +21,10 @@
 #      the eager CUDA-graph runner in the same run;
 #   8. fused-backend: batch 1 through infer() (numpy in/out, copies included) for triton-fused and
 #      torch-cuda, and the model alone under each one's CUDA graph (quick tuning catalogue);
-#   (tune-fused: tune the triton-fused backend with its default options, so `stream` and `serve`
-#   run on it through `auto`; serve: `bench serve`, concurrent real-time streams through one server.)
+#   (tune-fused: tune the triton-fused backend (TUNE_CATALOGUE full by default, or quick: minutes
+#   less; `auto` uses either), so `stream` runs on it through `auto`; serve: `bench serve`,
+#   concurrent real-time streams through one server; SERVE_ARGS adds options, e.g. "--frontend batch
+#   --max-batch 1024 --generators 4 --subscribers 4".)
 #   9. gpu-tests: tests/engines on the GPU (conformance and parity of torch-cuda and triton-fused,
 #      the fused kernels against torch; TensorRT skips with its reason where no runtime supports the
 #      GPU). GPU_TESTS="tests/engines/test_x.py …" picks the files; GPU_TESTS_K passes pytest -k.
@@ -67,11 +69,13 @@ PY="${PYTHON:-python3}"  # the GPU image's python3 holds torch
   if wanted tune-fused; then  # the default options, so that `auto` picks triton-fused afterwards
     echo; echo "== [tune-fused] $(date -u +%T)"
     timeout --signal=INT "${TUNE_S:-300}" $PY -m engines.triton tune rt_tagger/default_model --max-batch "${TUNE_MAX_BATCH:-64}" \
+      --catalogue "${TUNE_CATALOGUE:-full}" \
       || echo "!! step tune-fused failed or timed out (rc=$?)"
   fi
   step 80 stream stream --backend auto --hop 0.5 --seconds 40 --skip-s 2
-  step "${SERVE_S:-240}" serve serve --backend auto --streams "${SERVE_STREAMS:-250,500,1000,2000}" --seconds 20 --chunk-ms 100 \
-       --skip-s 5 --stop-at-failure
+  # shellcheck disable=SC2086  # SERVE_ARGS is a list of options
+  step "${SERVE_S:-240}" serve serve --backend "${SERVE_BACKEND:-auto}" --streams "${SERVE_STREAMS:-250,500,1000,2000}" \
+       --seconds "${SERVE_SECONDS:-20}" --chunk-ms "${SERVE_CHUNK_MS:-100}" --skip-s 5 --stop-at-failure ${SERVE_ARGS:-}
   step 40 frontend frontend --impls numba,librosa,torchaudio
   step 130 model-compiled model --runners compiled-graph-bf16 --batches 1,256,1024,4096 --iters 100 --max-seconds 2 --tag compiled
   step 200 model-compiled model --runners compiled-graph-bf16-autotune --batches 4096 --iters 100 --max-seconds 2 --tag compiled_autotune

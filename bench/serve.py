@@ -1,11 +1,12 @@
 """``rt-tagger bench serve``: how many real-time streams one ``rt-tagger serve`` holds.
 
-Three kinds of OS process, as users run them: the server (``rt-tagger serve``), a subscriber
-(:mod:`bench.stream_sub`, every topic) and the load generator (this process), which opens N
-streams over the ingest protocol and sends each one's audio in real time: real music looped, each
+Three kinds of OS process, as users run them: the server (``rt-tagger serve``), subscribers
+(:mod:`bench.stream_sub`; ``--subscribers`` split the topics by prefix) and load generators
+(``--generators`` processes forked from this one, the streams split among them), which open N
+streams over the ingest protocol and send each one's audio in real time: real music looped, each
 stream from its own random offset and joining at its own random moment within the first hop (as
 independent live streams do, so their windows fall due spread over the hop), one multi-stream
-message every ``--chunk-ms`` (what a gateway in front of many clients sends).
+message per generator every ``--chunk-ms`` (what a gateway in front of many clients sends).
 
 For every N of ``--streams``: every stream's sequence numbers at the subscriber (gaps = lost
 messages), capture→publish and capture→receive latency p50/p99 over all streams (capture = when
@@ -46,6 +47,7 @@ COLUMNS = [
     ("p99_ms", "cap->pub p99"),
     ("recv_p99_ms", "cap->recv p99"),
     ("server_cpu_pct", "server CPU %"),
+    ("gpu_util_pct", "GPU busy %"),
     ("mean_batch", "mean batch"),
     ("holds", "holds"),
 ]
@@ -64,6 +66,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-delay-ms", type=float, default=20.0, help="the server's batching delay")
     p.add_argument("--stop-at-failure", action="store_true", help="stop at the first level that fails")
+    p.add_argument(
+        "--generators", type=int, default=1, help="load generator processes (streams split among them)"
+    )
+    p.add_argument(
+        "--subscribers", type=int, default=1, help="subscriber processes (topics split among them)"
+    )
+    p.add_argument(
+        "--frontend", choices=("auto", "stream", "batch"), help="the server's front end (default its auto)"
+    )
+    p.add_argument("--max-batch", type=int, help="the server's largest batch (default the backend's)")
     p.add_argument(
         "--processes", type=int, default=1, help="server processes (serve --processes; CPU %% counts all)"
     )
@@ -86,71 +98,173 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
-def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
+class _GpuSampler:
+    """GPU utilisation (NVML busy %, every 200 ms) through ``nvidia-smi``; no samples without one."""
+
+    def __init__(self) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> float | None:
+        """Mean busy percent of the first GPU over the sampling, or None."""
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        gpu0 = [
+            float(x) for x in out.split()[:: max(1, _gpu_count())] if x.strip().replace(".", "").isdigit()
+        ]
+        return round(sum(gpu0) / len(gpu0), 1) if gpu0 else None
+
+
+def _gpu_count() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 1
+    return max(1, len(out.splitlines()))
+
+
+def _stream_ids(n: int) -> list[str]:
+    """Ids whose first two digits spread streams evenly over 100 topic prefixes (subscriber shards)."""
+    return [f"s{i % 100:02d}{i // 100:04d}" for i in range(n)]
+
+
+def _subscriber_topics(j: int, count: int) -> str:
+    if count == 1:
+        return ""
+    topics = [f"tags.s{g:02d}" for g in range(100) if g % count == j]
+    return ",".join(topics + (["stats"] if j == 0 else []))
+
+
+def _generate(endpoint, ids, audio, sr, chunk, offsets, join, periods, t0, hop, results) -> None:
+    """One load generator process: opens its streams, then sends one multi-stream message per period."""
     from rt_tagger.client import IngestClient
 
+    period = chunk / sr
+    late = 0
+    with IngestClient(endpoint, timeout_s=300.0, sndhwm=100000) as client:
+        for sid in ids:
+            client.open(sid, sr, 1, "s16le", hop_s=hop)
+        results.put(("opened", 0))
+        start = t0.get()  # every generator starts at the same moment
+        for k in range(periods):
+            due = start + (k + 1) * period  # a chunk leaves once its last frame was "captured"
+            now = time.time()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > 0.1:
+                late += 1
+            items = []
+            for i, sid in enumerate(ids):
+                if k < join[i]:
+                    continue
+                begin = (offsets[i] + (k - join[i]) * chunk) % (len(audio) - chunk)
+                items.append((sid, audio[begin : begin + chunk]))
+            if items:
+                client.send_many(items)
+        for sid in ids:
+            client.close_stream(sid, wait=False)
+        time.sleep(2.0)
+    results.put(("late", late))
+
+
+def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
+    import multiprocessing
+
     ingest, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    jsonl = tmp / f"messages-{n}.jsonl"
-    sub = subprocess.Popen(
-        [sys.executable, "-m", "bench.stream_sub", publish, "", str(jsonl)], stdout=subprocess.PIPE, text=True
-    )
-    if sub.stdout.readline().strip() != "ready":
-        raise BenchError("the bench subscriber did not start")
+    n_sub = max(1, min(args.subscribers, 100))
+    subs, outputs = [], []
+    for j in range(n_sub):
+        out = tmp / f"messages-{n}-{j}.jsonl"
+        sub = subprocess.Popen(
+            [sys.executable, "-m", "bench.stream_sub", publish, _subscriber_topics(j, n_sub), str(out)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        if sub.stdout.readline().strip() != "ready":
+            raise BenchError("the bench subscriber did not start")
+        subs.append(sub)
+        outputs.append(out)
     cmd = [
         sys.executable, "-m", "rt_tagger.cli", "serve", "--bundle", str(bundle_path), "--ingest", ingest,
         "--publish", publish, "--backend", args.backend, "--hop", str(args.hop), "--max-streams", str(n),
         "--max-batch-delay-ms", str(args.max_batch_delay_ms), "--stats-interval", "1", "-q",
+        *(["--frontend", args.frontend] if args.frontend else []),
+        *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
         "--processes", str(args.processes),
     ]  # fmt: skip
     err = open(tmp / f"server-{n}.stderr", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     chunk = max(1, int(round(args.chunk_ms * sr / 1e3)))
+    period = chunk / sr
     rng = np.random.default_rng(n)
     offsets = rng.integers(0, len(audio), size=n)
-    ids = [f"s{i:05d}" for i in range(n)]
+    # Live streams start at independent times: stream i joins at a random period within the
+    # first hop, so windows fall due spread over the hop, not all in the same instant.
+    join = rng.integers(0, max(1, int(round(args.hop / period))), size=n)
+    periods = int(args.seconds * 1e3 / args.chunk_ms) + int(join.max())
+    ids = _stream_ids(n)
+    n_gen = max(1, min(args.generators, n))
+    ctx = multiprocessing.get_context("fork")
+    results, t0 = ctx.Queue(), ctx.Queue()
+    gens = [
+        ctx.Process(
+            target=_generate,
+            args=(
+                ingest,
+                ids[g::n_gen],
+                audio,
+                sr,
+                chunk,
+                offsets[g::n_gen],
+                join[g::n_gen],
+                periods,
+                t0,
+                args.hop,
+                results,
+            ),
+        )  # fmt: skip
+        for g in range(n_gen)
+    ]
     try:
-        with IngestClient(ingest, timeout_s=120.0, sndhwm=100000) as client:
-            client.open(ids[0], sr, 1, "s16le", hop_s=args.hop)  # waits until the server answers
-            for sid in ids[1:]:
-                client.open(sid, sr, 1, "s16le", hop_s=args.hop)
-            cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-            period = chunk / sr
-            # Live streams start at independent times: stream i joins at a random period within the
-            # first hop, so windows fall due spread over the hop, not all in the same instant.
-            join = rng.integers(0, max(1, int(round(args.hop / period))), size=n)
-            periods = int(args.seconds * 1e3 / args.chunk_ms) + int(join.max())
-            late = 0
-            for k in range(periods):
-                due = t0 + (k + 1) * period  # a chunk leaves once its last frame was "captured"
-                now = time.perf_counter()
-                if due > now:
-                    time.sleep(due - now)
-                elif now - due > 0.1:
-                    late += 1
-                items = []
-                for i, sid in enumerate(ids):
-                    if k < join[i]:
-                        continue
-                    start = (offsets[i] + (k - join[i]) * chunk) % (len(audio) - chunk)
-                    items.append((sid, audio[start : start + chunk]))
-                if items:
-                    client.send_many(items)
-            cpu1, t1 = _cpu_seconds(server.pid), time.perf_counter()
-            for sid in ids:
-                client.close_stream(sid, wait=False)
-            time.sleep(2.0)
+        for p in gens:
+            p.start()
+        for _ in gens:  # every stream open before the clock starts
+            results.get(timeout=600)
+        start = time.time() + 0.5
+        for _ in gens:
+            t0.put(start)
+        time.sleep(max(0.0, start - time.time()))
+        cpu0, w0 = _cpu_seconds(server.pid), time.perf_counter()
+        gpu = _GpuSampler()
+        late = sum(results.get(timeout=args.seconds + 600)[1] for _ in gens)
+        cpu1, w1 = _cpu_seconds(server.pid), time.perf_counter()
+        gpu_pct = gpu.stop()
+        for p in gens:
+            p.join(timeout=60)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         time.sleep(0.5)
     finally:
+        for p in gens:
+            if p.is_alive():
+                p.kill()
         if server.poll() is None:
             server.kill()
         err.close()
-        sub.terminate()
-        sub.wait(timeout=30)
-    rows = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+        for sub in subs:
+            sub.terminate()
+            sub.wait(timeout=60)
+    rows = [json.loads(ln) for out in outputs for ln in out.read_text().splitlines() if ln.strip()]
     seconds = period * (periods - int(join.max()))  # audio every stream sent at least
-    return _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (t1 - t0) * 100, late)
+    row = _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (w1 - w0) * 100, late)
+    row["gpu_util_pct"] = gpu_pct
+    return row
 
 
 def _analyse(
@@ -209,9 +323,11 @@ def run(args: argparse.Namespace) -> dict:
     doc = new_document("serve", machine_info(), {
         "file": str(args.file), "streams": levels, "seconds": args.seconds, "chunk_ms": args.chunk_ms,
         "hop_s": args.hop, "backend": args.backend, "bound_ms": args.bound_ms, "skip_s": args.skip_s,
-        "max_batch_delay_ms": args.max_batch_delay_ms, "processes": args.processes,
-        "load": "one generator process, all streams multiplexed into one ingest message per chunk period; "
-                "16 kHz mono s16le; each stream starts at its own random offset of the looped file",
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "frontend": args.frontend, "max_batch": args.max_batch, "processes": args.processes,
+        "load": f"{args.generators} generator process(es), each multiplexing its streams into one ingest "
+                f"message per chunk period; {args.subscribers} subscriber process(es); 16 kHz mono s16le; "
+                "each stream starts at its own random offset of the looped file",
     })  # fmt: skip
     doc["bundle"] = bundle_info(bundle, label)
     tmp = Path(tempfile.mkdtemp(prefix="rt-bench-serve-"))

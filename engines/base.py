@@ -41,9 +41,11 @@ class Backend:
         self.is_active = False
         self.last_inference_time: float | None = None  # seconds, wall clock around infer_impl
         self.last_device_time: float | None = None  # seconds by device events (GPU backends only)
+        self.device_time_total = 0.0  # the sum of last_device_time over every infer()
         self.selection = "forced"  # how open_backend chose it ("forced" or "auto: <why>")
         self.device = "cpu"
         self.precision = "fp32"
+        self.device_input = False  # infer_impl also takes a float32 torch tensor on self.device
 
     # -- public verbs -------------------------------------------------------------------------
     def activate(self) -> Backend:
@@ -58,8 +60,16 @@ class Backend:
             self.deactivate_impl()
             self.is_active = False
 
-    def infer(self, mel: np.ndarray) -> Inference:
-        """Log-mel windows ``(B, n_mels, window_frames)`` float32 → probabilities and embeddings."""
+    def infer(self, mel) -> Inference:
+        """Log-mel windows ``(B, n_mels, window_frames)`` float32 → probabilities and embeddings.
+
+        ``mel`` is a numpy array, or a torch tensor: a backend with ``device_input`` takes a
+        tensor on its own device as it is (a server's GPU front end gathers windows there); any
+        other tensor is copied to the host first.
+        """
+        if not isinstance(mel, np.ndarray):
+            if not (self.device_input and str(mel.device) == self.device):
+                mel = mel.cpu().numpy()
         if not self.is_active:
             raise BackendError(f"backend {self.name} is not active; call activate() first")
         if mel.ndim != 3 or mel.shape[1:] != self.input_shape:
@@ -69,10 +79,13 @@ class Backend:
         lo, hi = self.batch_range
         if not lo <= mel.shape[0] <= hi:
             raise BackendError(f"batch {mel.shape[0]} outside the supported range {lo}..{hi} of {self.name}")
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        if isinstance(mel, np.ndarray):
+            mel = np.ascontiguousarray(mel, dtype=np.float32)
         t0 = time.perf_counter()
         out = self.infer_impl(mel)
         self.last_inference_time = time.perf_counter() - t0
+        if self.last_device_time is not None:
+            self.device_time_total += self.last_device_time
         return out
 
     @property

@@ -16,7 +16,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-__all__ = ["GraphCache", "infer_on_device"]
+__all__ = ["GraphCache", "graph_bucket", "infer_on_device"]
+
+
+def graph_bucket(b: int, max_batch: int) -> int:
+    """The captured batch size that runs ``b`` windows: the next power of two (at most
+    ``max_batch``), so a server whose batch size varies keeps a handful of graphs, not one per size."""
+    return min(max_batch, 1 << max(0, b - 1).bit_length())
 
 
 class GraphCache:
@@ -95,16 +101,17 @@ class GraphCache:
 
 
 def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context: Callable):
-    """One batch through a torch GPU backend: copy in, replay the batch's graph (or run
+    """One batch through a torch GPU backend: copy in, replay the graph of the batch's bucket (or run
     ``forward`` under ``context`` on the copy stream), copy out.
 
     Returns ``(host outputs, device milliseconds)`` from ``io.download``.
     """
     b = mel.shape[0]
     if graphs is not None:
-        graphs.get(b)  # capture outside the timed copy-in → copy-out
-        io.upload(mel)
-        outs = graphs.replay(b)
+        bucket = graph_bucket(b, graphs.inputs.shape[0])
+        graphs.get(bucket)  # capture outside the timed copy-in → copy-out
+        io.upload(mel)  # rows b..bucket keep older windows: their outputs are not read
+        outs = graphs.replay(bucket)
     else:
         x = io.upload(mel)
         with torch.cuda.stream(io.stream), torch.inference_mode(), context():

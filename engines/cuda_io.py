@@ -40,7 +40,7 @@ class CudaIO:
         self.torch = torch
         f32 = torch.float32
         self.host_in = torch.empty((max_batch, *in_shape), dtype=f32, pin_memory=True)
-        self.dev_in = torch.empty((max_batch, *in_shape), dtype=f32, device=device)
+        self.dev_in = torch.zeros((max_batch, *in_shape), dtype=f32, device=device)  # padded rows: finite
         self.host_out = {
             k: torch.empty((max_batch, d), dtype=f32, pin_memory=True) for k, d in out_dims.items()
         }
@@ -49,13 +49,22 @@ class CudaIO:
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
 
-    def upload(self, mel: np.ndarray):
-        """Copy ``mel`` into the pinned buffer and enqueue its copy to the device; returns the device view."""
+    def upload(self, mel):
+        """Copy ``mel`` into the pinned buffer and enqueue its copy to the device; returns the device view.
+
+        A torch tensor already on the device is copied device to device, after the work that
+        produced it on the current stream.
+        """
         b = mel.shape[0]
-        self.host_in[:b].numpy()[...] = mel
+        if isinstance(mel, np.ndarray):
+            self.host_in[:b].numpy()[...] = mel
+            src = self.host_in[:b]
+        else:
+            self.stream.wait_stream(self.torch.cuda.current_stream(self.stream.device))
+            src = mel
         self.start.record(self.stream)
         with self.torch.cuda.stream(self.stream):
-            self.dev_in[:b].copy_(self.host_in[:b], non_blocking=True)
+            self.dev_in[:b].copy_(src, non_blocking=True)
         return self.dev_in[:b]
 
     def download(self, outs: dict, b: int) -> tuple[dict[str, np.ndarray], float]:

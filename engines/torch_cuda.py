@@ -85,6 +85,7 @@ class TorchCUDABackend(Backend):
         if self.cuda_graphs:
             self.graphs = GraphCache(self._forward, self.io.dev_in, self.io.stream, self._math_mode)
         self.device = f"cuda:{dev.index}"
+        self.device_input = True
 
     @contextmanager
     def _math_mode(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -89,6 +90,9 @@ class StreamingFrontEnd:
         input_rate: Sample rate of the incoming audio (ring buffer or arrays).
         channels: Channel count of the incoming audio; it is averaged to mono.
         resample_quality: Quality preset of the :class:`StreamingResampler` (when rates differ).
+        frame_sink: Hand the samples of new frames to ``frame_sink(first_frame, samples)`` (a
+            :class:`~rt_tagger.batch_frontend.BatchFrontEnd` computes their log-mel with other
+            streams' frames) instead of computing them here; :meth:`window` is then unused.
 
     Attributes:
         frames_total: Frames produced since the last reset.
@@ -104,8 +108,10 @@ class StreamingFrontEnd:
         channels: int = 1,
         *,
         resample_quality: str = "high",
+        frame_sink: Callable[[int, np.ndarray], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.frame_sink = frame_sink
         self.input_rate = int(input_rate)
         self.channels = int(channels)
         if self.channels <= 0:
@@ -228,7 +234,10 @@ class StreamingFrontEnd:
         n_new = spec.frames_for(self._sig_len)
         if n_new == 0:
             return 0
-        self._logmel_new_frames(n_new)
+        if self.frame_sink is None:
+            self._logmel_new_frames(n_new)
+        else:
+            self._sink_new_frames(n_new)
         self.frames_total += n_new
         consumed = n_new * spec.hop_length
         _shift_left(self._sig, consumed, self._sig_len)
@@ -252,10 +261,19 @@ class StreamingFrontEnd:
         _shift_window(self._mel, keep)
         self._mel[:, w - keep :] = power_to_db(bands, spec).T
 
+    def _sink_new_frames(self, n_new: int) -> None:
+        """The samples of the last ``min(n_new, window_frames)`` new frames to the sink (older
+        ones would be shifted out before any window reads them, as in :meth:`_logmel_new_frames`)."""
+        hop, keep = self.spec.hop_length, min(n_new, self.spec.window_frames)
+        first = n_new - keep
+        samples = self._sig[first * hop : (n_new - 1) * hop + self.spec.n_fft].copy()
+        self.frame_sink(self.frames_total + first, samples)
+
     # -------------------------------------------------------------------------------- compile
     def warmup(self) -> None:
         """Compile or load every kernel with the argument types of real calls, then reset."""
         spec = self.spec
+        sink, self.frame_sink = self.frame_sink, None  # the warm-up's frames are nobody's
         n_in = int(math.ceil((spec.n_fft + 2 * spec.hop_length) * self.input_rate / spec.sample_rate)) + 4 * (
             self.resampler.right + 1
         )
@@ -266,4 +284,5 @@ class StreamingFrontEnd:
         self.consume(ring)
         self.consume_array(np.zeros((n_in, self.channels), np.float32))
         self.resampler.warmup()
+        self.frame_sink = sink
         self.reset()

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from rt_tagger.scheduler import run_due
 from rt_tagger.settings import MIN_HOP_SECONDS, RuntimeSettings, SettingsError, load_settings
 from rt_tagger.sources import AudioInputError, DeviceLostError, FileSource, Source
 from rt_tagger.stream_state import MessageOptions, StreamState, WindowResult
+
+if TYPE_CHECKING:
+    from rt_tagger.batch_frontend import BatchFrontEnd
 
 __all__ = ["Pipeline", "RunResult", "StopRequest", "WindowResult", "run_file", "resolve_hop_frames"]
 
@@ -126,6 +130,8 @@ class Pipeline:
         publisher: A :class:`rt_tagger.publisher.Publisher`, or None (offline runs).
         on_message: Called with every message after it was published (e.g. printing).
         keep_windows: Keep every window's probabilities in the result (offline tagging).
+        max_batch: The backend's largest batch (a server's ``serve.max_batch``; None: the backend's
+            default).
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class Pipeline:
         publisher=None,
         on_message=None,
         keep_windows: bool = True,
+        max_batch: int | None = None,
     ) -> None:
         from engines.registry import open_backend
 
@@ -148,7 +155,8 @@ class Pipeline:
         self.on_message = on_message
         self.keep_windows = keep_windows
         t0 = time.perf_counter()
-        self.backend = open_backend(bundle, self.settings.backend)
+        options = {"max_batch": max_batch} if max_batch else {}
+        self.backend = open_backend(bundle, self.settings.backend, **options)
         d = self.backend.describe()
         self.backend_info = BackendInfo(name=d["name"], device=d["device"], precision=d["precision"])
         self.model_info = ModelInfo(
@@ -178,11 +186,11 @@ class Pipeline:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def front_end(self, input_rate: int, channels: int):
+    def front_end(self, input_rate: int, channels: int, frame_sink=None):
         """A warmed :class:`StreamingFrontEnd` for this input layout (numba compiled at start-up)."""
         from rt_tagger.framer import StreamingFrontEnd
 
-        return StreamingFrontEnd(self.spec, input_rate, channels)
+        return StreamingFrontEnd(self.spec, input_rate, channels, frame_sink=frame_sink)
 
     def open_stream(
         self,
@@ -193,11 +201,13 @@ class Pipeline:
         stream_id: str | None = None,
         hop_frames: int | None = None,
         full_scores: bool | None = None,
+        batch_frontend: BatchFrontEnd | None = None,
     ) -> StreamState:
         """Fresh per-stream state (front end, aggregator, message builder) for one input.
 
         ``stream_id``, ``hop_frames`` and ``full_scores`` override the settings (a server's
-        streams each have their own).
+        streams each have their own). With ``batch_frontend`` the stream's frames become log-mel
+        there, with other streams' (a slot is taken; give it back with ``batch_frontend.close``).
         """
         st, agg = self.settings, self.settings.aggregator
         hop_frames = hop_frames or self.hop_frames
@@ -223,8 +233,17 @@ class Pipeline:
             min_dwell_s=agg.min_dwell_s,
             music_index=self.bundle.manifest.music_index,
         )
-        fe = self.front_end(input_rate, channels)
-        return StreamState(fe, aggregator, hop_frames, options, source=source, keep_windows=self.keep_windows)
+        slot = batch_frontend.open() if batch_frontend is not None else None
+        fe = self.front_end(input_rate, channels, batch_frontend.sink(slot) if slot is not None else None)
+        return StreamState(
+            fe,
+            aggregator,
+            hop_frames,
+            options,
+            source=source,
+            keep_windows=self.keep_windows,
+            batch_slot=slot,
+        )
 
     # ------------------------------------------------------------------ the consumer loop
     def run(

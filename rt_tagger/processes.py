@@ -166,7 +166,9 @@ def _child(
     publisher = Publisher(publish, connect=True, sndhwm=st.publish.sndhwm)
     pub = _RosterPublisher(publisher, np.memmap(roster, dtype=ROSTER, mode="r+"))
     try:
-        with Pipeline(load_bundle(st.bundle), st, publisher=pub, keep_windows=False) as pipe:
+        with Pipeline(
+            load_bundle(st.bundle), st, publisher=pub, keep_windows=False, max_batch=st.serve.max_batch
+        ) as pipe:
             server = _ChildServer(pipe, pub, st.serve, ingest_socket=sock, name=name)
             conn.send(
                 {

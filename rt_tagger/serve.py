@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from rt_tagger.batch_frontend import BatchFrontEnd
 from rt_tagger.ingest import (
     AudioHeader,
     CloseHeader,
@@ -120,16 +121,21 @@ class ServeStats:
     batch_sizes: Counter = field(default_factory=Counter)  # power-of-two bucket -> batches
     queue_delay_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
     batch_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    device_ms: deque = field(default_factory=lambda: deque(maxlen=4096))  # GPU time of a round's batches
     ended_dropped_samples: int = 0  # input counters of streams already ended
     ended_lost_chunks: int = 0
     batches_at_last_report: int = 0
 
-    def record_batch(self, size: int, queue_delay_ms: float, batch_ms: float) -> None:
+    def record_batch(
+        self, size: int, queue_delay_ms: float, batch_ms: float, device_ms: float | None
+    ) -> None:
         self.batches += 1
         self.windows += size
         self.batch_sizes[1 << max(0, size - 1).bit_length()] += 1
         self.queue_delay_ms.append(queue_delay_ms)
         self.batch_ms.append(batch_ms)
+        if device_ms is not None:
+            self.device_ms.append(device_ms)
 
 
 def _pcts(values) -> dict[str, float | None]:
@@ -137,6 +143,17 @@ def _pcts(values) -> dict[str, float | None]:
         return {"p50": None, "p99": None}
     a = np.fromiter(values, dtype=np.float64)
     return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
+
+
+def _batch_frontend(mode: str, pipeline: Pipeline) -> BatchFrontEnd | None:
+    """The server's batch front end: on the backend's device for ``batch``, and for ``auto`` where
+    the backend runs on a GPU; None: every stream computes its own log-mel (numba, CPU)."""
+    device = pipeline.backend.device
+    if mode == "stream" or (mode == "auto" and not device.startswith("cuda")):
+        return None
+    from rt_tagger.batch_frontend import BatchFrontEnd
+
+    return BatchFrontEnd(pipeline.spec, device)
 
 
 def bind_ingest(settings: ServeSettings, context: zmq.Context | None = None) -> zmq.Socket:
@@ -190,6 +207,7 @@ class Server:
         self._due_since: float | None = None
         self._due_count = 0
         self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
+        self.frontend = _batch_frontend(settings.frontend, pipeline)
         self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started = time.monotonic()
@@ -265,7 +283,7 @@ class Server:
             return refuse(str(e))
         state = self.pipeline.open_stream(
             None, h.sample_rate, h.channels, stream_id=h.stream_id, hop_frames=hop_frames,
-            full_scores=h.options.full_scores,
+            full_scores=h.options.full_scores, batch_frontend=self.frontend,
         )  # fmt: skip
         inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)
         state.source = inp
@@ -347,12 +365,14 @@ class Server:
         streams = [self.streams[s][0] for s in self._due if s in self.streams]
         self._due.clear()
         self._due_since, self._due_count = None, 0
-        t = time.perf_counter()
-        done = run_due(streams, self.pipeline.backend)
+        backend = self.pipeline.backend
+        t, device0 = time.perf_counter(), backend.device_time_total
+        done = run_due(streams, backend, self.frontend)
         batch_ms = (time.perf_counter() - t) * 1e3
+        device_ms = (backend.device_time_total - device0) * 1e3 if backend.device != "cpu" else None
         live = sum(1 for _, w, _ in done if not w.silent)
         if live:
-            self.stats.record_batch(live, queue_ms, batch_ms)
+            self.stats.record_batch(live, queue_ms, batch_ms, device_ms)
         for _, _, msg in done:
             self.publisher.publish(msg)
 
@@ -373,6 +393,8 @@ class Server:
     def _end(self, stream_id: str, reason: str, error: str | None = None) -> None:
         state, inp = self.streams.pop(stream_id)
         self._due.discard(stream_id)
+        if state.batch_slot is not None:
+            self.frontend.close(state.batch_slot)
         self.publisher.publish(state.end(reason, error))
         self.stats.closed[reason] += 1
         self.stats.ended_dropped_samples += inp.dropped_frames
@@ -399,6 +421,7 @@ class Server:
             "batch_size_histogram": {str(k): v for k, v in sorted(self.stats.batch_sizes.items())},
             "queue_delay_ms": _pcts(self.stats.queue_delay_ms),
             "batch_ms": _pcts(self.stats.batch_ms),
+            "device_ms": _pcts(self.stats.device_ms),
             "drops": {
                 "ingest_dropped_samples": self.stats.ended_dropped_samples
                 + sum(inp.dropped_frames for _, inp in self.streams.values()),
@@ -407,7 +430,10 @@ class Server:
                 "publisher_dropped": self.publisher.dropped,
             },
             "backend": self.pipeline.backend_info.model_dump(),
+            "frontend": "batch" if self.frontend is not None else "stream",
         }
+        if self.frontend is not None:
+            doc["frontend_frames"] = self.frontend.frames_flushed
         return doc
 
     def _publish_stats(self) -> None:

@@ -134,6 +134,11 @@ class ServeSettings(BaseModel):
     max_batch_delay_ms: float = Field(
         20.0, ge=0.0, le=10000.0, description="how long a due window may wait for others to fill a batch"
     )
+    frontend: Literal["auto", "stream", "batch"] = Field(
+        "auto",
+        description="log-mel per stream on the CPU (stream), or of all streams' new frames in one batch "
+        "on the backend's device (batch); auto: batch on a GPU backend",
+    )
     buffer_s: float = Field(
         2.0, gt=0.0, le=600.0, description="how far a live stream may run ahead of real time"
     )

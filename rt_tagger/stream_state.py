@@ -95,7 +95,10 @@ class WindowResult:
 class DueWindow:
     """A window whose last sample has arrived, waiting for the backend.
 
-    ``mel`` is ``None`` for a silent window: it needs no inference and becomes a heartbeat.
+    A silent window needs no inference and becomes a heartbeat. Otherwise ``mel`` holds the
+    window, or is ``None`` when the stream's frames went to a batch front end
+    (:class:`~rt_tagger.batch_frontend.BatchFrontEnd`), which holds the window ending at frame
+    ``frame_end`` in ring ``slot``.
     """
 
     info: WindowInfo
@@ -103,10 +106,9 @@ class DueWindow:
     capture_wall: float | None  # unix time the window's last sample was captured
     arrival_wall: float | None  # unix time it was in the ring
     framing_ms: float  # front-end work since the previous window
-
-    @property
-    def silent(self) -> bool:
-        return self.mel is None
+    silent: bool = False
+    frame_end: int = 0  # front-end frames up to the window's end
+    slot: int | None = None  # the stream's slot in a batch front end
 
 
 @dataclass
@@ -131,6 +133,8 @@ class StreamState:
         options: Stream id, backend/model descriptions and the heartbeat/NaN policies.
         source: The stream's input, for its counters and backlog (None: all zero).
         keep_windows: Keep every window's probabilities (offline tagging).
+        batch_slot: The stream's slot in the batch front end its ``frontend`` sinks frames to
+            (None: the front end computes its own log-mel).
     """
 
     def __init__(
@@ -142,8 +146,10 @@ class StreamState:
         *,
         source: InputStatus | None = None,
         keep_windows: bool = False,
+        batch_slot: int | None = None,
     ) -> None:
         self.fe = frontend
+        self.batch_slot = batch_slot
         self.aggregator = aggregator
         self.hop_frames = int(hop_frames)
         self.options = options
@@ -231,10 +237,13 @@ class StreamState:
         self._pending.append(
             DueWindow(
                 info=WindowInfo(start_sample=start, end_sample=end, start_s=start / sr, end_s=end / sr),
-                mel=None if silent else self.fe.window(copy=True),
+                mel=None if silent or self.batch_slot is not None else self.fe.window(copy=True),
                 capture_wall=self._times[0],
                 arrival_wall=self._times[1],
                 framing_ms=self._framing_s * 1e3,
+                silent=silent,
+                frame_end=self.fe.frames_total,
+                slot=self.batch_slot,
             )
         )
         self._framing_s, self._hop_sq, self._hop_n = 0.0, 0.0, 0

@@ -5,13 +5,14 @@ tuning for this GPU in the bundle's compiled directory (:mod:`engines.triton.key
 plan per batch bucket (1, 2, 4, … ``max_batch``). A tuning whose key does not match (other GPU,
 Triton, weights, kernels…) is never used: with ``tune=True`` (the default when the backend is
 forced) the backend tunes now and caches the result, which takes minutes for the ``full``
-catalogue; with ``tune=False`` (what ``auto`` passes) it refuses with the reason, so ``auto``
-picks this backend only on GPUs where it was tuned. ``python -m engines.triton tune BUNDLE``
+catalogue; with ``tune=False`` (what ``auto`` passes) it uses the ``full`` catalogue's tuning, else
+the ``quick`` one's (same key otherwise), else refuses with the reason, so ``auto`` picks this
+backend only on GPUs where it was tuned. ``python -m engines.triton tune BUNDLE [--catalogue quick]``
 tunes ahead of time.
 
 Running is the torch CUDA backend's way: pinned buffers and a stream (:class:`engines.cuda_io.CudaIO`),
-one CUDA graph per batch size (:class:`engines.cuda_graphs.GraphCache`) running the plan of its
-bucket, CUDA events for ``last_device_time``. Precisions bf16 (default) and fp16.
+one CUDA graph per power-of-two batch bucket (:class:`engines.cuda_graphs.GraphCache`) running the
+plan of its tuning bucket, CUDA events for ``last_device_time``. Precisions bf16 (default) and fp16.
 
 Without a GPU, under Triton's interpreter (``TRITON_INTERPRET=1`` set before the kernels are
 imported), the same kernels run on the CPU in fp32 with default tiles and no graphs: slow, for
@@ -119,6 +120,15 @@ class TritonFusedBackend(Backend):
             )
         artifact = self._artifact(dev)
         problem = "re-tuning requested" if self.retune else artifact.problem()
+        if problem is not None and not self.tune and self.catalogue == "full":
+            # The quick catalogue's tuning is as valid for this GPU and bundle (same key otherwise),
+            # only its tiles may be slower: better than refusing when the full one was never run.
+            self.catalogue = "quick"
+            quick = self._artifact(dev)
+            if quick.problem() is None:
+                artifact, problem = quick, None
+            else:
+                self.catalogue = "full"
         if problem is not None and not self.tune:
             raise BackendError(
                 f"backend {self.name} not tuned for this GPU and bundle ({artifact.path.name}: {problem}); "
@@ -134,6 +144,7 @@ class TritonFusedBackend(Backend):
         if self.cuda_graphs:
             self.graphs = GraphCache(self._forward, self.io.dev_in, self.io.stream, self._cudnn_mode)
         self.device = f"cuda:{dev.index}"
+        self.device_input = True
 
     def _activate_interpreted(self, model) -> None:
         from engines.triton.network import FusedResNet

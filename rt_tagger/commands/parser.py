@@ -179,6 +179,11 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
     )
     p.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
     p.add_argument(
+        "--frontend", choices=("auto", "stream", "batch"),
+        help="log-mel per stream (stream) or all streams' new frames at once on the backend's device "
+        "(batch); default auto: batch on a GPU backend",
+    )  # fmt: skip
+    p.add_argument(
         "--processes",
         type=positive_int,
         help="server processes sharing this machine and its GPU, behind the same endpoints (default 1)",

@@ -34,6 +34,7 @@ def cmd_serve(args) -> int:
         "idle_timeout_s": args.idle_timeout,
         "stats_interval_s": args.stats_interval,
         "processes": args.processes,
+        "frontend": args.frontend,
     }
     st = settings_from_args(args, serve={k: v for k, v in serve.items() if v is not None})
     if args.duration is not None:
@@ -52,7 +53,9 @@ def cmd_serve(args) -> int:
     bundle = load_bundle(st.bundle)
     publisher = Publisher.from_settings(st.publish)
     try:
-        with Pipeline(bundle, st, publisher=publisher, keep_windows=False) as pipe:
+        with Pipeline(
+            bundle, st, publisher=publisher, keep_windows=False, max_batch=st.serve.max_batch
+        ) as pipe:
             server = Server(pipe, publisher, st.serve, ingest_socket=ingest)
             if not args.quiet:
                 print(f"serving: ingest {server.ingest_endpoint}, tags {publisher.endpoint}", flush=True)

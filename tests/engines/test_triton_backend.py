@@ -166,6 +166,19 @@ def test_auto_picks_it_only_where_tuned(wide_bundle, tmp_path, monkeypatch, capl
 
 
 @needs_cuda
+def test_auto_falls_back_to_the_quick_catalogues_tuning(wide_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("RT_TAGGER_COMPILED_DIR", str(tmp_path))
+    with open_backend(wide_bundle, "triton-fused", max_batch=8, catalogue="quick", cudnn=False) as tuned:
+        expected = tuned.infer(random_mel(wide_bundle, 3)).probabilities
+    with open_backend(wide_bundle, "auto", max_batch=8, cudnn=False) as backend:  # catalogue: full
+        assert backend.name == "triton-fused" and backend.catalogue == "quick"
+        assert backend.plans == tuned.plans
+        np.testing.assert_allclose(
+            backend.infer(random_mel(wide_bundle, 3)).probabilities, expected, atol=1e-6
+        )
+
+
+@needs_cuda
 def test_conformance_on_the_gpu_in_fp16_without_graphs(wide_bundle, tmp_path, monkeypatch):
     """bf16 under CUDA graphs is in test_backends.py; here fp16 and plain launches."""
     monkeypatch.setenv("RT_TAGGER_COMPILED_DIR", str(tmp_path))

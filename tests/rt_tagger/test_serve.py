@@ -48,6 +48,7 @@ class Server:
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
         )
         self.messages: list[dict] = []
+        self.flags = flags
 
     def client(self, **kw) -> IngestClient:
         return IngestClient(self.ingest, timeout_s=kw.pop("timeout_s", 60.0), **kw)
@@ -104,8 +105,15 @@ def server(request):
     s.close()
 
 
+@pytest.mark.parametrize(
+    "server",
+    [(), ("--frontend", "batch", "--stats-interval", "0.5")],
+    indirect=True,
+    ids=["stream_fe", "batch_fe"],
+)
 def test_serve_gives_the_messages_stream_gives(server):
-    """Same audio through serve (batch pace, odd chunks) and through `stream -`: same windows, same scores."""
+    """Same audio through serve (batch pace, odd chunks) and through `stream -`: same windows, same
+    scores; also with the batch front end (all streams' frames at once, torch on the CPU here)."""
     audio, sr = _demo(8.0)
     with server.client() as c:
         c.open("same", sr, audio.shape[1], "f32le", pace="batch", full_scores=True)
@@ -113,6 +121,9 @@ def test_serve_gives_the_messages_stream_gives(server):
             c.send("same", audio[start : start + 1733], capture_wall_time=1000.0 + i)
         assert c.close_stream("same").type == "closed"
     served = [m for m in server.receive(server.ended("same")) if m.get("stream_id") == "same"]
+    stats = server.receive(lambda ms: any(m["kind"] == "stats" for m in ms))
+    frontend = next(m for m in stats if m["kind"] == "stats")["frontend"]
+    assert frontend == ("batch" if "--frontend" in server.flags else "stream")
     assert server.stop() == 0
     p = run_cli(
         "stream", "-", "--rate", str(sr), "--channels", str(audio.shape[1]), "--format", "f32le", "--backend", "onnxruntime-cpu",
