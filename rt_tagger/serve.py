@@ -208,11 +208,22 @@ class Server:
         self._due_count = 0
         self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
         self.frontend = _batch_frontend(settings.frontend, pipeline)
+        self._warm_batches()
         self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started = time.monotonic()
         self._last_stats = self._last_idle_scan = self._started
         log.info("serving: ingest on %s, tags on %s", self.ingest_endpoint, publisher.endpoint)
+
+    def _warm_batches(self) -> None:
+        """On a GPU, run every power-of-two batch once now: each captures its CUDA graph (tens of
+        ms) at start-up instead of in the middle of serving."""
+        backend = self.pipeline.backend
+        if not backend.device.startswith("cuda"):
+            return
+        sizes = [1 << k for k in range(self._batch_max.bit_length()) if 1 << k <= self._batch_max]
+        for b in sorted({*sizes, self._batch_max}):
+            backend.infer(np.zeros((b, *backend.input_shape), np.float32))
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> str:
