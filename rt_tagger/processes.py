@@ -131,13 +131,15 @@ def _child_main(*args) -> None:
 
 
 def _child(
-    settings_json: str, name: str, ingest: str, fallback: str, publish: str, roster: str, conn
+    settings_json: str, name: str, ingest: str, fallback: str, publish: str, roster: str, conn, cores=None
 ) -> None:
     from rt_tagger.bundled_model import load_bundle
     from rt_tagger.pipeline import Pipeline, StopRequest
     from rt_tagger.settings import SettingsError
 
     os.setpgrp()  # Ctrl-C goes to the parent, which stops the children in order
+    if cores:  # this child's share of the cores: a CPU backend sizes its threads to it
+        os.sched_setaffinity(0, cores)
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
@@ -285,13 +287,24 @@ class ProcessServer:
         ours, theirs = self._mp.Pipe()
         ch.proc = self._mp.Process(
             target=_child_main,
-            args=(self._settings_json, ch.name, ch.ingest, ch.fallback, self.internal, str(ch.roster_path), theirs),
+            args=(self._settings_json, ch.name, ch.ingest, ch.fallback, self.internal, str(ch.roster_path), theirs,
+                  self._cores_of(ch)),
             name=ch.name,
             daemon=False,
         )  # fmt: skip
         ch.proc.start()
         theirs.close()
         ch.conn, ch.info, ch.live = ours, None, False
+
+    def _cores_of(self, ch: _Child) -> list[int] | None:
+        """Child k's share of this process's cores (contiguous, as even as can be), so N children
+        with a CPU backend do not each start a thread per core and fight over them; None when
+        there are more children than cores."""
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        n, k = len(self.children), ch.index
+        if not cores or n > len(cores):
+            return None
+        return cores[k * len(cores) // n : (k + 1) * len(cores) // n]
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every child answered (first start); raises if one died or took too long."""
