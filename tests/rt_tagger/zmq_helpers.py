@@ -83,15 +83,14 @@ def send_until_queued(sock: zmq.Socket, frames: list[bytes], timeout_s: float = 
 
 
 def _wait_subscriptions(pub: Publisher, n: int, timeout_s: float, q) -> None:
-    """Wait until ``n`` distinct subscriptions arrived (XPUB passes each new topic once); each is
+    """Wait until ``n`` subscriptions arrived (one per subscriber and topic); each is
     reported on ``q`` as ``("subscribed", topic)``."""
     seen = 0
     deadline = time.monotonic() + timeout_s
-    while seen < n and pub.sock.poll(max(1, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
-        frame = pub.sock.recv()
-        if frame[:1] == b"\x01":
+    while seen < n and time.monotonic() < deadline:
+        for topic in pub.poll_subscriptions(max(1, int((deadline - time.monotonic()) * 1000))):
             seen += 1
-            q.put(("subscribed", frame[1:]))
+            q.put(("subscribed", topic))
 
 
 def run_publisher(
