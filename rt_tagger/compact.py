@@ -3,7 +3,7 @@
 JSON costs tens of microseconds per message in Python; at 100 000 streams and a 0.5-s hop (200 000
 messages/s) that is several cores. The compact form is one fixed 132-byte little-endian header
 (kind, seq, window, times, state, every drop counter, stage timings, counts) followed by the
-scores as float16 in manifest order, top-k / active / events as tag indices, and, in the first
+scores as float32 in manifest order, top-k / active / events as tag indices, and, in the first
 message a subscriber sees of a stream, the tag names. docs/messages.md ("Compact encoding") is the
 byte layout; this module is its Python reference (the C example in examples/c_subscriber reads it
 too).
@@ -91,6 +91,7 @@ COUNTERS = (
 )
 TIMINGS = ("capture_to_ring", "framing_mel", "inference", "aggregation", "publish")
 _U32 = 0xFFFFFFFF
+_F4 = np.dtype("<f4")
 _NAN = math.nan
 _EXTRA_NAMES = 5  # model name, weights digest, backend name, device, precision
 
@@ -138,8 +139,8 @@ class Vocabulary:
 
 @lru_cache(maxsize=256)
 def _lists_struct(n_top: int, n_active: int, n_events: int) -> struct.Struct:
-    # top: indices then float16 scores; active: indices; events: indices, states (1 on, 0 off), f64 times
-    return struct.Struct(f"<{n_top}H{n_top}e{n_active}H{n_events}H{n_events}B{n_events}d")
+    # top: indices then float32 scores; active: indices; events: indices, states (1 on, 0 off), f64 times
+    return struct.Struct(f"<{n_top}H{n_top}f{n_active}H{n_events}H{n_events}B{n_events}d")
 
 
 def _f(x) -> float:
@@ -182,12 +183,14 @@ def encode(msg: TagMessage, vocab: Vocabulary | None, *, names: bool = False) ->
     lists = b""
     n_scores = n_top = n_active = n_events = 0
     if not tail:
-        arr = msg._score_array
+        arr = msg.__pydantic_private__.get("_score_array")  # msg._score_array, without pydantic's __getattr__
         if arr is None and msg.scores is not None:
             arr = msg.scores
         if arr is not None:
-            scores = np.asarray(arr, dtype="<f2").tobytes()
-            n_scores = len(scores) // 2
+            if type(arr) is not np.ndarray or arr.dtype != _F4:
+                arr = np.asarray(arr, dtype=_F4)
+            scores = arr.tobytes()
+            n_scores = len(scores) // 4
         idx = vocab.index
         top, active, events = msg.top, msg.active, msg.events
         n_top, n_active, n_events = len(top), len(active), len(events)
@@ -250,7 +253,7 @@ class CompactFrame:
     vocab_id: int
     drops: dict
     timings_ms: dict
-    scores: np.ndarray  # (n_scores,) float32 (decoded from float16)
+    scores: np.ndarray  # (n_scores,) float32
     top: list[tuple[int, float]]
     active: list[int]
     events: list[tuple[int, str, float]]
@@ -277,8 +280,8 @@ def decode_frame(frame: bytes) -> CompactFrame:
     timings = h[24:29]
     n_top, n_active, n_events = h[29:32]
     pos = HEADER.size
-    scores = np.frombuffer(frame, dtype="<f2", count=n_scores, offset=pos).astype(np.float32)
-    pos += 2 * n_scores
+    scores = np.frombuffer(frame, dtype="<f4", count=n_scores, offset=pos).copy()
+    pos += 4 * n_scores
     lst = _lists_struct(n_top, n_active, n_events)
     v = lst.unpack_from(frame, pos)
     pos += lst.size
