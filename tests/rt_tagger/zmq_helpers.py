@@ -22,7 +22,9 @@ from pathlib import Path
 import zmq
 
 from engines.errors import UserError
-from rt_tagger.messages import BackendInfo, DropCounters, ModelInfo, TagMessage, TagScore, WindowInfo
+from rt_tagger.compact import compact_topic
+from rt_tagger.compact import encode as encode_compact
+from rt_tagger.messages import BackendInfo, DropCounters, EndInfo, ModelInfo, TagMessage, TagScore, WindowInfo
 from rt_tagger.publisher import Publisher, PublisherError, stream_topic
 from rt_tagger.subscribe import run_subscribe
 
@@ -50,7 +52,7 @@ def make_message(seq: int, stream_id: str = "test", n_scores: int = 0) -> TagMes
         capture_wall_time=time.time(),
         top=[TagScore(tag=t, score=round(1 / (i + 2), 3)) for i, t in enumerate(TAGS)],
         scores=scores,
-        tags=[f"t{i}" for i in range(n_scores)] if scores else None,
+        tags=(TAGS + [f"t{i}" for i in range(len(TAGS), n_scores)])[:n_scores] if scores else None,
         active=["piano"],
         drops=DropCounters(),
         backend=BACKEND,
@@ -140,9 +142,16 @@ def run_publisher(
             if period_s:
                 time.sleep(period_s)
         q.put(("done", pub.sent, pub.dropped))
+        q.put(("encoded", pub.encoded))
         if end_on is not None and end_on.wait(60):
             for stream in streams:
                 send_until_queued(pub.sock, [stream_topic(stream), end_body(seq, stream)])
+                # and for compact subscribers (topic tagb.), as the publisher encodes an end message
+                end = TagMessage(
+                    kind="end", stream_id=stream, seq=seq, backend=BACKEND, model=MODEL,
+                    end=EndInfo(reason="eof", stream_s=seq * 0.5, windows=seq, heartbeats=0),
+                )  # fmt: skip
+                send_until_queued(pub.sock, [compact_topic(stream), bytes(encode_compact(end, None))])
         stop.wait(10)  # keep the socket up until the test has read what it needs
 
 
