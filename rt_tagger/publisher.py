@@ -70,6 +70,7 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 BURST_GAP_S = 5.0  # drops closer together than this are one burst (one warning line)
+SUB_CHECK_S = 0.001  # publish() looks for subscription changes at most this often
 TOPIC_END = b"\0"  # ends every topic frame; not allowed in stream ids, so a stream's topic is exact
 JSON_PREFIX = b"tags."
 _F64 = struct.Struct("<d")
@@ -251,6 +252,7 @@ class Publisher:
         self._exact: set[bytes] = set()  # subscriptions ending in NUL: match one topic exactly
         self._prefixes: set[bytes] = set()  # the others: prefix matches
         self._sub_gen = 0  # +1 whenever the subscriptions change
+        self._next_sub_check = 0.0  # perf_counter time of publish()'s next look at subscriptions
         self._compact_epoch = 0  # +1 whenever a subscription that can match a compact topic arrives
         self._routes: dict[str, _Route] = {}
         self._vocabs: dict[tuple, Vocabulary] = {}  # (tags, model, backend) -> names, shared by streams
@@ -317,11 +319,16 @@ class Publisher:
         subscribes (then nothing is encoded).
         """
         t0 = time.perf_counter()
-        if self.sock.getsockopt(_EVENTS) & _POLLIN:  # keep XPUB's subscription queue empty
-            self._drain_subscriptions()
-        msg.drops.__dict__["publisher_dropped"] = (
-            self._dropped
-        )  # no pydantic __setattr__ (~0.5 µs): nothing to validate, and nothing uses exclude_unset
+        # Take in subscription changes (they choose the encodings). Asking the socket costs a few µs
+        # (libzmq processes its commands), so at most once per SUB_CHECK_S: a subscriber that has
+        # just arrived may miss up to that much more than ZeroMQ's slow joiner misses anyway.
+        if t0 >= self._next_sub_check:
+            self._next_sub_check = t0 + SUB_CHECK_S
+            if self.sock.getsockopt(_EVENTS) & _POLLIN:
+                self._drain_subscriptions()
+        # Field writes through __dict__ skip pydantic's __setattr__ (~0.5 µs each): there is nothing
+        # to validate, and nothing uses exclude_unset.
+        msg.drops.__dict__["publisher_dropped"] = self._dropped
         if msg.timings_ms is None:
             msg.timings_ms = StageTimings()
         md = msg.__dict__
