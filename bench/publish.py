@@ -213,14 +213,16 @@ def run(args: argparse.Namespace) -> dict:
             t0 = pc()
             pub.publish(msg)
             us.append((pc() - t0) / 1e3)
-        rows.append(_row(case.replace("subscriber", "inproc subscriber, unread"), us, dropped=pub.dropped,
+        rows.append(_row(case.replace("subscribers", "inproc subscribers, unread").replace("subscriber", "inproc subscriber, unread"), us, dropped=pub.dropped,
                          encoded=getattr(pub, "encoded", None)))  # fmt: skip
         for s in socks:
             s.close(linger=0)
         pub.close(linger_ms=0)
         ctx.term()
     for case, topics in cases:
-        case = case.replace("subscriber", "TCP subscriber process")
+        case = case.replace("subscribers", "TCP subscriber processes").replace(
+            "subscriber", "TCP subscriber process"
+        )
         pub = Publisher("tcp://127.0.0.1:*", sndhwm=max(n, 1000) * 2, linger_ms=0)
         subs = []
         try:
