@@ -33,6 +33,7 @@ MODES = {
     "peers": "rt-tagger tag vs musicnn 0.1.0 (MTT_musicnn) on the same files",
     "serve": "concurrent real-time streams one rt-tagger serve holds (ingest → batches → messages)",
     "soak": "hours of real-time streaming, one healthy and one stalled subscriber: losses, RSS, CPU, latency",
+    "publish": "time per published message: build, JSON, compact encoding, ZeroMQ send, whole publish()",
 }
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = [
     "SCHEMA_PATH",
@@ -204,6 +204,11 @@ class TagMessage(_Model):
         description="The window's embedding (the model's penultimate layer, embed_dim floats); only with "
         "publish.embedding / --embedding, only in kind=tags.",
     )
+
+    # Not part of the schema, never serialised: the aggregator's full score vector ((n_tags,) float32,
+    # manifest order) for the compact encoding (rt_tagger.compact), which always carries every score
+    # while the JSON carries `scores` only with --full-scores. Set by whoever builds the message.
+    _score_array: object = PrivateAttr(default=None)
 
     @property
     def topic(self) -> bytes:

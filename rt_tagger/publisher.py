@@ -1,4 +1,4 @@
-"""ZeroMQ publisher: one two-frame message ``[topic, json]`` per hop, never blocking.
+"""ZeroMQ publisher: one two-frame message ``[topic, body]`` per hop and encoding, never blocking.
 
 Topics: ``tags.<stream_id>`` followed by one NUL byte (:func:`stream_topic`). ZeroMQ filters by
 prefix, and the NUL cannot occur in a stream id, so subscribing to ``b"tags.mic\\0"`` receives
@@ -7,6 +7,11 @@ exactly stream ``mic`` (not ``mic2``); the old prefixes ``tags.`` and ``tags.mic
 Socket set-up follows the pyzmq/zguide habits (STYLE.md §5): SNDHWM and LINGER are set before
 ``bind``; every send uses ``NOBLOCK``. The socket is an XPUB, which subscribers see as a plain PUB
 (they use SUB sockets) but which also tells us when a subscriber arrives (:meth:`wait_for_subscriber`).
+
+Encodings, negotiated by topic (the XPUB sees every subscription): JSON on ``tags.<stream_id>\\0``
+and the compact binary form (:mod:`rt_tagger.compact`) on ``tagb.<stream_id>\\0``. A message is
+encoded and sent in an encoding only while some subscription is a prefix of that stream's topic in
+it, so nobody pays for an encoding no one reads (:attr:`Publisher.encoded` counts the work done).
 
 Drops: libzmq keeps one send queue per subscriber. A plain PUB drops silently for a subscriber
 whose queue is full; with ``XPUB_NODROP`` the send fails for everybody instead (one stalled
@@ -17,7 +22,7 @@ ones miss it. A healthy subscriber never loses a message because of a slow one; 
 waits.
 
 What :attr:`Publisher.dropped` (``drops.publisher_dropped``) counts: the sends at which a
-subscriber's queue was found full. Each starts a burst in which that subscriber misses this message
+subscriber's queue was found full (each encoding is its own send). Each starts a burst in which that subscriber misses this message
 and, silently for the publisher, every later one until it has read about half of its queue (libzmq
 then reopens it; it reports neither which subscriber nor how many messages). So 0 means no
 subscriber missed anything, and a positive count is a lower bound of the messages lost; the exact
@@ -33,6 +38,7 @@ import ipaddress
 import logging
 import re
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +46,38 @@ from pathlib import Path
 import zmq
 
 from engines.errors import UserError
+from rt_tagger.compact import (
+    COMPACT_PREFIX,
+    OFF_PUBLISH_WALL_TIME,
+    OFF_TIMING_PUBLISH,
+    Vocabulary,
+    compact_topic,
+)
+from rt_tagger.compact import encode as encode_compact
 from rt_tagger.curve_keys import load_secret
 from rt_tagger.messages import StageTimings, TagMessage
 
-__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Publisher", "PublisherError", "parse_endpoint", "stream_topic"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "JSON_PREFIX",
+    "Endpoint",
+    "Publisher",
+    "PublisherError",
+    "compact_topic",
+    "parse_endpoint",
+    "stream_topic",
+]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 BURST_GAP_S = 5.0  # drops closer together than this are one burst (one warning line)
+SUB_CHECK_S = 0.001  # publish() looks for subscription changes at most this often
 TOPIC_END = b"\0"  # ends every topic frame; not allowed in stream ids, so a stream's topic is exact
+JSON_PREFIX = b"tags."
+_F64 = struct.Struct("<d")
+# Plain ints, not pyzmq's enum members: enum arithmetic costs microseconds per message.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_NOBLOCK, _MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_F32 = struct.Struct("<f")
 log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5}|\*)$")
@@ -58,7 +88,22 @@ _TAIL = {"timings_ms", "publish_wall_time"}
 def stream_topic(stream_id: str) -> bytes:
     """The topic frame of one stream, ``b"tags.<stream_id>\\0"``; as a subscription it matches
     exactly that stream."""
-    return b"tags." + stream_id.encode() + TOPIC_END
+    return JSON_PREFIX + stream_id.encode() + TOPIC_END
+
+
+class _Route:
+    """Per stream: its topics, which encodings someone subscribes to (for subscription generation
+    ``gen``), its names and the compact-subscription epoch its names were last sent in."""
+
+    __slots__ = ("gen", "json_topic", "compact_topic", "want_json", "want_compact", "vocab", "names_epoch")
+
+    def __init__(self, stream_id: str) -> None:
+        self.gen = -1
+        self.json_topic = stream_topic(stream_id)
+        self.compact_topic = compact_topic(stream_id)
+        self.want_json = self.want_compact = False
+        self.vocab: Vocabulary | None = None
+        self.names_epoch = -1
 
 
 class PublisherError(UserError):
@@ -210,6 +255,15 @@ class Publisher:
         self._dropped = 0
         self._last_drop = -float("inf")  # monotonic time of the last counted drop
         self._subscribed = False
+        self._exact: set[bytes] = set()  # subscriptions ending in NUL: match one topic exactly
+        self._prefixes: set[bytes] = set()  # the others: prefix matches
+        self._sub_gen = 0  # +1 whenever the subscriptions change
+        self._next_sub_check = 0.0  # perf_counter time of publish()'s next look at subscriptions
+        self._compact_epoch = 0  # +1 whenever a subscription that can match a compact topic arrives
+        self._routes: dict[str, _Route] = {}
+        self._vocabs: dict[tuple, Vocabulary] = {}  # (tags, model, backend) -> names, shared by streams
+        self._model_vocab: dict[tuple[str, str], Vocabulary] = {}  # (model, weights) -> the latest names
+        self._encoded = {"json": 0, "compact": 0}
         self._ser = TagMessage.__pydantic_serializer__
         self._ser_t = StageTimings.__pydantic_serializer__
         self.sock = self._ctx.socket(zmq.XPUB)
@@ -219,6 +273,10 @@ class Publisher:
             self.sock.setsockopt(zmq.LINGER, int(linger_ms))
             if count_drops:  # a full queue then raises zmq.Again: see the module docstring
                 self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+            # Every subscriber's subscribe reaches us (not only a topic's first), so that a late
+            # compact subscriber gets the tag names again; unsubscribes still come once, when the
+            # topic's last subscriber leaves, which is what the encoding choice needs.
+            self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             if ep.transport == "tcp" and ":" in (ep.host or ""):
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_server_secret is not None:
@@ -238,7 +296,7 @@ class Publisher:
         except BaseException:
             self.close(linger_ms=0)
             raise
-        log.info("publishing on %s (topic tags.<stream_id>)", self.endpoint)
+        log.info("publishing on %s (topics tags.<stream_id> JSON, tagb.<stream_id> compact)", self.endpoint)
 
     def _setup_curve(self, secret_file: Path, clients: Path | None) -> None:
         public, secret = load_secret(secret_file)
@@ -260,50 +318,118 @@ class Publisher:
 
     # -- sending --------------------------------------------------------------------------------
     def publish(self, msg: TagMessage) -> bool:
-        """Send one message with NOBLOCK; ``False`` (and a counted drop) if some subscriber's queue
-        was full (it misses this message; every other subscriber gets it).
+        """Send one message with NOBLOCK in each encoding someone subscribes to; ``False`` (and a
+        counted drop per encoding) if some subscriber's queue was full (it misses this message;
+        every other subscriber gets it).
 
         Fills ``msg.drops.publisher_dropped``, ``msg.publish_wall_time`` and
-        ``msg.timings_ms.publish`` (entry until the body is serialised) before sending: the
-        publisher is the only writer of these three fields.
+        ``msg.timings_ms.publish`` (entry until the first body is serialised) before sending: the
+        publisher is the only writer of these three fields. They are filled also when nobody
+        subscribes (then nothing is encoded).
         """
         t0 = time.perf_counter()
-        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # keep XPUB's subscription queue empty
-            self._drain_subscriptions()
-        msg.drops.publisher_dropped = self._dropped
+        # Take in subscription changes (they choose the encodings). Asking the socket costs a few µs
+        # (libzmq processes its commands), so at most once per SUB_CHECK_S: a subscriber that has
+        # just arrived may miss up to that much more than ZeroMQ's slow joiner misses anyway.
+        if t0 >= self._next_sub_check:
+            self._next_sub_check = t0 + SUB_CHECK_S
+            if self.sock.getsockopt(_EVENTS) & _POLLIN:
+                self._drain_subscriptions()
+        # Field writes through __dict__ skip pydantic's __setattr__ (~0.5 µs each): there is nothing
+        # to validate, and nothing uses exclude_unset.
+        msg.drops.__dict__["publisher_dropped"] = self._dropped
         if msg.timings_ms is None:
             msg.timings_ms = StageTimings()
-        head = self._ser.to_json(msg, exclude=_TAIL)
-        msg.publish_wall_time = time.time()
-        msg.timings_ms.publish = (time.perf_counter() - t0) * 1e3
-        body = b"".join(
-            (
-                head[:-1],
-                b',"timings_ms":',
-                self._ser_t.to_json(msg.timings_ms),
-                b',"publish_wall_time":',
-                repr(msg.publish_wall_time).encode(),
-                b"}",
+        md = msg.__dict__
+        route = self._routes.get(msg.stream_id)
+        if route is None:
+            route = self._routes[msg.stream_id] = _Route(msg.stream_id)
+        if route.gen != self._sub_gen:
+            route.want_json = self._wanted(route.json_topic)
+            route.want_compact = self._wanted(route.compact_topic, compact=True)
+            route.gen = self._sub_gen
+        if msg.tags is not None:
+            self._learn_vocab(route, msg)
+        ok = True
+        if route.want_json:
+            head = self._ser.to_json(msg, exclude=_TAIL)
+            md["publish_wall_time"] = time.time()
+            msg.timings_ms.__dict__["publish"] = (time.perf_counter() - t0) * 1e3
+            body = b"".join(
+                (
+                    head[:-1],
+                    b',"timings_ms":',
+                    self._ser_t.to_json(msg.timings_ms),
+                    b',"publish_wall_time":',
+                    repr(msg.publish_wall_time).encode(),
+                    b"}",
+                )
             )
-        )
-        frames = (stream_topic(msg.stream_id), body)
+            self._encoded["json"] += 1
+            ok = self._send(route.json_topic, body)
+        if route.want_compact:
+            vocab = route.vocab or self._model_vocab.get((msg.model.name, msg.model.weights_sha256))
+            names = vocab is not None and route.names_epoch != self._compact_epoch
+            frame = encode_compact(msg, vocab, names=names)
+            if not route.want_json:  # the compact frame was the first body: stamp its times now
+                md["publish_wall_time"] = time.time()
+                msg.timings_ms.__dict__["publish"] = (time.perf_counter() - t0) * 1e3
+                _F64.pack_into(frame, OFF_PUBLISH_WALL_TIME, md["publish_wall_time"])
+                _F32.pack_into(frame, OFF_TIMING_PUBLISH, msg.timings_ms.publish)
+            if names:
+                route.names_epoch = self._compact_epoch
+            self._encoded["compact"] += 1
+            ok = self._send(route.compact_topic, bytes(frame)) and ok
+        if not (route.want_json or route.want_compact):
+            md["publish_wall_time"] = time.time()
+            msg.timings_ms.__dict__["publish"] = (time.perf_counter() - t0) * 1e3
+        if msg.kind == "end":
+            del self._routes[msg.stream_id]
+        if ok:
+            self._sent += 1
+        return ok
+
+    def _send(self, topic: bytes, body: bytes) -> bool:
+        """Both frames, NODROP first. libzmq checks the queues at each part but counts a message
+        in them only after its last part, so once the topic went, the body goes too (this is what
+        ``send_multipart`` does, without its per-call overhead)."""
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+            self.sock.send(topic, _MORE)
         except zmq.Again:  # some subscriber's queue is full: the others still get it
-            self._send_lossy(frames)
+            self._send_lossy((topic, body))
             self._count_drop()
             return False
-        self._sent += 1
+        self.sock.send(body, _NOBLOCK, copy=len(body) < 65536)
         return True
+
+    def _learn_vocab(self, route: _Route, msg: TagMessage) -> None:
+        """Remember a stream's tag names (sent with its first message and with full scores)."""
+        v = route.vocab
+        if v is not None and v.model is msg.model and v.backend is msg.backend and v.tags == tuple(msg.tags):
+            return
+        key = (tuple(msg.tags), msg.model.name, msg.model.weights_sha256, *msg.backend.model_dump().values())
+        v = self._vocabs.get(key)
+        if v is None:
+            if len(self._vocabs) > 1024:  # bounded: distinct models are few
+                self._vocabs.clear()
+            v = self._vocabs[key] = Vocabulary.build(msg.tags, msg.model, msg.backend)
+        route.vocab = v
+        route.names_epoch = -1  # new names: send them with the stream's next compact frame
+        self._model_vocab[(msg.model.name, msg.model.weights_sha256)] = v
+
+    def _wanted(self, topic: bytes, compact: bool = False) -> bool:
+        """True if some subscription matches ``topic`` (ZeroMQ prefix matching). The compact form
+        needs a subscription that names it (starts with ``tagb.``): one to everything (``""``) or to
+        ``tag`` is an old JSON subscriber, which must not start getting binary frames."""
+        if topic in self._exact:
+            return True
+        if compact:
+            return any(topic.startswith(p) for p in self._prefixes if p.startswith(COMPACT_PREFIX))
+        return any(topic.startswith(p) for p in self._prefixes)
 
     def publish_raw(self, topic: bytes, body: bytes) -> bool:
         """Send a message that is not a stream's (e.g. ``rt-tagger serve``'s stats), same drop rules."""
-        frames = (topic, body)
-        try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self._send_lossy(frames)
-            self._count_drop()
+        if not self._send(topic, body):
             return False
         self._sent += 1
         return True
@@ -343,19 +469,48 @@ class Publisher:
             self._drain_subscriptions()
         return True
 
-    def _drain_subscriptions(self) -> None:
+    def poll_subscriptions(self, timeout_ms: int = 0) -> list[bytes]:
+        """Wait up to ``timeout_ms`` for subscription changes and take them in; returns the topics
+        subscribed to (one entry per subscriber's subscribe) since the last call.
+
+        Read subscriptions through this (or :meth:`wait_for_subscriber`), never from :attr:`sock`:
+        the publisher chooses encodings from them.
+        """
+        if self.sock.poll(timeout_ms, zmq.POLLIN):
+            return self._drain_subscriptions()
+        return []
+
+    def _drain_subscriptions(self) -> list[bytes]:
+        new = []
         while True:
             try:
                 frame = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return new
+            topic = frame[1:]
             if frame[:1] == b"\x01":
                 self._subscribed = True
-                log.debug("subscription: %r", frame[1:])
+                new.append(topic)
+                (self._exact if topic.endswith(TOPIC_END) else self._prefixes).add(topic)
+                if topic.startswith(COMPACT_PREFIX):
+                    self._compact_epoch += 1  # every stream sends its names again
+                log.debug("subscription: %r", topic)
+            elif frame[:1] == b"\x00":
+                self._exact.discard(topic)
+                self._prefixes.discard(topic)
+                log.debug("unsubscription: %r", topic)
+            else:
+                continue
+            self._sub_gen += 1
+
+    @property
+    def encoded(self) -> dict[str, int]:
+        """Messages encoded per encoding (``json``, ``compact``): what subscriptions made us do."""
+        return dict(self._encoded)
 
     @property
     def sent(self) -> int:
-        """Messages queued for every subscriber (or discarded when there is none)."""
+        """Messages published without a drop (also those no subscriber wanted)."""
         return self._sent
 
     @property

@@ -9,6 +9,10 @@ for ``jq`` and friends).
 docs/messages.md); ``--topic PREFIX`` is a plain prefix filter. When every stream seen has sent its
 ``end`` message, the view prints it and exits 0.
 
+``--compact`` subscribes to the compact binary encoding instead (topic ``tagb.``, see
+:mod:`rt_tagger.compact`) and shows the same view; with ``--json`` it prints each frame decoded back
+into the JSON message.
+
 Wiring: ``add_arguments(parser)`` + ``main_from_args(args)`` is the one ``subscribe`` parser (the
 ``rt-tagger`` CLI uses it), ``main(argv)`` or ``python -m rt_tagger.subscribe`` runs it stand-alone.
 """
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,10 +34,11 @@ import zmq
 from pydantic import ValidationError
 
 from engines.errors import UserError, UserErrorParser, run_guarded
+from rt_tagger.compact import COMPACT_PREFIX, CompactDecoder
 from rt_tagger.curve_keys import load_public, load_secret
 from rt_tagger.message_line import ascii_only, format_end, format_message
 from rt_tagger.messages import TagMessage
-from rt_tagger.publisher import DEFAULT_ENDPOINT, parse_endpoint, stream_topic
+from rt_tagger.publisher import DEFAULT_ENDPOINT, JSON_PREFIX, parse_endpoint, stream_topic
 from rt_tagger.settings import STREAM_ID_PATTERN, load_settings
 
 __all__ = ["SeqTracker", "SubscribeTimeout", "add_arguments", "main", "main_from_args", "run_subscribe"]
@@ -110,6 +116,7 @@ def run_subscribe(
     curve_server_public: Path | None = None,
     curve_client_dir: Path | None = None,
     top_n: int = 5,
+    compact: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -127,6 +134,8 @@ def run_subscribe(
         curve_client_dir: this subscriber's ``client.key_secret`` (or its folder); default: an
             ephemeral key pair.
         top_n: tags shown per line.
+        compact: subscribe to the compact encoding (``tags.`` in ``topic`` becomes ``tagb.``) and
+            decode it; ``raw_json`` then prints the decoded message as JSON.
         out, err: text streams (default stdout / stderr).
 
     Returns:
@@ -141,6 +150,11 @@ def run_subscribe(
     note = err if raw_json else out  # gap reports and summary: keep raw JSON output clean
     plain = ascii_only(out)
     topic = topic.encode() if isinstance(topic, str) else topic
+    decoder = None
+    if compact:
+        decoder = CompactDecoder()
+        if topic.startswith(JSON_PREFIX):
+            topic = COMPACT_PREFIX + topic[len(JSON_PREFIX) :]
     seqs = SeqTracker()
     ended: set[str] = set()
     received = malformed = 0
@@ -158,6 +172,8 @@ def run_subscribe(
             recv_time = time.time()
             received += 1
             try:
+                if decoder is not None and len(frames) == 2:  # binary -> the same message as JSON
+                    frames = [frames[0], decoder.decode(frames[0], frames[1]).to_bytes()]
                 doc = _decode(frames)
                 if doc.get("kind") in ("stats", "cluster"):  # rt-tagger serve's own messages: as they come
                     out.write(frames[1].decode() + "\n")
@@ -165,7 +181,7 @@ def run_subscribe(
                     continue
                 msg = None if doc.get("kind") == "end" else TagMessage.model_validate(doc)
                 stream, seq = (msg.stream_id, msg.seq) if msg else (str(doc["stream_id"]), int(doc["seq"]))
-            except (ValidationError, ValueError, KeyError, TypeError) as e:
+            except (ValidationError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
                 malformed += 1
                 first = str(e).splitlines()[0]
                 print(f"!! malformed message on {frames[0][:64]!r}: {first}", file=note, flush=True)
@@ -218,6 +234,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--topic", default="tags.", help='topic prefix, e.g. "tags.mic" (default "tags." = all streams)'
     )
     p.add_argument("--json", action="store_true", help="print raw JSON lines (for piping)")
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="receive the compact binary encoding (topic tagb.) and decode it; less work for the publisher",
+    )
     p.add_argument("--count", "-n", type=int, default=None, help="stop after N messages")
     p.add_argument(
         "--timeout", type=float, default=None, help="fail if no message arrives for this many seconds"
@@ -250,6 +271,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         curve_server_public=args.curve_public,
         curve_client_dir=args.curve_client_dir,
         top_n=args.top,
+        compact=args.compact,
     )
 
 

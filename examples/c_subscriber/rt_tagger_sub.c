@@ -6,7 +6,13 @@
  * "<topic> <json>" per message on stdout (topic without its NUL) and pull the top-level "seq" and
  * "kind" out with a tiny scan to spot gaps and the end of a stream.
  *
- *   rt_tagger_sub [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]
+ *   rt_tagger_sub [-b] [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]
+ *
+ * -b reads the compact binary encoding instead (topic "tagb.", docs/messages.md "Compact
+ * encoding"): the publisher then does less work per message. Each frame is printed as one JSON line
+ * with the fields it carries (kind, seq, state, window, times, drops, scores, tags, top, active,
+ * events); tag names come from the names section that a stream's first frame carries (until then,
+ * "#<index>"). An end message carries the full JSON body, printed as it came.
  *
  * -s STREAM subscribes to exactly that stream: "tags.STREAM" including the NUL, so that stream
  * "mic" does not also bring "mic2" (a -t prefix would).
@@ -24,6 +30,195 @@
 #include <zmq.h>
 
 #define MAX_STREAMS 64
+#define MAX_VOCABS 8
+
+/* ---- compact frames (docs/messages.md, "Compact encoding"): little-endian, version 1 ---------- */
+#define COMPACT_VERSION 1
+#define HEADER_SIZE 132
+enum { F_WINDOW = 1, F_CAPTURE = 2, F_BACKLOG = 4, F_NAMES = 8, F_JSON_TAIL = 16, F_EMBEDDING = 32 };
+
+struct vocab {
+    unsigned vocab_id;
+    unsigned n_tags;
+    char *blob;           /* n_tags + 5 NUL-terminated strings */
+    const char **names;   /* n_tags + 5 pointers into blob */
+};
+
+static struct vocab vocabs[MAX_VOCABS];
+static int n_vocabs = 0;
+
+static unsigned rd_u16(const unsigned char *p) { return (unsigned)p[0] | (unsigned)p[1] << 8; }
+static unsigned long rd_u32(const unsigned char *p) {
+    return (unsigned long)p[0] | (unsigned long)p[1] << 8 | (unsigned long)p[2] << 16 | (unsigned long)p[3] << 24;
+}
+static unsigned long long rd_u64(const unsigned char *p) {
+    return (unsigned long long)rd_u32(p) | (unsigned long long)rd_u32(p + 4) << 32;
+}
+static float rd_f32(const unsigned char *p) {
+    unsigned long u = rd_u32(p);
+    unsigned int v = (unsigned int)u;
+    float f;
+    memcpy(&f, &v, sizeof f);
+    return f;
+}
+static double rd_f64(const unsigned char *p) {
+    unsigned long long u = rd_u64(p);
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+static const struct vocab *find_vocab(unsigned long id) {
+    for (int i = 0; i < n_vocabs; i++)
+        if (vocabs[i].vocab_id == id) return &vocabs[i];
+    return NULL;
+}
+
+/* Keep a names section (at p, len bytes available); returns its size or -1 if malformed. */
+static long keep_vocab(unsigned long id, const unsigned char *p, size_t len) {
+    if (len < 6) return -1;
+    unsigned n = rd_u16(p);
+    unsigned long nbytes = rd_u32(p + 2);
+    if (nbytes > len - 6) return -1;
+    if (find_vocab(id) == NULL) {
+        struct vocab *v = &vocabs[n_vocabs < MAX_VOCABS ? n_vocabs++ : MAX_VOCABS - 1];
+        if (v->blob) { free(v->blob); free(v->names); }
+        v->blob = malloc(nbytes + 1);
+        v->names = calloc(n + 5, sizeof *v->names);
+        if (!v->blob || !v->names) return -1;
+        memcpy(v->blob, p + 6, nbytes);
+        v->blob[nbytes] = '\0';
+        size_t pos = 0;
+        for (unsigned i = 0; i < n + 5; i++) {
+            if (pos >= nbytes) return -1;
+            v->names[i] = v->blob + pos;
+            pos += strlen(v->blob + pos) + 1;
+        }
+        v->vocab_id = (unsigned)id;
+        v->n_tags = n;
+    }
+    return (long)(6 + nbytes);
+}
+
+static void print_json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20) printf("\\u%04x", *s);
+        else putchar(*s);
+    }
+    putchar('"');
+}
+
+static void print_tag(const struct vocab *v, unsigned i) {
+    if (v && i < v->n_tags) print_json_string(v->names[i]);
+    else printf("\"#%u\"", i);
+}
+
+static void print_number(double x) {
+    if (x != x) printf("null"); /* NaN: the field is null */
+    else printf("%.9g", x);
+}
+
+/* Print one compact frame as a JSON line; fills seq/is_end. Returns 0, or -1 if malformed. */
+static int print_compact(const unsigned char *f, size_t len, long long *seq, int *is_end) {
+    static const char *kinds[] = {"tags", "heartbeat", "end"};
+    static const char *states[] = {NULL, "music", "not_music", "silence"};
+    static const char *reasons[] = {NULL, "silent", "stalled"};
+    static const char *counters[] = {"publisher_dropped", "ring_overflow_samples", "ring_underflow_events",
+                                     "input_status_flags", "resampler_dropped_samples", "device_reopens",
+                                     "ingest_dropped_samples", "ingest_lost_chunks"};
+    static const char *timings[] = {"capture_to_ring", "framing_mel", "inference", "aggregation", "publish"};
+    if (len < HEADER_SIZE || f[0] != COMPACT_VERSION || f[1] > 2 || f[2] > 3 || f[3] > 2) return -1;
+    unsigned flags = rd_u16(f + 4), n_scores = rd_u16(f + 6);
+    unsigned n_top = f[128], n_active = f[129], n_events = f[130];
+    unsigned long vocab_id = rd_u32(f + 68);
+    *seq = (long long)rd_u64(f + 8);
+    *is_end = f[1] == 2;
+    size_t need = HEADER_SIZE + 4u * n_scores + 6u * n_top + 2u * n_active + 11u * n_events;
+    if (len < need) return -1;
+    const unsigned char *p = f + HEADER_SIZE;
+    const unsigned char *scores = p;
+    const unsigned char *top = scores + 4u * n_scores;       /* n_top u16 indices, n_top f32 scores */
+    const unsigned char *active = top + 6u * n_top;          /* n_active u16 */
+    const unsigned char *events = active + 2u * n_active;    /* u16 indices, u8 states, f64 times */
+    p = f + need;
+    if (flags & F_NAMES) {
+        long used = keep_vocab(vocab_id, p, len - (size_t)(p - f));
+        if (used < 0) return -1;
+        p += used;
+    }
+    if (flags & F_EMBEDDING) {
+        if ((size_t)(p - f) + 2 > len) return -1;
+        p += 2 + 4u * rd_u16(p);
+        if ((size_t)(p - f) > len) return -1;
+    }
+    if (flags & F_JSON_TAIL) { /* the whole message as JSON (end messages): print it as it is */
+        printf("%.*s", (int)(len - (size_t)(p - f)), (const char *)p);
+        return 0;
+    }
+    const struct vocab *v = find_vocab(vocab_id);
+    printf("{\"kind\":\"%s\",\"seq\":%lld", kinds[f[1]], *seq);
+    printf(",\"state\":");
+    if (states[f[2]]) printf("\"%s\"", states[f[2]]); else printf("null");
+    if (reasons[f[3]]) printf(",\"heartbeat_reason\":\"%s\"", reasons[f[3]]);
+    if (flags & F_WINDOW)
+        printf(",\"window\":{\"start_sample\":%lld,\"end_sample\":%lld,\"start_s\":%.9g,\"end_s\":%.9g}",
+               (long long)rd_u64(f + 16), (long long)rd_u64(f + 24), rd_f64(f + 32), rd_f64(f + 40));
+    printf(",\"capture_wall_time\":");
+    print_number(flags & F_CAPTURE ? rd_f64(f + 48) : 0.0 / 0.0);
+    printf(",\"publish_wall_time\":%.17g,\"backlog_s\":", rd_f64(f + 56));
+    print_number(flags & F_BACKLOG ? rd_f32(f + 64) : 0.0 / 0.0);
+    printf(",\"drops\":{");
+    for (int i = 0; i < 8; i++) printf("%s\"%s\":%lu", i ? "," : "", counters[i], rd_u32(f + 72 + 4 * i));
+    printf(",\"input_blocked_s\":%.9g},\"timings_ms\":{", rd_f32(f + 104));
+    for (int i = 0; i < 5; i++) {
+        printf("%s\"%s\":", i ? "," : "", timings[i]);
+        print_number(rd_f32(f + 108 + 4 * i));
+    }
+    printf("},\"scores\":");
+    if (n_scores) {
+        for (unsigned i = 0; i < n_scores; i++) printf("%c%.9g", i ? ',' : '[', rd_f32(scores + 4 * i));
+        printf("]");
+    } else printf("null");
+    if (n_scores && v) {
+        printf(",\"tags\":[");
+        for (unsigned i = 0; i < v->n_tags; i++) { if (i) putchar(','); print_json_string(v->names[i]); }
+        printf("]");
+    }
+    printf(",\"top\":[");
+    for (unsigned i = 0; i < n_top; i++) {
+        printf("%s{\"tag\":", i ? "," : "");
+        print_tag(v, rd_u16(top + 2 * i));
+        printf(",\"score\":%.9g}", rd_f32(top + 2 * n_top + 4 * i));
+    }
+    printf("],\"active\":[");
+    for (unsigned i = 0; i < n_active; i++) { if (i) putchar(','); print_tag(v, rd_u16(active + 2 * i)); }
+    printf("],\"events\":[");
+    for (unsigned i = 0; i < n_events; i++) {
+        printf("%s{\"tag\":", i ? "," : "");
+        print_tag(v, rd_u16(events + 2 * i));
+        printf(",\"state\":\"%s\",\"time_s\":%.9g}", events[2 * n_events + i] ? "on" : "off",
+               rd_f64(events + 3 * n_events + 8 * i));
+    }
+    printf("]");
+    if (v) {
+        const char **x = v->names + v->n_tags;
+        printf(",\"model\":{\"name\":");
+        print_json_string(x[0]);
+        printf(",\"weights_sha256\":");
+        print_json_string(x[1]);
+        printf("},\"backend\":{\"name\":");
+        print_json_string(x[2]);
+        printf(",\"device\":");
+        print_json_string(x[3]);
+        printf(",\"precision\":");
+        print_json_string(x[4]);
+        printf("}");
+    }
+    printf("}");
+    return 0;
+}
 
 struct stream {
     char topic[256];
@@ -83,33 +278,41 @@ static struct stream *find_stream(struct stream *s, int *n, const char *topic, s
 }
 
 static void usage(const char *prog) {
-    fprintf(stderr, "usage: %s [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]\n", prog);
+    fprintf(stderr, "usage: %s [-b] [-e ENDPOINT] [-s STREAM | -t TOPIC] [-n COUNT] [-w TIMEOUT_MS]\n", prog);
 }
 
 int main(int argc, char **argv) {
     const char *endpoint = "tcp://127.0.0.1:5556";
-    const char *topic = "tags.";
-    size_t topic_len = strlen(topic);
+    const char *topic = NULL; /* default: "tags." (JSON) or "tagb." (-b) */
+    size_t topic_len = 0;
+    const char *stream_id = NULL;
+    int compact = 0;
     char exact[256];
     long count = -1; /* forever */
     int timeout_ms = -1; /* wait forever */
     int opt;
-    while ((opt = getopt(argc, argv, "e:s:t:n:w:h")) != -1) {
+    while ((opt = getopt(argc, argv, "be:s:t:n:w:h")) != -1) {
         switch (opt) {
+        case 'b': compact = 1; break;
         case 'e': endpoint = optarg; break;
-        case 's': /* "tags.<id>" plus its NUL: the exact topic of one stream */
-            if (snprintf(exact, sizeof exact, "tags.%s", optarg) >= (int)sizeof exact) {
-                fprintf(stderr, "rt_tagger_sub: stream id too long\n");
-                return 2;
-            }
-            topic = exact;
-            topic_len = strlen(exact) + 1;
-            break;
-        case 't': topic = optarg; topic_len = strlen(optarg); break;
+        case 's': stream_id = optarg; topic = NULL; break;
+        case 't': topic = optarg; topic_len = strlen(optarg); stream_id = NULL; break;
         case 'n': count = strtol(optarg, NULL, 10); break;
         case 'w': timeout_ms = (int)strtol(optarg, NULL, 10); break;
         default: usage(argv[0]); return opt == 'h' ? 0 : 2;
         }
+    }
+
+    if (stream_id != NULL) { /* "tags.<id>" (or "tagb.<id>") plus its NUL: exactly one stream */
+        if (snprintf(exact, sizeof exact, "%s%s", compact ? "tagb." : "tags.", stream_id) >= (int)sizeof exact) {
+            fprintf(stderr, "rt_tagger_sub: stream id too long\n");
+            return 2;
+        }
+        topic = exact;
+        topic_len = strlen(exact) + 1;
+    } else if (topic == NULL) {
+        topic = compact ? "tagb." : "tags.";
+        topic_len = 5;
     }
 
     struct sigaction sa;
@@ -177,11 +380,20 @@ int main(int argc, char **argv) {
         } else {
             const char *body = zmq_msg_data(&frames[1]);
             size_t blen = zmq_msg_size(&frames[1]);
-            long long seq;
-            printf("%.*s %.*s\n", (int)tlen, t, (int)blen, body);
+            long long seq = 0;
+            int ok, ended = 0;
+            printf("%.*s ", (int)tlen, t);
+            if (compact) {
+                ok = print_compact((const unsigned char *)body, blen, &seq, &ended) == 0;
+            } else {
+                printf("%.*s", (int)blen, body);
+                ok = parse_seq(body, blen, &seq) == 0;
+                ended = ok && is_end(body, blen);
+            }
+            printf("\n");
             fflush(stdout);
             struct stream *s = find_stream(streams, &n_streams, t, tlen);
-            if (parse_seq(body, blen, &seq) != 0) {
+            if (!ok) {
                 malformed++;
                 fprintf(stderr, "!! malformed: no \"seq\" in message on %.*s\n", (int)tlen, t);
             } else if (s != NULL) {
@@ -196,7 +408,7 @@ int main(int argc, char **argv) {
                     }
                 }
                 s->last_seq = seq;
-                if (is_end(body, blen)) s->ended = 1;
+                if (ended) s->ended = 1;
             }
         }
         for (int i = 0; i < nframes && i < 2; i++) zmq_msg_close(&frames[i]);
@@ -207,5 +419,6 @@ int main(int argc, char **argv) {
             malformed, n_streams);
     zmq_close(sub);
     zmq_ctx_term(ctx);
+    for (int i = 0; i < n_vocabs; i++) { free(vocabs[i].blob); free(vocabs[i].names); }
     return status;
 }

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rt_tagger.messages import TagMessage
-from tests.rt_tagger.zmq_helpers import publisher_process
+from tests.rt_tagger.zmq_helpers import make_message, publisher_process
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c_subscriber"
 
@@ -83,3 +85,38 @@ def test_c_subscriber_follows_exactly_one_stream_and_stops_at_its_end(c_subscrib
     assert topics == ["tags.alpha"] * 31  # 30 messages and the end; never alpha2
     assert '"kind":"end"' in out.splitlines()[-1]
     assert "-- 31 messages, 0 gaps (0 missing), 0 malformed, 1 streams" in err
+
+
+def test_c_subscriber_reads_compact_frames(c_subscriber):
+    """-b: the compact encoding (topic tagb.), printed as JSON lines that carry the same seq,
+    scores and tag names as the publisher's messages; a gap is reported; it stops at the end."""
+    n, missing, n_scores = 60, 20, 40
+    with publisher_process(
+        "tcp://127.0.0.1:*", n=n, skip=(missing,), n_scores=n_scores, streams=("alpha", "alpha2"),
+        wait_topics=1, send_end=True,
+    ) as pub:  # fmt: skip
+        proc = subprocess.Popen(
+            [str(c_subscriber), "-b", "-e", pub.endpoint, "-s", "alpha", "-w", "30000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pub.get("done", timeout=60)
+        _, encoded = pub.get("encoded")
+        pub.end_on.set()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert encoded == {"json": 0, "compact": n - 1}  # only alpha's frames were wanted
+    lines = out.splitlines()
+    assert all(line.startswith("tagb.alpha ") for line in lines)
+    docs = [json.loads(line.split(" ", 1)[1]) for line in lines]
+    assert docs[-1]["kind"] == "end"  # the end message's JSON tail, as it came
+    msgs = [TagMessage.model_validate({**d, "stream_id": "alpha"}) for d in docs[:-1]]
+    assert [m.seq for m in msgs] == [s for s in range(n) if s != missing]
+    for m in msgs:
+        sent = make_message(m.seq, "alpha", n_scores)
+        np.testing.assert_allclose(m.scores, sent.scores, rtol=1e-6)
+        assert m.tags == sent.tags and [t.tag for t in m.top] == [t.tag for t in sent.top]
+        assert m.window == sent.window and m.model == sent.model and m.backend == sent.backend
+    assert f"seq gap {missing - 1} -> {missing + 1} (1 missing)" in err
+    assert f"-- {n} messages, 1 gaps (1 missing), 0 malformed, 1 streams" in err  # n - 1 and the end

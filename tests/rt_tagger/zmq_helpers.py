@@ -22,7 +22,9 @@ from pathlib import Path
 import zmq
 
 from engines.errors import UserError
-from rt_tagger.messages import BackendInfo, DropCounters, ModelInfo, TagMessage, TagScore, WindowInfo
+from rt_tagger.compact import compact_topic
+from rt_tagger.compact import encode as encode_compact
+from rt_tagger.messages import BackendInfo, DropCounters, EndInfo, ModelInfo, TagMessage, TagScore, WindowInfo
 from rt_tagger.publisher import Publisher, PublisherError, stream_topic
 from rt_tagger.subscribe import run_subscribe
 
@@ -50,7 +52,7 @@ def make_message(seq: int, stream_id: str = "test", n_scores: int = 0) -> TagMes
         capture_wall_time=time.time(),
         top=[TagScore(tag=t, score=round(1 / (i + 2), 3)) for i, t in enumerate(TAGS)],
         scores=scores,
-        tags=[f"t{i}" for i in range(n_scores)] if scores else None,
+        tags=(TAGS + [f"t{i}" for i in range(len(TAGS), n_scores)])[:n_scores] if scores else None,
         active=["piano"],
         drops=DropCounters(),
         backend=BACKEND,
@@ -83,15 +85,14 @@ def send_until_queued(sock: zmq.Socket, frames: list[bytes], timeout_s: float = 
 
 
 def _wait_subscriptions(pub: Publisher, n: int, timeout_s: float, q) -> None:
-    """Wait until ``n`` distinct subscriptions arrived (XPUB passes each new topic once); each is
+    """Wait until ``n`` subscriptions arrived (one per subscriber and topic); each is
     reported on ``q`` as ``("subscribed", topic)``."""
     seen = 0
     deadline = time.monotonic() + timeout_s
-    while seen < n and pub.sock.poll(max(1, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
-        frame = pub.sock.recv()
-        if frame[:1] == b"\x01":
+    while seen < n and time.monotonic() < deadline:
+        for topic in pub.poll_subscriptions(max(1, int((deadline - time.monotonic()) * 1000))):
             seen += 1
-            q.put(("subscribed", frame[1:]))
+            q.put(("subscribed", topic))
 
 
 def run_publisher(
@@ -141,9 +142,16 @@ def run_publisher(
             if period_s:
                 time.sleep(period_s)
         q.put(("done", pub.sent, pub.dropped))
+        q.put(("encoded", pub.encoded))
         if end_on is not None and end_on.wait(60):
             for stream in streams:
                 send_until_queued(pub.sock, [stream_topic(stream), end_body(seq, stream)])
+                # and for compact subscribers (topic tagb.), as the publisher encodes an end message
+                end = TagMessage(
+                    kind="end", stream_id=stream, seq=seq, backend=BACKEND, model=MODEL,
+                    end=EndInfo(reason="eof", stream_s=seq * 0.5, windows=seq, heartbeats=0),
+                )  # fmt: skip
+                send_until_queued(pub.sock, [compact_topic(stream), bytes(encode_compact(end, None))])
         stop.wait(10)  # keep the socket up until the test has read what it needs
 
 

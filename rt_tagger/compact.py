@@ -1,0 +1,374 @@
+"""The compact binary encoding of a :class:`~rt_tagger.messages.TagMessage` (topic ``tagb.<stream_id>``).
+
+JSON costs tens of microseconds per message in Python; at 100 000 streams and a 0.5-s hop (200 000
+messages/s) that is several cores. The compact form is one fixed 132-byte little-endian header
+(kind, seq, window, times, state, every drop counter, stage timings, counts) followed by the
+scores as float32 in manifest order, top-k / active / events as tag indices, and, in the first
+message a subscriber sees of a stream, the tag names. docs/messages.md ("Compact encoding") is the
+byte layout; this module is its Python reference (the C example in examples/c_subscriber reads it
+too).
+
+Negotiated by topic: the publisher encodes a stream's compact frame only while someone subscribes
+to a prefix of ``tagb.<stream_id>\\0``, and its JSON only while someone subscribes to a prefix of
+``tags.<stream_id>\\0``.
+
+Tag names travel in a *names section* (the tag names, then model name, weights digest, backend
+name, device, precision), identified by ``vocab_id`` (CRC-32 of the section). Every frame carries
+``vocab_id``; the section itself is in a stream's first compact frame, and again in each stream's
+next frame whenever a new compact subscription arrives, so a late joiner has the names within one
+hop of every stream. A frame whose names are not known yet still decodes (names ``#<index>``).
+
+``kind="end"`` messages (one per stream) carry the header and then the whole JSON body (flag
+``JSON_TAIL``): they are rare and hold strings (reason, error) that a fixed layout would truncate.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from rt_tagger.messages import (
+    BackendInfo,
+    DropCounters,
+    ModelInfo,
+    StageTimings,
+    TagEvent,
+    TagMessage,
+    TagScore,
+    WindowInfo,
+)
+
+__all__ = [
+    "COMPACT_PREFIX",
+    "COMPACT_VERSION",
+    "CompactDecoder",
+    "CompactFrame",
+    "HEADER",
+    "Vocabulary",
+    "compact_topic",
+    "decode_frame",
+    "encode",
+]
+
+COMPACT_VERSION = 1
+COMPACT_PREFIX = b"tagb."
+# version, kind, state, heartbeat_reason, flags, n_scores, seq, start_sample, end_sample, start_s,
+# end_s, capture_wall_time, publish_wall_time, backlog_s, vocab_id, 8 u32 counters, input_blocked_s,
+# 5 f32 timings, n_top, n_active, n_events, reserved.
+HEADER = struct.Struct("<4BHHQqqddddfI8If5f3Bx")
+assert HEADER.size == 132
+OFF_PUBLISH_WALL_TIME = 56  # f64, patched after encoding (see Publisher.publish)
+OFF_TIMING_PUBLISH = 124  # f32
+
+# flags
+F_WINDOW = 1
+F_CAPTURE = 2
+F_BACKLOG = 4
+F_NAMES = 8
+F_JSON_TAIL = 16
+F_EMBEDDING = 32
+
+KINDS = ("tags", "heartbeat", "end")
+_KIND = {k: i for i, k in enumerate(KINDS)}
+STATES = (None, "music", "not_music", "silence")
+_STATE = {s: i for i, s in enumerate(STATES)}
+HB_REASONS = (None, "silent", "stalled")
+_HB = {r: i for i, r in enumerate(HB_REASONS)}
+COUNTERS = (
+    "publisher_dropped",
+    "ring_overflow_samples",
+    "ring_underflow_events",
+    "input_status_flags",
+    "resampler_dropped_samples",
+    "device_reopens",
+    "ingest_dropped_samples",
+    "ingest_lost_chunks",
+)
+TIMINGS = ("capture_to_ring", "framing_mel", "inference", "aggregation", "publish")
+_U32 = 0xFFFFFFFF
+_F4 = np.dtype("<f4")
+_NAN = math.nan
+_EXTRA_NAMES = 5  # model name, weights digest, backend name, device, precision
+
+
+def compact_topic(stream_id: str) -> bytes:
+    """The compact topic frame of one stream, ``b"tagb.<stream_id>\\0"``."""
+    return COMPACT_PREFIX + stream_id.encode() + b"\0"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A stream's tag names (manifest order) plus model and backend: the names section."""
+
+    tags: tuple[str, ...]
+    model: ModelInfo
+    backend: BackendInfo
+    section: bytes  # u16 n_tags, u32 n_bytes, then n_tags + 5 NUL-terminated UTF-8 strings
+    vocab_id: int  # CRC-32 of `section`
+    index: dict[str, int]
+
+    @classmethod
+    def build(cls, tags, model: ModelInfo, backend: BackendInfo) -> Vocabulary:
+        tags = tuple(tags)
+        if len(tags) > 0xFFFF:
+            raise ValueError(f"{len(tags)} tags: the compact encoding holds at most 65535")
+        strings = (*tags, model.name, model.weights_sha256, backend.name, backend.device, backend.precision)
+        if any("\0" in s for s in strings):
+            raise ValueError("a tag, model or backend name contains a NUL byte")
+        blob = b"".join(s.encode() + b"\0" for s in strings)
+        section = struct.pack("<HI", len(tags), len(blob)) + blob
+        return cls(tags, model, backend, section, zlib.crc32(section), {t: i for i, t in enumerate(tags)})
+
+    @classmethod
+    def parse(cls, section: bytes) -> Vocabulary:
+        n, nbytes = struct.unpack_from("<HI", section)
+        strings = [s.decode() for s in section[6 : 6 + nbytes].split(b"\0")[: n + _EXTRA_NAMES]]
+        if len(strings) != n + _EXTRA_NAMES:
+            raise ValueError("truncated names section")
+        tags = tuple(strings[:n])
+        model = ModelInfo(name=strings[n], weights_sha256=strings[n + 1])
+        backend = BackendInfo(name=strings[n + 2], device=strings[n + 3], precision=strings[n + 4])
+        return cls(tags, model, backend, bytes(section[: 6 + nbytes]), zlib.crc32(section[: 6 + nbytes]),
+                   {t: i for i, t in enumerate(tags)})  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _lists_struct(n_top: int, n_active: int, n_events: int) -> struct.Struct:
+    # top: indices then float32 scores; active: indices; events: indices, states (1 on, 0 off), f64 times
+    return struct.Struct(f"<{n_top}H{n_top}f{n_active}H{n_events}H{n_events}B{n_events}d")
+
+
+def _f(x) -> float:
+    return _NAN if x is None else x
+
+
+def encode(msg: TagMessage, vocab: Vocabulary | None, *, names: bool = False) -> bytearray:
+    """The compact frame of ``msg`` (a bytearray, so the publisher can patch the publish times).
+
+    Args:
+        msg: the message; its scores come from ``msg._score_array`` (the aggregator's float32
+            vector, set by the stream state) or else ``msg.scores``.
+        vocab: the stream's names; ``None`` (unknown) sends the JSON body as the tail instead.
+        names: include the names section.
+    """
+    flags = 0
+    w = msg.window
+    if w is not None:
+        flags |= F_WINDOW
+        ws = (w.start_sample, w.end_sample, w.start_s, w.end_s)
+    else:
+        ws = (0, 0, _NAN, _NAN)
+    cap = msg.capture_wall_time
+    if cap is not None:
+        flags |= F_CAPTURE
+    else:
+        cap = _NAN
+    backlog = msg.backlog_s
+    if backlog is not None:
+        flags |= F_BACKLOG
+    else:
+        backlog = _NAN
+    d = msg.drops
+    t = msg.timings_ms
+    tim = (_NAN,) * 5 if t is None else (
+        _f(t.capture_to_ring), _f(t.framing_mel), _f(t.inference), _f(t.aggregation), _f(t.publish)
+    )  # fmt: skip
+    tail = msg.kind == "end" or vocab is None
+    scores = b""
+    lists = b""
+    n_scores = n_top = n_active = n_events = 0
+    if not tail:
+        arr = msg.__pydantic_private__.get("_score_array")  # msg._score_array, without pydantic's __getattr__
+        if arr is None and msg.scores is not None:
+            arr = msg.scores
+        if arr is not None:
+            if type(arr) is not np.ndarray or arr.dtype != _F4:
+                arr = np.asarray(arr, dtype=_F4)
+            scores = arr.tobytes()
+            n_scores = len(scores) // 4
+        idx = vocab.index
+        top, active, events = msg.top, msg.active, msg.events
+        n_top, n_active, n_events = len(top), len(active), len(events)
+        if n_top or n_active or n_events:
+            try:
+                lists = _lists_struct(n_top, n_active, n_events).pack(
+                    *[idx[s.tag] for s in top],
+                    *[s.score for s in top],
+                    *[idx[a] for a in active],
+                    *[idx[e.tag] for e in events],
+                    *[e.state == "on" for e in events],
+                    *[e.time_s for e in events],
+                )
+            except KeyError:  # a tag that is not in the names: say everything in the JSON tail
+                tail = True
+    if tail:
+        flags |= F_JSON_TAIL
+        scores = lists = b""
+        n_scores = n_top = n_active = n_events = 0
+    if names and vocab is not None:
+        flags |= F_NAMES
+    emb = msg.embedding
+    if emb is not None and not tail:
+        flags |= F_EMBEDDING
+    out = bytearray(
+        HEADER.pack(
+            COMPACT_VERSION, _KIND[msg.kind], _STATE[msg.state], _HB[msg.heartbeat_reason], flags, n_scores,
+            msg.seq, *ws, cap, msg.publish_wall_time, backlog, 0 if vocab is None else vocab.vocab_id,
+            min(d.publisher_dropped, _U32), min(d.ring_overflow_samples, _U32),
+            min(d.ring_underflow_events, _U32), min(d.input_status_flags, _U32),
+            min(d.resampler_dropped_samples, _U32), min(d.device_reopens, _U32),
+            min(d.ingest_dropped_samples, _U32), min(d.ingest_lost_chunks, _U32), d.input_blocked_s,
+            *tim, n_top, n_active, n_events,
+        )
+    )  # fmt: skip
+    out += scores
+    out += lists
+    if flags & F_NAMES:
+        out += vocab.section
+    if flags & F_EMBEDDING:
+        out += struct.pack("<H", len(emb)) + np.asarray(emb, dtype="<f4").tobytes()
+    if tail:
+        out += msg.to_bytes()
+    return out
+
+
+@dataclass
+class CompactFrame:
+    """A compact frame taken apart (no names resolved yet)."""
+
+    kind: str
+    state: str | None
+    heartbeat_reason: str | None
+    flags: int
+    seq: int
+    window: tuple[int, int, float, float] | None
+    capture_wall_time: float | None
+    publish_wall_time: float
+    backlog_s: float | None
+    vocab_id: int
+    drops: dict
+    timings_ms: dict
+    scores: np.ndarray  # (n_scores,) float32
+    top: list[tuple[int, float]]
+    active: list[int]
+    events: list[tuple[int, str, float]]
+    names: Vocabulary | None  # the names section, when this frame has one
+    embedding: np.ndarray | None
+    json_tail: bytes | None
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def decode_frame(frame: bytes) -> CompactFrame:
+    """Take one compact frame apart; ``ValueError`` if it is not one (version, length)."""
+    frame = memoryview(frame)
+    if len(frame) < HEADER.size:
+        raise ValueError(f"compact frame of {len(frame)} bytes, shorter than its {HEADER.size}-byte header")
+    h = HEADER.unpack_from(frame)
+    if h[0] != COMPACT_VERSION:
+        raise ValueError(f"compact frame version {h[0]}, this decoder reads {COMPACT_VERSION}")
+    (_, kind, state, hb, flags, n_scores, seq, s0, s1, t0, t1, cap, pub, backlog, vocab_id) = h[:15]
+    counters = h[15:23]
+    blocked = h[23]
+    timings = h[24:29]
+    n_top, n_active, n_events = h[29:32]
+    pos = HEADER.size
+    scores = np.frombuffer(frame, dtype="<f4", count=n_scores, offset=pos).copy()
+    pos += 4 * n_scores
+    lst = _lists_struct(n_top, n_active, n_events)
+    v = lst.unpack_from(frame, pos)
+    pos += lst.size
+    a = 2 * n_top
+    b = a + n_active
+    c = b + n_events
+    top = list(zip(v[:n_top], v[n_top:a], strict=True))
+    active = list(v[a:b])
+    events = [
+        (i, "on" if on else "off", ts)
+        for i, on, ts in zip(v[b:c], v[c : c + n_events], v[c + n_events :], strict=True)
+    ]
+    names = None
+    if flags & F_NAMES:
+        _, nbytes = struct.unpack_from("<HI", frame, pos)
+        names = Vocabulary.parse(bytes(frame[pos : pos + 6 + nbytes]))
+        pos += 6 + nbytes
+    emb = None
+    if flags & F_EMBEDDING:
+        (dim,) = struct.unpack_from("<H", frame, pos)
+        emb = np.frombuffer(frame, dtype="<f4", count=dim, offset=pos + 2).copy()
+        pos += 2 + 4 * dim
+    tail = bytes(frame[pos:]) if flags & F_JSON_TAIL else None
+    if tail is None and pos != len(frame):
+        raise ValueError(f"compact frame has {len(frame) - pos} bytes after its last section")
+    return CompactFrame(
+        kind=KINDS[kind], state=STATES[state], heartbeat_reason=HB_REASONS[hb], flags=flags, seq=seq,
+        window=(s0, s1, t0, t1) if flags & F_WINDOW else None,
+        capture_wall_time=cap if flags & F_CAPTURE else None, publish_wall_time=pub,
+        backlog_s=backlog if flags & F_BACKLOG else None, vocab_id=vocab_id,
+        drops={**dict(zip(COUNTERS, counters, strict=True)), "input_blocked_s": blocked},
+        timings_ms={k: _opt(x) for k, x in zip(TIMINGS, timings, strict=True)},
+        scores=scores, top=top, active=active, events=events, names=names, embedding=emb, json_tail=tail,
+    )  # fmt: skip
+
+
+_UNKNOWN_MODEL = ModelInfo(name="?", weights_sha256="?")
+_UNKNOWN_BACKEND = BackendInfo(name="?", device="?", precision="?")
+
+
+class CompactDecoder:
+    """Turns compact frames back into :class:`TagMessage` objects, remembering names sections.
+
+    Until a frame with the names of its ``vocab_id`` has arrived, tags are named ``#<index>`` and
+    model / backend are ``"?"`` (:attr:`TagMessage.tags` is then None).
+    """
+
+    def __init__(self) -> None:
+        self.vocabularies: dict[int, Vocabulary] = {}
+        self.unnamed = 0  # frames decoded before their names were known
+
+    def decode(self, topic: bytes, frame: bytes) -> TagMessage:
+        """The message of one ``[topic, frame]`` pair (topic ``tagb.<stream_id>\\0``)."""
+        f = decode_frame(frame)
+        if f.json_tail is not None:
+            return TagMessage.from_bytes(f.json_tail)
+        if f.names is not None:
+            self.vocabularies[f.vocab_id] = f.names
+        vocab = self.vocabularies.get(f.vocab_id)
+        if vocab is None:
+            self.unnamed += 1
+
+        def name(i: int) -> str:
+            return vocab.tags[i] if vocab is not None and i < len(vocab.tags) else f"#{i}"
+
+        stream_id = bytes(topic).removeprefix(COMPACT_PREFIX).rstrip(b"\0").decode()
+        w = f.window
+        return TagMessage(
+            kind=f.kind,
+            stream_id=stream_id,
+            seq=f.seq,
+            window=None
+            if w is None
+            else WindowInfo(start_sample=w[0], end_sample=w[1], start_s=w[2], end_s=w[3]),
+            capture_wall_time=f.capture_wall_time,
+            publish_wall_time=f.publish_wall_time,
+            timings_ms=StageTimings(**f.timings_ms),
+            top=[TagScore(tag=name(i), score=s) for i, s in f.top],
+            scores=f.scores.tolist() if f.scores.size else None,
+            tags=list(vocab.tags) if vocab is not None and f.scores.size else None,
+            events=[TagEvent(tag=name(i), state=st, time_s=ts) for i, st, ts in f.events],
+            active=[name(i) for i in f.active],
+            drops=DropCounters(**f.drops),
+            backend=vocab.backend if vocab is not None else _UNKNOWN_BACKEND,
+            model=vocab.model if vocab is not None else _UNKNOWN_MODEL,
+            heartbeat_reason=f.heartbeat_reason,
+            backlog_s=f.backlog_s,
+            state=f.state,
+            embedding=None if f.embedding is None else f.embedding.tolist(),
+        )

@@ -1,0 +1,267 @@
+"""The compact encoding: byte layout round trip, and negotiation by topic across real processes."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from rt_tagger.compact import (
+    F_JSON_TAIL,
+    F_NAMES,
+    HEADER,
+    CompactDecoder,
+    Vocabulary,
+    compact_topic,
+    decode_frame,
+    encode,
+)
+from rt_tagger.messages import EndInfo, StageTimings, TagEvent, TagMessage
+from tests.rt_tagger.zmq_helpers import (
+    BACKEND,
+    MODEL,
+    TAGS,
+    ipc_endpoint,
+    json_lines,
+    make_message,
+    publisher_process,
+    start_subscriber,
+)
+
+N_TAGS = 40
+VOCAB_TAGS = (TAGS + [f"t{i}" for i in range(len(TAGS), N_TAGS)])[:N_TAGS]
+
+
+def _message(seq: int = 7) -> TagMessage:
+    msg = make_message(seq, "mic", n_scores=N_TAGS)
+    msg.events = [
+        TagEvent(tag="drums", state="on", time_s=4.5),
+        TagEvent(tag="piano", state="off", time_s=4.5),
+    ]
+    msg.active = ["guitar", "drums"]
+    msg.timings_ms = StageTimings(inference=1.25, aggregation=None)
+    msg.drops.ring_overflow_samples = 12
+    msg.drops.input_blocked_s = 0.5
+    msg.backlog_s = 0.02
+    msg.state = "music"
+    msg.publish_wall_time = 1.7e9
+    msg.embedding = [0.5, -1.0, 2.25]
+    return msg
+
+
+def test_round_trip_gives_the_same_fields():
+    msg = _message()
+    vocab = Vocabulary.build(msg.tags, MODEL, BACKEND)
+    frame = bytes(encode(msg, vocab, names=True))
+    assert frame[0] == 1 and len(frame) > HEADER.size
+    back = CompactDecoder().decode(compact_topic("mic"), frame)
+    expect = msg.model_dump()
+    got = back.model_dump()
+    for key in ("scores", "top", "embedding"):  # float32 on the wire
+        e, g = expect.pop(key), got.pop(key)
+        if key == "top":
+            assert [t["tag"] for t in e] == [t["tag"] for t in g]
+            e, g = [t["score"] for t in e], [t["score"] for t in g]
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+    expect["timings_ms"] = {
+        k: (None if v is None else pytest.approx(v)) for k, v in expect["timings_ms"].items()
+    }
+    expect["backlog_s"] = pytest.approx(expect["backlog_s"])
+    assert got == expect
+
+
+def test_scores_come_from_the_score_array_when_json_has_none():
+    msg = make_message(3, "mic")  # no `scores` in the JSON
+    arr = np.linspace(0, 1, len(TAGS), dtype=np.float32)
+    msg._score_array = arr
+    frame = encode(msg, Vocabulary.build(TAGS, MODEL, BACKEND))
+    np.testing.assert_array_equal(decode_frame(bytes(frame)).scores, arr)
+    assert "_score_array" not in msg.to_bytes().decode()
+
+
+def test_names_are_known_only_after_a_frame_that_carries_them():
+    msg = _message()
+    vocab = Vocabulary.build(msg.tags, MODEL, BACKEND)
+    dec = CompactDecoder()
+    first = dec.decode(compact_topic("mic"), bytes(encode(msg, vocab)))
+    assert first.active == ["#1", "#2"] and first.model.name == "?" and dec.unnamed == 1
+    dec.decode(compact_topic("mic"), bytes(encode(msg, vocab, names=True)))
+    later = dec.decode(compact_topic("mic"), bytes(encode(msg, vocab)))
+    assert later.active == ["guitar", "drums"] and later.model == MODEL and later.tags == list(vocab.tags)
+
+
+def test_end_and_unknown_names_travel_as_a_json_tail():
+    end = TagMessage(
+        kind="end", stream_id="mic", seq=9, backend=BACKEND, model=MODEL,
+        end=EndInfo(reason="error", error="bad input: NaN", stream_s=4.0, windows=8, heartbeats=1),
+    )  # fmt: skip
+    f = decode_frame(bytes(encode(end, None)))
+    assert f.kind == "end" and f.seq == 9 and f.flags & F_JSON_TAIL
+    assert TagMessage.from_bytes(f.json_tail) == end
+    f = decode_frame(bytes(encode(make_message(1, "x"), None)))  # no names known: nothing lost either
+    assert f.flags & F_JSON_TAIL and TagMessage.from_bytes(f.json_tail).top == make_message(1, "x").top
+
+
+def test_bad_frames_are_refused():
+    frame = bytearray(encode(_message(), Vocabulary.build(VOCAB_TAGS, MODEL, BACKEND)))
+    with pytest.raises(ValueError, match="shorter than"):
+        decode_frame(bytes(frame[:100]))
+    with pytest.raises(ValueError, match="after its last section"):
+        decode_frame(bytes(frame + b"xx"))
+    frame[0] = 2
+    with pytest.raises(ValueError, match="version 2"):
+        decode_frame(bytes(frame))
+
+
+# -- across processes ----------------------------------------------------------------------------------
+def _sub(ctx: zmq.Context, endpoint: str, topic: bytes) -> zmq.Socket:
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SUBSCRIBE, topic)
+    s.connect(endpoint)
+    return s
+
+
+def _drain(sock: zmq.Socket, n: int) -> list[list[bytes]]:
+    out = []
+    while len(out) < n and sock.poll(30_000):
+        out.append(sock.recv_multipart())
+    return out
+
+
+def test_compact_and_json_subscribers_get_the_same_messages():
+    n = 60
+    ctx = zmq.Context()
+    try:
+        with publisher_process(
+            "tcp://127.0.0.1:*", n=n, streams=("a", "b"), n_scores=N_TAGS, wait_topics=2, period_s=0.002
+        ) as pub:
+            js = _sub(ctx, pub.endpoint, b"tags.")
+            cs = _sub(ctx, pub.endpoint, b"tagb.")
+            got_json, got_compact = _drain(js, 2 * n), _drain(cs, 2 * n)
+            _, encoded = pub.get("encoded")
+    finally:
+        ctx.destroy(linger=0)
+    assert len(got_json) == len(got_compact) == 2 * n
+    assert encoded == {"json": 2 * n, "compact": 2 * n}
+    dec = CompactDecoder()
+    for (jt, jb), (ct, cb) in zip(got_json, got_compact, strict=True):
+        j = TagMessage.from_bytes(jb)
+        f = decode_frame(cb)
+        assert not f.flags & F_JSON_TAIL  # really binary, not the JSON fallback
+        c = dec.decode(ct, cb)
+        assert (jt, ct) == (b"tags." + j.stream_id.encode() + b"\0", compact_topic(j.stream_id))
+        assert (c.stream_id, c.seq, c.kind) == (j.stream_id, j.seq, j.kind)
+        np.testing.assert_allclose(c.scores, j.scores, rtol=1e-6)
+        assert [t.tag for t in c.top] == [t.tag for t in j.top] and c.active == j.active
+        assert c.publish_wall_time == j.publish_wall_time and c.window == j.window
+        assert c.drops.publisher_dropped == j.drops.publisher_dropped == 0
+    # every stream's first frame names its tags; the later ones only refer to them
+    names = [decode_frame(cb).flags & F_NAMES != 0 for _, cb in got_compact]
+    assert names[:2] == [True, True] and not any(names[2:]) and dec.unnamed == 0
+
+
+@pytest.mark.parametrize(
+    ("topics", "expect"),
+    [((b"tags.",), {"json": 40, "compact": 0}), ((b"tagb.a\0",), {"json": 0, "compact": 40})],
+)
+def test_an_encoding_nobody_subscribes_to_is_never_made(topics, expect):
+    ctx = zmq.Context()
+    try:
+        with publisher_process(
+            "tcp://127.0.0.1:*", n=40, n_scores=N_TAGS, wait_topics=1, streams=("a",)
+        ) as pub:
+            socks = [_sub(ctx, pub.endpoint, t) for t in topics]
+            got = _drain(socks[0], 40)
+            _, encoded = pub.get("encoded")
+    finally:
+        ctx.destroy(linger=0)
+    assert len(got) == 40 and encoded == expect
+
+
+def test_a_late_compact_subscriber_gets_the_names():
+    ctx = zmq.Context()
+    try:
+        with publisher_process(
+            "tcp://127.0.0.1:*", n=400, n_scores=N_TAGS, wait_topics=1, period_s=0.005, progress_at=50
+        ) as pub:
+            first = _sub(ctx, pub.endpoint, b"tagb.")
+            pub.get("progress", timeout=60)  # the stream's first frame (with names) went long ago
+            late = _sub(ctx, pub.endpoint, b"tagb.test\0")
+            frames = _drain(late, 20)
+            _drain(first, 1)
+    finally:
+        ctx.destroy(linger=0)
+    dec = CompactDecoder()
+    msgs = [dec.decode(t, b) for t, b in frames]
+    assert len(msgs) == 20 and msgs[-1].tags == VOCAB_TAGS
+    # at most the frames sent before the publisher read the subscription come without names
+    assert dec.unnamed <= 2 and any(decode_frame(b).flags & F_NAMES for _, b in frames[:3])
+
+
+def test_cli_subscribe_compact_shows_the_same_messages_as_json():
+    n = 30
+    with publisher_process(
+        "tcp://127.0.0.1:*", n=n, n_scores=N_TAGS, wait_topics=2, period_s=0.002, send_end=True
+    ) as pub:
+        cj = start_subscriber(pub.endpoint, "--json", "--compact", "--timeout", "30")
+        jj = start_subscriber(pub.endpoint, "--json", "--timeout", "30")
+        pub.get("done", timeout=60)
+        pub.end_on.set()
+        (c_out, c_err), (j_out, j_err) = cj.communicate(timeout=60), jj.communicate(timeout=60)
+    assert cj.returncode == 0 and jj.returncode == 0, (c_err, j_err)
+    c, j = json_lines(c_out), json_lines(j_out)
+    assert [m.seq for m in c] == [m.seq for m in j] == list(range(n))
+    for a, b in zip(c, j, strict=True):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        assert [t.tag for t in a.top] == [t.tag for t in b.top]
+    assert "0 gaps (0 missing), 0 malformed" in c_err and "ended: test" in c_err
+
+
+def test_a_stalled_compact_subscriber_loses_only_its_own_messages_and_they_are_counted():
+    """As for JSON (test_publisher.py): NODROP first, then lossy, per encoding."""
+    n = 600
+    with publisher_process(
+        ipc_endpoint(), n=n, period_s=0.002, n_scores=400, sndhwm=50, wait_topics=2, send_end=True
+    ) as pub:
+        stalled = start_subscriber(pub.endpoint, "--json", "--compact", "--timeout", "5")
+        healthy = None
+        try:
+            pub.get("subscribed", timeout=60)
+            stalled.send_signal(signal.SIGSTOP)
+            healthy = start_subscriber(
+                pub.endpoint, "--json", "--compact", "--stream", "test", "--timeout", "60"
+            )
+            _, sent, dropped = pub.get("done", timeout=120)
+            _, encoded = pub.get("encoded")
+            stalled.send_signal(signal.SIGCONT)
+            pub.end_on.set()
+            h_out, h_err = healthy.communicate(timeout=60)
+            s_out, s_err = stalled.communicate(timeout=60)
+        finally:
+            for p in (stalled, healthy):
+                if p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+    assert [m.seq for m in json_lines(h_out)] == list(range(n)), h_err
+    got = [m.seq for m in json_lines(s_out)]
+    assert got == sorted(got) and len(got) < n, s_err
+    assert 0 < dropped <= n - len(got) and sent + dropped == n
+    assert encoded == {"json": 0, "compact": n}
+
+
+def test_header_offsets_match_the_documented_layout():
+    """docs/messages.md gives byte offsets; the publisher patches the publish times in place."""
+    msg = _message()
+    frame = encode(msg, Vocabulary.build(msg.tags, MODEL, BACKEND))
+    assert struct.unpack_from("<Q", frame, 8)[0] == msg.seq
+    assert struct.unpack_from("<d", frame, 56)[0] == msg.publish_wall_time
+    assert struct.unpack_from("<I", frame, 72)[0] == msg.drops.publisher_dropped
+    assert struct.unpack_from("<I", frame, 76)[0] == 12
+    assert struct.unpack_from("<f", frame, 116)[0] == 1.25  # timings_ms.inference
+    assert struct.unpack_from("<H", frame, 6)[0] == N_TAGS
+    assert abs(struct.unpack_from("<d", frame, 48)[0] - time.time()) < 600  # capture_wall_time
