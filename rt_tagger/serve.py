@@ -440,6 +440,7 @@ class Server:
                 + sum(inp.lost_chunks for _, inp in self.streams.values()),
                 "publisher_dropped": self.publisher.dropped,
             },
+            "publisher_encoded": self.publisher.encoded,
             "backend": self.pipeline.backend_info.model_dump(),
             "frontend": "batch" if self.frontend is not None else "stream",
         }

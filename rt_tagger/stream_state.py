@@ -329,6 +329,7 @@ class StreamState:
             state=out.state,
             embedding=embedding.tolist() if self.options.embedding and embedding is not None else None,
         )
+        msg._score_array = out.scores  # every score for the compact encoding, without --full-scores
         self.seq += 1
         self.totals.windows += 1
         self._last_window_end_s = window.info.end_s
