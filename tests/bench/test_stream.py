@@ -5,9 +5,9 @@ from .conftest import run_bench
 
 def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
     doc = run_bench(
-        # 8 s of audio: on a busy 2-core machine the tagger's start-up backlog can take most of 4 s
+        # 12 s of audio: on a busy 2-core machine the tagger's start-up backlog can take most of 8 s
         # to drain, and steady-state rows only count messages after the writer is back on time.
-        ["stream", "--bundle", str(tiny_bundle.path), "--seconds", "8", "--hop", "0.5", "--skip-s", "0.5",
+        ["stream", "--bundle", str(tiny_bundle.path), "--seconds", "12", "--hop", "0.5", "--skip-s", "0.5",
          "--backend", "torch-cpu"],
         tmp_path, capsys,
     )  # fmt: skip
