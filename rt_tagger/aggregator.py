@@ -99,6 +99,7 @@ class Aggregator:
         self._ema: np.ndarray | None = None
         self.active = np.zeros(n, dtype=bool)
         self._last_switch = np.full(n, -np.inf)
+        self._active_list: list[str] | None = None
         self.windows = 0
 
     def _smooth(self, p: np.ndarray) -> np.ndarray:
@@ -134,11 +135,14 @@ class Aggregator:
                 turn_on &= ~self._listed
                 turn_off |= self.active & self._listed
         listed = self._listed
-        events = [Event(self.tags[i], "on", time_s) for i in np.flatnonzero(turn_on & listed)]
-        events += [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(turn_off & listed)]
         changed = turn_on | turn_off
-        self.active ^= changed
-        self._last_switch[changed] = time_s
+        events: list[Event] = []
+        if changed.any():  # rare: most windows switch nothing, and skip this work
+            events = [Event(self.tags[i], "on", time_s) for i in np.nonzero(turn_on & listed)[0]]
+            events += [Event(self.tags[i], "off", time_s) for i in np.nonzero(turn_off & listed)[0]]
+            self.active ^= changed
+            self._last_switch[changed] = time_s
+            self._active_list = None
 
         top = [] if state == "not_music" else self._top(scores)
         return AggregateResult(
@@ -150,17 +154,20 @@ class Aggregator:
         k = self.top_k
         if k == 0:
             return []
-        ranked = np.where(self._listed, scores, -np.inf)
-        idx = np.argpartition(-ranked, k - 1)[:k] if k < len(ranked) else np.arange(len(ranked))
-        idx = idx[np.argsort(-ranked[idx], kind="stable")]
-        return [(self.tags[i], float(scores[i])) for i in idx if self._listed[i]]
+        ranked = np.where(self._listed, -scores, np.inf)
+        idx = np.argsort(ranked, kind="stable")[:k]  # one sort of a few dozen tags beats partitioning
+        tags = self.tags
+        return [(tags[i], float(scores[i])) for i in idx.tolist()]
 
     def active_tags(self) -> list[str]:
         """The tags on now, in tag order (the music gate is not listed: it is the ``state``)."""
-        return [self.tags[i] for i in np.flatnonzero(self.active & self._listed)]
+        if self._active_list is None:  # recomputed only after a switch
+            self._active_list = [self.tags[i] for i in np.nonzero(self.active & self._listed)[0]]
+        return list(self._active_list)
 
     def close_events(self, time_s: float) -> list[Event]:
         """``off`` events for every tag still on (end of stream), and clear the state."""
         events = [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(self.active & self._listed)]
         self.active[:] = False
+        self._active_list = None
         return events
