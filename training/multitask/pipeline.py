@@ -34,7 +34,7 @@ from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict
 from training.multitask.losses import group_index, masked_group_bce
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
-from training.recipe import apply_overrides
+from training.recipe import RecipeError, apply_overrides
 from training.teachers.base import WindowGrid
 
 __all__ = ["MultitaskRecipe", "load_multitask_recipe", "run", "init_backbone", "export"]
@@ -117,7 +117,11 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
     except tomllib.TOMLDecodeError as e:
         raise MultitaskError(f"recipe {path} is not valid TOML: {e}") from None
     try:
-        return MultitaskRecipe.model_validate(apply_overrides(raw, overrides or []))
+        raw = apply_overrides(raw, overrides or [], cls=MultitaskRecipe)
+    except RecipeError as e:
+        raise MultitaskError(str(e)) from None
+    try:
+        return MultitaskRecipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         raise MultitaskError(
