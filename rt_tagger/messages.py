@@ -145,7 +145,8 @@ class EndInfo(_Model):
         "asked to stop; stopped: stopped by the program embedding the pipeline; error: the input or the "
         "tagger failed (see `error`); device_lost: the capture device stopped and could not be reopened. "
         "rt-tagger serve: closed: the client closed the stream; idle: no audio for the idle timeout; "
-        "shard_lost: the shard holding the stream died; the stream continues on another shard from seq 0."
+        "shard_lost: the shard or server process holding the stream died; under `serve --ray` the stream "
+        "continues on another shard from seq 0, under `serve --processes` the client reopens it."
     )
     error: str | None = Field(None, description="The one-line error for reason error/device_lost.")
     stream_s: float = Field(description="Seconds of input audio consumed over the whole stream.")
