@@ -34,7 +34,7 @@ def _demo(seconds: float) -> tuple[np.ndarray, int]:
 class Server:
     """``rt-tagger serve`` in a subprocess plus a subscriber to everything it publishes."""
 
-    def __init__(self, *flags: str, backend: str = "onnxruntime-cpu") -> None:
+    def __init__(self, *flags: str, backend: str = "onnxruntime-cpu", quiet: bool = True) -> None:
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.ctx = zmq.Context()
@@ -43,7 +43,7 @@ class Server:
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.connect(self.publish)
         cmd = [sys.executable, "-m", "rt_tagger.cli", "serve", "--ingest", self.ingest, "--publish", self.publish,
-               "--backend", backend, "-q", *flags]  # fmt: skip
+               "--backend", backend, *(["-q"] if quiet else []), *flags]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
         )

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,11 +20,11 @@ import pytest
 import soundfile as sf
 import zmq
 
-from bench.common import free_port
 from rt_tagger.client import IngestClient
 from rt_tagger.cluster import HashRing
 
-from .conftest import ROOT, cli_env
+from .conftest import ROOT
+from .test_serve import Server
 
 DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"
 RING = HashRing(["serve.p0", "serve.p1"])  # the parent's ring while both children live
@@ -43,66 +41,19 @@ def _audio(seconds: float) -> np.ndarray:
     return np.ascontiguousarray(x[: int(seconds * sr), 0]), sr
 
 
-class ProcServer:
+class ProcServer(Server):
     """``rt-tagger serve --processes 2`` in a subprocess plus a subscriber to all it publishes."""
 
     def __init__(self, *flags: str) -> None:
-        self.ingest = f"tcp://127.0.0.1:{free_port()}"
-        self.publish = f"tcp://127.0.0.1:{free_port()}"
-        self.ctx = zmq.Context()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.connect(self.publish)
-        cmd = [sys.executable, "-m", "rt_tagger.cli", "serve", "--processes", "2", "--ingest", self.ingest,
-               "--publish", self.publish, "--backend", "onnxruntime-cpu", "--stats-interval", "0.5", *flags]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
-        )
+        super().__init__("--processes", "2", "--stats-interval", "0.5", *flags, quiet=False)
         line = self.proc.stdout.readline().decode()  # printed once every child is ready
         assert line.startswith("serving with 2 processes"), self.stderr_tail()
-        self.messages: list[dict] = []
-
-    def client(self) -> IngestClient:
-        return IngestClient(self.ingest, timeout_s=30.0)
-
-    def receive(self, until, timeout_s: float = 30.0) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        while not until(self.messages):
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out; got {len(self.messages)} messages; server: {self.stderr_tail()}")
-            if self.sub.poll(100):
-                topic, body = self.sub.recv_multipart()
-                self.messages.append({**json.loads(body), "_topic": topic})
-        return self.messages
-
-    def of(self, stream_id: str, kind: str | None = None) -> list[dict]:
-        return [m for m in self.messages if m.get("stream_id") == stream_id and kind in (None, m["kind"])]
-
-    def ended(self, *ids: str):
-        return lambda ms: all(any(m.get("stream_id") == s and m["kind"] == "end" for m in ms) for s in ids)
 
     def processes(self) -> list[dict]:
         """The latest processes stats message, received after this call."""
         n = len(self.messages)
         ms = self.receive(lambda ms: any(m["kind"] == "processes" for m in ms[n:]))
         return [m for m in ms[n:] if m["kind"] == "processes"][-1]["processes"]
-
-    def stderr_tail(self) -> str:
-        if self.proc.poll() is None:
-            return "(running)"
-        return self.proc.stderr.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.sub.close(linger=0)
-        self.ctx.term()
 
 
 @pytest.fixture
