@@ -5,7 +5,8 @@
 # this script, so every call runs the copy in its own folder:
 #
 #   call 1  carry [".carry/mt_1"]  bash .carry/mt_1/gpu_run.sh stage mt_1   wheels, real_valid, real_test
-#   call 2  carry [".carry/mt_2"]  bash .carry/mt_2/gpu_run.sh stage mt_2   real (train)
+#   call 2  carry [".carry/mt_2"]  bash .carry/mt_2/gpu_run.sh stage mt_2   real (train), first part
+#   call 2b carry [".carry/mt_2b"] bash .carry/mt_2b/gpu_run.sh stage mt_2b real (train), next part …
 #   call 3  carry [".carry/mt_3"]  bash .carry/mt_3/gpu_run.sh stage mt_3   synth_train
 #   call 4  carry [".carry/mt_4"]  bash .carry/mt_4/gpu_run.sh run [--set KEY=VALUE ...]
 #           ("train" instead of "run" skips staging mt_4: for several runs side by side on one GPU,
@@ -38,6 +39,15 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
     echo "wheels: $(ls "$dir"/whl | wc -l) installed in $SITE"
   fi
   if [[ -d $dir/packs ]]; then cp -r "$dir"/packs/* "$DATA"/ || return 1; fi
+  # a pack carried in parts (prepare.sh pack_split): joined once every part is here
+  local p
+  for p in "$DATA"/*/parts; do
+    [[ -f $p ]] || continue
+    local d=${p%/parts}
+    if (($(ls "$d"/audio.bin.part* 2>/dev/null | wc -l) == $(cat "$p"))) && [[ -f $d/pack.json ]]; then
+      cat "$d"/audio.bin.part* >"$d/audio.bin" && rm "$d"/audio.bin.part* "$p" && echo "joined $(basename "$d")"
+    fi
+  done
   echo "staged $1: $(ls "$DATA" | tr '\n' ' ')($(du -sh "$DATA" | cut -f1))"
 }
 

@@ -11,7 +11,8 @@
 # a corpus whose table exists, a clip whose audio exists, a pack whose pack.json exists is kept
 # (delete it to rebuild). Environment: PY (python with rt_tagger's "training" and "synth"
 # extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
-# so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run).
+# so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
+# REAL_KBPS (Opus bitrate of the real training audio; 12 up to v4), PART_MIB (largest carried part).
 #
 # Corpora (reports/default_model.md, "Multi-task model"):
 #   real, real_valid, real_test  debian_music.py, split by package (SOURCES), whole tracks as FLAC;
@@ -27,6 +28,8 @@ DATA=${DATA:-/work/data}
 CARRY=${CARRY:-/work/main/.carry}
 NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
+REAL_KBPS=${REAL_KBPS:-24}  # real training audio: 12 kb/s shifts log-mel by ~3.2 dB on average, 24 by ~1.7
+PART_MIB=${PART_MIB:-26}
 RUN="nice -n $NICE $PY"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
 
@@ -102,13 +105,39 @@ pack1() {  # pack1 OUT MAX_SECONDS KBPS CORPUS...
   $RUN -m training.corpora.pack "${todo[@]}" --out "$out" --kbps "$kbps" --max-seconds "$secs" --workers 1
 }
 
+# pack_split NAME CORPUS MAX_SECONDS KBPS: one pack made in $DATA/packs, its audio.bin cut into
+# parts of at most PART_MIB carried by mt_2, mt_2b, mt_2c, …; pack.json rides with the last part,
+# so the GPU side (gpu_run.sh stage) joins the parts, and the pack counts as staged, only when all came.
+pack_split() {
+  local name=$1 corpus=$2 secs=$3 kbps=$4 src=$DATA/packs/${1}_${4}kbps
+  pack1 "$src" "$secs" "$kbps" "$corpus"
+  local done_mark=$CARRY/mt_2/packs/$name.${kbps}kbps
+  if [[ -f $done_mark ]]; then say "split pack $name: kept"; return; fi
+  rm -rf "$CARRY"/mt_2*/packs/"$name" "$CARRY"/mt_2*/packs/"$name".*
+  local tmp=$DATA/packs/split_$name
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  split -b "${PART_MIB}M" -d -a 2 "$src/$(basename "$corpus")/audio.bin" "$tmp/audio.bin.part"
+  local parts=("$tmp"/audio.bin.part*) letters=(_ b c d e f g h) folder
+  for i in "${!parts[@]}"; do
+    folder=$CARRY/mt_2${letters[$i]#_}
+    mkdir -p "$folder/packs/$name"
+    mv "${parts[$i]}" "$folder/packs/$name/"
+  done
+  cp "$src/$(basename "$corpus")/table.csv" "$CARRY/mt_2/packs/$name/"
+  cp "$src/$(basename "$corpus")/pack.json" "$folder/packs/$name/"
+  echo "${#parts[@]}" >"$CARRY/mt_2/packs/$name/parts"
+  touch "$done_mark"
+  say "split pack $name: ${#parts[@]} part(s) in mt_2${letters[1]:+ … $(basename "$folder")}"
+}
+
 pack() {
   # Each device call carries the tracked tree (~33 MiB) and its carry folder: 64 MiB in all, so
   # each folder stays under ~27 MiB. mt_1: wheels (~16 MiB) + real_valid, real_test (centre 45 s);
-  # mt_2: real train (centre 60 s, 4.6 h at 12 kb/s); mt_3: synth_train; mt_4: the held-out and
-  # calibration sets, not_music, and the code (goes with the run call).
+  # mt_2 (+ mt_2b, mt_2c, … when larger): real train (centre 60 s, 4.6 h at $REAL_KBPS kb/s, split
+  # across folders); mt_3: synth_train; mt_4: the held-out and calibration sets, not_music, the
+  # teacher labels of the original audio, and the code (goes with the run call).
   pack1 "$CARRY/mt_1/packs" 45 12 "$DATA/real_valid" "$DATA/real_test"
-  pack1 "$CARRY/mt_2/packs" 60 12 "$DATA/real"
+  pack_split real "$DATA/real" 60 "$REAL_KBPS"
   pack1 "$CARRY/mt_3/packs" 0 12 "$DATA/synth_train"
   pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music" "$DATA/not_music_test"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
@@ -118,8 +147,8 @@ pack() {
   # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
   git archive HEAD training configs engines ':!training/teachers/weights' | tar -x -C "$CARRY/mt_4/code"
   git rev-parse HEAD >"$CARRY/mt_4/COMMIT"
-  for d in "$CARRY"/mt_[1-4]; do cp training/multitask/gpu_run.sh "$d"/; done
-  du -sh --apparent-size "$CARRY"/mt_[1-4]
+  for d in "$CARRY"/mt_*; do cp training/multitask/gpu_run.sh "$d"/; done
+  du -sh --apparent-size "$CARRY"/mt_*
 }
 
 case "${1:-all}" in

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Calibrate and evaluate a multi-task run's weights on the ORIGINAL audio, here on the CPU.
+#
+#   bash training/multitask/eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]
+#
+# RESULT_DIR is what gpu_run.sh brought back ($OUT: bundle/weights.safetensors, vocab.json).
+# On the GPU machine the student is scored on the Opus packs it trained on; a user runs it on
+# the original audio, so the numbers that count are computed here: the run's weights, its
+# vocabulary, the teachers' labels of the original audio (prepare.sh labels), and the corpora as
+# built (real_valid / real_test cropped to the centre 45 s as the packs were). Thresholds are
+# calibrated again on the original valid audio. Writes RUN_DIR/result.json and metrics.json.
+set -euo pipefail
+res=${1:?usage: eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]}
+run=${2:?usage: eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]}
+shift 2
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-/work/data}
+mkdir -p "$run"
+cp "$res/bundle/weights.safetensors" "$run/model.safetensors"
+cp "$res/vocab.json" "$run/vocab.json"
+cp "$DATA"/labels_orig/labels_real_valid.npz "$DATA"/labels_orig/labels_real_test.npz "$run/"
+rm -f "$run/result.json" "$run/metrics.json"
+$PY -m training.multitask --recipe configs/train_multitask.toml --out "$run" --no-progress --set device=\"cpu\" \
+  --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" --set data.real_eval_seconds=45 \
+  --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
+  --set "data.not_music_test=\"$DATA/not_music_test\"" "$@"
