@@ -29,7 +29,7 @@ CARRY=${CARRY:-/work/main/.carry}
 NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
 REAL_KBPS=${REAL_KBPS:-24}  # real training audio: 12 kb/s shifts log-mel by ~3.2 dB on average, 24 by ~1.7
-PART_MIB=${PART_MIB:-26}
+PART_MIB=${PART_MIB:-25}
 RUN="nice -n $NICE $PY"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
 
