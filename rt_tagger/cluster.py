@@ -407,16 +407,16 @@ class Gateway:
     def _forward_audio(self, identity: bytes, header: AudioHeader, payloads: list[bytes]) -> None:
         per_shard: dict[str, tuple[list, list]] = {}
         for chunk, payload in zip(header.chunks, payloads, strict=True):
-            r = self.routes.get(chunk.stream_id)
+            r = self.routes.get(chunk["stream_id"])
             if r is None or r.client != identity:
-                self._reply(identity, Reply(type="error", stream_id=chunk.stream_id, reason="not open"))
+                self._reply(identity, Reply(type="error", stream_id=chunk["stream_id"], reason="not open"))
                 continue
-            r.next_client_seq = chunk.seq + 1
+            r.next_client_seq = chunk["seq"] + 1
             if not r.shard:
                 self.dropped_chunks += 1
                 continue
             chunks, data = per_shard.setdefault(r.shard, ([], []))
-            chunks.append(chunk.model_copy(update={"seq": max(0, chunk.seq - r.seq_offset)}))
+            chunks.append({**chunk, "seq": max(0, chunk["seq"] - r.seq_offset)})
             data.append(payload)
         for name, (chunks, data) in per_shard.items():
             self.shards[name].dealer.send_multipart(encode_message(AudioHeader(chunks=chunks), data))

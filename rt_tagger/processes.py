@@ -496,11 +496,12 @@ class ProcessServer:
     def _forward_audio(self, identity: bytes, header: AudioHeader, frames: list[bytes]) -> None:
         per_child: dict[str, tuple[list, list]] = {}
         for chunk, payload in zip(header.chunks, frames[1:], strict=True):
-            f = self.forwarded.get(chunk.stream_id)
+            stream_id = chunk["stream_id"]
+            f = self.forwarded.get(stream_id)
             if f is None or f.client != identity:
                 self.stats.protocol_errors += 1
-                self._reply(identity, Reply(type="error", stream_id=chunk.stream_id,
-                                            reason=f"audio for stream {chunk.stream_id!r}, which is not open"))  # fmt: skip
+                self._reply(identity, Reply(type="error", stream_id=stream_id,
+                                            reason=f"audio for stream {stream_id!r}, which is not open"))  # fmt: skip
                 continue
             chunks, data = per_child.setdefault(f.child, ([], []))
             chunks.append(chunk)

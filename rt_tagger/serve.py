@@ -340,20 +340,20 @@ class Server:
         now = time.monotonic()
         arrival = time.time()
         for chunk, payload in zip(h.chunks, payloads, strict=True):
-            entry = self.streams.get(chunk.stream_id)
+            stream_id, frames = chunk["stream_id"], chunk["frames"]
+            entry = self.streams.get(stream_id)
             if entry is None:
-                raise ProtocolError(f"audio for stream {chunk.stream_id!r}, which is not open")
+                raise ProtocolError(f"audio for stream {stream_id!r}, which is not open")
             state, inp = entry
             if inp.identity != identity:
-                raise ProtocolError(f"stream {chunk.stream_id!r} belongs to another client")
-            pcm = decode_pcm(payload, inp.header.format, inp.header.channels, chunk.frames)
-            if not inp.accept(chunk.seq, chunk.frames, now):
+                raise ProtocolError(f"stream {stream_id!r} belongs to another client")
+            pcm = decode_pcm(payload, inp.header.format, inp.header.channels, frames)
+            if not inp.accept(chunk["seq"], frames, now):
                 continue
-            inp.hold(
-                pcm, chunk.capture_wall_time if chunk.capture_wall_time is not None else arrival, arrival
-            )
+            capture = chunk.get("capture_wall_time")
+            inp.hold(pcm, capture if capture is not None else arrival, arrival)
             if inp.pending_frames >= state.step_frames():
-                self._push(chunk.stream_id, now)
+                self._push(stream_id, now)
 
     def _push(self, stream_id: str, now: float) -> None:
         """The stream's held chunks into its front end; its due windows join the next batch."""
