@@ -132,3 +132,33 @@ def test_stream_states_not_music_then_silence(music_off, demo_audio):
     lines = [format_message(TagMessage.model_validate(m)) for m in msgs]  # the console view says so too
     assert sum("not music" in line for line in lines) == len(tags)
     assert sum("heartbeat (silent)" in line for line in lines) == len(beats)
+
+
+# ---------------------------------------------------------------- the shipped model's own music head
+def test_shipped_model_tells_a_tone_and_noise_from_music(tmp_path, short_wav):
+    """The default model's music head on real files: a 440 Hz tone and pink-ish noise are "not_music"
+    (no tags listed), the demo music is "music"."""
+    import soundfile as sf
+
+    from engines.bundle import Bundle
+    from rt_tagger.bundled_model import default_bundle_path
+
+    if Bundle.load(default_bundle_path()).manifest.music_index is None:
+        pytest.skip("the shipped model has no music head (no tag in manifest group 'music')")
+    t = np.arange(8 * 16000) / 16000
+    rng = np.random.default_rng(0)
+    noise = np.cumsum(rng.standard_normal(len(t))) * 0.002
+    noise = (noise - np.convolve(noise, np.ones(400) / 400, mode="same")).astype(np.float32)
+    files = {"tone": 0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32), "noise": np.clip(noise, -1, 1)}
+    for name, x in files.items():
+        sf.write(str(tmp_path / f"{name}.wav"), x, 16000, subtype="PCM_16")
+    for name in files:
+        out = tmp_path / f"{name}.json"
+        p = run_cli("tag", str(tmp_path / f"{name}.wav"), "--json", str(out))
+        assert p.returncode == 0, p.stderr_text
+        doc = json.loads(out.read_text())
+        assert doc["state"] == "not_music" and doc["top"] == [], (name, doc["state"], doc["top"][:3])
+    out = tmp_path / "music.json"
+    p = run_cli("tag", str(short_wav), "--json", str(out))
+    assert p.returncode == 0, p.stderr_text
+    assert json.loads(out.read_text())["state"] == "music"
