@@ -12,7 +12,8 @@
 # (delete it to rebuild). Environment: PY (python with rt_tagger's "training" and "synth"
 # extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
-# REAL_KBPS (Opus bitrate of the real training audio; 12 up to v4), PART_MIB (largest carried part).
+# REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
+# in v5), PART_MIB (largest carried part).
 #
 # Corpora (reports/default_model.md, "Multi-task model"):
 #   real, real_valid, real_test  debian_music.py, split by package (SOURCES), whole tracks as FLAC;
@@ -28,7 +29,12 @@ DATA=${DATA:-/work/data}
 CARRY=${CARRY:-/work/main/.carry}
 NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
-REAL_KBPS=${REAL_KBPS:-24}  # real training audio: 12 kb/s shifts log-mel by ~3.2 dB on average, 24 by ~1.7
+# Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
+# by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
+# v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
+REAL_KBPS=${REAL_KBPS:-32}
+SYNTH_KBPS=${SYNTH_KBPS:-24}
+NM_KBPS=${NM_KBPS:-32}
 PART_MIB=${PART_MIB:-25}
 RUN="nice -n $NICE $PY"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
@@ -99,35 +105,43 @@ pack1() {  # pack1 OUT MAX_SECONDS KBPS CORPUS...
   local out=$1 secs=$2 kbps=$3
   shift 3
   local todo=()
-  for c in "$@"; do [[ -f $out/$(basename "$c")/pack.json ]] || todo+=(--corpus "$c"); done
+  for c in "$@"; do
+    local pj=$out/$(basename "$c")/pack.json
+    if [[ -f $pj ]] && ! grep -q "\"target_kbps\": $kbps[,.]" "$pj"; then
+      say "$(basename "$c") in $out: packed at another bitrate, packing again at $kbps kb/s"
+      rm -rf "$(dirname "$pj")"
+    fi
+    [[ -f $pj ]] || todo+=(--corpus "$c")
+  done
   if ((${#todo[@]} == 0)); then say "packs in $out: kept"; return; fi
   say "packing ${todo[*]} -> $out at $kbps kb/s"
   $RUN -m training.corpora.pack "${todo[@]}" --out "$out" --kbps "$kbps" --max-seconds "$secs" --workers 1
 }
 
-# pack_split NAME CORPUS MAX_SECONDS KBPS: one pack made in $DATA/packs, its audio.bin cut into
-# parts of at most PART_MIB carried by mt_2, mt_2b, mt_2c, …; pack.json rides with the last part,
-# so the GPU side (gpu_run.sh stage) joins the parts, and the pack counts as staged, only when all came.
+# pack_split NAME CORPUS MAX_SECONDS KBPS FOLDER: one pack made in $DATA/packs, its audio.bin cut
+# into parts of at most PART_MIB carried by FOLDER, FOLDERb, FOLDERc, …; pack.json rides with the
+# last part, so the GPU side (gpu_run.sh stage) joins the parts, and the pack counts as staged, only
+# when all came.
 pack_split() {
-  local name=$1 corpus=$2 secs=$3 kbps=$4 src=$DATA/packs/${1}_${4}kbps
+  local name=$1 corpus=$2 secs=$3 kbps=$4 base=$5 src=$DATA/packs/${1}_${4}kbps
   pack1 "$src" "$secs" "$kbps" "$corpus"
-  local done_mark=$CARRY/mt_2/packs/$name.${kbps}kbps
+  local done_mark=$CARRY/$base/packs/$name.${kbps}kbps
   if [[ -f $done_mark ]]; then say "split pack $name: kept"; return; fi
-  rm -rf "$CARRY"/mt_2*/packs/"$name" "$CARRY"/mt_2*/packs/"$name".*
+  rm -rf "$CARRY/$base"*/packs/"$name" "$CARRY/$base"*/packs/"$name".*
   local tmp=$DATA/packs/split_$name
   rm -rf "$tmp" && mkdir -p "$tmp"
   split -b "${PART_MIB}M" -d -a 2 "$src/$(basename "$corpus")/audio.bin" "$tmp/audio.bin.part"
   local parts=("$tmp"/audio.bin.part*) letters=(_ b c d e f g h) folder
   for i in "${!parts[@]}"; do
-    folder=$CARRY/mt_2${letters[$i]#_}
+    folder=$CARRY/$base${letters[$i]#_}
     mkdir -p "$folder/packs/$name"
     mv "${parts[$i]}" "$folder/packs/$name/"
   done
-  cp "$src/$(basename "$corpus")/table.csv" "$CARRY/mt_2/packs/$name/"
+  cp "$src/$(basename "$corpus")/table.csv" "$CARRY/$base/packs/$name/"
   cp "$src/$(basename "$corpus")/pack.json" "$folder/packs/$name/"
-  echo "${#parts[@]}" >"$CARRY/mt_2/packs/$name/parts"
+  echo "${#parts[@]}" >"$CARRY/$base/packs/$name/parts"
   touch "$done_mark"
-  say "split pack $name: ${#parts[@]} part(s) in mt_2${letters[1]:+ … $(basename "$folder")}"
+  say "split pack $name: ${#parts[@]} part(s), $base … $(basename "$folder")"
 }
 
 pack() {
@@ -137,9 +151,10 @@ pack() {
   # across folders); mt_3: synth_train; mt_4: the held-out and calibration sets, not_music, the
   # teacher labels of the original audio, and the code (goes with the run call).
   pack1 "$CARRY/mt_1/packs" 45 12 "$DATA/real_valid" "$DATA/real_test"
-  pack_split real "$DATA/real" 60 "$REAL_KBPS"
-  pack1 "$CARRY/mt_3/packs" 0 12 "$DATA/synth_train"
-  pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music" "$DATA/not_music_test"
+  pack_split real "$DATA/real" 60 "$REAL_KBPS" mt_2
+  pack_split synth_train "$DATA/synth_train" 0 "$SYNTH_KBPS" mt_3
+  pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music_test"
+  pack1 "$CARRY/mt_4/packs" 0 "$NM_KBPS" "$DATA/not_music"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
   cp "$DATA"/labels_orig/labels_*.npz "$CARRY/mt_4/labels/" 2>/dev/null || say "no labels of the original audio: the GPU run labels the packs"
   say "code of $(git rev-parse --short HEAD) -> $CARRY/mt_4/code"
