@@ -20,7 +20,7 @@ from engines.cache import write_atomic
 from engines.errors import UserError
 from rt_tagger.commands.settings_from_args import settings_from_args
 
-__all__ = ["cmd_tag", "file_state", "result_document", "taggram_path"]
+__all__ = ["cmd_tag", "file_state", "file_top", "result_document", "taggram_path"]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -45,7 +45,7 @@ def file_state(res, bundle) -> str | None:
     return "music" if res.clip_scores[m] >= bundle.manifest.thresholds[m] else "not_music"
 
 
-def _file_top(res, bundle, state: str | None, k: int) -> list[tuple[str, float]]:
+def file_top(res, bundle, state: str | None, k: int) -> list[tuple[str, float]]:
     """The whole-file top tags, without the music gate; none for silence or not music."""
     if state in ("silence", "not_music"):
         return []
@@ -78,7 +78,7 @@ def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_w
         "windows": len(res.windows),
         "silent_windows": len(res.silent_windows),
         "window_states": {s: sum(1 for r in rows if r[2] == s) for s in ("music", "not_music", "silence")},
-        "top": [{"tag": t, "score": s} for t, s in _file_top(res, bundle, state, top_k)],
+        "top": [{"tag": t, "score": s} for t, s in file_top(res, bundle, state, top_k)],
         "scores": dict(zip(res.tags, map(float, res.clip_scores), strict=True)) if res.windows else {},
         "events": [e.model_dump() for e in res.events],
         "counters": res.counters,
