@@ -44,6 +44,7 @@ from tests.rt_tagger.conftest import ROOT, cli_env
 WINDOW_MEAN_TOL = 0.04  # mean |diff| over tags, per window
 MEAN_TOL = 0.03  # mean |diff| over every score
 SCORE_TOL = 0.25  # any single score
+TIE_TOL = 0.05  # top-3 ranks may differ only between tags this close (near-ties reorder freely)
 
 
 def _audio_device_or_skip() -> None:
@@ -183,8 +184,13 @@ def test_listen_matches_tag(sensitive_bundle, short_wav, tmp_path):
     assert err <= MEAN_TOL
     assert window_means.max() <= WINDOW_MEAN_TOL
     assert worst <= SCORE_TOL
-    assert min(overlaps) >= 2
+    assert all(_top3_agree(a, b) for a, b in zip(got, ref, strict=True)), overlaps
     assert min(far) > 2 * err  # the alignment is unambiguous: the comparison means something
+
+
+def _top3_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Each side's top 3 tags score, on the other side, at least that side's 3rd score - TIE_TOL."""
+    return all((y[np.argsort(-x)[:3]] >= np.sort(y)[-3] - TIE_TOL).all() for x, y in ((a, b), (b, a)))
 
 
 # --------------------------------------------------------------------------------- a dead device
