@@ -33,6 +33,7 @@ seed = 0
 device = "cpu"
 init_from = ""
 label_hop_s = 2.0
+select_on_valid = true
 [frontend]
 window_frames = 32
 [model]
@@ -54,6 +55,7 @@ batch_size = 12
 warmup_steps = 1
 ckpt_every = 2
 log_every = 2
+eval_every = 2
 """
 
 
@@ -176,6 +178,19 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     t_s, m_s = mt_data.clip_targets(specs, syn, music=True)
     assert t_s[:, j_bass].tolist() == [float("bass" in t) for t in syn.tags]
     assert (m_s[:, tags.index("vocals")] == 0).all()
+
+    # the weights kept are those of the best evaluation on valid/calibration data, not the last step
+    from safetensors.numpy import load_file
+
+    best = json.loads((run_dir / "train" / "best.json").read_text())
+    evals = [
+        h for h in json.loads((run_dir / "train" / "history.json").read_text()) if "selection_score" in h
+    ]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert best["selection_score"] == max(h["selection_score"] for h in evals)
+    assert best["step"] == max(evals, key=lambda h: h["selection_score"])["step"]
+    kept, saved = load_file(run_dir / "model.safetensors"), load_file(run_dir / "train" / "best.safetensors")
+    assert kept.keys() == saved.keys() and all(np.array_equal(kept[k], saved[k]) for k in kept)
 
     assert set(metrics) >= {"distilled", "vocals", "not_music", "objective", "on_rates"}
     assert set(metrics["on_rates"]) == set(tags)

@@ -28,7 +28,15 @@ from training.metrics import calibrate_thresholds, tag_metrics
 from training.multitask.data import WindowSource, real_targets
 from training.multitask.vocab import BINARISE_AT, VOCALS_AT, TagSpec
 
-__all__ = ["MUSIC_FLAG_RATE", "MAX_REAL_ON_RATE", "predict", "clip_windows", "calibrate", "evaluate"]
+__all__ = [
+    "MUSIC_FLAG_RATE",
+    "MAX_REAL_ON_RATE",
+    "predict",
+    "clip_windows",
+    "calibrate",
+    "evaluate",
+    "selection_score",
+]
 
 MUSIC_FLAG_RATE = 0.01
 MAX_REAL_ON_RATE = 0.5
@@ -119,6 +127,55 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
+def _teacher_agreement(
+    specs: list[TagSpec], probs: np.ndarray, target: np.ndarray
+) -> tuple[dict, list[float], list[float]]:
+    """Per teacher-labelled unit: Spearman with the teacher and ROC-AUC against its binarisation;
+    and the defined values of each."""
+    per_tag = {}
+    for j, s in enumerate(specs):
+        if not s.teacher:
+            continue
+        y = target[:, j] >= BINARISE_AT
+        rho = spearmanr(probs[:, j], target[:, j]).statistic if np.ptp(target[:, j]) > 0 else np.nan
+        per_tag[s.name] = {
+            "spearman": None if np.isnan(rho) else float(rho),
+            "roc_auc": _auc(y, probs[:, j]),
+            "teacher_positive_rate": float(y.mean()),
+        }
+    rhos = [v["spearman"] for v in per_tag.values() if v["spearman"] is not None]
+    aucs = [v["roc_auc"] for v in per_tag.values() if v["roc_auc"] is not None]
+    return per_tag, rhos, aucs
+
+
+def selection_score(
+    specs: list[TagSpec],
+    real_valid: tuple[np.ndarray, dict[str, np.ndarray]],
+    synth_calib: tuple[np.ndarray, WindowSource],
+) -> dict[str, float]:
+    """What picks a run's checkpoint (valid and calibration data only, never the test sets): the
+    mean of the distilled units' Spearman and ROC-AUC with the teacher on the valid real windows,
+    the vocals ROC-AUC there, and the objective units' macro ROC-AUC on the calibration soundfont."""
+    probs_r, labels = real_valid
+    target_r, _ = real_targets(specs, labels)
+    _, rhos, aucs = _teacher_agreement(specs, probs_r, target_r)
+    v = [s.name for s in specs].index("vocals")
+    vocals = _auc(target_r[:, v] >= VOCALS_AT, probs_r[:, v])
+    probs_s, src_s = synth_calib
+    objective = [j for j, s in enumerate(specs) if s.objective]
+    obj = tag_metrics(
+        src_s.target.numpy()[:, objective], probs_s[:, objective], [specs[j].name for j in objective]
+    )
+    parts = {
+        "valid_spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "valid_roc_auc": float(np.mean(aucs)) if aucs else float("nan"),
+        "valid_vocals_roc_auc": float("nan") if vocals is None else vocals,
+        "calib_objective_roc_auc": float(obj["roc_auc"]),
+    }
+    defined = [x for x in parts.values() if x == x]
+    return {**parts, "selection_score": float(np.mean(defined)) if defined else float("nan")}
+
+
 def evaluate(
     specs: list[TagSpec],
     thresholds: list[float],
@@ -131,18 +188,7 @@ def evaluate(
     thr = np.asarray(thresholds, np.float32)
     probs_r, labels = real_test
     target_r, _ = real_targets(specs, labels)
-    teacher_units = [j for j, s in enumerate(specs) if s.teacher]
-    per_tag = {}
-    for j in teacher_units:
-        y = target_r[:, j] >= BINARISE_AT
-        rho = spearmanr(probs_r[:, j], target_r[:, j]).statistic if np.ptp(target_r[:, j]) > 0 else np.nan
-        per_tag[names[j]] = {
-            "spearman": None if np.isnan(rho) else float(rho),
-            "roc_auc": _auc(y, probs_r[:, j]),
-            "teacher_positive_rate": float(y.mean()),
-        }
-    rhos = [v["spearman"] for v in per_tag.values() if v["spearman"] is not None]
-    aucs = [v["roc_auc"] for v in per_tag.values() if v["roc_auc"] is not None]
+    per_tag, rhos, aucs = _teacher_agreement(specs, probs_r, target_r)
     v = names.index("vocals")
     m = names.index("music")
     on = probs_r >= thr[None, :]

@@ -31,7 +31,7 @@ from engines.model import ModelSpec, ResNetTagger
 from training.augment import AugmentSpec, augment_mel, augment_wave
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
-from training.multitask.evaluate import calibrate, evaluate, predict
+from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
 from training.multitask.losses import group_index, masked_group_bce
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
 from training.recipe import RecipeError, apply_overrides
@@ -108,6 +108,11 @@ class MultitaskRecipe(_M):
         "(vocab.OBJECTIVE_TEACHERS; 0 = masked there)",
     )
     loop: LoopSpec = Field(default_factory=LoopSpec)
+    select_on_valid: bool = Field(
+        False,
+        description="every loop.eval_every steps score the model on the valid real windows and the "
+        "calibration soundfont (evaluate.selection_score) and keep the best weights, not the last",
+    )
     augment: AugmentSpec = Field(
         default_factory=lambda: AugmentSpec(
             gain_db=3.0, noise_p=0.2, mix_p=0.0, pitch_semitones=0.0, eq_p=0.3, mask_p=0.3
@@ -219,7 +224,11 @@ def train(
     sources: list[mt_data.WindowSource],
     out: Path,
     progress: bool,
+    select: tuple[mt_data.WindowSource, dict, mt_data.WindowSource] | None = None,
 ) -> ResNetTagger:
+    """Train the multi-task model on ``sources`` (real, synthetic, non-music). With ``select``
+    (the valid real source, its teacher labels and the calibration source) and
+    ``recipe.select_on_valid``, the weights of the best-scoring evaluation are returned."""
     dist = setup_distributed(recipe.device)
     torch.manual_seed(recipe.seed)
     model = _model(recipe, len(specs))
@@ -246,7 +255,35 @@ def train(
         return StepOut(loss, emb, len(wave), extra)
 
     loop = recipe.loop.model_copy(update={"seed": recipe.seed})
-    run_loop(model, step_fn, loop, out, dist, desc="multitask", progress=progress)
+    eval_fn = None
+    best_path = out / "best.safetensors"
+    if recipe.select_on_valid and select is not None and loop.eval_every:
+        valid, valid_labels, calib = (select[0].to(dist.device), select[1], select[2].to(dist.device))
+        best = {"selection_score": -np.inf}
+        if (out / "best.json").is_file():  # a resumed run keeps the best of its first part
+            best = json.loads((out / "best.json").read_text())
+
+        def eval_fn(step: int) -> dict:
+            from safetensors.torch import save_file
+
+            score = selection_score(
+                specs,
+                (predict(model, logmel, valid), valid_labels),
+                (predict(model, logmel, calib), calib),
+            )
+            if score["selection_score"] > best["selection_score"]:
+                best.update(score, step=step)
+                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                save_file(state, str(best_path))
+                _write_json(best, out / "best.json")
+            return score
+
+    run_loop(model, step_fn, loop, out, dist, desc="multitask", progress=progress, eval_fn=eval_fn)
+    if eval_fn is not None and best_path.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_path)))
+        log.info("kept the weights of step %d (selection score %.4f)", best["step"], best["selection_score"])
     return model.eval()
 
 
@@ -340,6 +377,7 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
             [src["real_train"], src["synth_train"], src["not_music"]],
             run_dir / "train",
             progress,
+            select=(src["real_valid"], labels["real_valid"], src["synth_calib"]),
         )
         log.info("trained in %.1f s", time.perf_counter() - t0)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(wpath))
