@@ -4,6 +4,7 @@
 # The carry folders come from training/multitask/prepare.sh (pack, wheels); each holds a copy of
 # this script, so every call runs the copy in its own folder:
 #
+#   call 0  carry [".carry/mt_0"]  bash .carry/mt_0/gpu_run.sh stage mt_0   the backbone to start from
 #   call 1  carry [".carry/mt_1"]  bash .carry/mt_1/gpu_run.sh stage mt_1   wheels, real_valid, real_test
 #   call 2  carry [".carry/mt_2"]  bash .carry/mt_2/gpu_run.sh stage mt_2   real (train), first part
 #   call 2b carry [".carry/mt_2b"] bash .carry/mt_2b/gpu_run.sh stage mt_2b real (train), next part …
@@ -39,6 +40,7 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
     echo "wheels: $(ls "$dir"/whl | wc -l) installed in $SITE"
   fi
   if [[ -d $dir/packs ]]; then cp -r "$dir"/packs/* "$DATA"/ || return 1; fi
+  if [[ -d $dir/init ]]; then rm -rf "$DATA/init" && cp -r "$dir/init" "$DATA/init" || return 1; fi
   # a pack carried in parts (prepare.sh pack_split): joined once every part is here
   local p
   for p in "$DATA"/*/parts; do
@@ -72,8 +74,11 @@ run | train)
   cd .carry/mt_4/code || exit 1
   mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/  # from the tree
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  init="$ROOT/rt_tagger/default_model"  # the backbone to start from: mt_0's when staged
+  if [[ -f $DATA/init/weights.safetensors ]]; then init="$DATA/init"; fi
+  echo "backbone from $init"
   $PY -m training.multitask --recipe configs/train_multitask.toml --out $RUN --export $BUNDLE --no-progress \
-    --set "init_from=\"$ROOT/rt_tagger/default_model\"" --set label_workers=14 \
+    --set "init_from=\"$init\"" --set label_workers=14 \
     --set "data.real_train=\"$DATA/real\"" --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" \
     --set "data.synth_train=\"$DATA/synth_train\"" --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
     --set "data.not_music=\"$DATA/not_music\"" --set "data.not_music_test=\"$DATA/not_music_test\"" "${@:2}" 2>&1 | tee "$OUT/train.log"

@@ -36,6 +36,7 @@ REAL_KBPS=${REAL_KBPS:-32}
 SYNTH_KBPS=${SYNTH_KBPS:-24}
 NM_KBPS=${NM_KBPS:-32}
 PART_MIB=${PART_MIB:-25}
+INIT_COMMIT=${INIT_COMMIT:-76ce575}  # the commit whose default model starts the backbone (mt_0)
 RUN="nice -n $NICE $PY"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
 
@@ -162,6 +163,11 @@ pack() {
   # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
   git archive HEAD training configs engines ':!training/teachers/weights' | tar -x -C "$CARRY/mt_4/code"
   git rev-parse HEAD >"$CARRY/mt_4/COMMIT"
+  # the backbone training starts from: the SSL-pretrained, fine-tuned model shipped before the
+  # multi-task one (the shipped bundle is itself a multi-task model now), in a folder of its own
+  rm -rf "$CARRY/mt_0" && mkdir -p "$CARRY/mt_0/init"
+  git archive "$INIT_COMMIT" rt_tagger/default_model/manifest.json rt_tagger/default_model/weights.safetensors |
+    tar -x --strip-components=2 -C "$CARRY/mt_0/init"
   for d in "$CARRY"/mt_*; do cp training/multitask/gpu_run.sh "$d"/; done
   du -sh --apparent-size "$CARRY"/mt_*
 }
