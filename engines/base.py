@@ -88,6 +88,13 @@ class Backend:
             self.device_time_total += self.last_device_time
         return out
 
+    def keep_warm(self) -> None:
+        """Called while a stream waits for audio: a GPU backend enqueues a tiny kernel so the
+        device stays at working clocks for the next window (no-op on the CPU)."""
+        io = getattr(self, "io", None)  # the pinned buffers and stream of a GPU backend (CudaIO)
+        if io is not None:
+            io.keep_warm()
+
     @property
     def batch_range(self) -> tuple[int, int]:
         return (1, self.max_batch)

@@ -289,6 +289,8 @@ class Pipeline:
         """Read, push, score and deliver until the source ends or a stop; returns the end reason."""
         ring = source.ring
         buf = np.empty((stream.max_step_frames, source.channels), dtype=np.float32)
+        warm_every = self.settings.gpu_keep_warm_ms / 1e3
+        last_warm = 0.0
         while True:
             if stop is not None and stop.is_set():
                 return stop.reason if isinstance(stop, StopRequest) else "stopped"
@@ -305,6 +307,9 @@ class Pipeline:
                 beat = stream.idle()
                 if beat is not None:
                     self._deliver(beat, res)
+                if warm_every and time.perf_counter() - last_warm >= warm_every:
+                    self.backend.keep_warm()
+                    last_warm = time.perf_counter()
                 source.wait_for_audio(0.001)
                 continue
             ring.read_into(buf[:n])

@@ -170,6 +170,12 @@ class RuntimeSettings(BaseSettings):
     nonfinite: Literal["reject", "zero"] = Field(
         "reject", description="NaN/Inf input samples: reject the input, or replace them with 0 and count"
     )
+    gpu_keep_warm_ms: float = Field(
+        5.0,
+        ge=0.0,
+        description="GPU backends, one stream: while waiting for audio, enqueue a tiny kernel at most "
+        "this often so the GPU is not at idle clocks when the next window comes (0: off)",
+    )
     aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
