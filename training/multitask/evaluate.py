@@ -164,7 +164,7 @@ def selection_score(
     probs_s, src_s = synth_calib
     objective = [j for j, s in enumerate(specs) if s.objective]
     obj = tag_metrics(
-        src_s.target.numpy()[:, objective], probs_s[:, objective], [specs[j].name for j in objective]
+        src_s.target.cpu().numpy()[:, objective], probs_s[:, objective], [specs[j].name for j in objective]
     )
     parts = {
         "valid_spearman": float(np.mean(rhos)) if rhos else float("nan"),
