@@ -171,10 +171,11 @@ class RuntimeSettings(BaseSettings):
         "reject", description="NaN/Inf input samples: reject the input, or replace them with 0 and count"
     )
     gpu_keep_warm_ms: float = Field(
-        5.0,
+        0.0,
         ge=0.0,
         description="GPU backends, one stream: while waiting for audio, enqueue a tiny kernel at most "
-        "this often so the GPU is not at idle clocks when the next window comes (0: off)",
+        "this often so the GPU is not at idle clocks when the next window comes (0: off; on an H200 it "
+        "cut the model stage by ~0.06 ms at p50 but not capture→publish measurably)",
     )
     aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
