@@ -29,6 +29,8 @@ from engines.frontend import FrontEndSpec, hann_window, mel_filterbank, power_to
 
 __all__ = ["BatchFrontEnd"]
 
+_BLOCK_ROWS = 2048  # streams per FFT in add_block: ~0.6 GB of float64 temporaries at a 0.5-s hop
+
 
 class BatchFrontEnd:
     """New frames of many streams → log-mel ring on ``device`` → batched model input.
@@ -111,12 +113,7 @@ class BatchFrontEnd:
         starts_np = np.zeros(1 << (n - 1).bit_length(), np.int64)
         starts_np[:n] = seg_start[which] + within * hop
         starts = torch.from_numpy(starts_np).to(dev, non_blocking=True)
-        frames = sig[starts[:, None] + self._offsets].double() * self._win  # (rows, n_fft) float64
-        spectrum = torch.fft.rfft(frames, n=n_fft, dim=1)[:n]
-        power = spectrum.real.square() + spectrum.imag.square()
-        if spec.power != 2.0:
-            power = power.pow(0.5 * spec.power)
-        db = power_to_db(power @ self._fb, spec).float()  # (n, n_mels)
+        db = self._logmel(sig[starts[:, None] + self._offsets])[:n]  # (n, n_mels)
         cols = torch.from_numpy(frame_index % self.ring_frames).to(dev, non_blocking=True)
         rows = torch.from_numpy(frame_slot).to(dev, non_blocking=True)
         self.ring[rows, :, cols] = db
@@ -124,6 +121,46 @@ class BatchFrontEnd:
         self.frames_flushed += n
         self.flushes += 1
         return n
+
+    def add_block(self, slots: np.ndarray, first_frame: int, samples: np.ndarray, scale: float = 1.0) -> int:
+        """Log-mel of the frames in ``samples`` ``(len(slots), L)`` (int16 or float32, times
+        ``scale``) into the ring now: row ``i`` holds stream ``slots[i]``'s model-rate samples from
+        frame ``first_frame``'s first sample on. Streams served in lockstep
+        (:class:`~rt_tagger.stream_group.StreamGroup`) come this way: one upload of the raw PCM,
+        no per-stream framing on the CPU. Returns the frames per stream (the caller keeps the
+        samples from frame ``first_frame + frames`` on)."""
+        torch, spec = self.torch, self.spec
+        hop, n_fft = spec.hop_length, spec.n_fft
+        count = (samples.shape[1] - n_fft) // hop + 1 if samples.shape[1] >= n_fft else 0
+        if count <= 0:
+            return 0
+        slots = np.asarray(slots, np.int64)
+        last = first_frame + count
+        need = int((last - self.written[slots]).max()) + self.window_frames
+        if need > self.ring_frames:
+            self._grow_frames(1 << (need - 1).bit_length())
+        cols = torch.from_numpy((first_frame + np.arange(count)) % self.ring_frames).to(self.device)
+        used = (count - 1) * hop + n_fft
+        for lo in range(0, len(slots), _BLOCK_ROWS):  # bounds the float64 temporaries
+            x = torch.from_numpy(np.ascontiguousarray(samples[lo : lo + _BLOCK_ROWS, :used])).to(self.device)
+            x = x.double() * scale if scale != 1.0 else x.double()
+            db = self._logmel(x.unfold(1, n_fft, hop))  # (rows, count, n_mels)
+            rows = torch.from_numpy(slots[lo : lo + _BLOCK_ROWS, None]).to(self.device)
+            self.ring[rows, :, cols[None, :]] = db
+        self.written[slots] = np.maximum(self.written[slots], last)
+        self.frames_flushed += count * len(slots)
+        self.flushes += 1
+        return count
+
+    def _logmel(self, frames):
+        """Log-mel float32 ``(..., n_mels)`` of raw frames ``(..., n_fft)`` (the float64 math of
+        :mod:`engines.frontend`)."""
+        spec = self.spec
+        spectrum = self.torch.fft.rfft(frames.double() * self._win, n=spec.n_fft, dim=-1)
+        power = spectrum.real.square() + spectrum.imag.square()
+        if spec.power != 2.0:
+            power = power.pow(0.5 * spec.power)
+        return power_to_db(power @ self._fb, spec).float()
 
     def windows(self, slots: np.ndarray, frame_ends: np.ndarray):
         """The windows ending at ``frame_ends`` of ``slots``: ``(B, n_mels, window_frames)`` float32

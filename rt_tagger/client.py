@@ -9,7 +9,10 @@
         c.close_stream("kitchen")                            # waits for "closed"
 
 Tags come from the server's PUB socket (topic ``tags.<stream_id>``), as with ``rt-tagger stream``.
-``send_many`` puts chunks of several streams into one message, as a gateway would.
+``send_many`` puts chunks of several streams into one message, as a gateway would. A gateway
+whose sources share one clock and format opens them as a *group* (protocol 1.2): ``open_group``,
+then ``send_group`` with one ``(streams, frames)`` block of all of them per chunk, and
+``close_group``; the server then tags them as arrays (the path for tens of thousands of streams).
 
 Redirects (protocol 1.1, ``rt-tagger serve --processes N``): ``open`` asks for them; when the
 server answers ``redirect``, the client connects one more DEALER socket to the named child
@@ -32,7 +35,10 @@ from engines.errors import UserError
 from rt_tagger.ingest import (
     AudioChunk,
     AudioHeader,
+    CloseGroupHeader,
     CloseHeader,
+    GroupAudioHeader,
+    OpenGroupHeader,
     OpenHeader,
     Reply,
     StreamOptions,
@@ -150,6 +156,48 @@ class IngestClient:
         st = self._streams.pop(stream_id, None)
         (st.sock if st else self.sock).send_multipart(encode_message(CloseHeader(stream_id=stream_id)))
         return self._wait_for(stream_id, ("closed", "error")) if wait else None
+
+    def open_group(self, group_id: str, stream_ids: list[str], sample_rate: int = 16000, **options) -> Reply:
+        """Open a group of mono s16le streams at ``sample_rate`` (the model's); returns the ``opened``
+        reply; raises :class:`ClientError` if refused."""
+        header = OpenGroupHeader(
+            group_id=group_id, stream_ids=list(stream_ids), sample_rate=sample_rate,
+            options=StreamOptions(**options), redirect=self._redirect or None,
+        )  # fmt: skip
+        sock = self.sock
+        sock.send_multipart(encode_message(header))
+        reply = self._wait_for(group_id, ("opened", "refused", "error", "redirect"))
+        if reply.type == "redirect":
+            sock = self._child(reply.endpoint or "")
+            sock.send_multipart(encode_message(header.model_copy(update={"redirect": None})))
+            reply = self._wait_for(group_id, ("opened", "refused", "error"))
+        if reply.type != "opened":
+            raise ClientError(f"group {group_id!r} {reply.type}: {reply.reason}")
+        self._streams[group_id] = _Stream("s16le", len(header.stream_ids), sock)
+        return reply
+
+    def send_group(self, group_id: str, pcm: np.ndarray, capture_wall_time: float | None = None) -> None:
+        """Send one chunk of every stream of a group: ``(streams, frames)`` int16 (or float in
+        [-1, 1], converted), captured at ``capture_wall_time`` (default: now)."""
+        st = self._streams.get(group_id)
+        if st is None:
+            raise ClientError(f"group {group_id!r} is not open on this client")
+        x = np.asarray(pcm)
+        if x.ndim != 2 or x.shape[0] != st.channels:
+            raise ClientError(f"group block of shape {x.shape}: expected ({st.channels} streams, frames)")
+        if x.dtype.kind == "f":
+            x = np.clip(np.round(x * 32768.0), -32768, 32767)
+        data = np.ascontiguousarray(x, dtype="<i2")
+        t = time.time() if capture_wall_time is None else capture_wall_time
+        header = GroupAudioHeader(group_id=group_id, seq=st.seq, frames=x.shape[1], capture_wall_time=t)
+        st.sock.send_multipart(encode_message(header, [data]), copy=False)
+        st.seq += 1
+
+    def close_group(self, group_id: str, *, wait: bool = True) -> Reply | None:
+        """End every stream of a group (their last windows are tagged, ``end`` messages published)."""
+        st = self._streams.pop(group_id, None)
+        (st.sock if st else self.sock).send_multipart(encode_message(CloseGroupHeader(group_id=group_id)))
+        return self._wait_for(group_id, ("closed", "error")) if wait else None
 
     def poll_notices(self, timeout_s: float = 0.0) -> list[Reply]:
         """Replies that arrived without a request waiting for them (idle closes, errors)."""

@@ -49,10 +49,12 @@ __all__ = [
     "CompactDecoder",
     "CompactFrame",
     "HEADER",
+    "RowMessages",
     "Vocabulary",
     "compact_topic",
     "decode_frame",
     "encode",
+    "encode_rows",
 ]
 
 COMPACT_VERSION = 1
@@ -62,6 +64,15 @@ COMPACT_PREFIX = b"tagb."
 # 5 f32 timings, n_top, n_active, n_events, reserved.
 HEADER = struct.Struct("<4BHHQqqddddfI8If5f3Bx")
 assert HEADER.size == 132
+# The same header as a numpy record, to encode many streams' frames at once (encode_rows).
+HEADER_DTYPE = np.dtype(
+    [("version", "u1"), ("kind", "u1"), ("state", "u1"), ("hb", "u1"), ("flags", "<u2"),
+     ("n_scores", "<u2"), ("seq", "<u8"), ("start_sample", "<i8"), ("end_sample", "<i8"),
+     ("start_s", "<f8"), ("end_s", "<f8"), ("capture", "<f8"), ("publish", "<f8"), ("backlog", "<f4"),
+     ("vocab_id", "<u4"), ("counters", "<u4", (8,)), ("blocked", "<f4"), ("timings", "<f4", (5,)),
+     ("n_top", "u1"), ("n_active", "u1"), ("n_events", "u1"), ("pad", "u1")]
+)  # fmt: skip
+assert HEADER_DTYPE.itemsize == HEADER.size
 OFF_PUBLISH_WALL_TIME = 56  # f64, patched after encoding (see Publisher.publish)
 OFF_TIMING_PUBLISH = 124  # f32
 
@@ -234,6 +245,105 @@ def encode(msg: TagMessage, vocab: Vocabulary | None, *, names: bool = False) ->
         out += struct.pack("<H", len(emb)) + np.asarray(emb, dtype="<f4").tobytes()
     if tail:
         out += msg.to_bytes()
+    return out
+
+
+@dataclass
+class RowMessages:
+    """The messages of one window of many streams that share its timing (a stream group): row
+    ``i`` is stream ``i``. Rows with ``kind`` heartbeat carry no scores or top (silent windows)."""
+
+    seq: np.ndarray  # (R,) u8
+    kind: np.ndarray  # (R,) KINDS index
+    state: np.ndarray  # (R,) STATES index
+    heartbeat_reason: np.ndarray  # (R,) HB_REASONS index
+    window: tuple[int, int, float, float]  # start_sample, end_sample, start_s, end_s
+    capture_wall_time: float | None
+    backlog_s: float | None
+    counters: tuple[int, ...]  # COUNTERS, the same for every row (publisher_dropped first)
+    timings: tuple[float | None, ...]  # TIMINGS
+    scores: np.ndarray  # (R, n_tags) float32
+    top: np.ndarray  # (R, top_k) tag indices
+    active: np.ndarray  # (R, n_tags) bool
+    turned_on: np.ndarray  # (R, n_tags) bool
+    turned_off: np.ndarray  # (R, n_tags) bool
+    event_time_s: float
+    embedding: np.ndarray | None = None  # (R, dim) float32
+
+
+def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> list[bytearray]:
+    """The compact frame of every row of ``m`` (what :func:`encode` gives for each message, built
+    from arrays: ~2 µs a row instead of ~15); ``names`` ``(R,)`` bool: rows that carry the names."""
+    rows = len(m.seq)
+    tags_row = m.kind == _KIND["tags"]
+    has_top = tags_row & (m.state != _STATE["not_music"])
+    n_top = np.where(has_top, m.top.shape[1], 0)
+    events = (m.turned_on | m.turned_off) & tags_row[:, None]
+    n_events = events.sum(axis=1)
+    n_active = m.active.sum(axis=1)
+    if max(int(n_active.max(initial=0)), int(n_events.max(initial=0)), int(n_top.max(initial=0))) > 255:
+        raise ValueError("more than 255 tags in one list: the compact header counts them in a byte")
+    flags = np.full(rows, F_WINDOW | F_BACKLOG * (m.backlog_s is not None), np.uint16)
+    flags |= F_CAPTURE * (m.capture_wall_time is not None)
+    flags[names] |= F_NAMES
+    emb = m.embedding is not None
+    if emb:
+        flags[tags_row] |= F_EMBEDDING
+    h = np.zeros(rows, HEADER_DTYPE)
+    h["version"] = COMPACT_VERSION
+    h["kind"], h["state"], h["hb"], h["flags"] = m.kind, m.state, m.heartbeat_reason, flags
+    h["n_scores"] = np.where(tags_row, m.scores.shape[1], 0)
+    h["seq"] = m.seq
+    h["start_sample"], h["end_sample"], h["start_s"], h["end_s"] = m.window
+    h["capture"] = _f(m.capture_wall_time)
+    h["publish"] = _NAN
+    h["backlog"] = _f(m.backlog_s)
+    h["vocab_id"] = vocab.vocab_id
+    h["counters"] = [min(c, _U32) for c in m.counters[:8]]
+    h["blocked"] = 0.0
+    h["timings"] = [_f(t) for t in m.timings]
+    h["n_top"], h["n_active"], h["n_events"] = n_top, n_active, n_events
+    head = h.tobytes()
+    score_b = np.ascontiguousarray(m.scores, _F4).tobytes()
+    top_i = np.ascontiguousarray(m.top, "<u2").tobytes()
+    top_s = np.take_along_axis(m.scores, m.top, axis=1).astype(_F4).tobytes()
+    act_rows, act_tags = np.nonzero(m.active)
+    act_b = act_tags.astype("<u2").tobytes()
+    act_end = np.cumsum(n_active) * 2
+    emb_b = np.ascontiguousarray(m.embedding, _F4).tobytes() if emb else b""
+    emb_head = struct.pack("<H", m.embedding.shape[1]) if emb else b""
+    hs, ss, ts, es = (
+        HEADER.size,
+        4 * m.scores.shape[1],
+        2 * m.top.shape[1],
+        (4 * m.embedding.shape[1] if emb else 0),
+    )
+    section = vocab.section
+    out = []
+    a0 = 0
+    for i in range(rows):
+        parts = [head[i * hs : (i + 1) * hs]]
+        if tags_row[i]:
+            parts.append(score_b[i * ss : (i + 1) * ss])
+        if n_top[i]:
+            parts += (top_i[i * ts : (i + 1) * ts], top_s[2 * i * ts : 2 * (i + 1) * ts])
+        a1 = int(act_end[i])
+        parts.append(act_b[a0:a1])
+        a0 = a1
+        if n_events[i]:
+            on, off = np.flatnonzero(m.turned_on[i]), np.flatnonzero(m.turned_off[i])
+            idx = [*on.tolist(), *off.tolist()]
+            k = len(idx)
+            parts.append(
+                struct.pack(
+                    f"<{k}H{k}B{k}d", *idx, *([1] * len(on) + [0] * len(off)), *([m.event_time_s] * k)
+                )
+            )
+        if names[i]:
+            parts.append(section)
+        if emb and tags_row[i]:
+            parts += (emb_head, emb_b[i * es : (i + 1) * es])
+        out.append(bytearray().join(parts))
     return out
 
 

@@ -24,6 +24,14 @@ Version 1.1 (additive): an ``open`` with ``redirect: true`` may be answered ``re
 ``endpoint`` of the process that holds the stream (``rt-tagger serve --processes N``); the client
 sends that process the same ``open`` and then the stream's audio and close. A client that does not
 set ``redirect`` is served through the first endpoint as before.
+
+Version 1.2 (additive): *stream groups*, what a gateway in front of many same-format sources
+sends. ``open_group`` names a group and its streams (each gets its own topic and messages, as if
+opened alone); ``group_audio`` then carries one chunk of *every* stream of the group in a single
+payload frame (``frames`` samples per stream, stream after stream, in the ``stream_ids`` order)
+with one ``seq`` for the group; ``close_group`` ends them all. The streams of a group run in
+lockstep, so the server frames, tags and encodes them as arrays (the path that holds 100 000
+streams); they must be at the model's sample rate, mono, 16-bit (``s16le``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,10 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AudioChunk",
     "AudioHeader",
+    "CloseGroupHeader",
     "CloseHeader",
+    "GroupAudioHeader",
+    "OpenGroupHeader",
     "OpenHeader",
     "ProtocolError",
     "Reply",
@@ -52,7 +63,7 @@ __all__ = [
     "parse_reply",
 ]
 
-PROTOCOL_VERSION = "1.1"  # 1.1: open.redirect and the redirect reply (serve --processes)
+PROTOCOL_VERSION = "1.2"  # 1.1: open.redirect, the redirect reply; 1.2: stream groups
 SCHEMA_PATH = Path(__file__).with_name("schema") / "ingest.schema.json"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 PCM_DTYPES = {"s16le": ("<i2", 1.0 / 32768.0), "f32le": ("<f4", 1.0)}
@@ -129,7 +140,50 @@ class CloseHeader(_Header):
     stream_id: str = Field(pattern=STREAM_ID_PATTERN)
 
 
-ClientHeader = Annotated[OpenHeader | AudioHeader | CloseHeader, Field(discriminator="type")]
+class OpenGroupHeader(_Header):
+    """(1.2) Open many streams that share one clock and format; their audio arrives together."""
+
+    type: Literal["open_group"] = "open_group"
+    group_id: str = Field(pattern=STREAM_ID_PATTERN, description="Unique among the server's open groups.")
+    stream_ids: list[Annotated[str, Field(pattern=STREAM_ID_PATTERN)]] = Field(
+        min_length=1, max_length=1 << 20, description="The group's streams, in payload order."
+    )
+    sample_rate: int = Field(gt=0, le=384000, description="Must be the model's sample rate.")
+    channels: Literal[1] = 1
+    format: Literal["s16le"] = "s16le"
+    options: StreamOptions = Field(default_factory=StreamOptions)
+    redirect: bool | None = Field(None, description="As in open: the client follows a redirect reply.")
+
+    @property
+    def stream_id(self) -> str:  # what admission, routing and replies key on
+        return self.group_id
+
+
+class GroupAudioHeader(_Header):
+    """(1.2) One chunk of every stream of a group: one payload frame of ``len(stream_ids) × frames``
+    samples, stream after stream."""
+
+    type: Literal["group_audio"] = "group_audio"
+    group_id: str = Field(min_length=1, max_length=128)
+    seq: int = Field(ge=0, description="Per group: 0, 1, 2, … ; a gap counts as lost input of every stream.")
+    frames: int = Field(ge=0, le=1 << 22, description="Frames per stream in this chunk.")
+    capture_wall_time: float | None = Field(
+        None,
+        description="Unix time the chunk's last frame was captured (default: when the server received it).",
+    )
+
+
+class CloseGroupHeader(_Header):
+    """(1.2) Every stream of the group is complete."""
+
+    type: Literal["close_group"] = "close_group"
+    group_id: str = Field(pattern=STREAM_ID_PATTERN)
+
+
+ClientHeader = Annotated[
+    OpenHeader | AudioHeader | CloseHeader | OpenGroupHeader | GroupAudioHeader | CloseGroupHeader,
+    Field(discriminator="type"),
+]
 _client_adapter: TypeAdapter = TypeAdapter(ClientHeader)
 
 
@@ -170,7 +224,13 @@ def parse_client_message(frames: list[bytes]) -> tuple[OpenHeader | AudioHeader 
     if header.v.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
         raise ProtocolError(f"protocol version {header.v} not supported (server speaks {PROTOCOL_VERSION})")
     payloads = frames[1:]
-    want = len(header.chunks) if isinstance(header, AudioHeader) else 0
+    want = (
+        len(header.chunks)
+        if isinstance(header, AudioHeader)
+        else 1
+        if isinstance(header, GroupAudioHeader)
+        else 0
+    )
     if len(payloads) != want:
         raise ProtocolError(f"{header.type} message has {len(payloads)} payload frame(s), expected {want}")
     return header, payloads

@@ -192,6 +192,36 @@ class Pipeline:
 
         return StreamingFrontEnd(self.spec, input_rate, channels, frame_sink=frame_sink)
 
+    def message_options(
+        self, stream_id: str, hop_frames: int, full_scores: bool | None = None
+    ) -> MessageOptions:
+        """How a stream's messages are built (ids, model and backend, heartbeat/NaN policies)."""
+        st = self.settings
+        hop_s = hop_frames * self.spec.hop_length / self.spec.sample_rate
+        return MessageOptions(
+            stream_id=stream_id,
+            backend=self.backend_info,
+            model=self.model_info,
+            silence_rms=st.silence_rms,
+            stall_s=st.stall_hops * hop_s,
+            nonfinite=st.nonfinite,
+            full_scores=st.publish.full_scores if full_scores is None else full_scores,
+            embedding=st.publish.embedding,
+        )
+
+    def aggregator_options(self) -> dict:
+        """The aggregator's keyword arguments from the settings and the bundle's music head."""
+        agg = self.settings.aggregator
+        return dict(
+            mode=agg.mode,
+            horizon_windows=agg.horizon_windows,
+            ema_alpha=agg.ema_alpha,
+            top_k=agg.top_k,
+            off_ratio=agg.off_ratio,
+            min_dwell_s=agg.min_dwell_s,
+            music_index=self.bundle.manifest.music_index,
+        )
+
     def open_stream(
         self,
         source: Source | None,
@@ -209,29 +239,10 @@ class Pipeline:
         streams each have their own). With ``batch_frontend`` the stream's frames become log-mel
         there, with other streams' (a slot is taken; give it back with ``batch_frontend.close``).
         """
-        st, agg = self.settings, self.settings.aggregator
         hop_frames = hop_frames or self.hop_frames
-        hop_s = hop_frames * self.spec.hop_length / self.spec.sample_rate
-        options = MessageOptions(
-            stream_id=stream_id or st.stream_id,
-            backend=self.backend_info,
-            model=self.model_info,
-            silence_rms=st.silence_rms,
-            stall_s=st.stall_hops * hop_s,
-            nonfinite=st.nonfinite,
-            full_scores=st.publish.full_scores if full_scores is None else full_scores,
-            embedding=st.publish.embedding,
-        )
+        options = self.message_options(stream_id or self.settings.stream_id, hop_frames, full_scores)
         aggregator = Aggregator(
-            self.bundle.tags,
-            self.bundle.manifest.thresholds,
-            mode=agg.mode,
-            horizon_windows=agg.horizon_windows,
-            ema_alpha=agg.ema_alpha,
-            top_k=agg.top_k,
-            off_ratio=agg.off_ratio,
-            min_dwell_s=agg.min_dwell_s,
-            music_index=self.bundle.manifest.music_index,
+            self.bundle.tags, self.bundle.manifest.thresholds, **self.aggregator_options()
         )
         slot = batch_frontend.open() if batch_frontend is not None else None
         fe = self.front_end(input_rate, channels, batch_frontend.sink(slot) if slot is not None else None)

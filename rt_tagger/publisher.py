@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from engines.errors import UserError
@@ -50,6 +51,7 @@ from rt_tagger.compact import (
     COMPACT_PREFIX,
     OFF_PUBLISH_WALL_TIME,
     OFF_TIMING_PUBLISH,
+    CompactDecoder,
     Vocabulary,
     compact_topic,
 )
@@ -388,6 +390,58 @@ class Publisher:
         if ok:
             self._sent += 1
         return ok
+
+    def routes(self, stream_ids: list[str]) -> list[_Route]:
+        """The routes of streams whose messages come as rows (:meth:`publish_rows`)."""
+        return [self._routes.setdefault(s, _Route(s)) for s in stream_ids]
+
+    def publish_rows(self, routes: list[_Route], vocab: Vocabulary, encode) -> int:
+        """Send one window's messages of many streams (a stream group), compact-encoded as rows.
+
+        ``encode(names)`` returns every row's compact frame (a bytearray), ``names`` ``(R,)`` bool
+        marking the rows that must carry the names section. Each frame goes to its stream's
+        compact topic if someone subscribes there, and as JSON (decoded from the frame: slow, but
+        only for streams someone reads as JSON) to its JSON topic. ``publish_wall_time`` and
+        ``timings_ms.publish`` are stamped per frame as it is sent. Returns the frames sent.
+        """
+        t0 = time.perf_counter()
+        if self.sock.getsockopt(_EVENTS) & _POLLIN:
+            self._drain_subscriptions()
+        gen, epoch = self._sub_gen, self._compact_epoch
+        for r in routes:
+            if r.gen != gen:
+                r.want_json = self._wanted(r.json_topic)
+                r.want_compact = self._wanted(r.compact_topic, compact=True)
+                r.gen = gen
+        names = np.fromiter((r.want_compact and r.names_epoch != epoch for r in routes), bool, len(routes))
+        frames = encode(names)
+        decoder = None
+        sent = 0
+        for r, frame in zip(routes, frames, strict=True):
+            if not (r.want_compact or r.want_json):
+                continue
+            _F64.pack_into(frame, OFF_PUBLISH_WALL_TIME, time.time())
+            _F32.pack_into(frame, OFF_TIMING_PUBLISH, (time.perf_counter() - t0) * 1e3)
+            ok = True
+            if r.want_compact:
+                r.names_epoch = epoch
+                r.vocab = vocab
+                self._encoded["compact"] += 1
+                ok = self._send(r.compact_topic, frame)
+            if r.want_json:
+                if decoder is None:
+                    decoder = CompactDecoder()
+                    decoder.vocabularies[vocab.vocab_id] = vocab
+                msg = decoder.decode(r.compact_topic, frame)
+                self._encoded["json"] += 1
+                ok = self._send(r.json_topic, msg.to_bytes()) and ok
+            sent += ok
+        self._sent += sent
+        return sent
+
+    def forget_routes(self, stream_ids: list[str]) -> None:
+        for s in stream_ids:
+            self._routes.pop(s, None)
 
     def _send(self, topic: bytes, body: bytes) -> bool:
         """Both frames, NODROP first. libzmq checks the queues at each part but counts a message

@@ -35,7 +35,10 @@ import zmq
 from rt_tagger.batch_frontend import BatchFrontEnd
 from rt_tagger.ingest import (
     AudioHeader,
+    CloseGroupHeader,
     CloseHeader,
+    GroupAudioHeader,
+    OpenGroupHeader,
     OpenHeader,
     ProtocolError,
     Reply,
@@ -48,6 +51,7 @@ from rt_tagger.publisher import Publisher, parse_endpoint
 from rt_tagger.scheduler import run_due
 from rt_tagger.settings import ServeSettings, SettingsError
 from rt_tagger.sources import AudioInputError
+from rt_tagger.stream_group import StreamGroup
 from rt_tagger.stream_state import StreamState
 
 __all__ = ["IngestInput", "Server", "ServeStats", "bind_ingest"]
@@ -226,12 +230,16 @@ class Server:
         self.publisher = publisher
         self.settings = settings
         self.streams: dict[str, tuple[StreamState, IngestInput]] = {}
+        self.groups: dict[str, tuple[StreamGroup, IngestInput]] = {}  # protocol 1.2 stream groups
+        self._group_streams: set[str] = set()  # the stream ids of all open groups
+        self._due_groups: set[str] = set()
         self.stats = ServeStats()
         self._due: set[str] = set()  # streams holding due windows
         self._due_since: float | None = None
         self._due_count = 0
         self._batch_max = min(settings.max_batch or 1 << 30, pipeline.backend.batch_range[1])
         self.frontend = _batch_frontend(settings.frontend, pipeline)
+        self._group_frontend: BatchFrontEnd | None = self.frontend
         self._warm_batches()
         self.sock = ingest_socket if ingest_socket is not None else bind_ingest(settings, context)
         self.ingest_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -274,6 +282,8 @@ class Server:
                 self._score()
             for stream_id in list(self.streams):
                 self._end(stream_id, reason)
+            for group_id in list(self.groups):
+                self._end_group(group_id, reason)
             self._publish_stats()
             self._gc.remove()
             self.sock.close()
@@ -299,6 +309,12 @@ class Server:
                     self._open(identity, header)
                 elif isinstance(header, CloseHeader):
                     self._close(identity, header.stream_id)
+                elif isinstance(header, GroupAudioHeader):
+                    self._group_audio(identity, header, payloads[0])
+                elif isinstance(header, OpenGroupHeader):
+                    self._open_group(identity, header)
+                elif isinstance(header, CloseGroupHeader):
+                    self._close_group(identity, header.group_id)
             except ProtocolError as e:
                 self.stats.protocol_errors += 1
                 self._reply(identity, Reply(type="error", reason=str(e)))
@@ -311,10 +327,10 @@ class Server:
             self.stats.refused += 1
             self._reply(identity, Reply(type="refused", stream_id=h.stream_id, reason=reason))
 
-        if h.stream_id in self.streams:
+        if h.stream_id in self.streams or h.stream_id in self._group_streams:
             return refuse(f"stream id {h.stream_id!r} is already open")
-        if len(self.streams) >= self.settings.max_streams:
-            return refuse(f"at capacity: {len(self.streams)} of {self.settings.max_streams} streams open")
+        if self.open_streams >= self.settings.max_streams:
+            return refuse(f"at capacity: {self.open_streams} of {self.settings.max_streams} streams open")
         try:
             hop_frames = (
                 resolve_hop_frames(h.options.hop_s, self.pipeline.bundle) if h.options.hop_s else None
@@ -335,6 +351,111 @@ class Server:
             Reply(type="opened", stream_id=h.stream_id, hop_s=hop_s, buffer_s=self.settings.buffer_s,
                   topic=f"tags.{h.stream_id}"),
         )  # fmt: skip
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.streams) + len(self._group_streams)
+
+    def _open_group(self, identity: bytes, h: OpenGroupHeader) -> None:
+        def refuse(reason: str) -> None:
+            self.stats.refused += 1
+            self._reply(identity, Reply(type="refused", stream_id=h.group_id, reason=reason))
+
+        if h.group_id in self.groups:
+            return refuse(f"group id {h.group_id!r} is already open")
+        ids = h.stream_ids
+        if len(set(ids)) != len(ids):
+            return refuse("the group names a stream id twice")
+        taken = next((s for s in ids if s in self.streams or s in self._group_streams), None)
+        if taken is not None:
+            return refuse(f"stream id {taken!r} is already open")
+        if self.open_streams + len(ids) > self.settings.max_streams:
+            return refuse(
+                f"at capacity: {self.open_streams} of {self.settings.max_streams} streams open, "
+                f"the group has {len(ids)}"
+            )
+        rate = self.pipeline.spec.sample_rate
+        if h.sample_rate != rate:
+            return refuse(f"a group's audio must be at the model's rate, {rate} Hz (got {h.sample_rate})")
+        try:
+            hop_frames = (
+                resolve_hop_frames(h.options.hop_s, self.pipeline.bundle)
+                if h.options.hop_s
+                else self.pipeline.hop_frames
+            )
+        except SettingsError as e:
+            return refuse(str(e))
+        if self._group_frontend is None:  # a CPU server: the groups' log-mel in torch on the CPU
+            self._group_frontend = BatchFrontEnd(self.pipeline.spec, self.pipeline.backend.device)
+        inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)  # type: ignore[arg-type]
+        group = StreamGroup(ids, self.pipeline, self._group_frontend, hop_frames, inp)
+        self.groups[h.group_id] = (group, inp)
+        self._group_streams.update(ids)
+        self.stats.opened += len(ids)
+        self._reply(
+            identity,
+            Reply(type="opened", stream_id=h.group_id, hop_s=group.hop_s, buffer_s=self.settings.buffer_s,
+                  topic="tags.<stream_id>"),
+        )  # fmt: skip
+
+    def _group_audio(self, identity: bytes, h: GroupAudioHeader, payload: bytes) -> None:
+        entry = self.groups.get(h.group_id)
+        if entry is None:
+            raise ProtocolError(f"audio for group {h.group_id!r}, which is not open")
+        group, inp = entry
+        if inp.identity != identity:
+            raise ProtocolError(f"group {h.group_id!r} belongs to another client")
+        if len(payload) != 2 * group.size * h.frames:
+            raise ProtocolError(
+                f"group chunk payload has {len(payload)} bytes, expected {group.size} streams × "
+                f"{h.frames} frames × 2 B"
+            )
+        now = time.monotonic()
+        arrival = time.time()
+        if not inp.accept(h.seq, h.frames, now):
+            return
+        pcm = np.frombuffer(payload, "<i2").reshape(group.size, h.frames)
+        capture = h.capture_wall_time if h.capture_wall_time is not None else arrival
+        due = group.push(pcm, capture, arrival)
+        if due:
+            self._due_groups.add(h.group_id)
+            self._due_count += due * group.size
+            if self._due_since is None:
+                self._due_since = now
+
+    def _close_group(self, identity: bytes, group_id: str) -> None:
+        entry = self.groups.get(group_id)
+        if entry is None or entry[1].identity != identity:
+            raise ProtocolError(f"close for group {group_id!r}, which is not open on this client")
+        if entry[0].pad_short_stream():
+            self._due_groups.add(group_id)
+        self._end_group(group_id, "closed")
+
+    def _end_group(self, group_id: str, reason: str) -> None:
+        """Tag what the group still holds, then every stream's ``end``."""
+        group, inp = self.groups[group_id]
+        if group.pending_windows:
+            self._score_group(group_id)
+        self._due_groups.discard(group_id)
+        del self.groups[group_id]
+        self._group_streams.difference_update(group.ids)
+        for msg in group.end(reason):
+            self.publisher.publish(msg)
+        self.stats.closed[reason] += group.size
+        self.stats.ended_dropped_samples += inp.dropped_frames * group.size
+        self.stats.ended_lost_chunks += inp.lost_chunks * group.size
+        self._reply(inp.identity, Reply(type="closed", stream_id=group_id, reason=reason))
+
+    def _score_group(self, group_id: str) -> None:
+        group, _ = self.groups[group_id]
+        backend = self.pipeline.backend
+        t, device0 = time.perf_counter(), backend.device_time_total
+        queue_ms = (time.monotonic() - self._due_since) * 1e3 if self._due_since is not None else 0.0
+        inferred, _ = group.score(backend, self.publisher)
+        batch_ms = (time.perf_counter() - t) * 1e3
+        device_ms = (backend.device_time_total - device0) * 1e3 if backend.device != "cpu" else None
+        if inferred:
+            self.stats.record_batch(inferred, queue_ms, batch_ms, device_ms)
 
     def _audio(self, identity: bytes, h: AudioHeader, payloads: list[bytes]) -> None:
         now = time.monotonic()
@@ -404,6 +525,9 @@ class Server:
         queue_ms = (time.monotonic() - self._due_since) * 1e3 if self._due_since is not None else 0.0
         streams = [self.streams[s][0] for s in self._due if s in self.streams]
         self._due.clear()
+        for group_id in [g for g in self._due_groups if g in self.groups]:
+            self._score_group(group_id)
+        self._due_groups.clear()
         self._due_since, self._due_count = None, 0
         backend = self.pipeline.backend
         t, device0 = time.perf_counter(), backend.device_time_total
@@ -427,6 +551,9 @@ class Server:
             for stream_id, (_, inp) in list(self.streams.items()):
                 if now - inp.last_audio > idle:
                     self._finish(stream_id, "idle")
+            for group_id, (_, inp) in list(self.groups.items()):
+                if now - inp.last_audio > idle:
+                    self._end_group(group_id, "idle")
         # A full garbage collection scans every long-lived object: with a model, its libraries and
         # 1000 streams about 280 000 objects and 120 ms here, longer than the batching budget, at
         # moments set by allocation counts. Objects that exist once streams are open (modules,
@@ -458,7 +585,8 @@ class Server:
             "server": self.name,
             "wall_time": time.time(),
             "uptime_s": round(now - self._started, 3),
-            "streams_open": len(self.streams),
+            "streams_open": self.open_streams,
+            "groups_open": len(self.groups),
             "streams_opened": self.stats.opened,
             "streams_refused": self.stats.refused,
             "streams_closed": dict(self.stats.closed),
@@ -479,9 +607,11 @@ class Server:
             },
             "drops": {
                 "ingest_dropped_samples": self.stats.ended_dropped_samples
-                + sum(inp.dropped_frames for _, inp in self.streams.values()),
+                + sum(inp.dropped_frames for _, inp in self.streams.values())
+                + sum(inp.dropped_frames * g.size for g, inp in self.groups.values()),
                 "ingest_lost_chunks": self.stats.ended_lost_chunks
-                + sum(inp.lost_chunks for _, inp in self.streams.values()),
+                + sum(inp.lost_chunks for _, inp in self.streams.values())
+                + sum(inp.lost_chunks * g.size for g, inp in self.groups.values()),
                 "publisher_dropped": self.publisher.dropped,
             },
             "publisher_encoded": self.publisher.encoded,

@@ -19,6 +19,7 @@ import zmq
 
 from bench.common import free_port
 from rt_tagger.client import ClientError, IngestClient
+from rt_tagger.compact import CompactDecoder
 
 from .conftest import ROOT, cli_env, run_cli
 
@@ -63,6 +64,8 @@ class Server:
                 )
             if self.sub.poll(100):
                 topic, body = self.sub.recv_multipart()
+                if topic.startswith(b"tagb."):  # compact frames someone else asked for
+                    continue
                 msg = json.loads(body)
                 msg["_topic"] = topic
                 self.messages.append(msg)
@@ -264,3 +267,67 @@ def test_subscribe_shows_stats_messages(server):
     assert p.returncode == 0, err.decode()
     doc = json.loads(out.decode().splitlines()[0])
     assert doc["kind"] == "stats" and doc["streams_open"] == 0 and "batch_size_histogram" in doc
+
+
+def test_a_stream_group_gives_each_stream_the_messages_stream_gives(server):
+    """Protocol 1.2: three streams in one group (two of music, one silent), sent as one block per
+    chunk; every stream gets what `rt-tagger stream` gives for its audio alone (windows, scores,
+    active tags, silent heartbeats), as JSON and as compact frames, and its own `end`."""
+    audio, sr = _demo(8.0)
+    assert sr == 16000 and audio.shape[1] == 1
+    mono = audio[:, 0]
+    shifted = np.concatenate([mono[sr * 3 :], mono[: sr * 3]])
+    block = np.stack([mono, shifted, np.zeros_like(mono)])
+    pcm = np.clip(np.round(block * 32768.0), -32768, 32767).astype(np.int16)
+    ids = ["g0", "g1", "g2"]
+    compact = server.ctx.socket(zmq.SUB)
+    try:
+        frames = _group_round_trip(server, compact, pcm, ids, sr)
+    finally:
+        compact.close(linger=0)
+    assert server.stop() == 0
+    silent = server.of("g2")
+    assert [m["kind"] for m in silent[:-1]] == ["heartbeat"] * (len(silent) - 1)
+    assert all(m["heartbeat_reason"] == "silent" for m in silent[:-1]) and silent[-1]["kind"] == "end"
+    for k, stream_id in enumerate(ids[:2]):
+        served = server.of(stream_id)
+        p = run_cli(
+            "stream", "-", "--rate", "16000", "--channels", "1", "--format", "s16le", "--backend", "onnxruntime-cpu",
+            "--full-scores", "--json", "--no-publish", "--stream-id", stream_id, input=pcm[k].tobytes(),
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr_text
+        streamed = [json.loads(ln) for ln in p.stdout_text.splitlines() if ln.startswith("{")]
+        assert [m["kind"] for m in served] == [m["kind"] for m in streamed]
+        assert [m["seq"] for m in served] == list(range(len(served)))
+        pairs = [(a, b) for a, b in zip(served, streamed, strict=True) if a["kind"] == "tags"]
+        assert len(pairs) >= 8
+        for a, b in pairs:
+            assert a["window"] == b["window"]
+            assert np.allclose(a["scores"], b["scores"], atol=1e-4)
+            assert a["active"] == b["active"] and a["events"] == b["events"]
+            assert [t["tag"] for t in a["top"]] == [t["tag"] for t in b["top"]]
+        assert served[-1]["end"]["windows"] == streamed[-1]["end"]["windows"]
+        binary = [m for m in frames if m.stream_id == stream_id and m.kind == "tags"]
+        assert len(binary) == len(pairs)
+        for m, (a, _) in zip(binary, pairs, strict=True):
+            assert m.seq == a["seq"] and m.active == a["active"]
+            assert np.allclose(m.scores, a["scores"], atol=1e-6)
+
+
+def _group_round_trip(server, compact, pcm, ids, sr):
+    compact.setsockopt(zmq.SUBSCRIBE, b"tagb.")
+    compact.setsockopt(zmq.RCVHWM, 0)
+    compact.connect(server.publish)
+    time.sleep(0.3)  # both subscriptions reach the server before the first window
+    with server.client() as c:
+        reply = c.open_group("gw", ids, sr, pace="batch")
+        assert reply.type == "opened" and reply.hop_s == pytest.approx(31 * 256 / 16000)
+        for i, start in enumerate(range(0, pcm.shape[1], 1733)):
+            c.send_group("gw", pcm[:, start : start + 1733], capture_wall_time=1000.0 + i)
+        assert c.close_group("gw").type == "closed"
+    server.receive(server.ended(*ids))
+    decoder = CompactDecoder()
+    frames = []
+    while compact.poll(500):
+        frames.append(decoder.decode(*compact.recv_multipart()))
+    return frames

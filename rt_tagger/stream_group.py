@@ -1,0 +1,287 @@
+"""Many streams in lockstep: one group's framing, tagging and messages as arrays.
+
+A gateway in front of many same-format sources opens a *group* (ingest protocol 1.2,
+:class:`~rt_tagger.ingest.OpenGroupHeader`) and sends one chunk of every stream in one payload.
+All streams of a group then have the same clock: their windows fall due together, so instead of
+one :class:`~rt_tagger.stream_state.StreamState` per stream (Python work per chunk and per window)
+the group keeps its PCM as one ``(streams, samples)`` array and, at each window:
+
+- turns the new samples of every stream into log-mel with one upload and one FFT
+  (:meth:`~rt_tagger.batch_frontend.BatchFrontEnd.add_block`, the same float64 math as every
+  front end), and gathers the windows from the ring into the model's input;
+- runs the backend on the streams that are not silent, in batches of its largest batch;
+- updates every stream's aggregator row at once (:class:`~rt_tagger.aggregator.RowAggregator`,
+  the rules of :class:`~rt_tagger.aggregator.Aggregator`);
+- encodes every stream's message from the arrays (:func:`~rt_tagger.compact.encode_rows`) and
+  publishes it on the stream's own topics (:meth:`~rt_tagger.publisher.Publisher.publish_rows`).
+
+Semantics are a single stream's: windows end at the same samples (``window_frames``, then every
+``hop_frames``), a window whose hop RMS is below ``silence_rms`` is a ``silent`` heartbeat, each
+stream has its own ``seq``, events, ``end`` message and counters (input drops and gaps are the
+group's, so every stream of it reports them). Tested against ``rt-tagger stream`` on the same
+audio. What a group does not do: resample, downmix, or take float PCM (the gateway sends model-rate
+mono s16le), and per-stream options (all streams share the group's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from rt_tagger.aggregator import RowAggregator
+from rt_tagger.compact import _KIND, _STATE, HB_REASONS, RowMessages, Vocabulary, encode_rows
+from rt_tagger.messages import DropCounters, EndInfo, TagEvent, TagMessage
+
+__all__ = ["GroupWindow", "StreamGroup"]
+
+_SCALE = 1.0 / 32768.0  # s16le to float, as rt_tagger.ingest.decode_pcm scales it
+_HB_SILENT = HB_REASONS.index("silent")
+
+
+@dataclass
+class GroupWindow:
+    """A window of every stream of a group whose last sample has arrived."""
+
+    frame_end: int  # front-end frames up to the window's end
+    capture_wall: float | None
+    arrival_wall: float | None
+
+
+class StreamGroup:
+    """The state of a group of streams served in lockstep.
+
+    Args:
+        stream_ids: The group's streams, in payload order.
+        pipeline: The server's pipeline (bundle, backend, settings).
+        frontend: The batch front end the group's log-mel rings live in.
+        hop_frames: Front-end frames between windows.
+        source: The group's input counters (an :class:`~rt_tagger.serve.IngestInput`).
+    """
+
+    def __init__(self, stream_ids: list[str], pipeline, frontend, hop_frames: int, source) -> None:
+        self.ids = list(stream_ids)
+        self.size = len(self.ids)
+        self.pipeline = pipeline
+        self.spec = pipeline.spec
+        self.frontend = frontend
+        self.hop_frames = int(hop_frames)
+        self.source = source
+        self.options = pipeline.message_options(self.ids[0], self.hop_frames)
+        bundle = pipeline.bundle
+        self.aggregator = RowAggregator(
+            bundle.tags, bundle.manifest.thresholds, rows=self.size, **pipeline.aggregator_options()
+        )
+        self.vocab = Vocabulary.build(bundle.tags, self.options.model, self.options.backend)
+        self.slots = np.array([frontend.open() for _ in self.ids], np.int64)
+        self._rows = np.arange(self.size)
+        # PCM not yet turned into frames: column 0 is stream sample `_buf_start`
+        self._buf = np.zeros((self.size, 4 * self.spec.n_fft), np.int16)
+        self._buf_len = 0
+        self._buf_start = 0
+        self.samples_total = 0
+        self._frames_done = 0
+        self._next_window = self.spec.window_frames
+        self._energy_from = 0  # first sample of the current hop's silence check
+        self._due: list[GroupWindow] = []
+        self._real_until: int | None = None  # where silence padding starts (a short stream's end)
+        self.seq = 0
+        self.windows = 0
+        self.heartbeats = np.zeros(self.size, np.int64)
+        self._last_end_s: float | None = None
+        self.routes = None  # the publisher's routes, set at the first publish
+
+    # ------------------------------------------------------------------ audio in
+    def push(self, pcm: np.ndarray, capture_wall: float | None, arrival_wall: float | None) -> int:
+        """Append ``(streams, frames)`` int16 PCM; returns how many windows became due."""
+        n = pcm.shape[1]
+        if self._buf_len + n > self._buf.shape[1]:
+            grown = np.zeros((self.size, max(2 * self._buf.shape[1], self._buf_len + n)), np.int16)
+            grown[:, : self._buf_len] = self._buf[:, : self._buf_len]
+            self._buf = grown
+        self._buf[:, self._buf_len : self._buf_len + n] = pcm
+        self._buf_len += n
+        self.samples_total += n
+        before = len(self._due)
+        while self.samples_total >= self._due_sample(self._next_window):
+            self._due.append(GroupWindow(self._next_window, capture_wall, arrival_wall))
+            self._next_window += self.hop_frames
+        return len(self._due) - before
+
+    def pad_short_stream(self) -> bool:
+        """Streams that ended before their first window get one, padded with silence (as
+        :meth:`~rt_tagger.stream_state.StreamState.pad_short_stream`); returns whether one is due."""
+        if self.seq or self._due or not self.samples_total:
+            return False
+        missing = self._due_sample(self._next_window) - self.samples_total
+        self._real_until = self.samples_total
+        self.push(np.zeros((self.size, missing), np.int16), None, None)
+        self.samples_total -= missing  # padding is not stream time
+        return True
+
+    def _due_sample(self, frame_end: int) -> int:
+        """Samples a stream must have for the window ending at ``frame_end`` (its last frame's end)."""
+        return (frame_end - 1) * self.spec.hop_length + self.spec.n_fft
+
+    @property
+    def pending_windows(self) -> int:
+        return len(self._due)
+
+    # ------------------------------------------------------------------ windows out
+    def score(self, backend, publisher) -> tuple[int, float | None]:
+        """Tag every due window of every stream and publish the messages; returns the windows
+        inferred and the oldest due window's capture time."""
+        inferred, oldest = 0, self._due[0].capture_wall if self._due else None
+        due, self._due = self._due, []
+        for w in due:
+            inferred += self._score_window(w, backend, publisher)
+        return inferred, oldest
+
+    def _score_window(self, w: GroupWindow, backend, publisher) -> int:
+        spec = self.spec
+        hop = spec.hop_length
+        end = self._due_sample(w.frame_end)
+        # silence check over the hop's input, as StreamState does it
+        a, b = self._energy_from - self._buf_start, end - self._buf_start
+        hop_pcm = self._buf[:, a:b].astype(np.float32) * np.float32(_SCALE)
+        real = b - a if self._real_until is None else max(0, self._real_until - self._energy_from)
+        rms = np.sqrt(np.einsum("ij,ij->i", hop_pcm, hop_pcm, dtype=np.float64) / max(1, real))
+        self._energy_from = end
+        live = np.flatnonzero(rms >= self.options.silence_rms)
+        t = time.perf_counter()
+        first = self._frames_done * hop - self._buf_start
+        self.frontend.add_block(self.slots, self._frames_done, self._buf[:, first:b], scale=_SCALE)
+        framing_ms = (time.perf_counter() - t) * 1e3
+        self._frames_done = w.frame_end
+        keep_from = self._frames_done * hop - self._buf_start  # the next frame's first sample
+        left = self._buf_len - keep_from
+        self._buf[:, :left] = self._buf[:, keep_from : self._buf_len]
+        self._buf_len, self._buf_start = left, self._buf_start + keep_from
+
+        n_tags = len(self.aggregator.tags)
+        probs = np.zeros((len(live), n_tags), np.float32)
+        emb = None
+        t = time.perf_counter()
+        batch_max = backend.batch_range[1]
+        for i in range(0, len(live), batch_max):
+            rows = live[i : i + batch_max]
+            mel = self.frontend.windows(self.slots[rows], np.full(len(rows), w.frame_end, np.int64))
+            out = backend.infer(mel)
+            probs[i : i + len(rows)] = out.probabilities
+            if self.options.embedding and out.embeddings is not None:
+                if emb is None:
+                    emb = np.zeros((self.size, out.embeddings.shape[1]), np.float32)
+                emb[rows] = out.embeddings
+        inference_ms = (time.perf_counter() - t) * 1e3 if len(live) else None
+
+        t = time.perf_counter()
+        start_sample = end - spec.window_samples
+        end_s = end / spec.sample_rate
+        upd = self.aggregator.update(live, probs, end_s)
+        k = self.size
+        scores = np.zeros((k, n_tags), np.float32)
+        scores[live] = upd.scores
+        top = np.zeros((k, self.aggregator.top_k), np.int64)
+        top[live] = upd.top
+        turned_on = np.zeros((k, n_tags), bool)
+        turned_off = np.zeros((k, n_tags), bool)
+        turned_on[live], turned_off[live] = upd.turned_on, upd.turned_off
+        kind = np.full(k, _KIND["heartbeat"], np.uint8)
+        kind[live] = _KIND["tags"]
+        state = np.full(k, _STATE["silence"], np.uint8)
+        state[live] = (
+            _STATE[None] if upd.music is None else np.where(upd.music, _STATE["music"], _STATE["not_music"])
+        )
+        hb = np.full(k, _HB_SILENT, np.uint8)
+        hb[live] = 0
+        silent = np.ones(k, bool)
+        silent[live] = False
+        self.heartbeats += silent
+        aggregation_ms = (time.perf_counter() - t) * 1e3
+        c2r = (
+            (w.arrival_wall - w.capture_wall) * 1e3
+            if w.capture_wall is not None and w.arrival_wall is not None
+            else None
+        )
+        src = self.source.counters()
+        msgs = RowMessages(
+            seq=np.full(k, self.seq, np.uint64),
+            kind=kind,
+            state=state,
+            heartbeat_reason=hb,
+            window=(start_sample, end, start_sample / spec.sample_rate, end_s),
+            capture_wall_time=w.capture_wall,
+            backlog_s=0.0,
+            counters=(
+                publisher.dropped,
+                0,
+                0,
+                0,
+                0,
+                0,
+                src["ingest_dropped_samples"],
+                src["ingest_lost_chunks"],
+            ),  # fmt: skip
+            timings=(c2r, framing_ms, inference_ms, aggregation_ms, None),
+            scores=scores,
+            top=top,
+            active=self.aggregator.active & self.aggregator.listed,
+            turned_on=turned_on,
+            turned_off=turned_off,
+            event_time_s=end_s,
+            embedding=emb,
+        )
+        if self.routes is None:
+            self.routes = publisher.routes(self.ids)
+        publisher.publish_rows(self.routes, self.vocab, lambda names: encode_rows(msgs, self.vocab, names))
+        self.seq += 1
+        self.windows += 1
+        self._last_end_s = end_s
+        return len(live)
+
+    # ------------------------------------------------------------------ the end
+    def end(self, reason: str, error: str | None = None) -> list[TagMessage]:
+        """Every stream's last message: why it ended, its counters and the tags switched off."""
+        spec = self.spec
+        end_s = (
+            self._last_end_s
+            if self._last_end_s is not None
+            else self._frames_done * spec.hop_length / spec.sample_rate
+        )
+        on = self.aggregator.close(self._rows)
+        src = self.source.counters()
+        drops = DropCounters(
+            ingest_dropped_samples=src["ingest_dropped_samples"],
+            ingest_lost_chunks=src["ingest_lost_chunks"],
+        )
+        stream_s = self.samples_total / spec.sample_rate
+        tags = self.aggregator.tags
+        msgs = [
+            TagMessage(
+                kind="end",
+                stream_id=stream_id,
+                seq=self.seq,
+                events=[TagEvent(tag=tags[j], state="off", time_s=end_s) for j in np.flatnonzero(on[i])],
+                drops=drops.model_copy(),
+                backend=self.options.backend,
+                model=self.options.model,
+                backlog_s=0.0,
+                end=EndInfo(
+                    reason=reason,
+                    error=error,
+                    stream_s=stream_s,
+                    windows=self.windows - int(self.heartbeats[i]),
+                    heartbeats=int(self.heartbeats[i]),
+                ),
+            )
+            for i, stream_id in enumerate(self.ids)
+        ]
+        self.seq += 1
+        for slot in self.slots.tolist():
+            self.frontend.close(slot)
+        return msgs
+
+    @property
+    def hop_s(self) -> float:
+        return self.hop_frames * self.spec.hop_length / self.spec.sample_rate
