@@ -79,6 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--processes", type=int, default=1, help="server processes (serve --processes; CPU %% counts all)"
     )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=0,
+        help="streams per stream group (ingest protocol 1.2: a gateway sends one block of all its "
+        "streams per chunk; subscribers read the compact encoding); 0: every stream on its own",
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -135,10 +142,10 @@ def _stream_ids(n: int) -> list[str]:
     return [f"s{i % 100:02d}{i // 100:04d}" for i in range(n)]
 
 
-def _subscriber_topics(j: int, count: int) -> str:
-    if count == 1:
+def _subscriber_topics(j: int, count: int, prefix: str = "tags.") -> str:
+    if count == 1 and prefix == "tags.":
         return ""
-    topics = [f"tags.s{g:02d}" for g in range(100) if g % count == j]
+    topics = [f"{prefix}s{g:02d}" for g in range(100) if g % count == j]
     return ",".join(topics + (["stats"] if j == 0 else []))
 
 
@@ -174,6 +181,44 @@ def _generate(endpoint, ids, audio, sr, chunk, offsets, join, periods, t0, hop, 
     results.put(("late", late))
 
 
+_GROUP_SPACING = 1237  # samples (77 ms) between the start offsets of neighbouring streams of a group
+
+
+def _generate_groups(endpoint, groups, tiled, chunk, join, periods, t0, hop, results) -> None:
+    """One load generator process of stream groups: one ``group_audio`` message per group and period.
+
+    Stream ``i`` of a group plays the looped music from ``base + i * _GROUP_SPACING``: the block
+    of a period is a strided view of one long array, copied once into the message."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from rt_tagger.client import IngestClient
+
+    period = chunk / 16000
+    late = 0
+    with IngestClient(endpoint, timeout_s=300.0, sndhwm=1000) as client:
+        for gid, ids, _ in groups:
+            client.open_group(gid, ids, 16000, hop_s=hop)
+        results.put(("opened", 0))
+        start = t0.get()
+        for k in range(periods):
+            due = start + (k + 1) * period
+            now = time.time()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > 0.1:
+                late += 1
+            for (gid, ids, base), j in zip(groups, join, strict=True):
+                if k < j:
+                    continue
+                pos = base + (k - j) * chunk
+                view = as_strided(tiled[pos:], shape=(len(ids), chunk), strides=(2 * _GROUP_SPACING, 2))
+                client.send_group(gid, view, capture_wall_time=due)
+        for gid, _, _ in groups:
+            client.close_group(gid, wait=False)
+        time.sleep(2.0)
+    results.put(("late", late))
+
+
 def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Path) -> dict:
     import multiprocessing
 
@@ -182,8 +227,12 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
     subs, outputs = [], []
     for j in range(n_sub):
         out = tmp / f"messages-{n}-{j}.jsonl"
+        topics = _subscriber_topics(j, n_sub, "tagb." if args.group_size else "tags.")
+        if args.group_size and j == 0:
+            topics += ",stats"
         sub = subprocess.Popen(
-            [sys.executable, "-m", "bench.stream_sub", publish, _subscriber_topics(j, n_sub), str(out)],
+            [sys.executable, "-m", "bench.stream_sub", publish, topics, str(out),
+             *(["compact"] if args.group_size else [])],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         if sub.stdout.readline().strip() != "ready":
@@ -212,25 +261,13 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
     n_gen = max(1, min(args.generators, n))
     ctx = multiprocessing.get_context("fork")
     results, t0 = ctx.Queue(), ctx.Queue()
-    gens = [
-        ctx.Process(
-            target=_generate,
-            args=(
-                ingest,
-                ids[g::n_gen],
-                audio,
-                sr,
-                chunk,
-                offsets[g::n_gen],
-                join[g::n_gen],
-                periods,
-                t0,
-                args.hop,
-                results,
-            ),
-        )  # fmt: skip
-        for g in range(n_gen)
-    ]
+    if args.group_size:
+        gens = _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0, rng)
+        periods = gens[0]._periods
+    else:
+        gens = _stream_generators(
+            ctx, args, ingest, ids, audio, sr, chunk, offsets, join, periods, results, t0, n_gen
+        )
     try:
         for p in gens:
             p.start()
@@ -261,10 +298,105 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
             sub.terminate()
             sub.wait(timeout=60)
     rows = [json.loads(ln) for out in outputs for ln in out.read_text().splitlines() if ln.strip()]
-    seconds = period * (periods - int(join.max()))  # audio every stream sent at least
-    row = _analyse(args, rows, ids, n, seconds, (cpu1 - cpu0) / (w1 - w0) * 100, late)
+    seconds = period * (periods - (gens[0]._last_join if args.group_size else int(join.max())))
+    cpu_pct = (cpu1 - cpu0) / (w1 - w0) * 100
+    if args.group_size:
+        row = _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late)
+    else:
+        row = _analyse(args, rows, ids, n, seconds, cpu_pct, late)
     row["gpu_util_pct"] = gpu_pct
     return row
+
+
+def _stream_generators(ctx, args, ingest, ids, audio, sr, chunk, offsets, join, periods, results, t0, n_gen):
+    return [
+        ctx.Process(
+            target=_generate,
+            args=(ingest, ids[g::n_gen], audio, sr, chunk, offsets[g::n_gen], join[g::n_gen], periods, t0,
+                  args.hop, results),
+        )  # fmt: skip
+        for g in range(n_gen)
+    ]
+
+
+def _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0, rng):
+    """Groups of ``--group-size`` streams, spread over the generators; group ``g`` joins at its own
+    period within the first hop (so groups' windows fall due spread over the hop)."""
+    size = args.group_size
+    groups = [(f"g{g:05d}", ids[i : i + size]) for g, i in enumerate(range(0, len(ids), size))]
+    hop_periods = max(1, int(round(args.hop / period)))
+    join = [(g * hop_periods) // len(groups) for g in range(len(groups))]
+    periods = int(args.seconds / period) + max(join)
+    bases = rng.integers(0, len(audio), size=len(groups))
+    need = int(bases.max()) + (periods + 1) * chunk + size * _GROUP_SPACING
+    tiled = np.tile(audio, need // len(audio) + 1)
+    n_gen = max(1, min(args.generators, len(groups)))
+    gens = []
+    for k in range(n_gen):
+        mine = list(range(k, len(groups), n_gen))
+        spec = [(*groups[g], int(bases[g])) for g in mine]
+        gens.append(
+            ctx.Process(
+                target=_generate_groups,
+                args=(ingest, spec, tiled, chunk, [join[g] for g in mine], periods, t0, args.hop, results),
+            )
+        )
+    gens[0]._periods, gens[0]._last_join = periods, max(join)
+    return gens
+
+
+def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dict:
+    """:func:`_analyse` for compact frames (``bench.stream_sub`` ``compact`` files)."""
+    head_dtype = np.dtype(
+        [("v", "u1"), ("kind", "u1"), ("x", "V6"), ("seq", "<u8"), ("y", "V24"), ("end_s", "<f8"),
+         ("capture", "<f8"), ("publish", "<f8")]
+    )  # fmt: skip
+    heads, topics, recvs = [], [], []
+    for out in outputs:
+        z = np.load(str(out) + ".npz")
+        heads.append(np.frombuffer(z["head"].tobytes(), head_dtype))
+        topics.append(z["topic"])
+        recvs.append(z["recv"])
+    h, topic, recv = np.concatenate(heads), np.concatenate(topics), np.concatenate(recvs)
+    stats = [r["msg"] for r in rows if r["msg"].get("kind") == "stats"]
+    ends = {r["msg"]["stream_id"]: r["msg"] for r in rows if r["msg"].get("kind") == "end"}
+    names, stream = np.unique(topic, return_inverse=True)
+    index = {bytes(t)[5:-1].decode(): i for i, t in enumerate(names)}
+    # lost: per stream, the seqs up to its end that never arrived
+    order = np.lexsort((h["seq"], stream))
+    s_sorted, q_sorted = stream[order], h["seq"][order]
+    distinct = np.ones(len(order), bool)
+    distinct[1:] = (s_sorted[1:] != s_sorted[:-1]) | (q_sorted[1:] != q_sorted[:-1])
+    received = np.bincount(s_sorted[distinct], minlength=len(names))
+    tags = np.bincount(stream[h["kind"] == 0], minlength=len(names))
+    lost = dropped = short = 0
+    for sid in ids:
+        i = index.get(sid)
+        end = ends.get(sid)
+        expected = end["seq"] if end else (int(h["seq"][stream == i].max()) + 1 if i is not None else 1)
+        lost += expected - (int(received[i]) if i is not None else 0)
+        if end:
+            d = end["drops"]
+            dropped += d.get("ingest_dropped_samples", 0) + d.get("publisher_dropped", 0)
+        if i is None or tags[i] < int((seconds - 3.2) / args.hop):
+            short += 1
+    ok = (h["kind"] == 0) & (h["end_s"] >= args.skip_s) & np.isfinite(h["capture"])
+    cp = summarize(((h["publish"] - h["capture"])[ok] * 1e3).tolist())
+    cr = summarize(((recv - h["capture"])[ok] * 1e3).tolist())
+    hist: Counter = Counter()
+    last = {m.get("server"): m for m in stats}
+    for m in last.values():
+        hist.update({int(k): v for k, v in m["batch_size_histogram"].items()})
+    total = sum(hist.values())
+    mean_batch = sum(k * v for k, v in hist.items()) / total if total else None
+    holds = lost == 0 and dropped == 0 and short == 0 and cp["p99"] is not None and cp["p99"] <= args.bound_ms
+    return {
+        "streams": n, "messages": int(len(h) + len(ends)), "lost": int(lost), "dropped": int(dropped),
+        "streams_short": short, "p50_ms": cp["p50"], "p99_ms": cp["p99"], "max_ms": cp["max"],
+        "recv_p50_ms": cr["p50"], "recv_p99_ms": cr["p99"], "server_cpu_pct": round(cpu_pct, 1),
+        "generator_late_periods": late, "mean_batch": None if mean_batch is None else round(mean_batch, 1),
+        "batch_size_histogram": dict(hist), "last_stats": list(last.values()), "holds": holds,
+    }  # fmt: skip
 
 
 def _analyse(
@@ -325,9 +457,17 @@ def run(args: argparse.Namespace) -> dict:
         "hop_s": args.hop, "backend": args.backend, "bound_ms": args.bound_ms, "skip_s": args.skip_s,
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "frontend": args.frontend, "max_batch": args.max_batch, "processes": args.processes,
-        "load": f"{args.generators} generator process(es), each multiplexing its streams into one ingest "
-                f"message per chunk period; {args.subscribers} subscriber process(es); 16 kHz mono s16le; "
-                "each stream starts at its own random offset of the looped file",
+        "group_size": args.group_size,
+        "load": (
+            f"{args.generators} generator process(es), each multiplexing its streams into one ingest "
+            f"message per chunk period; {args.subscribers} subscriber process(es); 16 kHz mono s16le; "
+            "each stream starts at its own random offset of the looped file"
+            if not args.group_size else
+            f"{args.generators} generator process(es) sending stream groups of {args.group_size} "
+            "(ingest protocol 1.2: one message per group and chunk period, groups joining spread over "
+            f"the first hop); {args.subscribers} compact subscriber process(es); 16 kHz mono s16le; "
+            "stream i of a group plays the looped file from the group's random offset + i × 77 ms"
+        ),
     })  # fmt: skip
     doc["bundle"] = bundle_info(bundle, label)
     tmp = Path(tempfile.mkdtemp(prefix="rt-bench-serve-"))

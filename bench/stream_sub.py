@@ -1,9 +1,14 @@
 """The subscriber process of ``bench stream``: receives messages and records when they arrived.
 
-Run as ``python -m bench.stream_sub ENDPOINT TOPIC[,TOPIC…] OUT.jsonl``. Every received message
+Run as ``python -m bench.stream_sub ENDPOINT TOPIC[,TOPIC…] OUT.jsonl [compact]``. Every received message
 becomes one JSON line ``{"recv": <unix time>, "msg": <message>}`` (the body is written as it came,
 not parsed here, so one subscriber keeps up with tens of thousands of messages a second); it exits
 on SIGINT/SIGTERM after flushing.
+With ``compact`` (``bench serve --group-size``: ~200 000 messages a second) compact frames
+(topics ``tagb.…``) are not written one by one: the first 64 header bytes of each, its topic and
+its arrival time are kept and saved as ``OUT.npz`` on exit; other messages (JSON: stats, and the
+JSON tail of ``end`` frames) are lines of ``OUT.jsonl`` as above.
+
 A separate OS process on purpose: the latency a real subscriber sees includes the hop across processes.
 """
 
@@ -17,7 +22,9 @@ import time
 def main(argv: list[str]) -> int:
     import zmq
 
-    endpoint, topics, out_path = argv
+    endpoint, topics, out_path, *mode = argv
+    compact = mode == ["compact"]
+    heads, names, recvs = bytearray(), [], []
     stop = False
 
     def handler(signum, frame):
@@ -42,13 +49,27 @@ def main(argv: list[str]) -> int:
                 continue
             while True:
                 try:
-                    _topic, body = sock.recv_multipart(zmq.NOBLOCK)
+                    topic, body = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                out.write(b'{"recv": %.6f, "msg": %s}\n' % (time.time(), body))
+                now = time.time()
+                if compact and topic.startswith(b"tagb."):
+                    if body[4] & 16:  # F_JSON_TAIL: an end message, its JSON after the header
+                        out.write(b'{"recv": %.6f, "msg": %s}\n' % (now, body[132:]))
+                    else:
+                        heads += body[:64]
+                        names.append(topic)
+                        recvs.append(now)
+                    continue
+                out.write(b'{"recv": %.6f, "msg": %s}\n' % (now, body))
             out.flush()
     sock.close()
     ctx.term()
+    if compact:
+        import numpy as np
+
+        np.savez(out_path + ".npz", head=np.frombuffer(bytes(heads), np.uint8), topic=np.array(names, "S"),
+                 recv=np.array(recvs, np.float64))  # fmt: skip
     return 0
 
 

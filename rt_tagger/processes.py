@@ -50,7 +50,10 @@ from engines.errors import UserError
 from rt_tagger.cluster import HashRing, shard_lost_end
 from rt_tagger.ingest import (
     AudioHeader,
+    CloseGroupHeader,
     CloseHeader,
+    GroupAudioHeader,
+    OpenGroupHeader,
     OpenHeader,
     ProtocolError,
     Reply,
@@ -89,6 +92,7 @@ class _RosterPublisher:
         self._roster = roster
         self._slots: dict[str, int] = {}
         self._free = list(range(len(roster) - 1, -1, -1))
+        self._group_slots: dict[int, np.ndarray] = {}  # id(a group's routes) -> its roster rows
 
     def register(self, stream_id: str) -> int | None:
         slot = self._slots.get(stream_id)
@@ -107,6 +111,20 @@ class _RosterPublisher:
             self._free.append(self._slots.pop(msg.stream_id))
         return ok
 
+    def routes(self, stream_ids: list[str]) -> list:
+        """A group's routes; its streams take roster rows (their ``seq`` is written per window)."""
+        routes = self._pub.routes(stream_ids)
+        self._group_slots[id(routes)] = np.array(
+            [-1 if (r := self.register(s)) is None else r for s in stream_ids], np.int64
+        )
+        return routes
+
+    def publish_rows(self, routes: list, vocab, encode, seq: int) -> int:
+        slots = self._group_slots.get(id(routes))
+        if slots is not None:
+            self._roster["seq"][slots[slots >= 0]] = seq
+        return self._pub.publish_rows(routes, vocab, encode, seq)
+
     def __getattr__(self, name: str):  # publish_raw, dropped, endpoint, …
         return getattr(self._pub, name)
 
@@ -119,6 +137,12 @@ class _ChildServer(Server):
         super()._open(identity, h)
         if h.stream_id in self.streams:
             self.publisher.register(h.stream_id)
+
+    def _open_group(self, identity: bytes, h: OpenGroupHeader) -> None:
+        super()._open_group(identity, h)
+        if h.group_id in self.groups:
+            group = self.groups[h.group_id][0]
+            group.routes = self.publisher.routes(group.ids)
 
 
 def _child_main(*args) -> None:
@@ -458,15 +482,24 @@ class ProcessServer:
                 self.stats.protocol_errors += 1
                 self._reply(identity, Reply(type="error", reason=str(e)))
                 continue
-            if isinstance(header, OpenHeader):
+            if isinstance(header, OpenHeader | OpenGroupHeader):  # a group routes by its group id
                 self._open(identity, header, frames)
             elif isinstance(header, AudioHeader):
                 self._forward_audio(identity, header, frames)
-            elif isinstance(header, CloseHeader):
-                f = self.forwarded.get(header.stream_id)
+            elif isinstance(header, GroupAudioHeader):
+                f = self.forwarded.get(header.group_id)
                 if f is None or f.client != identity:
-                    self._reply(identity, Reply(type="error", stream_id=header.stream_id,
-                                                reason=f"close for stream {header.stream_id!r}, which is not open on this client"))  # fmt: skip
+                    self.stats.protocol_errors += 1
+                    self._reply(identity, Reply(type="error", stream_id=header.group_id,
+                                                reason=f"audio for group {header.group_id!r}, which is not open"))  # fmt: skip
+                else:
+                    self._child(f.child).dealer.send_multipart(frames, copy=False)
+            elif isinstance(header, CloseHeader | CloseGroupHeader):
+                header_id = header.stream_id if isinstance(header, CloseHeader) else header.group_id
+                f = self.forwarded.get(header_id)
+                if f is None or f.client != identity:
+                    self._reply(identity, Reply(type="error", stream_id=header_id,
+                                                reason=f"close for {header_id!r}, which is not open on this client"))  # fmt: skip
                 else:
                     self._child(f.child).dealer.send_multipart(frames)
 

@@ -395,13 +395,14 @@ class Publisher:
         """The routes of streams whose messages come as rows (:meth:`publish_rows`)."""
         return [self._routes.setdefault(s, _Route(s)) for s in stream_ids]
 
-    def publish_rows(self, routes: list[_Route], vocab: Vocabulary, encode) -> int:
+    def publish_rows(self, routes: list[_Route], vocab: Vocabulary, encode, seq: int) -> int:
         """Send one window's messages of many streams (a stream group), compact-encoded as rows.
 
         ``encode(names)`` returns every row's compact frame (a bytearray), ``names`` ``(R,)`` bool
         marking the rows that must carry the names section. Each frame goes to its stream's
         compact topic if someone subscribes there, and as JSON (decoded from the frame: slow, but
-        only for streams someone reads as JSON) to its JSON topic. ``publish_wall_time`` and
+        only for streams someone reads as JSON) to its JSON topic; ``seq`` is the rows' sequence
+        number (a group's streams share it). ``publish_wall_time`` and
         ``timings_ms.publish`` are stamped per frame as it is sent. Returns the frames sent.
         """
         t0 = time.perf_counter()

@@ -234,7 +234,9 @@ class StreamGroup:
         )
         if self.routes is None:
             self.routes = publisher.routes(self.ids)
-        publisher.publish_rows(self.routes, self.vocab, lambda names: encode_rows(msgs, self.vocab, names))
+        publisher.publish_rows(
+            self.routes, self.vocab, lambda names: encode_rows(msgs, self.vocab, names), self.seq
+        )
         self.seq += 1
         self.windows += 1
         self._last_end_s = end_s
