@@ -312,8 +312,19 @@ def _stream_generators(ctx, args, ingest, ids, audio, sr, chunk, offsets, join, 
     return [
         ctx.Process(
             target=_generate,
-            args=(ingest, ids[g::n_gen], audio, sr, chunk, offsets[g::n_gen], join[g::n_gen], periods, t0,
-                  args.hop, results),
+            args=(
+                ingest,
+                ids[g::n_gen],
+                audio,
+                sr,
+                chunk,
+                offsets[g::n_gen],
+                join[g::n_gen],
+                periods,
+                t0,
+                args.hop,
+                results,
+            ),
         )  # fmt: skip
         for g in range(n_gen)
     ]
@@ -361,7 +372,7 @@ def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dic
     stats = [r["msg"] for r in rows if r["msg"].get("kind") == "stats"]
     ends = {r["msg"]["stream_id"]: r["msg"] for r in rows if r["msg"].get("kind") == "end"}
     names, stream = np.unique(topic, return_inverse=True)
-    index = {bytes(t)[5:-1].decode(): i for i, t in enumerate(names)}
+    index = {bytes(t).rstrip(b"\0")[5:].decode(): i for i, t in enumerate(names)}  # "S" drops the NUL
     # lost: per stream, the seqs up to its end that never arrived
     order = np.lexsort((h["seq"], stream))
     s_sorted, q_sorted = stream[order], h["seq"][order]

@@ -451,7 +451,7 @@ class Server:
         backend = self.pipeline.backend
         t, device0 = time.perf_counter(), backend.device_time_total
         queue_ms = (time.monotonic() - self._due_since) * 1e3 if self._due_since is not None else 0.0
-        inferred, _ = group.score(backend, self.publisher)
+        inferred, _ = group.score(backend, self.publisher, self._batch_max)
         batch_ms = (time.perf_counter() - t) * 1e3
         device_ms = (backend.device_time_total - device0) * 1e3 if backend.device != "cpu" else None
         if inferred:

@@ -129,16 +129,16 @@ class StreamGroup:
         return len(self._due)
 
     # ------------------------------------------------------------------ windows out
-    def score(self, backend, publisher) -> tuple[int, float | None]:
-        """Tag every due window of every stream and publish the messages; returns the windows
-        inferred and the oldest due window's capture time."""
+    def score(self, backend, publisher, batch_max: int | None = None) -> tuple[int, float | None]:
+        """Tag every due window of every stream (backend batches of at most ``batch_max``) and
+        publish the messages; returns the windows inferred and the oldest due window's capture time."""
         inferred, oldest = 0, self._due[0].capture_wall if self._due else None
         due, self._due = self._due, []
         for w in due:
-            inferred += self._score_window(w, backend, publisher)
+            inferred += self._score_window(w, backend, publisher, batch_max or backend.batch_range[1])
         return inferred, oldest
 
-    def _score_window(self, w: GroupWindow, backend, publisher) -> int:
+    def _score_window(self, w: GroupWindow, backend, publisher, batch_max: int) -> int:
         spec = self.spec
         hop = spec.hop_length
         end = self._due_sample(w.frame_end)
@@ -163,7 +163,6 @@ class StreamGroup:
         probs = np.zeros((len(live), n_tags), np.float32)
         emb = None
         t = time.perf_counter()
-        batch_max = backend.batch_range[1]
         for i in range(0, len(live), batch_max):
             rows = live[i : i + batch_max]
             mel = self.frontend.windows(self.slots[rows], np.full(len(rows), w.frame_end, np.int64))
