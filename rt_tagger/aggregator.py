@@ -126,9 +126,10 @@ class RowAggregator:
         """Add one window's probabilities ``(len(rows), n_tags)`` to each of ``rows``, ending at
         stream time ``time_s`` (one for all, or one per row)."""
         rows = np.asarray(rows, np.int64)
-        p = np.asarray(probabilities, dtype=np.float64).reshape(len(rows), -1)
-        if p.shape[1] != len(self.tags):
-            raise ValueError(f"{p.shape[1]} scores for {len(self.tags)} tags")
+        p = np.asarray(probabilities, dtype=np.float64)
+        if p.size != len(rows) * len(self.tags):
+            raise ValueError(f"{p.size} scores for {len(rows)} row(s) of {len(self.tags)} tags")
+        p = p.reshape(len(rows), len(self.tags))
         scores = self._smooth(rows, p)
         self.windows[rows] += 1
         t = np.broadcast_to(np.asarray(time_s, np.float64), (len(rows),))[:, None]

@@ -265,3 +265,45 @@ def test_header_offsets_match_the_documented_layout():
     assert struct.unpack_from("<f", frame, 116)[0] == 1.25  # timings_ms.inference
     assert struct.unpack_from("<H", frame, 6)[0] == N_TAGS
     assert abs(struct.unpack_from("<d", frame, 48)[0] - time.time()) < 600  # capture_wall_time
+
+
+def test_rows_encode_as_each_message_encodes():
+    """encode_rows (a stream group's window, from arrays) gives the bytes encode gives for the same
+    messages one by one: tags with events and top, not music, a silent heartbeat, with names."""
+    from rt_tagger.compact import RowMessages, encode_rows
+    from rt_tagger.messages import DropCounters, TagScore, WindowInfo
+
+    vocab = Vocabulary.build(VOCAB_TAGS, MODEL, BACKEND)
+    rng = np.random.default_rng(0)
+    scores = rng.random((3, N_TAGS)).astype(np.float32)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    active = np.zeros((3, N_TAGS), bool)
+    active[0, [1, 4]] = active[2, 4] = True
+    on = np.zeros((3, N_TAGS), bool)
+    on[0, 4] = True
+    off = np.zeros((3, N_TAGS), bool)
+    off[0, 7] = True
+    rows = RowMessages(
+        seq=np.full(3, 5, np.uint64), kind=np.array([0, 0, 1], np.uint8), state=np.array([1, 2, 3], np.uint8),
+        heartbeat_reason=np.array([0, 0, 1], np.uint8), window=(16000, 65408, 1.0, 4.088),
+        capture_wall_time=1234.5, backlog_s=0.0, counters=(2, 0, 0, 0, 0, 0, 30, 1),
+        timings=(1.5, 2.0, 3.0, 0.5, None), scores=scores, top=top, active=active, turned_on=on,
+        turned_off=off, event_time_s=4.088,
+    )  # fmt: skip
+    frames = encode_rows(rows, vocab, np.array([True, False, False]))
+    window = WindowInfo(start_sample=16000, end_sample=65408, start_s=1.0, end_s=4.088)
+    drops = DropCounters(publisher_dropped=2, ingest_dropped_samples=30, ingest_lost_chunks=1)
+    timings = StageTimings(capture_to_ring=1.5, framing_mel=2.0, inference=3.0, aggregation=0.5)
+    common = dict(stream_id="s", seq=5, window=window, capture_wall_time=1234.5, drops=drops, backend=BACKEND,
+                  model=MODEL, backlog_s=0.0, timings_ms=timings, publish_wall_time=float("nan"))  # fmt: skip
+    names = [VOCAB_TAGS[i] for i in range(N_TAGS)]
+    msgs = [
+        TagMessage(kind="tags", state="music", top=[TagScore(tag=names[i], score=float(scores[0, i])) for i in top[0]],
+                   active=[names[1], names[4]], events=[TagEvent(tag=names[4], state="on", time_s=4.088),
+                   TagEvent(tag=names[7], state="off", time_s=4.088)], **common),
+        TagMessage(kind="tags", state="not_music", top=[], active=[], events=[], **common),
+        TagMessage(kind="heartbeat", heartbeat_reason="silent", state="silence", active=[names[4]], **common),
+    ]  # fmt: skip
+    msgs[0]._score_array, msgs[1]._score_array = scores[0], scores[1]
+    for i, (frame, msg) in enumerate(zip(frames, msgs, strict=True)):
+        assert bytes(frame) == bytes(encode(msg, vocab, names=i == 0)), i

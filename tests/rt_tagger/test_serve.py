@@ -331,3 +331,38 @@ def _group_round_trip(server, compact, pcm, ids, sr):
     while compact.poll(500):
         frames.append(decoder.decode(*compact.recv_multipart()))
     return frames
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        (
+            "--max-streams",
+            "4",
+        )
+    ],
+    indirect=True,
+)
+def test_stream_groups_are_admitted_whole_and_bad_group_input_gets_a_reason(server):
+    """A group counts all its streams against max_streams, its ids cannot be reused, its rate must
+    be the model's, and a payload of the wrong size is answered with an error, not a crash."""
+    with server.client() as c:
+        with pytest.raises(ClientError, match="at capacity: 0 of 4 streams open, the group has 5"):
+            c.open_group("big", [f"b{i}" for i in range(5)], 16000)
+        with pytest.raises(ClientError, match="model's rate, 16000 Hz"):
+            c.open_group("slow", ["x"], 44100)
+        c.open_group("ok", ["a", "b", "c"], 16000, pace="batch")
+        with pytest.raises(ClientError, match="stream id 'a' is already open"):
+            c.open("a", 16000)
+        with pytest.raises(ClientError, match="at capacity"):
+            c.open_group("more", ["d", "e"], 16000)
+        c.send_group("ok", np.zeros((3, 1600), np.int16))
+        c.sock.send_multipart(
+            [b'{"type": "group_audio", "group_id": "ok", "seq": 1, "frames": 10}', b"\0" * 7]
+        )
+        err = c._wait_for(None, ("error",))
+        assert "group chunk payload has 7 bytes, expected 3 streams × 10 frames × 2 B" in err.reason
+        assert c.close_group("ok").type == "closed"
+    ends = server.receive(server.ended("a", "b", "c"))
+    assert {m["stream_id"] for m in ends if m["kind"] == "end"} == {"a", "b", "c"}
+    assert server.stop() == 0, server.stderr_tail()
