@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `bench serve` with stream groups on a GPU machine, one level per call of bench (a level's JSON
+# survives a later level running out of time). Usage on the device machine, from the repo root:
+#   OUT=/path LEVELS="20000 50000 100000" bash bench/run_serve_groups.sh
+set -u
+OUT="${OUT:?OUT: where results go}"
+LEVELS="${LEVELS:-20000 50000 100000}"
+TUNE_S="${TUNE_S:-120}"
+echo "tuning the fused Triton kernels (at most ${TUNE_S} s; without a tuning auto picks torch-cuda)" >&2
+timeout "$TUNE_S" python3 -m engines.triton tune rt_tagger/default_model --max-batch 1024 --catalogue quick 2>&1 | tail -3
+for n in $LEVELS; do
+  echo "level $n" >&2
+  timeout "${LEVEL_S:-200}" python3 -m bench serve --group-size "${GROUP:-2500}" --streams "$n" \
+    --seconds "${SECONDS_PER_LEVEL:-12}" --chunk-ms 100 --processes "${PROCS:-8}" --generators 4 \
+    --subscribers 4 --max-batch 1024 --backend auto --out "$OUT/level-$n" 2>&1 | grep -A3 "^streams"
+  tail -3 /tmp/rt-bench-serve-*/server-"$n".stderr 2>/dev/null
+done
