@@ -280,6 +280,9 @@ class ProcessServer:
         self.poller.register(self.front, zmq.POLLIN)
         self.forwarded: dict[str, _Forwarded] = {}
         self.redirected: dict[str, tuple[bytes, str, float]] = {}  # stream -> client, child, when
+        # group -> client, child, when, its first stream (protocol 1.2: a group's streams are in
+        # the roster, the group id is not; kept until no child holds its first stream)
+        self.groups: dict[str, tuple[bytes, str, float, str]] = {}
         self.stats = _Stats()
         self._mp = mp.get_context("spawn")
         self._settings_json = settings.model_copy(
@@ -395,6 +398,11 @@ class ProcessServer:
             identity = client.client if client else redirected[0] if redirected else None
             if identity is not None:
                 self._reply(identity, Reply(type="closed", stream_id=stream_id, reason="shard_lost"))
+        for group_id in [g for g, (_, child, _, _) in self.groups.items() if child == ch.name]:
+            identity = self.groups.pop(group_id)[0]
+            self.forwarded.pop(group_id, None)
+            self.redirected.pop(group_id, None)
+            self._reply(identity, Reply(type="closed", stream_id=group_id, reason="shard_lost"))
         for stream_id in [s for s, f in self.forwarded.items() if f.child == ch.name]:  # opens in flight
             f = self.forwarded.pop(stream_id)
             self._reply(f.client, Reply(type="refused", stream_id=stream_id, reason=error))
@@ -415,6 +423,8 @@ class ProcessServer:
         old = time.monotonic() - _PRUNE_S
         for sid in [s for s, (_, _, t) in self.redirected.items() if t < old and s not in held]:
             del self.redirected[sid]
+        for gid in [g for g, (_, _, t, first) in self.groups.items() if t < old and first not in held]:
+            del self.groups[gid]
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> str:
@@ -484,6 +494,9 @@ class ProcessServer:
                 continue
             if isinstance(header, OpenHeader | OpenGroupHeader):  # a group routes by its group id
                 self._open(identity, header, frames)
+                target = self.ring.lookup(header.stream_id)
+                if isinstance(header, OpenGroupHeader) and target is not None:
+                    self.groups[header.group_id] = (identity, target, time.monotonic(), header.stream_ids[0])
             elif isinstance(header, AudioHeader):
                 self._forward_audio(identity, header, frames)
             elif isinstance(header, GroupAudioHeader):

@@ -196,3 +196,32 @@ def test_client_opens_again_without_redirect_on_a_1_0_server():
     router.close(linger=0)
     ctx.term()
     assert [("redirect" in h) for h in seen] == [True, False]
+
+
+def test_a_group_on_a_killed_child_ends_every_stream_of_it(server):
+    """Protocol 1.2 through `serve --processes 2`: a group is redirected to the child its group id
+    hashes to; when that child is killed, every stream of the group gets its `shard_lost` end with
+    `seq` = its last + 1, and the client gets `closed` for the group."""
+    audio, sr = _audio(4.0)
+    group = _ids("serve.p0", 1, "grp")[0]
+    ids = ["ga", "gb", "gc"]
+    block = np.clip(np.round(np.stack([audio, audio * 0.5, audio[::-1]]) * 32768), -32768, 32767).astype(
+        np.int16
+    )
+    with server.client() as c:
+        c.open_group(group, ids, sr, pace="batch")
+        for start in range(0, block.shape[1], 1600):
+            c.send_group(group, block[:, start : start + 1600])
+        server.receive(lambda ms: all(len(server.of(s, "tags")) >= 1 for s in ids))
+        os.kill(server.processes()[0]["pid"], signal.SIGKILL)
+        server.receive(server.ended(*ids), timeout_s=10)
+        for sid in ids:
+            end = server.of(sid, "end")[0]
+            assert end["end"]["reason"] == "shard_lost"
+            _gap_free(server, sid)
+        notices = []
+        deadline = time.monotonic() + 5
+        while not any(n.stream_id == group for n in notices) and time.monotonic() < deadline:
+            notices += c.poll_notices(0.2)
+        assert any(n.stream_id == group and n.reason == "shard_lost" for n in notices)
+    assert server.stop() == 0
