@@ -248,7 +248,10 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
         "--processes", str(args.processes),
     ]  # fmt: skip
     err = open(tmp / f"server-{n}.stderr", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    # A group's window is a burst of messages as large as the group: the publisher's queue per
+    # subscriber must hold a few of them (the default 1000 would drop).
+    env = {**os.environ, "RT_TAGGER_PUBLISH__SNDHWM": str(max(1000, 4 * args.group_size))}
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     chunk = max(1, int(round(args.chunk_ms * sr / 1e3)))
     period = chunk / sr
     rng = np.random.default_rng(n)
@@ -358,10 +361,9 @@ def _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0,
 
 def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dict:
     """:func:`_analyse` for compact frames (``bench.stream_sub`` ``compact`` files)."""
-    head_dtype = np.dtype(
-        [("v", "u1"), ("kind", "u1"), ("x", "V6"), ("seq", "<u8"), ("y", "V24"), ("end_s", "<f8"),
-         ("capture", "<f8"), ("publish", "<f8")]
-    )  # fmt: skip
+    from rt_tagger.compact import HEADER_DTYPE, TIMINGS
+
+    head_dtype = HEADER_DTYPE
     heads, topics, recvs = [], [], []
     for out in outputs:
         z = np.load(str(out) + ".npz")
@@ -393,6 +395,9 @@ def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dic
             short += 1
     ok = (h["kind"] == 0) & (h["end_s"] >= args.skip_s) & np.isfinite(h["capture"])
     cp = summarize(((h["publish"] - h["capture"])[ok] * 1e3).tolist())
+    stages = {  # where a window's time went (the messages' timings_ms), medians and p99s
+        name: summarize(h["timings"][ok, i].astype(np.float64).tolist()) for i, name in enumerate(TIMINGS)
+    }
     cr = summarize(((recv - h["capture"])[ok] * 1e3).tolist())
     hist: Counter = Counter()
     last = {m.get("server"): m for m in stats}
@@ -407,6 +412,7 @@ def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dic
         "recv_p50_ms": cr["p50"], "recv_p99_ms": cr["p99"], "server_cpu_pct": round(cpu_pct, 1),
         "generator_late_periods": late, "mean_batch": None if mean_batch is None else round(mean_batch, 1),
         "batch_size_histogram": dict(hist), "last_stats": list(last.values()), "holds": holds,
+        "timings_ms": {k: {"p50": v["p50"], "p99": v["p99"]} for k, v in stages.items()},
     }  # fmt: skip
 
 

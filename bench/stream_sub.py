@@ -5,7 +5,7 @@ becomes one JSON line ``{"recv": <unix time>, "msg": <message>}`` (the body is w
 not parsed here, so one subscriber keeps up with tens of thousands of messages a second); it exits
 on SIGINT/SIGTERM after flushing.
 With ``compact`` (``bench serve --group-size``: ~200 000 messages a second) compact frames
-(topics ``tagb.…``) are not written one by one: the first 64 header bytes of each, its topic and
+(topics ``tagb.…``) are not written one by one: the 132 header bytes of each, its topic and
 its arrival time are kept and saved as ``OUT.npz`` on exit; other messages (JSON: stats, and the
 JSON tail of ``end`` frames) are lines of ``OUT.jsonl`` as above.
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
                     if body[4] & 16:  # F_JSON_TAIL: an end message, its JSON after the header
                         out.write(b'{"recv": %.6f, "msg": %s}\n' % (now, body[132:]))
                     else:
-                        heads += body[:64]
+                        heads += body[:132]
                         names.append(topic)
                         recvs.append(now)
                     continue

@@ -122,18 +122,27 @@ class BatchFrontEnd:
         self.flushes += 1
         return n
 
-    def add_block(self, slots: np.ndarray, first_frame: int, samples: np.ndarray, scale: float = 1.0) -> int:
+    def add_block(
+        self,
+        slots: np.ndarray,
+        first_frame: int,
+        samples: np.ndarray,
+        scale: float = 1.0,
+        energy_from: int = 0,
+    ) -> tuple[int, np.ndarray]:
         """Log-mel of the frames in ``samples`` ``(len(slots), L)`` (int16 or float32, times
         ``scale``) into the ring now: row ``i`` holds stream ``slots[i]``'s model-rate samples from
         frame ``first_frame``'s first sample on. Streams served in lockstep
         (:class:`~rt_tagger.stream_group.StreamGroup`) come this way: one upload of the raw PCM,
         no per-stream framing on the CPU. Returns the frames per stream (the caller keeps the
-        samples from frame ``first_frame + frames`` on)."""
+        samples from frame ``first_frame + frames`` on), and each row's sum of squares (float64,
+        scaled) over ``samples[:, energy_from:]``, computed where the samples already are."""
         torch, spec = self.torch, self.spec
         hop, n_fft = spec.hop_length, spec.n_fft
         count = (samples.shape[1] - n_fft) // hop + 1 if samples.shape[1] >= n_fft else 0
+        energy = np.zeros(len(slots), np.float64)
         if count <= 0:
-            return 0
+            return 0, energy
         slots = np.asarray(slots, np.int64)
         last = first_frame + count
         need = int((last - self.written[slots]).max()) + self.window_frames
@@ -141,16 +150,18 @@ class BatchFrontEnd:
             self._grow_frames(1 << (need - 1).bit_length())
         cols = torch.from_numpy((first_frame + np.arange(count)) % self.ring_frames).to(self.device)
         used = (count - 1) * hop + n_fft
+        sums = []
         for lo in range(0, len(slots), _BLOCK_ROWS):  # bounds the float64 temporaries
-            x = torch.from_numpy(np.ascontiguousarray(samples[lo : lo + _BLOCK_ROWS, :used])).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(samples[lo : lo + _BLOCK_ROWS])).to(self.device)
             x = x.double() * scale if scale != 1.0 else x.double()
-            db = self._logmel(x.unfold(1, n_fft, hop))  # (rows, count, n_mels)
+            sums.append(x[:, energy_from:].square().sum(dim=1))
+            db = self._logmel(x[:, :used].unfold(1, n_fft, hop))  # (rows, count, n_mels)
             rows = torch.from_numpy(slots[lo : lo + _BLOCK_ROWS, None]).to(self.device)
             self.ring[rows, :, cols[None, :]] = db
         self.written[slots] = np.maximum(self.written[slots], last)
         self.frames_flushed += count * len(slots)
         self.flushes += 1
-        return count
+        return count, torch.cat(sums).cpu().numpy()
 
     def _logmel(self, frames):
         """Log-mel float32 ``(..., n_mels)`` of raw frames ``(..., n_fft)`` (the float64 math of

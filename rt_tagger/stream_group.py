@@ -142,17 +142,23 @@ class StreamGroup:
         spec = self.spec
         hop = spec.hop_length
         end = self._due_sample(w.frame_end)
-        # silence check over the hop's input, as StreamState does it
-        a, b = self._energy_from - self._buf_start, end - self._buf_start
-        hop_pcm = self._buf[:, a:b].astype(np.float32) * np.float32(_SCALE)
-        real = b - a if self._real_until is None else max(0, self._real_until - self._energy_from)
-        rms = np.sqrt(np.einsum("ij,ij->i", hop_pcm, hop_pcm, dtype=np.float64) / max(1, real))
-        self._energy_from = end
-        live = np.flatnonzero(rms >= self.options.silence_rms)
         t = time.perf_counter()
         first = self._frames_done * hop - self._buf_start
-        self.frontend.add_block(self.slots, self._frames_done, self._buf[:, first:b], scale=_SCALE)
+        b = end - self._buf_start
+        # the hop's energy (the silence check, as StreamState does it) comes with the front end
+        _, energy = self.frontend.add_block(
+            self.slots, self._frames_done, self._buf[:, first:b], scale=_SCALE,
+            energy_from=self._energy_from - self._buf_start - first,
+        )  # fmt: skip
         framing_ms = (time.perf_counter() - t) * 1e3
+        real = (
+            end - self._energy_from
+            if self._real_until is None
+            else max(0, self._real_until - self._energy_from)
+        )
+        rms = np.sqrt(energy / max(1, real))
+        self._energy_from = end
+        live = np.flatnonzero(rms >= self.options.silence_rms)
         self._frames_done = w.frame_end
         keep_from = self._frames_done * hop - self._buf_start  # the next frame's first sample
         left = self._buf_len - keep_from
