@@ -10,7 +10,7 @@ echo "tuning the fused Triton kernels (at most ${TUNE_S} s; without a tuning aut
 timeout "$TUNE_S" python3 -m engines.triton tune rt_tagger/default_model --max-batch 1024 --catalogue quick 2>&1 | tail -3
 for n in $LEVELS; do
   echo "level $n" >&2
-  timeout "${LEVEL_S:-200}" python3 -m bench serve --group-size "${GROUP:-500}" --streams "$n" \
+  timeout "${LEVEL_S:-200}" python3 -m bench serve --group-size "${GROUP:-1000}" --streams "$n" \
     --seconds "${SECONDS_PER_LEVEL:-12}" --chunk-ms 100 --processes "${PROCS:-8}" --generators 4 \
     --subscribers 4 --max-batch 1024 --backend auto --out "$OUT/level-$n" 2>&1 | grep -A3 "^streams"
   tail -3 /tmp/rt-bench-serve-*/server-"$n".stderr 2>/dev/null

@@ -417,18 +417,26 @@ class Publisher:
         names = np.fromiter((r.want_compact and r.names_epoch != epoch for r in routes), bool, len(routes))
         frames = encode(names)
         decoder = None
-        sent = 0
+        sent = compact = 0
+        send, now, clock = self.sock.send, time.time, time.perf_counter
+        pack64, pack32 = _F64.pack_into, _F32.pack_into
         for r, frame in zip(routes, frames, strict=True):
             if not (r.want_compact or r.want_json):
                 continue
-            _F64.pack_into(frame, OFF_PUBLISH_WALL_TIME, time.time())
-            _F32.pack_into(frame, OFF_TIMING_PUBLISH, (time.perf_counter() - t0) * 1e3)
+            pack64(frame, OFF_PUBLISH_WALL_TIME, now())
+            pack32(frame, OFF_TIMING_PUBLISH, (clock() - t0) * 1e3)
             ok = True
             if r.want_compact:
-                r.names_epoch = epoch
-                r.vocab = vocab
-                self._encoded["compact"] += 1
-                ok = self._send(r.compact_topic, frame)
+                if r.names_epoch != epoch:
+                    r.names_epoch, r.vocab = epoch, vocab
+                compact += 1
+                try:  # as _send, inline: this loop runs for every stream of a group at every window
+                    send(r.compact_topic, _MORE)
+                    send(frame, _NOBLOCK)
+                except zmq.Again:
+                    self._send_lossy((r.compact_topic, bytes(frame)))
+                    self._count_drop()
+                    ok = False
             if r.want_json:
                 if decoder is None:
                     decoder = CompactDecoder()
@@ -437,6 +445,7 @@ class Publisher:
                 self._encoded["json"] += 1
                 ok = self._send(r.json_topic, msg.to_bytes()) and ok
             sent += ok
+        self._encoded["compact"] += compact
         self._sent += sent
         return sent
 
