@@ -17,6 +17,7 @@ tones or speech never read as confident music tags. The gate tag itself is never
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,12 +42,145 @@ class AggregateResult:
     state: Literal["music", "not_music"] | None = None  # None: the model has no music head
 
 
-class RowAggregator:
-    """The aggregation rules for ``rows`` streams at once, as arrays (one row per stream).
+class Aggregator:
+    """Rolling horizon + top-k + hysteresis for one stream.
 
-    :class:`Aggregator` is this with one row; a group of streams served in lockstep
-    (:class:`~rt_tagger.stream_group.StreamGroup`) updates all its rows with one call. Same
-    arguments as :class:`Aggregator`, plus ``rows``.
+    Args:
+        tags: Tag names in score order.
+        thresholds: Per-tag ``on`` thresholds (the bundle's calibrated thresholds).
+        mode: ``"mean"`` over the last ``horizon_windows`` windows, or ``"ema"``.
+        horizon_windows: N for ``mode="mean"``.
+        ema_alpha: Weight of the newest window for ``mode="ema"`` (the first window seeds the EMA).
+        top_k: Tags listed per update.
+        off_ratio: ``off = on * off_ratio``; 1.0 disables hysteresis.
+        min_dwell_s: A tag keeps its state at least this many stream seconds after a switch.
+        music_index: Index of the music / not-music tag that gates the others (None: no gate).
+    """
+
+    def __init__(
+        self,
+        tags: list[str],
+        thresholds: list[float] | np.ndarray,
+        *,
+        mode: Literal["mean", "ema"] = "mean",
+        horizon_windows: int = 4,
+        ema_alpha: float = 0.3,
+        top_k: int = 5,
+        off_ratio: float = 0.8,
+        min_dwell_s: float = 0.0,
+        music_index: int | None = None,
+    ) -> None:
+        if mode not in ("mean", "ema"):
+            raise ValueError(f"mode must be 'mean' or 'ema', got {mode!r}")
+        if not 0.0 < off_ratio <= 1.0:
+            raise ValueError(f"off_ratio must be in (0, 1], got {off_ratio}")
+        self.tags = list(tags)
+        self.on_thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.on_thresholds.shape != (len(self.tags),):
+            raise ValueError(f"{self.on_thresholds.shape[0]} thresholds for {len(self.tags)} tags")
+        self.off_thresholds = self.on_thresholds * off_ratio
+        self.mode = mode
+        self.horizon = int(horizon_windows)
+        self.alpha = float(ema_alpha)
+        if music_index is not None and not 0 <= music_index < len(self.tags):
+            raise ValueError(f"music_index {music_index} is not a tag index (0..{len(self.tags) - 1})")
+        self.music_index = music_index
+        self._listed = np.ones(len(self.tags), dtype=bool)  # tags that may be listed (not the gate)
+        if music_index is not None:
+            self._listed[music_index] = False
+        self.top_k = min(int(top_k), int(self._listed.sum()))
+        self.min_dwell_s = float(min_dwell_s)
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.tags)
+        self._history: deque[np.ndarray] = deque(maxlen=self.horizon)
+        self._sum = np.zeros(n, dtype=np.float64)
+        self._ema: np.ndarray | None = None
+        self.active = np.zeros(n, dtype=bool)
+        self._last_switch = np.full(n, -np.inf)
+        self._active_list: list[str] | None = None
+        self.windows = 0
+
+    def _smooth(self, p: np.ndarray) -> np.ndarray:
+        if self.mode == "ema":
+            self._ema = p.copy() if self._ema is None else self._ema + self.alpha * (p - self._ema)
+            return self._ema
+        if len(self._history) == self.horizon:
+            self._sum -= self._history[0]
+        self._history.append(p)
+        self._sum += p
+        # Recompute exactly now and then so float drift of the running sum cannot build up.
+        if self.windows % 1024 == 0:
+            self._sum = np.sum(self._history, axis=0)
+        return self._sum / len(self._history)
+
+    def update(self, probabilities: np.ndarray, time_s: float) -> AggregateResult:
+        """Add one window's probabilities ``(n_tags,)``, ending at stream time ``time_s``."""
+        p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if p.shape[0] != len(self.tags):
+            raise ValueError(f"{p.shape[0]} scores for {len(self.tags)} tags")
+        scores = self._smooth(p)
+        self.windows += 1
+
+        may_switch = (time_s - self._last_switch) >= self.min_dwell_s
+        turn_on = ~self.active & (scores >= self.on_thresholds) & may_switch
+        turn_off = self.active & (scores <= self.off_thresholds) & may_switch
+        state = None
+        m = self.music_index
+        if m is not None:
+            music = bool(self.active[m] ^ (turn_on[m] | turn_off[m]))
+            state = "music" if music else "not_music"
+            if not music:  # not music: nothing turns on, whatever is on turns off (dwell or not)
+                turn_on &= ~self._listed
+                turn_off |= self.active & self._listed
+        listed = self._listed
+        changed = turn_on | turn_off
+        events: list[Event] = []
+        if changed.any():  # rare: most windows switch nothing, and skip this work
+            events = [Event(self.tags[i], "on", time_s) for i in np.nonzero(turn_on & listed)[0]]
+            events += [Event(self.tags[i], "off", time_s) for i in np.nonzero(turn_off & listed)[0]]
+            self.active ^= changed
+            self._last_switch[changed] = time_s
+            self._active_list = None
+
+        top = [] if state == "not_music" else self._top(scores)
+        return AggregateResult(
+            scores=scores.astype(np.float32), top=top, events=events, active=self.active_tags(), state=state
+        )
+
+    def _top(self, scores: np.ndarray) -> list[tuple[str, float]]:
+        """The ``top_k`` listed tags by score, best first (ties in tag order)."""
+        k = self.top_k
+        if k == 0:
+            return []
+        ranked = np.where(self._listed, -scores, np.inf)
+        idx = np.argsort(ranked, kind="stable")[:k]  # one sort of a few dozen tags beats partitioning
+        tags = self.tags
+        return [(tags[i], float(scores[i])) for i in idx.tolist()]
+
+    def active_tags(self) -> list[str]:
+        """The tags on now, in tag order (the music gate is not listed: it is the ``state``)."""
+        if self._active_list is None:  # recomputed only after a switch
+            self._active_list = [self.tags[i] for i in np.nonzero(self.active & self._listed)[0]]
+        return list(self._active_list)
+
+    def close_events(self, time_s: float) -> list[Event]:
+        """``off`` events for every tag still on (end of stream), and clear the state."""
+        events = [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(self.active & self._listed)]
+        self.active[:] = False
+        self._active_list = None
+        return events
+
+
+class RowAggregator:
+    """:class:`Aggregator`'s rules for ``rows`` streams at once, as arrays (one row per stream).
+
+    A group of streams served in lockstep (:class:`~rt_tagger.stream_group.StreamGroup`) updates
+    all its rows with one call. Same arguments as :class:`Aggregator`, plus ``rows``. Why not one
+    class for both: each numpy call costs microseconds whatever its size, and one stream's update
+    as a row of arrays takes ~4× the calls (57 vs 17 µs on the 2-core CPU), on the single-stream
+    path whose latency matters most. tests/rt_tagger/test_aggregator.py keeps the two equal.
     """
 
     def __init__(
@@ -95,65 +229,78 @@ class RowAggregator:
         self.active = np.zeros((k, n), dtype=bool)
         self._last_switch = np.full((k, n), -np.inf)
         self.windows = np.zeros(k, np.int64)
+        self._all = np.arange(k)
 
-    def _smooth(self, rows: np.ndarray, p: np.ndarray) -> np.ndarray:
-        first = self.windows[rows] == 0
+    def _smooth(self, rows: np.ndarray | slice, idx: np.ndarray, p: np.ndarray) -> np.ndarray:
+        windows = self.windows[rows]
         if self.mode == "ema":
             ema = self._ema[rows]
-            ema = np.where(first[:, None], p, ema + self.alpha * (p - ema))
+            ema = np.where((windows == 0)[:, None], p, ema + self.alpha * (p - ema))
             self._ema[rows] = ema
             return ema
         h = self.horizon
         count = self._count[rows]
-        slot = self.windows[rows] % h  # the ring slot of this window (the oldest one when full)
+        slot = windows % h  # the ring slot of this window (the oldest one when full)
         s = self._sum[rows]
-        full = count == h
-        s -= np.where(full[:, None], self._hist[rows, slot], 0.0)
-        self._hist[rows, slot] = p
-        s += p
+        if h == 1:
+            s = p.copy()
+        else:
+            s -= np.where((count == h)[:, None], self._hist[idx, slot], 0.0)
+            s += p
+        self._hist[idx, slot] = p
         count = np.minimum(count + 1, h)
         # Recompute exactly now and then so float drift of the running sum cannot build up.
-        exact = np.flatnonzero(self.windows[rows] % 1024 == 0)
-        for i in exact.tolist():  # oldest first, as the running sum adds them
-            r, c = rows[i], int(count[i])
-            order = (int(self.windows[r]) + 1 - c + np.arange(c)) % h
-            s[i] = np.sum(self._hist[r, order], axis=0)
+        exact = windows % 1024 == 0
+        if exact.any():
+            for i in np.flatnonzero(exact).tolist():  # oldest first, as the running sum adds them
+                c = int(count[i])
+                order = (int(windows[i]) + 1 - c + np.arange(c)) % h
+                s[i] = np.sum(self._hist[idx[i], order], axis=0)
         self._sum[rows] = s
         self._count[rows] = count
         return s / count[:, None]
 
-    def update(self, rows: np.ndarray, probabilities: np.ndarray, time_s: float | np.ndarray) -> RowUpdate:
-        """Add one window's probabilities ``(len(rows), n_tags)`` to each of ``rows``, ending at
-        stream time ``time_s`` (one for all, or one per row)."""
-        rows = np.asarray(rows, np.int64)
+    def update(
+        self, rows: np.ndarray | None, probabilities: np.ndarray, time_s: float | np.ndarray
+    ) -> RowUpdate:
+        """Add one window's probabilities ``(len(rows), n_tags)`` to each of ``rows`` (None: every
+        row, the common case, without gathering), ending at stream time ``time_s`` (one for all,
+        or one per row)."""
+        idx = self._all if rows is None else np.asarray(rows, np.int64)
+        sel = slice(None) if rows is None else idx
+        n_tags = len(self.tags)
         p = np.asarray(probabilities, dtype=np.float64)
-        if p.size != len(rows) * len(self.tags):
-            raise ValueError(f"{p.size} scores for {len(rows)} row(s) of {len(self.tags)} tags")
-        p = p.reshape(len(rows), len(self.tags))
-        scores = self._smooth(rows, p)
-        self.windows[rows] += 1
-        t = np.broadcast_to(np.asarray(time_s, np.float64), (len(rows),))[:, None]
-        active = self.active[rows]
-        last = self._last_switch[rows]
-        may_switch = (t - last) >= self.min_dwell_s
-        turn_on = ~active & (scores >= self.on_thresholds) & may_switch
-        turn_off = active & (scores <= self.off_thresholds) & may_switch
+        if p.size != len(idx) * n_tags:
+            raise ValueError(f"{p.size} scores for {len(idx)} row(s) of {n_tags} tags")
+        p = p.reshape(len(idx), n_tags)
+        scores = self._smooth(sel, idx, p)
+        self.windows[sel] += 1
+        t = np.asarray(time_s, np.float64)
+        if t.ndim:
+            t = t[:, None]
+        active = self.active[sel]
+        turn_on = ~active & (scores >= self.on_thresholds)
+        turn_off = active & (scores <= self.off_thresholds)
+        if self.min_dwell_s > 0:
+            may_switch = (t - self._last_switch[sel]) >= self.min_dwell_s
+            turn_on &= may_switch
+            turn_off &= may_switch
         music = None
         m = self.music_index
         if m is not None:
             music = active[:, m] ^ (turn_on[:, m] | turn_off[:, m])
-            gated = ~music[:, None]  # not music: nothing turns on, whatever is on turns off (dwell or not)
-            turn_on &= ~(gated & self.listed)
-            turn_off |= gated & active & self.listed
+            if not music.all():  # not music: nothing turns on, whatever is on turns off (dwell or not)
+                gated = ~music[:, None] & self.listed
+                turn_on &= ~gated
+                turn_off |= gated & active
         changed = turn_on | turn_off
         if changed.any():  # rare: most windows switch nothing
-            active ^= changed
-            self.active[rows] = active
-            self._last_switch[rows] = np.where(changed, t, last)
+            self._last_switch[sel] = np.where(changed, t, self._last_switch[sel])
+            active = active ^ changed
+            self.active[sel] = active
         top = np.argsort(np.where(self.listed, -scores, np.inf), axis=1, kind="stable")[:, : self.top_k]
-        return RowUpdate(
-            scores, turn_on & self.listed, turn_off & self.listed, active & self.listed, music, top
-        )
+        listed = self.listed
+        return RowUpdate(scores, turn_on & listed, turn_off & listed, active & listed, music, top)
 
     def close(self, rows: np.ndarray) -> np.ndarray:
         """The listed tags still on in ``rows`` ``(len(rows), n_tags)``, then cleared (end of stream)."""
@@ -172,69 +319,3 @@ class RowUpdate:
     active: np.ndarray  # (rows, n_tags) bool: listed tags on after the update
     music: np.ndarray | None  # (rows,) bool, None: no music head
     top: np.ndarray  # (rows, top_k) tag indices by score, best first (ties in tag order)
-
-
-class Aggregator:
-    """Rolling horizon + top-k + hysteresis for one stream (a :class:`RowAggregator` of one row).
-
-    Args:
-        tags: Tag names in score order.
-        thresholds: Per-tag ``on`` thresholds (the bundle's calibrated thresholds).
-        mode: ``"mean"`` over the last ``horizon_windows`` windows, or ``"ema"``.
-        horizon_windows: N for ``mode="mean"``.
-        ema_alpha: Weight of the newest window for ``mode="ema"`` (the first window seeds the EMA).
-        top_k: Tags listed per update.
-        off_ratio: ``off = on * off_ratio``; 1.0 disables hysteresis.
-        min_dwell_s: A tag keeps its state at least this many stream seconds after a switch.
-        music_index: Index of the music / not-music tag that gates the others (None: no gate).
-    """
-
-    _ROW = np.zeros(1, np.int64)
-
-    def __init__(self, tags: list[str], thresholds: list[float] | np.ndarray, **options) -> None:
-        self.rows = RowAggregator(tags, thresholds, rows=1, **options)
-        self.tags = self.rows.tags
-        self.top_k = self.rows.top_k
-        self.music_index = self.rows.music_index
-        self.on_thresholds, self.off_thresholds = self.rows.on_thresholds, self.rows.off_thresholds
-        self._active_list: list[str] | None = []
-
-    @property
-    def windows(self) -> int:
-        return int(self.rows.windows[0])
-
-    @property
-    def active(self) -> np.ndarray:
-        return self.rows.active[0]
-
-    def reset(self) -> None:
-        self.rows.reset()
-        self._active_list = []
-
-    def update(self, probabilities: np.ndarray, time_s: float) -> AggregateResult:
-        """Add one window's probabilities ``(n_tags,)``, ending at stream time ``time_s``."""
-        u = self.rows.update(self._ROW, probabilities, time_s)
-        tags = self.tags
-        events: list[Event] = []
-        if u.turned_on.any() or u.turned_off.any():
-            events = [Event(tags[i], "on", time_s) for i in np.flatnonzero(u.turned_on[0])]
-            events += [Event(tags[i], "off", time_s) for i in np.flatnonzero(u.turned_off[0])]
-            self._active_list = None
-        state = None if u.music is None else ("music" if u.music[0] else "not_music")
-        scores = u.scores[0]
-        top = [] if state == "not_music" else [(tags[i], float(scores[i])) for i in u.top[0].tolist()]
-        return AggregateResult(
-            scores=scores.astype(np.float32), top=top, events=events, active=self.active_tags(), state=state
-        )
-
-    def active_tags(self) -> list[str]:
-        """The tags on now, in tag order (the music gate is not listed: it is the ``state``)."""
-        if self._active_list is None:  # recomputed only after a switch
-            self._active_list = [self.tags[i] for i in np.flatnonzero(self.rows.active[0] & self.rows.listed)]
-        return list(self._active_list)
-
-    def close_events(self, time_s: float) -> list[Event]:
-        """``off`` events for every tag still on (end of stream), and clear the state."""
-        on = self.rows.close(self._ROW)[0]
-        self._active_list = []
-        return [Event(self.tags[i], "off", time_s) for i in np.flatnonzero(on)]

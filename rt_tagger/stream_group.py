@@ -183,7 +183,7 @@ class StreamGroup:
         t = time.perf_counter()
         start_sample = end - spec.window_samples
         end_s = end / spec.sample_rate
-        upd = self.aggregator.update(live, probs, end_s)
+        upd = self.aggregator.update(None if len(live) == self.size else live, probs, end_s)
         k = self.size
         scores = np.zeros((k, n_tags), np.float32)
         scores[live] = upd.scores

@@ -78,3 +78,40 @@ def test_bad_arguments():
         Aggregator(TAGS, [0.5, 0.5])
     with pytest.raises(ValueError):
         Aggregator(TAGS, [0.5] * 3, mode="median")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(mode="mean", horizon_windows=4, off_ratio=0.8),
+        dict(mode="mean", horizon_windows=1, off_ratio=0.5, min_dwell_s=1.0, music_index=3),
+        dict(mode="ema", ema_alpha=0.3, top_k=2, music_index=0),
+    ],
+    ids=["mean", "dwell_music", "ema_music"],
+)
+def test_row_aggregator_follows_the_rules_of_one_aggregator_per_stream(options):
+    """RowAggregator (a stream group's rows) against one Aggregator per stream, on random windows
+    where some rows skip some windows (silent): same scores, events, active tags, top and state."""
+    from rt_tagger.aggregator import RowAggregator
+
+    tags = [f"t{i}" for i in range(6)]
+    thresholds = [0.3, 0.5, 0.6, 0.4, 0.7, 0.5]
+    rows = RowAggregator(tags, thresholds, rows=5, **options)
+    singles = [Aggregator(tags, thresholds, **options) for _ in range(5)]
+    rng = np.random.default_rng(1)
+    for w in range(1100):  # past the exact recomputation of the running sum at 1024 windows
+        live = np.flatnonzero(rng.random(5) > 0.2)
+        p = rng.random((len(live), len(tags))) ** rng.uniform(0.3, 3.0)
+        u = rows.update(None if len(live) == 5 else live, p, w * 0.5)
+        for j, i in enumerate(live):
+            r = singles[i].update(p[j], w * 0.5)
+            np.testing.assert_allclose(u.scores[j], r.scores, rtol=1e-6)
+            on = [e.tag for e in r.events if e.state == "on"]
+            off = [e.tag for e in r.events if e.state == "off"]
+            assert [tags[k] for k in np.flatnonzero(u.turned_on[j])] == on
+            assert [tags[k] for k in np.flatnonzero(u.turned_off[j])] == off
+            assert [tags[k] for k in np.flatnonzero(u.active[j])] == r.active
+            if r.state is not None:
+                assert ("music" if u.music[j] else "not_music") == r.state
+            if r.state != "not_music":
+                assert [tags[k] for k in u.top[j]] == [t for t, _ in r.top]
