@@ -184,39 +184,17 @@ class RowAggregator:
     """
 
     def __init__(
-        self,
-        tags: list[str],
-        thresholds: list[float] | np.ndarray,
-        *,
-        rows: int = 1,
-        mode: Literal["mean", "ema"] = "mean",
-        horizon_windows: int = 4,
-        ema_alpha: float = 0.3,
-        top_k: int = 5,
-        off_ratio: float = 0.8,
-        min_dwell_s: float = 0.0,
-        music_index: int | None = None,
+        self, tags: list[str], thresholds: list[float] | np.ndarray, *, rows: int = 1, **options
     ) -> None:
-        if mode not in ("mean", "ema"):
-            raise ValueError(f"mode must be 'mean' or 'ema', got {mode!r}")
-        if not 0.0 < off_ratio <= 1.0:
-            raise ValueError(f"off_ratio must be in (0, 1], got {off_ratio}")
-        self.tags = list(tags)
-        self.on_thresholds = np.asarray(thresholds, dtype=np.float64)
-        if self.on_thresholds.shape != (len(self.tags),):
-            raise ValueError(f"{self.on_thresholds.shape[0]} thresholds for {len(self.tags)} tags")
-        self.off_thresholds = self.on_thresholds * off_ratio
-        self.mode = mode
-        self.horizon = int(horizon_windows)
-        self.alpha = float(ema_alpha)
-        if music_index is not None and not 0 <= music_index < len(self.tags):
-            raise ValueError(f"music_index {music_index} is not a tag index (0..{len(self.tags) - 1})")
-        self.music_index = music_index
-        self.listed = np.ones(len(self.tags), dtype=bool)  # tags that may be listed (not the gate)
-        if music_index is not None:
-            self.listed[music_index] = False
-        self.top_k = min(int(top_k), int(self.listed.sum()))
-        self.min_dwell_s = float(min_dwell_s)
+        rules = Aggregator(tags, thresholds, **options)  # validates, and derives what both use
+        self.tags, self.on_thresholds, self.off_thresholds = (
+            rules.tags,
+            rules.on_thresholds,
+            rules.off_thresholds,
+        )
+        self.mode, self.horizon, self.alpha = rules.mode, rules.horizon, rules.alpha
+        self.music_index, self.listed, self.top_k = rules.music_index, rules._listed, rules.top_k
+        self.min_dwell_s = rules.min_dwell_s
         self.rows = int(rows)
         self.reset()
 
