@@ -267,7 +267,8 @@ def test_header_offsets_match_the_documented_layout():
     assert abs(struct.unpack_from("<d", frame, 48)[0] - time.time()) < 600  # capture_wall_time
 
 
-def test_rows_encode_as_each_message_encodes():
+@pytest.mark.parametrize("with_embedding", [False, True])
+def test_rows_encode_as_each_message_encodes(with_embedding):
     """encode_rows (a stream group's window, from arrays) gives the bytes encode gives for the same
     messages one by one: tags with events and top, not music, a silent heartbeat, with names."""
     from rt_tagger.compact import RowMessages, encode_rows
@@ -289,6 +290,7 @@ def test_rows_encode_as_each_message_encodes():
         capture_wall_time=1234.5, backlog_s=0.0, counters=(2, 0, 0, 0, 0, 0, 30, 1),
         timings=(1.5, 2.0, 3.0, 0.5, None), scores=scores, top=top, active=active, turned_on=on,
         turned_off=off, event_time_s=4.088,
+        embedding=rng.random((3, 8)).astype(np.float32) if with_embedding else None,
     )  # fmt: skip
     frames = encode_rows(rows, vocab, np.array([True, False, False]))
     window = WindowInfo(start_sample=16000, end_sample=65408, start_s=1.0, end_s=4.088)
@@ -305,5 +307,7 @@ def test_rows_encode_as_each_message_encodes():
         TagMessage(kind="heartbeat", heartbeat_reason="silent", state="silence", active=[names[4]], **common),
     ]  # fmt: skip
     msgs[0]._score_array, msgs[1]._score_array = scores[0], scores[1]
+    if with_embedding:  # tags rows carry it, the heartbeat does not
+        msgs[0].embedding, msgs[1].embedding = rows.embedding[0].tolist(), rows.embedding[1].tolist()
     for i, (frame, msg) in enumerate(zip(frames, msgs, strict=True)):
         assert bytes(frame) == bytes(encode(msg, vocab, names=i == 0)), i
