@@ -449,10 +449,6 @@ class Publisher:
         self._sent += sent
         return sent
 
-    def forget_routes(self, stream_ids: list[str]) -> None:
-        for s in stream_ids:
-            self._routes.pop(s, None)
-
     def _send(self, topic: bytes, body: bytes) -> bool:
         """Both frames, NODROP first. libzmq checks the queues at each part but counts a message
         in them only after its last part, so once the topic went, the body goes too (this is what

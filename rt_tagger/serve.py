@@ -332,9 +332,7 @@ class Server:
         if self.open_streams >= self.settings.max_streams:
             return refuse(f"at capacity: {self.open_streams} of {self.settings.max_streams} streams open")
         try:
-            hop_frames = (
-                resolve_hop_frames(h.options.hop_s, self.pipeline.bundle) if h.options.hop_s else None
-            )
+            hop_frames = self._hop_frames(h.options)
         except SettingsError as e:
             return refuse(str(e))
         state = self.pipeline.open_stream(
@@ -351,6 +349,12 @@ class Server:
             Reply(type="opened", stream_id=h.stream_id, hop_s=hop_s, buffer_s=self.settings.buffer_s,
                   topic=f"tags.{h.stream_id}"),
         )  # fmt: skip
+
+    def _hop_frames(self, options) -> int:
+        """A stream's hop in front-end frames: its ``hop_s`` option, else the server's."""
+        if options.hop_s:
+            return resolve_hop_frames(options.hop_s, self.pipeline.bundle)
+        return self.pipeline.hop_frames
 
     @property
     def open_streams(self) -> int:
@@ -378,11 +382,7 @@ class Server:
         if h.sample_rate != rate:
             return refuse(f"a group's audio must be at the model's rate, {rate} Hz (got {h.sample_rate})")
         try:
-            hop_frames = (
-                resolve_hop_frames(h.options.hop_s, self.pipeline.bundle)
-                if h.options.hop_s
-                else self.pipeline.hop_frames
-            )
+            hop_frames = self._hop_frames(h.options)
         except SettingsError as e:
             return refuse(str(e))
         if self._group_frontend is None:  # a CPU server: the groups' log-mel in torch on the CPU
@@ -451,7 +451,7 @@ class Server:
         backend = self.pipeline.backend
         t, device0 = time.perf_counter(), backend.device_time_total
         queue_ms = (time.monotonic() - self._due_since) * 1e3 if self._due_since is not None else 0.0
-        inferred, _ = group.score(backend, self.publisher, self._batch_max)
+        inferred = group.score(backend, self.publisher, self._batch_max)
         batch_ms = (time.perf_counter() - t) * 1e3
         device_ms = (backend.device_time_total - device0) * 1e3 if backend.device != "cpu" else None
         if inferred:

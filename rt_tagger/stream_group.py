@@ -63,7 +63,6 @@ class StreamGroup:
     def __init__(self, stream_ids: list[str], pipeline, frontend, hop_frames: int, source) -> None:
         self.ids = list(stream_ids)
         self.size = len(self.ids)
-        self.pipeline = pipeline
         self.spec = pipeline.spec
         self.frontend = frontend
         self.hop_frames = int(hop_frames)
@@ -129,14 +128,13 @@ class StreamGroup:
         return len(self._due)
 
     # ------------------------------------------------------------------ windows out
-    def score(self, backend, publisher, batch_max: int | None = None) -> tuple[int, float | None]:
+    def score(self, backend, publisher, batch_max: int | None = None) -> int:
         """Tag every due window of every stream (backend batches of at most ``batch_max``) and
-        publish the messages; returns the windows inferred and the oldest due window's capture time."""
-        inferred, oldest = 0, self._due[0].capture_wall if self._due else None
+        publish the messages; returns the windows inferred."""
         due, self._due = self._due, []
-        for w in due:
-            inferred += self._score_window(w, backend, publisher, batch_max or backend.batch_range[1])
-        return inferred, oldest
+        return sum(
+            self._score_window(w, backend, publisher, batch_max or backend.batch_range[1]) for w in due
+        )
 
     def _score_window(self, w: GroupWindow, backend, publisher, batch_max: int) -> int:
         spec = self.spec
