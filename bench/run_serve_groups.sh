@@ -2,6 +2,7 @@
 # `bench serve` with stream groups on a GPU machine, one level per call of bench (a level's JSON
 # survives a later level running out of time). Usage on the device machine, from the repo root:
 #   OUT=/path LEVELS="20000 50000 100000" bash bench/run_serve_groups.sh
+# READ_GROUPS=1: subscribers read group frames (tagg.<group>) instead of every stream's topic.
 set -u
 OUT="${OUT:?OUT: where results go}"
 LEVELS="${LEVELS:-20000 50000 100000}"
@@ -12,6 +13,6 @@ for n in $LEVELS; do
   echo "level $n" >&2
   timeout "${LEVEL_S:-200}" python3 -m bench serve --group-size "${GROUP:-1000}" --streams "$n" \
     --seconds "${SECONDS_PER_LEVEL:-12}" --chunk-ms 100 --processes "${PROCS:-8}" --generators 4 \
-    --subscribers 4 --max-batch 1024 --backend auto --out "$OUT/level-$n" 2>&1 | grep -A3 "^streams"
+    --subscribers 4 ${READ_GROUPS:+--read-groups} --max-batch 1024 --backend auto --out "$OUT/level-$n" 2>&1 | grep -A3 "^streams"
   tail -3 /tmp/rt-bench-serve-*/server-"$n".stderr 2>/dev/null
 done

@@ -86,6 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="streams per stream group (ingest protocol 1.2: a gateway sends one block of all its "
         "streams per chunk; subscribers read the compact encoding); 0: every stream on its own",
     )
+    p.add_argument(
+        "--read-groups",
+        action="store_true",
+        help="with --group-size: subscribers read whole groups (one frame per group and window, topic "
+        "tagg.<group>) instead of every stream's compact topic",
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -140,6 +146,10 @@ def _gpu_count() -> int:
 def _stream_ids(n: int) -> list[str]:
     """Ids whose first two digits spread streams evenly over 100 topic prefixes (subscriber shards)."""
     return [f"s{i % 100:02d}{i // 100:04d}" for i in range(n)]
+
+
+def _group_id(g: int) -> str:
+    return f"g{g:05d}"
 
 
 def _subscriber_topics(j: int, count: int, prefix: str = "tags.") -> str:
@@ -227,12 +237,17 @@ def _level(args, bundle_path: Path, audio: np.ndarray, sr: int, n: int, tmp: Pat
     subs, outputs = [], []
     for j in range(n_sub):
         out = tmp / f"messages-{n}-{j}.jsonl"
-        topics = _subscriber_topics(j, n_sub, "tagb." if args.group_size else "tags.")
+        if args.group_size and args.read_groups:
+            n_groups = -(-n // args.group_size)
+            # fixed-width ids: the prefix tagg.g00003 matches only that group (argv holds no NUL)
+            topics = ",".join(f"tagg.{_group_id(g)}" for g in range(j, n_groups, n_sub))
+        else:
+            topics = _subscriber_topics(j, n_sub, "tagb." if args.group_size else "tags.")
         if args.group_size and j == 0:
             topics += ",stats"
+        mode = ("groups" if args.read_groups else "compact") if args.group_size else None
         sub = subprocess.Popen(
-            [sys.executable, "-m", "bench.stream_sub", publish, topics, str(out),
-             *(["compact"] if args.group_size else [])],
+            [sys.executable, "-m", "bench.stream_sub", publish, topics, str(out), *([mode] if mode else [])],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         if sub.stdout.readline().strip() != "ready":
@@ -337,7 +352,7 @@ def _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0,
     """Groups of ``--group-size`` streams, spread over the generators; group ``g`` joins at its own
     period within the first hop (so groups' windows fall due spread over the hop)."""
     size = args.group_size
-    groups = [(f"g{g:05d}", ids[i : i + size]) for g, i in enumerate(range(0, len(ids), size))]
+    groups = [(_group_id(g), ids[i : i + size]) for g, i in enumerate(range(0, len(ids), size))]
     hop_periods = max(1, int(round(args.hop / period)))
     join = [(g * hop_periods) // len(groups) for g in range(len(groups))]
     periods = int(args.seconds / period) + max(join)
@@ -474,7 +489,7 @@ def run(args: argparse.Namespace) -> dict:
         "hop_s": args.hop, "backend": args.backend, "bound_ms": args.bound_ms, "skip_s": args.skip_s,
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "frontend": args.frontend, "max_batch": args.max_batch, "processes": args.processes,
-        "group_size": args.group_size,
+        "group_size": args.group_size, "read_groups": args.read_groups,
         "load": (
             f"{args.generators} generator process(es), each multiplexing its streams into one ingest "
             f"message per chunk period; {args.subscribers} subscriber process(es); 16 kHz mono s16le; "
@@ -482,7 +497,8 @@ def run(args: argparse.Namespace) -> dict:
             if not args.group_size else
             f"{args.generators} generator process(es) sending stream groups of {args.group_size} "
             "(ingest protocol 1.2: one message per group and chunk period, groups joining spread over "
-            f"the first hop); {args.subscribers} compact subscriber process(es); 16 kHz mono s16le; "
+            f"the first hop); {args.subscribers} subscriber process(es) reading "
+            f"{'group frames' if args.read_groups else 'every stream compact'}; 16 kHz mono s16le; "
             "stream i of a group plays the looped file from the group's random offset + i × 77 ms"
         ),
     })  # fmt: skip

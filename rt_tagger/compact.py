@@ -55,10 +55,20 @@ __all__ = [
     "decode_frame",
     "encode",
     "encode_rows",
+    "group_frame",
+    "group_topic",
+    "split_group_frame",
 ]
 
 COMPACT_VERSION = 1
 COMPACT_PREFIX = b"tagb."
+# A group frame (topic tagg.<group_id>): one ZeroMQ message per window with every stream's compact
+# frame, for subscribers that read a whole group (one receive instead of one per stream).
+GROUP_PREFIX = b"tagg."
+GROUP_MAGIC = b"RTGF"
+GROUP_VERSION = 1
+# magic, version, reserved, n_rows, bytes of stream ids
+GROUP_HEADER = struct.Struct("<4sHHII")
 # version, kind, state, heartbeat_reason, flags, n_scores, seq, start_sample, end_sample, start_s,
 # end_s, capture_wall_time, publish_wall_time, backlog_s, vocab_id, 8 u32 counters, input_blocked_s,
 # 5 f32 timings, n_top, n_active, n_events, reserved.
@@ -110,6 +120,11 @@ _EXTRA_NAMES = 5  # model name, weights digest, backend name, device, precision
 def compact_topic(stream_id: str) -> bytes:
     """The compact topic frame of one stream, ``b"tagb.<stream_id>\\0"``."""
     return COMPACT_PREFIX + stream_id.encode() + b"\0"
+
+
+def group_topic(group_id: str) -> bytes:
+    """The topic of a stream group's frames, ``b"tagg.<group_id>\\0"`` (:func:`group_frame`)."""
+    return GROUP_PREFIX + group_id.encode() + b"\0"
 
 
 @dataclass(frozen=True)
@@ -347,6 +362,55 @@ def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> list[by
     return out
 
 
+def group_frame(ids_block: bytes, frames: list, publish_wall_time: float, publish_ms: float) -> bytearray:
+    """One window of a stream group as one message body (topic :func:`group_topic`).
+
+    ``ids_block`` is the group's stream ids joined by NUL, in row order; ``frames`` every row's
+    compact frame (:func:`encode_rows` or :func:`encode`). Each row's ``publish_wall_time`` and
+    ``timings_ms.publish`` are set to the given values. Layout (docs/messages.md, "Group frames"):
+    header, the ids, ``rows + 1`` u32 offsets into the frame area, the frames back to back.
+    """
+    lengths = np.fromiter((len(f) for f in frames), np.int64, len(frames))
+    offsets = np.zeros(len(frames) + 1, "<u4")
+    offsets[1:] = np.cumsum(lengths)
+    head = GROUP_HEADER.pack(GROUP_MAGIC, GROUP_VERSION, 0, len(frames), len(ids_block))
+    body = bytearray().join([head, ids_block, offsets.tobytes(), *frames])
+    base = len(head) + len(ids_block) + offsets.nbytes
+    starts = base + offsets[:-1].astype(np.int64)
+    view = np.frombuffer(body, np.uint8)
+    view[(starts + OFF_PUBLISH_WALL_TIME)[:, None] + np.arange(8)] = np.frombuffer(
+        struct.pack("<d", publish_wall_time), np.uint8
+    )
+    view[(starts + OFF_TIMING_PUBLISH)[:, None] + np.arange(4)] = np.frombuffer(
+        struct.pack("<f", publish_ms), np.uint8
+    )
+    return body
+
+
+def split_group_frame(body: bytes) -> list[tuple[str, memoryview]]:
+    """A group frame's rows as ``(stream_id, compact frame)``; ``ValueError`` if it is not one."""
+    body = memoryview(body)
+    if len(body) < GROUP_HEADER.size:
+        raise ValueError(
+            f"group frame of {len(body)} bytes, shorter than its {GROUP_HEADER.size}-byte header"
+        )
+    magic, version, _, rows, ids_len = GROUP_HEADER.unpack_from(body)
+    if magic != GROUP_MAGIC or version != GROUP_VERSION:
+        raise ValueError(
+            f"not a version-{GROUP_VERSION} group frame (magic {bytes(magic)!r}, version {version})"
+        )
+    pos = GROUP_HEADER.size
+    ids = bytes(body[pos : pos + ids_len]).decode().split("\0") if rows else []
+    pos += ids_len
+    if len(ids) != rows:
+        raise ValueError(f"group frame names {len(ids)} streams for {rows} rows")
+    offsets = np.frombuffer(body, "<u4", count=rows + 1, offset=pos).astype(np.int64)
+    base = pos + 4 * (rows + 1)
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or base + offsets[-1] != len(body):
+        raise ValueError("group frame offsets do not match its length")
+    return [(ids[i], body[base + offsets[i] : base + offsets[i + 1]]) for i in range(rows)]
+
+
 @dataclass
 class CompactFrame:
     """A compact frame taken apart (no names resolved yet)."""
@@ -442,6 +506,10 @@ class CompactDecoder:
     def __init__(self) -> None:
         self.vocabularies: dict[int, Vocabulary] = {}
         self.unnamed = 0  # frames decoded before their names were known
+
+    def decode_group(self, body: bytes) -> list[TagMessage]:
+        """Every stream's message in one group frame (topic ``tagg.<group_id>\\0``), in row order."""
+        return [self.decode(compact_topic(stream_id), frame) for stream_id, frame in split_group_frame(body)]
 
     def decode(self, topic: bytes, frame: bytes) -> TagMessage:
         """The message of one ``[topic, frame]`` pair (topic ``tagb.<stream_id>\\0``)."""

@@ -119,11 +119,11 @@ class _RosterPublisher:
         )
         return routes
 
-    def publish_rows(self, routes: list, vocab, encode, seq: int) -> int:
+    def publish_rows(self, routes: list, vocab, encode, seq: int, group=None) -> int:
         slots = self._group_slots.get(id(routes))
         if slots is not None:
             self._roster["seq"][slots[slots >= 0]] = seq
-        return self._pub.publish_rows(routes, vocab, encode, seq)
+        return self._pub.publish_rows(routes, vocab, encode, seq, group)
 
     def __getattr__(self, name: str):  # publish_raw, dropped, endpoint, …
         return getattr(self._pub, name)
@@ -280,9 +280,9 @@ class ProcessServer:
         self.poller.register(self.front, zmq.POLLIN)
         self.forwarded: dict[str, _Forwarded] = {}
         self.redirected: dict[str, tuple[bytes, str, float]] = {}  # stream -> client, child, when
-        # group -> client, child, when, its first stream (protocol 1.2: a group's streams are in
-        # the roster, the group id is not; kept until no child holds its first stream)
-        self.groups: dict[str, tuple[bytes, str, float, str]] = {}
+        # group -> client, child, when, its streams (protocol 1.2: a group's streams are in the
+        # roster, the group id is not; kept until no child holds its first stream)
+        self.groups: dict[str, tuple[bytes, str, float, list[str]]] = {}
         self.stats = _Stats()
         self._mp = mp.get_context("spawn")
         self._settings_json = settings.model_copy(
@@ -391,15 +391,19 @@ class ProcessServer:
         error = f"server process {ch.name} exited with code {code}"
         held = {row["stream_id"].decode(): int(row["seq"]) for row in roster if row["stream_id"]}
         del roster
+        ends = {}
         for stream_id, seq in held.items():
-            self.own.publish(shard_lost_end(stream_id, seq + 1, ch.info, error))
+            ends[stream_id] = shard_lost_end(stream_id, seq + 1, ch.info, error)
+            self.own.publish(ends[stream_id])
             client = self.forwarded.pop(stream_id, None)
             redirected = self.redirected.pop(stream_id, None)
             identity = client.client if client else redirected[0] if redirected else None
             if identity is not None:
                 self._reply(identity, Reply(type="closed", stream_id=stream_id, reason="shard_lost"))
         for group_id in [g for g, (_, child, _, _) in self.groups.items() if child == ch.name]:
-            identity = self.groups.pop(group_id)[0]
+            identity, _, _, ids = self.groups.pop(group_id)
+            ids = [s for s in ids if s in ends]
+            self.own.publish_group_end(self.own.group_route(group_id, ids), [ends[s] for s in ids])
             self.forwarded.pop(group_id, None)
             self.redirected.pop(group_id, None)
             self._reply(identity, Reply(type="closed", stream_id=group_id, reason="shard_lost"))
@@ -423,7 +427,7 @@ class ProcessServer:
         old = time.monotonic() - _PRUNE_S
         for sid in [s for s, (_, _, t) in self.redirected.items() if t < old and s not in held]:
             del self.redirected[sid]
-        for gid in [g for g, (_, _, t, first) in self.groups.items() if t < old and first not in held]:
+        for gid in [g for g, (_, _, t, ids) in self.groups.items() if t < old and ids[0] not in held]:
             del self.groups[gid]
 
     # ------------------------------------------------------------------ the loop
@@ -496,7 +500,7 @@ class ProcessServer:
                 self._open(identity, header, frames)
                 target = self.ring.lookup(header.stream_id)
                 if isinstance(header, OpenGroupHeader) and target is not None:
-                    self.groups[header.group_id] = (identity, target, time.monotonic(), header.stream_ids[0])
+                    self.groups[header.group_id] = (identity, target, time.monotonic(), header.stream_ids)
             elif isinstance(header, AudioHeader):
                 self._forward_audio(identity, header, frames)
             elif isinstance(header, GroupAudioHeader):

@@ -49,11 +49,14 @@ import zmq
 from engines.errors import UserError
 from rt_tagger.compact import (
     COMPACT_PREFIX,
+    GROUP_PREFIX,
     OFF_PUBLISH_WALL_TIME,
     OFF_TIMING_PUBLISH,
     CompactDecoder,
     Vocabulary,
     compact_topic,
+    group_frame,
+    group_topic,
 )
 from rt_tagger.compact import encode as encode_compact
 from rt_tagger.curve_keys import load_secret
@@ -105,6 +108,20 @@ class _Route:
         self.compact_topic = compact_topic(stream_id)
         self.want_json = self.want_compact = False
         self.vocab: Vocabulary | None = None
+        self.names_epoch = -1
+
+
+class _GroupRoute:
+    """Per stream group: its ``tagg.`` topic, whether someone subscribes there (for subscription
+    generation ``gen``), the ids block of its frames and the epoch its names were last sent in."""
+
+    __slots__ = ("gen", "topic", "want", "ids_block", "names_epoch")
+
+    def __init__(self, group_id: str, stream_ids: list[str]) -> None:
+        self.gen = -1
+        self.topic = group_topic(group_id)
+        self.want = False
+        self.ids_block = "\0".join(stream_ids).encode()
         self.names_epoch = -1
 
 
@@ -265,7 +282,7 @@ class Publisher:
         self._routes: dict[str, _Route] = {}
         self._vocabs: dict[tuple, Vocabulary] = {}  # (tags, model, backend) -> names, shared by streams
         self._model_vocab: dict[tuple[str, str], Vocabulary] = {}  # (model, weights) -> the latest names
-        self._encoded = {"json": 0, "compact": 0}
+        self._encoded = {"json": 0, "compact": 0, "group": 0}
         self._ser = TagMessage.__pydantic_serializer__
         self._ser_t = StageTimings.__pydantic_serializer__
         self.sock = self._ctx.socket(zmq.XPUB)
@@ -348,7 +365,7 @@ class Publisher:
             route = self._routes[msg.stream_id] = _Route(msg.stream_id)
         if route.gen != self._sub_gen:
             route.want_json = self._wanted(route.json_topic)
-            route.want_compact = self._wanted(route.compact_topic, compact=True)
+            route.want_compact = self._wanted(route.compact_topic, COMPACT_PREFIX)
             route.gen = self._sub_gen
         if msg.tags is not None:
             self._learn_vocab(route, msg)
@@ -395,15 +412,24 @@ class Publisher:
         """The routes of streams whose messages come as rows (:meth:`publish_rows`)."""
         return [self._routes.setdefault(s, _Route(s)) for s in stream_ids]
 
-    def publish_rows(self, routes: list[_Route], vocab: Vocabulary, encode, seq: int) -> int:
+    def group_route(self, group_id: str, stream_ids: list[str]) -> _GroupRoute:
+        """The route of a stream group's frames (topic ``tagg.<group_id>\\0``, rows in
+        ``stream_ids`` order): pass it to :meth:`publish_rows` and :meth:`publish_group_end`."""
+        return _GroupRoute(group_id, stream_ids)
+
+    def publish_rows(
+        self, routes: list[_Route], vocab: Vocabulary, encode, seq: int, group: _GroupRoute | None = None
+    ) -> int:
         """Send one window's messages of many streams (a stream group), compact-encoded as rows.
 
         ``encode(names)`` returns every row's compact frame (a bytearray), ``names`` ``(R,)`` bool
-        marking the rows that must carry the names section. Each frame goes to its stream's
-        compact topic if someone subscribes there, and as JSON (decoded from the frame: slow, but
-        only for streams someone reads as JSON) to its JSON topic; ``seq`` is the rows' sequence
-        number (a group's streams share it). ``publish_wall_time`` and
-        ``timings_ms.publish`` are stamped per frame as it is sent. Returns the frames sent.
+        marking the rows that must carry the names section. If someone subscribes to ``group``'s
+        topic, all frames go there first as one group frame (:func:`~rt_tagger.compact.group_frame`);
+        then each frame goes to its stream's compact topic if someone subscribes there, and as JSON
+        (decoded from the frame: slow, but only for streams someone reads as JSON) to its JSON
+        topic. ``seq`` is the rows' sequence number (a group's streams share it).
+        ``publish_wall_time`` and ``timings_ms.publish`` are stamped as each frame is sent. Returns
+        the messages sent (a group frame counts as one).
         """
         t0 = time.perf_counter()
         if self.sock.getsockopt(_EVENTS) & _POLLIN:
@@ -412,13 +438,22 @@ class Publisher:
         for r in routes:
             if r.gen != gen:
                 r.want_json = self._wanted(r.json_topic)
-                r.want_compact = self._wanted(r.compact_topic, compact=True)
+                r.want_compact = self._wanted(r.compact_topic, COMPACT_PREFIX)
                 r.gen = gen
         names = np.fromiter((r.want_compact and r.names_epoch != epoch for r in routes), bool, len(routes))
+        to_group = group is not None and self._want_group(group)
+        if to_group and group.names_epoch != epoch and len(names):
+            names[0] = True  # a group frame's subscribers learn the names from its first row
+            group.names_epoch = epoch
         frames = encode(names)
-        decoder = None
-        sent = compact = 0
+        sent = 0
         send, now, clock = self.sock.send, time.time, time.perf_counter
+        if to_group:
+            body = group_frame(group.ids_block, frames, now(), (clock() - t0) * 1e3)
+            self._encoded["group"] += 1
+            sent += self._send(group.topic, body)
+        decoder = None
+        compact = 0
         pack64, pack32 = _F64.pack_into, _F32.pack_into
         for r, frame in zip(routes, frames, strict=True):
             if not (r.want_compact or r.want_json):
@@ -449,6 +484,25 @@ class Publisher:
         self._sent += sent
         return sent
 
+    def publish_group_end(self, group: _GroupRoute, msgs: list[TagMessage]) -> bool:
+        """The ``end`` messages of a group's streams (row order) as one group frame, if someone
+        subscribes to the group's topic (each stream's own topics get them from :meth:`publish`)."""
+        if self.sock.getsockopt(_EVENTS) & _POLLIN:
+            self._drain_subscriptions()
+        if not self._want_group(group):
+            return True
+        body = group_frame(group.ids_block, [encode_compact(m, None) for m in msgs], time.time(), 0.0)
+        self._encoded["group"] += 1
+        ok = self._send(group.topic, body)
+        self._sent += ok
+        return ok
+
+    def _want_group(self, group: _GroupRoute) -> bool:
+        if group.gen != self._sub_gen:
+            group.want = self._wanted(group.topic, GROUP_PREFIX)
+            group.gen = self._sub_gen
+        return group.want
+
     def _send(self, topic: bytes, body: bytes) -> bool:
         """Both frames, NODROP first. libzmq checks the queues at each part but counts a message
         in them only after its last part, so once the topic went, the body goes too (this is what
@@ -477,14 +531,15 @@ class Publisher:
         route.names_epoch = -1  # new names: send them with the stream's next compact frame
         self._model_vocab[(msg.model.name, msg.model.weights_sha256)] = v
 
-    def _wanted(self, topic: bytes, compact: bool = False) -> bool:
-        """True if some subscription matches ``topic`` (ZeroMQ prefix matching). The compact form
-        needs a subscription that names it (starts with ``tagb.``): one to everything (``""``) or to
-        ``tag`` is an old JSON subscriber, which must not start getting binary frames."""
+    def _wanted(self, topic: bytes, binary: bytes | None = None) -> bool:
+        """True if some subscription matches ``topic`` (ZeroMQ prefix matching). A binary form
+        (``binary``: its prefix, ``tagb.`` or ``tagg.``) needs a subscription that names it: one to
+        everything (``""``) or to ``tag`` is an old JSON subscriber, which must not start getting
+        binary frames."""
         if topic in self._exact:
             return True
-        if compact:
-            return any(topic.startswith(p) for p in self._prefixes if p.startswith(COMPACT_PREFIX))
+        if binary is not None:
+            return any(topic.startswith(p) for p in self._prefixes if p.startswith(binary))
         return any(topic.startswith(p) for p in self._prefixes)
 
     def publish_raw(self, topic: bytes, body: bytes) -> bool:
@@ -552,8 +607,8 @@ class Publisher:
                 self._subscribed = True
                 new.append(topic)
                 (self._exact if topic.endswith(TOPIC_END) else self._prefixes).add(topic)
-                if topic.startswith(COMPACT_PREFIX):
-                    self._compact_epoch += 1  # every stream sends its names again
+                if topic.startswith((COMPACT_PREFIX, GROUP_PREFIX)):
+                    self._compact_epoch += 1  # every stream and group sends its names again
                 log.debug("subscription: %r", topic)
             elif frame[:1] == b"\x00":
                 self._exact.discard(topic)

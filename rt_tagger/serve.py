@@ -388,7 +388,7 @@ class Server:
         if self._group_frontend is None:  # a CPU server: the groups' log-mel in torch on the CPU
             self._group_frontend = BatchFrontEnd(self.pipeline.spec, self.pipeline.backend.device)
         inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)  # type: ignore[arg-type]
-        group = StreamGroup(ids, self.pipeline, self._group_frontend, hop_frames, inp)
+        group = StreamGroup(h.group_id, ids, self.pipeline, self._group_frontend, hop_frames, inp)
         self.groups[h.group_id] = (group, inp)
         self._group_streams.update(ids)
         self.stats.opened += len(ids)
@@ -439,8 +439,10 @@ class Server:
         self._due_groups.discard(group_id)
         del self.groups[group_id]
         self._group_streams.difference_update(group.ids)
-        for msg in group.end(reason):
+        ends = group.end(reason)
+        for msg in ends:
             self.publisher.publish(msg)
+        self.publisher.publish_group_end(group.group_route(self.publisher), ends)
         self.stats.closed[reason] += group.size
         self.stats.ended_dropped_samples += inp.dropped_frames * group.size
         self.stats.ended_lost_chunks += inp.lost_chunks * group.size

@@ -13,7 +13,8 @@ the group keeps its PCM as one ``(streams, samples)`` array and, at each window:
 - updates every stream's aggregator row at once (:class:`~rt_tagger.aggregator.RowAggregator`,
   the rules of :class:`~rt_tagger.aggregator.Aggregator`);
 - encodes every stream's message from the arrays (:func:`~rt_tagger.compact.encode_rows`) and
-  publishes it on the stream's own topics (:meth:`~rt_tagger.publisher.Publisher.publish_rows`).
+  publishes it on the stream's own topics and, for subscribers of the whole group, as one group
+  frame on ``tagg.<group_id>`` (:meth:`~rt_tagger.publisher.Publisher.publish_rows`).
 
 Semantics are a single stream's: windows end at the same samples (``window_frames``, then every
 ``hop_frames``), a window whose hop RMS is below ``silence_rms`` is a ``silent`` heartbeat, each
@@ -53,6 +54,7 @@ class StreamGroup:
     """The state of a group of streams served in lockstep.
 
     Args:
+        group_id: The group's id (its messages' group topic, ``tagg.<group_id>``).
         stream_ids: The group's streams, in payload order.
         pipeline: The server's pipeline (bundle, backend, settings).
         frontend: The batch front end the group's log-mel rings live in.
@@ -60,7 +62,10 @@ class StreamGroup:
         source: The group's input counters (an :class:`~rt_tagger.serve.IngestInput`).
     """
 
-    def __init__(self, stream_ids: list[str], pipeline, frontend, hop_frames: int, source) -> None:
+    def __init__(
+        self, group_id: str, stream_ids: list[str], pipeline, frontend, hop_frames: int, source
+    ) -> None:
+        self.group_id = group_id
         self.ids = list(stream_ids)
         self.size = len(self.ids)
         self.spec = pipeline.spec
@@ -90,6 +95,7 @@ class StreamGroup:
         self.heartbeats = np.zeros(self.size, np.int64)
         self._last_end_s: float | None = None
         self.routes = None  # the publisher's routes, set at the first publish
+        self._group_route = None
 
     # ------------------------------------------------------------------ audio in
     def push(self, pcm: np.ndarray, capture_wall: float | None, arrival_wall: float | None) -> int:
@@ -238,12 +244,22 @@ class StreamGroup:
         if self.routes is None:
             self.routes = publisher.routes(self.ids)
         publisher.publish_rows(
-            self.routes, self.vocab, lambda names: encode_rows(msgs, self.vocab, names), self.seq
+            self.routes,
+            self.vocab,
+            lambda names: encode_rows(msgs, self.vocab, names),
+            self.seq,
+            self.group_route(publisher),
         )
         self.seq += 1
         self.windows += 1
         self._last_end_s = end_s
         return len(live)
+
+    def group_route(self, publisher):
+        """The publisher's route of this group's frames (topic ``tagg.<group_id>``)."""
+        if self._group_route is None:
+            self._group_route = publisher.group_route(self.group_id, self.ids)
+        return self._group_route
 
     # ------------------------------------------------------------------ the end
     def end(self, reason: str, error: str | None = None) -> list[TagMessage]:

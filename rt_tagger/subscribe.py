@@ -11,7 +11,8 @@ docs/messages.md); ``--topic PREFIX`` is a plain prefix filter. When every strea
 
 ``--compact`` subscribes to the compact binary encoding instead (topic ``tagb.``, see
 :mod:`rt_tagger.compact`) and shows the same view; with ``--json`` it prints each frame decoded back
-into the JSON message.
+into the JSON message. ``--group ID`` reads a whole stream group (protocol 1.2) from its group
+frames (topic ``tagg.<ID>\\0``, one message per window with every stream's compact frame).
 
 Wiring: ``add_arguments(parser)`` + ``main_from_args(args)`` is the one ``subscribe`` parser (the
 ``rt-tagger`` CLI uses it), ``main(argv)`` or ``python -m rt_tagger.subscribe`` runs it stand-alone.
@@ -34,7 +35,14 @@ import zmq
 from pydantic import ValidationError
 
 from engines.errors import UserError, UserErrorParser, run_guarded
-from rt_tagger.compact import COMPACT_PREFIX, CompactDecoder
+from rt_tagger.compact import (
+    COMPACT_PREFIX,
+    GROUP_PREFIX,
+    CompactDecoder,
+    compact_topic,
+    group_topic,
+    split_group_frame,
+)
 from rt_tagger.curve_keys import load_public, load_secret
 from rt_tagger.message_line import ascii_only, format_end, format_message
 from rt_tagger.messages import TagMessage
@@ -106,6 +114,14 @@ def _decode(frames: list[bytes]) -> dict:
     return doc
 
 
+def _messages(frames: list[bytes]) -> list[list[bytes]]:
+    """The messages in one ZeroMQ message: a group frame (topic ``tagg.``) holds one per stream,
+    each returned as its compact ``[topic, frame]``; anything else is one message."""
+    if len(frames) == 2 and frames[0].startswith(GROUP_PREFIX):
+        return [[compact_topic(sid), bytes(f)] for sid, f in split_group_frame(frames[1])]
+    return [frames]
+
+
 def run_subscribe(
     endpoint: str = DEFAULT_ENDPOINT,
     topic: str | bytes = "tags.",
@@ -151,6 +167,8 @@ def run_subscribe(
     plain = ascii_only(out)
     topic = topic.encode() if isinstance(topic, str) else topic
     decoder = None
+    if topic.startswith(GROUP_PREFIX):
+        compact = True
     if compact:
         decoder = CompactDecoder()
         if topic.startswith(JSON_PREFIX):
@@ -161,8 +179,9 @@ def run_subscribe(
     ctx = zmq.Context()
     sock = _connect(ctx, endpoint, topic, curve_server_public, curve_client_dir)
     wait_ms = None if timeout_s is None else max(int(timeout_s * 1000), 1)
+    done = False
     try:
-        while count is None or received < count:
+        while not done and (count is None or received < count):
             if not sock.poll(wait_ms, zmq.POLLIN):
                 raise SubscribeTimeout(
                     f"no message from {endpoint} on topic {topic.decode(errors='replace')!r} for "
@@ -170,39 +189,53 @@ def run_subscribe(
                 )
             frames = sock.recv_multipart()
             recv_time = time.time()
-            received += 1
             try:
-                if decoder is not None and len(frames) == 2:  # binary -> the same message as JSON
-                    frames = [frames[0], decoder.decode(frames[0], frames[1]).to_bytes()]
-                doc = _decode(frames)
-                if doc.get("kind") in ("stats", "cluster"):  # rt-tagger serve's own messages: as they come
+                parts = _messages(frames)
+            except (ValueError, UnicodeDecodeError) as e:
+                received += 1
+                malformed += 1
+                print(f"!! malformed message on {frames[0][:64]!r}: {e}", file=note, flush=True)
+                continue
+            for frames in parts:
+                received += 1
+                try:
+                    if decoder is not None and len(frames) == 2:  # binary -> the same message as JSON
+                        frames = [frames[0], decoder.decode(frames[0], frames[1]).to_bytes()]
+                    doc = _decode(frames)
+                    if doc.get("kind") in (
+                        "stats",
+                        "cluster",
+                    ):  # rt-tagger serve's own messages: as they come
+                        out.write(frames[1].decode() + "\n")
+                        out.flush()
+                        continue
+                    msg = None if doc.get("kind") == "end" else TagMessage.model_validate(doc)
+                    stream, seq = (
+                        (msg.stream_id, msg.seq) if msg else (str(doc["stream_id"]), int(doc["seq"]))
+                    )
+                except (ValidationError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+                    malformed += 1
+                    first = str(e).splitlines()[0]
+                    print(f"!! malformed message on {frames[0][:64]!r}: {first}", file=note, flush=True)
+                    continue  # never on stdout: --json output must stay valid JSON lines
+                gap = seqs.check(stream, seq)
+                if gap:
+                    print(gap, file=note, flush=True)
+                if raw_json:
                     out.write(frames[1].decode() + "\n")
                     out.flush()
-                    continue
-                msg = None if doc.get("kind") == "end" else TagMessage.model_validate(doc)
-                stream, seq = (msg.stream_id, msg.seq) if msg else (str(doc["stream_id"]), int(doc["seq"]))
-            except (ValidationError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
-                malformed += 1
-                first = str(e).splitlines()[0]
-                print(f"!! malformed message on {frames[0][:64]!r}: {first}", file=note, flush=True)
-                continue  # never on stdout: --json output must stay valid JSON lines
-            gap = seqs.check(stream, seq)
-            if gap:
-                print(gap, file=note, flush=True)
-            if raw_json:
-                out.write(frames[1].decode() + "\n")
-                out.flush()
-            elif msg is None:
-                print(format_end(doc), file=out, flush=True)
-            else:
-                print(
-                    format_message(msg, top_n=top_n, ascii_only=plain, recv_time=recv_time),
-                    file=out,
-                    flush=True,
-                )
-            if msg is None:
-                ended.add(stream)
-                if ended >= seqs.last.keys():  # every stream this view has seen is over
+                elif msg is None:
+                    print(format_end(doc), file=out, flush=True)
+                else:
+                    print(
+                        format_message(msg, top_n=top_n, ascii_only=plain, recv_time=recv_time),
+                        file=out,
+                        flush=True,
+                    )
+                if msg is None:
+                    ended.add(stream)
+                    done = ended >= seqs.last.keys()  # every stream this view has seen is over
+                if done or received == count:
                     break
     except KeyboardInterrupt:
         pass
@@ -230,6 +263,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stream", metavar="ID", help="exactly this stream (its terminated topic)")
+    which.add_argument(
+        "--group",
+        metavar="ID",
+        help="every stream of this stream group, from its group frames (topic tagg.<ID>)",
+    )
     which.add_argument(
         "--topic", default="tags.", help='topic prefix, e.g. "tags.mic" (default "tags." = all streams)'
     )
@@ -259,12 +297,17 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise UserError(f"--count must be >= 1, got {args.count}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be > 0, got {args.timeout}")
-    if args.stream is not None and not re.fullmatch(STREAM_ID_PATTERN, args.stream):
-        raise UserError(f"invalid stream id {args.stream!r}: letters, digits, '_', '.', '-' (at most 64)")
+    for what, value in (("stream", args.stream), ("group", args.group)):
+        if value is not None and not re.fullmatch(STREAM_ID_PATTERN, value):
+            raise UserError(f"invalid {what} id {value!r}: letters, digits, '_', '.', '-' (at most 64)")
     endpoint = args.endpoint or load_settings(args.config).publish.endpoint
     return run_subscribe(
         endpoint,
-        stream_topic(args.stream) if args.stream is not None else args.topic,
+        stream_topic(args.stream)
+        if args.stream is not None
+        else group_topic(args.group)
+        if args.group is not None
+        else args.topic,
         raw_json=args.json,
         count=args.count,
         timeout_s=args.timeout,

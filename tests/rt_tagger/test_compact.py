@@ -147,7 +147,7 @@ def test_compact_and_json_subscribers_get_the_same_messages():
     finally:
         ctx.destroy(linger=0)
     assert len(got_json) == len(got_compact) == 2 * n
-    assert encoded == {"json": 2 * n, "compact": 2 * n}
+    assert encoded == {"json": 2 * n, "compact": 2 * n, "group": 0}
     dec = CompactDecoder()
     for (jt, jb), (ct, cb) in zip(got_json, got_compact, strict=True):
         j = TagMessage.from_bytes(jb)
@@ -167,7 +167,10 @@ def test_compact_and_json_subscribers_get_the_same_messages():
 
 @pytest.mark.parametrize(
     ("topics", "expect"),
-    [((b"tags.",), {"json": 40, "compact": 0}), ((b"tagb.a\0",), {"json": 0, "compact": 40})],
+    [
+        ((b"tags.",), {"json": 40, "compact": 0, "group": 0}),
+        ((b"tagb.a\0",), {"json": 0, "compact": 40, "group": 0}),
+    ],
 )
 def test_an_encoding_nobody_subscribes_to_is_never_made(topics, expect):
     ctx = zmq.Context()
@@ -251,7 +254,7 @@ def test_a_stalled_compact_subscriber_loses_only_its_own_messages_and_they_are_c
     got = [m.seq for m in json_lines(s_out)]
     assert got == sorted(got) and len(got) < n, s_err
     assert 0 < dropped <= n - len(got) and sent + dropped == n
-    assert encoded == {"json": 0, "compact": n}
+    assert encoded == {"json": 0, "compact": n, "group": 0}
 
 
 def test_header_offsets_match_the_documented_layout():
@@ -311,3 +314,34 @@ def test_rows_encode_as_each_message_encodes(with_embedding):
         msgs[0].embedding, msgs[1].embedding = rows.embedding[0].tolist(), rows.embedding[1].tolist()
     for i, (frame, msg) in enumerate(zip(frames, msgs, strict=True)):
         assert bytes(frame) == bytes(encode(msg, vocab, names=i == 0)), i
+
+
+def test_a_group_frame_holds_every_row_and_refuses_damage():
+    """group_frame / split_group_frame (topic tagg.<group>): rows come back as the same compact
+    frames (publish time stamped in each), in order, with their stream ids; damage is a ValueError."""
+    from rt_tagger.compact import group_frame, split_group_frame
+
+    vocab = Vocabulary.build(VOCAB_TAGS, MODEL, BACKEND)
+    msgs = [_message(seq) for seq in (3, 4, 5)]
+    frames = [encode(m, vocab, names=i == 0) for i, m in enumerate(msgs)]
+    body = group_frame(b"a\0bb\0c", frames, 1700000000.25, 0.75)
+    rows = split_group_frame(bytes(body))
+    assert [sid for sid, _ in rows] == ["a", "bb", "c"]
+    dec = CompactDecoder()
+    got = dec.decode_group(bytes(body))
+    assert [m.stream_id for m in got] == ["a", "bb", "c"] and [m.seq for m in got] == [3, 4, 5]
+    for m, sent in zip(got, msgs, strict=True):
+        assert m.publish_wall_time == 1700000000.25 and m.timings_ms.publish == 0.75
+        np.testing.assert_array_equal(m.scores, np.asarray(sent.scores, np.float32))
+        assert m.tags == VOCAB_TAGS  # the names came with the first row
+    assert split_group_frame(bytes(group_frame(b"", [], 0.0, 0.0))) == []
+    with pytest.raises(ValueError, match="shorter than"):
+        split_group_frame(bytes(body[:10]))
+    with pytest.raises(ValueError, match="offsets"):
+        split_group_frame(bytes(body[:-1]))
+    with pytest.raises(ValueError, match="2 streams for 3 rows"):
+        split_group_frame(bytes(group_frame(b"a\0b", frames, 0.0, 0.0)))
+    bad = bytearray(body)
+    bad[:4] = b"XXXX"
+    with pytest.raises(ValueError, match="not a version-1 group frame"):
+        split_group_frame(bytes(bad))

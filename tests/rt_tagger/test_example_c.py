@@ -106,7 +106,7 @@ def test_c_subscriber_reads_compact_frames(c_subscriber):
         pub.end_on.set()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert encoded == {"json": 0, "compact": n - 1}  # only alpha's frames were wanted
+    assert encoded == {"json": 0, "compact": n - 1, "group": 0}  # only alpha's frames were wanted
     lines = out.splitlines()
     assert all(line.startswith("tagb.alpha ") for line in lines)
     docs = [json.loads(line.split(" ", 1)[1]) for line in lines]

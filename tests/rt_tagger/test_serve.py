@@ -19,7 +19,7 @@ import zmq
 
 from bench.common import free_port
 from rt_tagger.client import ClientError, IngestClient
-from rt_tagger.compact import CompactDecoder
+from rt_tagger.compact import CompactDecoder, group_topic
 
 from .conftest import ROOT, cli_env, run_cli
 
@@ -64,7 +64,7 @@ class Server:
                 )
             if self.sub.poll(100):
                 topic, body = self.sub.recv_multipart()
-                if topic.startswith(b"tagb."):  # compact frames someone else asked for
+                if topic.startswith((b"tagb.", b"tagg.")):  # binary frames someone else asked for
                     continue
                 msg = json.loads(body)
                 msg["_topic"] = topic
@@ -281,10 +281,19 @@ def test_a_stream_group_gives_each_stream_the_messages_stream_gives(server):
     pcm = np.clip(np.round(block * 32768.0), -32768, 32767).astype(np.int16)
     ids = ["g0", "g1", "g2"]
     compact = server.ctx.socket(zmq.SUB)
+    whole = server.ctx.socket(zmq.SUB)
+    view = subprocess.Popen(  # `rt-tagger subscribe --group`: the user's view of the group frames
+        [sys.executable, "-m", "rt_tagger.cli", "subscribe", "-e", server.publish, "--group", "gw", "--json",
+         "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
     try:
-        frames = _group_round_trip(server, compact, pcm, ids, sr)
+        time.sleep(2.0)  # the view's subscription reaches the server before the first window
+        frames, grouped = _group_round_trip(server, compact, whole, pcm, ids, sr)
+        view_out, view_err = view.communicate(timeout=60)
     finally:
         compact.close(linger=0)
+        whole.close(linger=0)
+        view.kill()
     assert server.stop() == 0
     silent = server.of("g2")
     assert [m["kind"] for m in silent[:-1]] == ["heartbeat"] * (len(silent) - 1)
@@ -312,12 +321,29 @@ def test_a_stream_group_gives_each_stream_the_messages_stream_gives(server):
         for m, (a, _) in zip(binary, pairs, strict=True):
             assert m.seq == a["seq"] and m.active == a["active"]
             assert np.allclose(m.scores, a["scores"], atol=1e-6)
+    # the group frames (topic tagg.gw) hold every stream's messages, its end included, in row order
+    assert [[m.stream_id for m in rows] for rows in grouped] == [ids] * len(grouped)
+    for k, stream_id in enumerate(ids):
+        mine = [rows[k] for rows in grouped]
+        assert [m.seq for m in mine] == list(range(len(mine)))
+        own = [json.loads(m.to_bytes()) for m in frames if m.stream_id == stream_id]
+        in_group = [json.loads(m.to_bytes()) for m in mine]
+        for doc in (*own, *in_group):
+            doc.pop("publish_wall_time", None)
+            doc.get("timings_ms", {}).pop("publish", None)
+        assert in_group == own
+    assert view.returncode == 0, view_err.decode()
+    shown = [json.loads(ln) for ln in view_out.decode().splitlines()]
+    assert len(shown) == len(grouped) * len(ids) and "0 gaps (0 missing), 0 malformed" in view_err.decode()
+    assert [m["kind"] for m in shown[-3:]] == ["end"] * 3
 
 
-def _group_round_trip(server, compact, pcm, ids, sr):
+def _group_round_trip(server, compact, whole, pcm, ids, sr):
     compact.setsockopt(zmq.SUBSCRIBE, b"tagb.")
-    compact.setsockopt(zmq.RCVHWM, 0)
-    compact.connect(server.publish)
+    whole.setsockopt(zmq.SUBSCRIBE, group_topic("gw"))
+    for sock in (compact, whole):
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(server.publish)
     time.sleep(0.3)  # both subscriptions reach the server before the first window
     with server.client() as c:
         reply = c.open_group("gw", ids, sr, pace="batch")
@@ -330,7 +356,12 @@ def _group_round_trip(server, compact, pcm, ids, sr):
     frames = []
     while compact.poll(500):
         frames.append(decoder.decode(*compact.recv_multipart()))
-    return frames
+    grouped, group_decoder = [], CompactDecoder()
+    while whole.poll(200):
+        topic, body = whole.recv_multipart()
+        assert topic == group_topic("gw")
+        grouped.append(group_decoder.decode_group(body))
+    return frames, grouped
 
 
 @pytest.mark.parametrize(

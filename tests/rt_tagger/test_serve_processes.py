@@ -22,6 +22,7 @@ import zmq
 
 from rt_tagger.client import IngestClient
 from rt_tagger.cluster import HashRing
+from rt_tagger.compact import CompactDecoder, group_topic
 
 from .conftest import ROOT
 from .test_serve import Server
@@ -201,9 +202,15 @@ def test_client_opens_again_without_redirect_on_a_1_0_server():
 def test_a_group_on_a_killed_child_ends_every_stream_of_it(server):
     """Protocol 1.2 through `serve --processes 2`: a group is redirected to the child its group id
     hashes to; when that child is killed, every stream of the group gets its `shard_lost` end with
-    `seq` = its last + 1, and the client gets `closed` for the group."""
+    `seq` = its last + 1, and the client gets `closed` for the group. A subscriber of the group's
+    frames (topic tagg.<group>) gets the same ends in one group frame."""
     audio, sr = _audio(4.0)
     group = _ids("serve.p0", 1, "grp")[0]
+    whole = server.ctx.socket(zmq.SUB)
+    whole.setsockopt(zmq.SUBSCRIBE, group_topic(group))
+    whole.setsockopt(zmq.RCVHWM, 0)
+    whole.connect(server.publish)
+    time.sleep(0.3)
     ids = ["ga", "gb", "gc"]
     block = np.clip(np.round(np.stack([audio, audio * 0.5, audio[::-1]]) * 32768), -32768, 32767).astype(
         np.int16
@@ -225,3 +232,13 @@ def test_a_group_on_a_killed_child_ends_every_stream_of_it(server):
             notices += c.poll_notices(0.2)
         assert any(n.stream_id == group and n.reason == "shard_lost" for n in notices)
     assert server.stop() == 0
+    decoder, grouped = CompactDecoder(), []
+    while whole.poll(200):
+        grouped.append(decoder.decode_group(whole.recv_multipart()[1]))
+    whole.close(linger=0)
+    assert grouped and all([m.stream_id for m in rows] == ids for rows in grouped)
+    *windows, ends = grouped
+    assert [m.kind for m in ends] == ["end"] * 3
+    for k, sid in enumerate(ids):
+        assert ends[k].end.reason == "shard_lost"
+        assert ends[k].seq == server.of(sid, "end")[0]["seq"] == windows[-1][k].seq + 1
