@@ -4,7 +4,8 @@ A gateway in front of many same-format sources opens a *group* (ingest protocol 
 :class:`~rt_tagger.ingest.OpenGroupHeader`) and sends one chunk of every stream in one payload.
 All streams of a group then have the same clock: their windows fall due together, so instead of
 one :class:`~rt_tagger.stream_state.StreamState` per stream (Python work per chunk and per window)
-the group keeps its PCM as one ``(streams, samples)`` array and, at each window:
+the group keeps its PCM as the ``(streams, frames)`` chunks it received (views of the payloads,
+not copied) and, at each window:
 
 - turns the new samples of every stream into log-mel with one upload and one FFT
   (:meth:`~rt_tagger.batch_frontend.BatchFrontEnd.add_block`, the same float64 math as every
@@ -80,8 +81,10 @@ class StreamGroup:
         self.vocab = Vocabulary.build(bundle.tags, self.options.model, self.options.backend)
         self.slots = np.array([frontend.open() for _ in self.ids], np.int64)
         self._rows = np.arange(self.size)
-        # PCM not yet turned into frames: column 0 is stream sample `_buf_start`
-        self._buf = np.zeros((self.size, 4 * self.spec.n_fft), np.int16)
+        # PCM not yet turned into frames, as the chunks came (views of the received payloads, so
+        # nothing is copied until a window's samples are joined for the upload): stream sample
+        # `_buf_start` is column 0 of the first chunk
+        self._chunks: list[np.ndarray] = []
         self._buf_len = 0
         self._buf_start = 0
         self.samples_total = 0
@@ -101,11 +104,7 @@ class StreamGroup:
     def push(self, pcm: np.ndarray, capture_wall: float | None, arrival_wall: float | None) -> int:
         """Append ``(streams, frames)`` int16 PCM; returns how many windows became due."""
         n = pcm.shape[1]
-        if self._buf_len + n > self._buf.shape[1]:
-            grown = np.zeros((self.size, max(2 * self._buf.shape[1], self._buf_len + n)), np.int16)
-            grown[:, : self._buf_len] = self._buf[:, : self._buf_len]
-            self._buf = grown
-        self._buf[:, self._buf_len : self._buf_len + n] = pcm
+        self._chunks.append(pcm)
         self._buf_len += n
         self.samples_total += n
         before = len(self._due)
@@ -113,6 +112,27 @@ class StreamGroup:
             self._due.append(GroupWindow(self._next_window, capture_wall, arrival_wall))
             self._next_window += self.hop_frames
         return len(self._due) - before
+
+    def _samples(self, a: int, b: int) -> np.ndarray:
+        """Columns ``a:b`` of the pending PCM as one contiguous ``(streams, b - a)`` array."""
+        parts, at = [], 0
+        for c in self._chunks:
+            lo, hi = max(a - at, 0), min(b - at, c.shape[1])
+            if lo < hi:
+                parts.append(c[:, lo:hi])
+            at += c.shape[1]
+            if at >= b:
+                break
+        return parts[0] if len(parts) == 1 and parts[0].flags.c_contiguous else np.concatenate(parts, axis=1)
+
+    def _drop(self, n: int) -> None:
+        """Forget the first ``n`` columns of the pending PCM."""
+        self._buf_len -= n
+        self._buf_start += n
+        while n and n >= self._chunks[0].shape[1]:
+            n -= self._chunks.pop(0).shape[1]
+        if n:
+            self._chunks[0] = self._chunks[0][:, n:]
 
     def pad_short_stream(self) -> bool:
         """Streams that ended before their first window get one, padded with silence (as
@@ -151,7 +171,7 @@ class StreamGroup:
         b = end - self._buf_start
         # the hop's energy (the silence check, as StreamState does it) comes with the front end
         _, energy = self.frontend.add_block(
-            self.slots, self._frames_done, self._buf[:, first:b], scale=_SCALE,
+            self.slots, self._frames_done, self._samples(first, b), scale=_SCALE,
             energy_from=self._energy_from - self._buf_start - first,
         )  # fmt: skip
         framing_ms = (time.perf_counter() - t) * 1e3
@@ -165,9 +185,7 @@ class StreamGroup:
         live = np.flatnonzero(rms >= self.options.silence_rms)
         self._frames_done = w.frame_end
         keep_from = self._frames_done * hop - self._buf_start  # the next frame's first sample
-        left = self._buf_len - keep_from
-        self._buf[:, :left] = self._buf[:, keep_from : self._buf_len]
-        self._buf_len, self._buf_start = left, self._buf_start + keep_from
+        self._drop(keep_from)
 
         n_tags = len(self.aggregator.tags)
         probs = np.zeros((len(live), n_tags), np.float32)
