@@ -414,6 +414,18 @@ def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dic
         name: summarize(h["timings"][ok, i].astype(np.float64).tolist()) for i, name in enumerate(TIMINGS)
     }
     cr = summarize(((recv - h["capture"])[ok] * 1e3).tolist())
+    # latency over the level (2-s bins of capture time): a backlog from the start that drains shows
+    # here, a steady overload grows
+    t_cap = h["capture"][ok]
+    lat = (h["publish"] - h["capture"])[ok] * 1e3
+    over_time = []
+    if len(t_cap):
+        bins = ((t_cap - t_cap.min()) // 2.0).astype(int)
+        for b in range(int(bins.max()) + 1):
+            sel = lat[bins == b]
+            if len(sel):
+                over_time.append({"t_s": 2 * b, "n": int(len(sel)), "p50_ms": float(np.percentile(sel, 50)),
+                                  "p99_ms": float(np.percentile(sel, 99))})  # fmt: skip
     hist: Counter = Counter()
     last = {m.get("server"): m for m in stats}
     for m in last.values():
@@ -428,6 +440,7 @@ def _analyse_compact(args, rows, outputs, ids, n, seconds, cpu_pct, late) -> dic
         "generator_late_periods": late, "mean_batch": None if mean_batch is None else round(mean_batch, 1),
         "batch_size_histogram": dict(hist), "last_stats": list(last.values()), "holds": holds,
         "timings_ms": {k: {"p50": v["p50"], "p99": v["p99"]} for k, v in stages.items()},
+        "latency_over_time": over_time,
     }  # fmt: skip
 
 
