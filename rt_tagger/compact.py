@@ -49,6 +49,7 @@ __all__ = [
     "CompactDecoder",
     "CompactFrame",
     "HEADER",
+    "RowFrames",
     "RowMessages",
     "Vocabulary",
     "compact_topic",
@@ -286,9 +287,44 @@ class RowMessages:
     embedding: np.ndarray | None = None  # (R, dim) float32
 
 
-def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> list[bytearray]:
-    """The compact frame of every row of ``m`` (what :func:`encode` gives for each message, built
-    from arrays: ~2 µs a row instead of ~15); ``names`` ``(R,)`` bool: rows that carry the names."""
+class RowFrames:
+    """Many compact frames back to back in one byte array: row ``i`` is ``buf[offsets[i]:offsets[i + 1]]``
+    (what :func:`encode_rows` builds, and what a group frame's frame area is)."""
+
+    def __init__(self, buf: np.ndarray, offsets: np.ndarray) -> None:
+        self.buf = buf  # uint8
+        self.offsets = offsets  # int64, rows + 1
+
+    @classmethod
+    def join(cls, frames) -> RowFrames:
+        lengths = np.fromiter((len(f) for f in frames), np.int64, len(frames))
+        offsets = np.zeros(len(frames) + 1, np.int64)
+        offsets[1:] = np.cumsum(lengths)
+        return cls(np.frombuffer(bytearray().join(frames), np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> bytearray:
+        """Row ``i``'s frame, a copy the caller may patch (the publish times)."""
+        return bytearray(self.buf[self.offsets[i] : self.offsets[i + 1]])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _place(out: np.ndarray, starts: np.ndarray, data: np.ndarray) -> None:
+    """Write row ``j`` of ``data`` ``(n, width)`` uint8 at ``out[starts[j]:]`` (compiled; imported
+    here so that decoding never loads numba)."""
+    from rt_tagger.row_bytes import place_rows
+
+    place_rows(out, starts, data)
+
+
+def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> RowFrames:
+    """The compact frame of every row of ``m`` (what :func:`encode` gives for each message), built
+    section by section for all rows at once (Python work per row only for events and names);
+    ``names`` ``(R,)`` bool: rows that carry the names."""
     rows = len(m.seq)
     tags_row = m.kind == _KIND["tags"]
     has_top = tags_row & (m.state != _STATE["not_music"])
@@ -298,16 +334,17 @@ def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> list[by
     n_active = m.active.sum(axis=1)
     if max(int(n_active.max(initial=0)), int(n_events.max(initial=0)), int(n_top.max(initial=0))) > 255:
         raise ValueError("more than 255 tags in one list: the compact header counts them in a byte")
+    emb = m.embedding is not None
     flags = np.full(rows, F_WINDOW | F_BACKLOG * (m.backlog_s is not None), np.uint16)
     flags |= F_CAPTURE * (m.capture_wall_time is not None)
     flags[names] |= F_NAMES
-    emb = m.embedding is not None
     if emb:
         flags[tags_row] |= F_EMBEDDING
+    n_scores = np.where(tags_row, m.scores.shape[1], 0)
     h = np.zeros(rows, HEADER_DTYPE)
     h["version"] = COMPACT_VERSION
     h["kind"], h["state"], h["hb"], h["flags"] = m.kind, m.state, m.heartbeat_reason, flags
-    h["n_scores"] = np.where(tags_row, m.scores.shape[1], 0)
+    h["n_scores"] = n_scores
     h["seq"] = m.seq
     h["start_sample"], h["end_sample"], h["start_s"], h["end_s"] = m.window
     h["capture"] = _f(m.capture_wall_time)
@@ -318,72 +355,74 @@ def encode_rows(m: RowMessages, vocab: Vocabulary, names: np.ndarray) -> list[by
     h["blocked"] = 0.0
     h["timings"] = [_f(t) for t in m.timings]
     h["n_top"], h["n_active"], h["n_events"] = n_top, n_active, n_events
-    head = h.tobytes()
-    score_b = np.ascontiguousarray(m.scores, _F4).tobytes()
-    top_i = np.ascontiguousarray(m.top, "<u2").tobytes()
-    top_s = np.take_along_axis(m.scores, m.top, axis=1).astype(_F4).tobytes()
-    act_rows, act_tags = np.nonzero(m.active)
-    act_b = act_tags.astype("<u2").tobytes()
-    act_end = np.cumsum(n_active) * 2
-    emb_b = np.ascontiguousarray(m.embedding, _F4).tobytes() if emb else b""
-    emb_head = struct.pack("<H", m.embedding.shape[1]) if emb else b""
-    hs, ss, ts, es = (
-        HEADER.size,
-        4 * m.scores.shape[1],
-        2 * m.top.shape[1],
-        (4 * m.embedding.shape[1] if emb else 0),
-    )
     section = vocab.section
-    out = []
-    a0 = 0
-    for i in range(rows):
-        parts = [head[i * hs : (i + 1) * hs]]
-        if tags_row[i]:
-            parts.append(score_b[i * ss : (i + 1) * ss])
-        if n_top[i]:
-            parts += (top_i[i * ts : (i + 1) * ts], top_s[2 * i * ts : 2 * (i + 1) * ts])
-        a1 = int(act_end[i])
-        parts.append(act_b[a0:a1])
-        a0 = a1
-        if n_events[i]:
-            on, off = np.flatnonzero(m.turned_on[i]), np.flatnonzero(m.turned_off[i])
-            idx = [*on.tolist(), *off.tolist()]
-            k = len(idx)
-            parts.append(
-                struct.pack(
-                    f"<{k}H{k}B{k}d", *idx, *([1] * len(on) + [0] * len(off)), *([m.event_time_s] * k)
-                )
-            )
-        if names[i]:
-            parts.append(section)
-        if emb and tags_row[i]:
-            parts += (emb_head, emb_b[i * es : (i + 1) * es])
-        out.append(bytearray().join(parts))
-    return out
+    dim = m.embedding.shape[1] if emb else 0
+    # per row: header, scores, top (u2 indices, f32 scores), active (u2), events (u2, u1, f8),
+    # names, embedding (u2 dim, f32 values): the order decode_frame reads
+    lengths = (HEADER.size + 4 * n_scores + 6 * n_top + 2 * n_active + 11 * n_events
+               + len(section) * names + (2 + 4 * dim) * (tags_row & emb))  # fmt: skip
+    offsets = np.zeros(rows + 1, np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    out = np.zeros(int(offsets[-1]), np.uint8)
+    pos = offsets[:-1].copy()
+    _place(out, pos, h.view(np.uint8).reshape(rows, HEADER.size))
+    pos += HEADER.size
+    tr = np.flatnonzero(tags_row)
+    _place(out, pos[tr], np.ascontiguousarray(m.scores[tr], _F4).view(np.uint8))
+    pos += 4 * n_scores
+    ht = np.flatnonzero(n_top)
+    if len(ht):
+        top = m.top[ht]
+        idx_b = np.ascontiguousarray(top, "<u2").view(np.uint8)
+        top_b = np.ascontiguousarray(np.take_along_axis(m.scores[ht], top, axis=1), _F4).view(np.uint8)
+        _place(out, pos[ht], np.concatenate([idx_b, top_b], axis=1))
+    pos += 6 * n_top
+    act_rows, act_tags = np.nonzero(m.active)
+    if len(act_rows):  # the k-th active tag of a row at its active section + 2k
+        rank = np.arange(len(act_rows)) - (np.cumsum(n_active) - n_active)[act_rows]
+        _place(out, pos[act_rows] + 2 * rank, act_tags.astype("<u2").view(np.uint8).reshape(-1, 2))
+    pos += 2 * n_active
+    for i in np.flatnonzero(n_events):
+        on, off = np.flatnonzero(m.turned_on[i]), np.flatnonzero(m.turned_off[i])
+        k = len(on) + len(off)
+        b = struct.pack(f"<{k}H{k}B{k}d", *on.tolist(), *off.tolist(), *([1] * len(on) + [0] * len(off)),
+                        *([m.event_time_s] * k))  # fmt: skip
+        out[pos[i] : pos[i] + len(b)] = np.frombuffer(b, np.uint8)
+    pos += 11 * n_events
+    for i in np.flatnonzero(names):
+        out[pos[i] : pos[i] + len(section)] = np.frombuffer(section, np.uint8)
+    pos += len(section) * names
+    if emb and len(tr):
+        head = np.frombuffer(struct.pack("<H", dim), np.uint8)
+        emb_b = np.ascontiguousarray(m.embedding[tr], _F4).view(np.uint8)
+        _place(out, pos[tr], np.concatenate([np.broadcast_to(head, (len(tr), 2)), emb_b], axis=1))
+    return RowFrames(out, offsets)
 
 
-def group_frame(ids_block: bytes, frames: list, publish_wall_time: float, publish_ms: float) -> bytearray:
+def group_frame(ids_block: bytes, frames, publish_wall_time: float, publish_ms: float) -> bytearray:
     """One window of a stream group as one message body (topic :func:`group_topic`).
 
     ``ids_block`` is the group's stream ids joined by NUL, in row order; ``frames`` every row's
-    compact frame (:func:`encode_rows` or :func:`encode`). Each row's ``publish_wall_time`` and
-    ``timings_ms.publish`` are set to the given values. Layout (docs/messages.md, "Group frames"):
-    header, the ids, ``rows + 1`` u32 offsets into the frame area, the frames back to back.
+    compact frame (a :class:`RowFrames` from :func:`encode_rows`, or a list of :func:`encode`
+    frames). Each row's ``publish_wall_time`` and ``timings_ms.publish`` are set to the given
+    values. Layout (docs/messages.md, "Group frames"): header, the ids, ``rows + 1`` u32 offsets
+    into the frame area, the frames back to back.
     """
-    lengths = np.fromiter((len(f) for f in frames), np.int64, len(frames))
-    offsets = np.zeros(len(frames) + 1, "<u4")
-    offsets[1:] = np.cumsum(lengths)
-    head = GROUP_HEADER.pack(GROUP_MAGIC, GROUP_VERSION, 0, len(frames), len(ids_block))
-    body = bytearray().join([head, ids_block, offsets.tobytes(), *frames])
-    base = len(head) + len(ids_block) + offsets.nbytes
-    starts = base + offsets[:-1].astype(np.int64)
+    if not isinstance(frames, RowFrames):
+        frames = RowFrames.join(frames)
+    rows = len(frames)
+    head = GROUP_HEADER.pack(GROUP_MAGIC, GROUP_VERSION, 0, rows, len(ids_block))
+    offsets = frames.offsets.astype("<u4")
+    body = bytearray().join([head, ids_block, offsets.tobytes(), frames.buf])
+    starts = len(head) + len(ids_block) + offsets.nbytes + frames.offsets[:-1]
     view = np.frombuffer(body, np.uint8)
-    view[(starts + OFF_PUBLISH_WALL_TIME)[:, None] + np.arange(8)] = np.frombuffer(
-        struct.pack("<d", publish_wall_time), np.uint8
+    _place(
+        view,
+        starts + OFF_PUBLISH_WALL_TIME,
+        np.broadcast_to(np.frombuffer(struct.pack("<d", publish_wall_time), np.uint8), (rows, 8)),
     )
-    view[(starts + OFF_TIMING_PUBLISH)[:, None] + np.arange(4)] = np.frombuffer(
-        struct.pack("<f", publish_ms), np.uint8
-    )
+    _place(view, starts + OFF_TIMING_PUBLISH,
+           np.broadcast_to(np.frombuffer(struct.pack("<f", publish_ms), np.uint8), (rows, 4)))  # fmt: skip
     return body
 
 

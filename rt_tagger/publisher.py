@@ -422,7 +422,8 @@ class Publisher:
     ) -> int:
         """Send one window's messages of many streams (a stream group), compact-encoded as rows.
 
-        ``encode(names)`` returns every row's compact frame (a bytearray), ``names`` ``(R,)`` bool
+        ``encode(names)`` returns every row's compact frame (:class:`~rt_tagger.compact.RowFrames`
+        or a list of bytearrays), ``names`` ``(R,)`` bool
         marking the rows that must carry the names section. If someone subscribes to ``group``'s
         topic, all frames go there first as one group frame (:func:`~rt_tagger.compact.group_frame`);
         then each frame goes to its stream's compact topic if someone subscribes there, and as JSON
@@ -455,9 +456,10 @@ class Publisher:
         decoder = None
         compact = 0
         pack64, pack32 = _F64.pack_into, _F32.pack_into
-        for r, frame in zip(routes, frames, strict=True):
+        for i, r in enumerate(routes):
             if not (r.want_compact or r.want_json):
                 continue
+            frame = frames[i]
             pack64(frame, OFF_PUBLISH_WALL_TIME, now())
             pack32(frame, OFF_TIMING_PUBLISH, (clock() - t0) * 1e3)
             ok = True
