@@ -523,6 +523,8 @@ class Server:
     def _batch_due(self) -> bool:
         if self._due_since is None:
             return False
+        if self._due_groups:  # a group's window is a batch already: waiting would add only latency
+            return True
         waited = time.monotonic() - self._due_since
         return self._batch_full() or waited * 1e3 >= self.settings.max_batch_delay_ms
 
