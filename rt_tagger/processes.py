@@ -496,11 +496,13 @@ class ProcessServer:
                 self.stats.protocol_errors += 1
                 self._reply(identity, Reply(type="error", reason=str(e)))
                 continue
-            if isinstance(header, OpenHeader | OpenGroupHeader):  # a group routes by its group id
-                self._open(identity, header, frames)
-                target = self.ring.lookup(header.stream_id)
-                if isinstance(header, OpenGroupHeader) and target is not None:
+            if isinstance(header, OpenGroupHeader):
+                target = self._group_target(header.group_id)
+                self._open(identity, header, frames, target)
+                if target is not None:
                     self.groups[header.group_id] = (identity, target, time.monotonic(), header.stream_ids)
+            elif isinstance(header, OpenHeader):
+                self._open(identity, header, frames, self.ring.lookup(header.stream_id))
             elif isinstance(header, AudioHeader):
                 self._forward_audio(identity, header, frames)
             elif isinstance(header, GroupAudioHeader):
@@ -520,8 +522,24 @@ class ProcessServer:
                 else:
                     self._child(f.child).dealer.send_multipart(frames)
 
-    def _open(self, identity: bytes, h: OpenHeader, frames: list[bytes]) -> None:
-        target = self.ring.lookup(h.stream_id)
+    def _group_target(self, group_id: str) -> str | None:
+        """The live child holding the fewest streams of groups. A group is a large unit: hashed,
+        200 groups of 500 put 40 % more than the mean on one of 8 processes, which fell behind at
+        100 000 streams while others idled. Ties go to the child the group id hashes to."""
+        live = [ch.name for ch in self.children if ch.live]
+        if not live:
+            return None
+        load = self._group_load()
+        hashed = self.ring.lookup(group_id)
+        return min(live, key=lambda name: (load.get(name, 0), name != hashed))
+
+    def _group_load(self) -> dict[str, int]:
+        load: dict[str, int] = {}
+        for _, child, _, ids in self.groups.values():
+            load[child] = load.get(child, 0) + len(ids)
+        return load
+
+    def _open(self, identity: bytes, h: OpenHeader, frames: list[bytes], target: str | None) -> None:
         if target is None:
             self.stats.refused += 1
             self._reply(
@@ -588,6 +606,7 @@ class ProcessServer:
             pass
 
     def stats_document(self) -> dict:
+        load = self._group_load()
         return {
             "schema_version": "1.0",
             "kind": "processes",
@@ -601,6 +620,7 @@ class ProcessServer:
                     "live": ch.live,
                     "ingest": ch.ingest if ch.live else None,
                     "restarts": ch.restarts,
+                    "group_streams": load.get(ch.name, 0),
                 }
                 for ch in self.children
             ],

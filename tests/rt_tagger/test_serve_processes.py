@@ -242,3 +242,27 @@ def test_a_group_on_a_killed_child_ends_every_stream_of_it(server):
     for k, sid in enumerate(ids):
         assert ends[k].end.reason == "shard_lost"
         assert ends[k].seq == server.of(sid, "end")[0]["seq"] == windows[-1][k].seq + 1
+
+
+def test_groups_go_to_the_process_with_the_fewest_group_streams(server):
+    """Two groups whose ids both hash to serve.p0: the second goes to serve.p1, which holds none
+    (the processes stats count each process's group streams)."""
+    first, second = _ids("serve.p0", 2, "grp")
+    with server.client() as c:
+        for gid in (first, second):
+            assert c.open_group(gid, [f"{gid}a", f"{gid}b", f"{gid}c"], 16000, pace="batch").type == "opened"
+        # a stats message already on its way may predate the second open: wait for one that counts both
+        counts = server.receive(
+            lambda ms: any(
+                m["kind"] == "processes" and sum(p["group_streams"] for p in m["processes"]) == 6 for m in ms
+            )
+        )
+        last = [
+            m
+            for m in counts
+            if m["kind"] == "processes" and sum(p["group_streams"] for p in m["processes"]) == 6
+        ]
+        assert [p["group_streams"] for p in last[0]["processes"]] == [3, 3]
+        for gid in (first, second):
+            assert c.close_group(gid).type == "closed"
+    assert server.stop() == 0
