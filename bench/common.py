@@ -75,6 +75,12 @@ def open_bench_bundle(path: str | None) -> tuple[Bundle, str]:
     random-weight bundle of the default architecture (the label says which).
     """
     if path:
+        try:  # a shipped bundle's name (e.g. lite) as the CLI takes it
+            from rt_tagger.bundled_model import resolve_bundle
+
+            path = str(resolve_bundle(path))
+        except ImportError:
+            pass
         bundle = Bundle.load(path)
         return bundle, f"bundle {bundle.manifest.name} ({path})"
     try:

@@ -6,6 +6,11 @@ adds the CPU runtime's ONNX graph and front-end constants under ``compiled/``, s
 manifest, so a fresh install tags on ONNX Runtime with no export and no torch import. pyproject.toml's
 package data ships all of them (by name), so everything works offline. Until that bundle exists,
 commands that need it say so plainly instead of guessing.
+
+A second, smaller bundle ships beside it for small CPUs: ``--bundle lite``
+(``rt_tagger/lite_model/``, the same tags at width 16, about a quarter of the compute;
+configs/train_multitask_lite.toml, numbers in reports/default_model.md). A folder of that name in
+the working directory wins over the shipped one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from pathlib import Path
 
 from engines.bundle import MANIFEST_FILE, Bundle, BundleError
 
-__all__ = ["default_bundle_path", "DefaultModelMissing", "resolve_bundle", "load_bundle"]
+__all__ = ["SHIPPED_BUNDLES", "default_bundle_path", "DefaultModelMissing", "resolve_bundle", "load_bundle"]
+
+# bundles shipped inside the package, by the name --bundle accepts
+SHIPPED_BUNDLES = {"default": "default_model", "lite": "lite_model"}
 
 
 class DefaultModelMissing(BundleError):
@@ -27,8 +35,11 @@ def default_bundle_path() -> Path:
 
 
 def resolve_bundle(path: str | Path | None) -> Path:
-    """The bundle to use: ``path`` when given, else the shipped default (which must exist)."""
+    """The bundle to use: ``path`` when given (a shipped bundle's name, unless a folder of that name
+    exists), else the shipped default (which must exist)."""
     if path is not None:
+        if str(path) in SHIPPED_BUNDLES and not Path(path).exists():
+            return Path(__file__).resolve().parent / SHIPPED_BUNDLES[str(path)]
         return Path(path)
     default = default_bundle_path()
     if not (default / MANIFEST_FILE).is_file():

@@ -43,7 +43,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _model_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, help="model bundle directory (default: the shipped model)")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="model bundle directory, or lite (the shipped small model); default: the shipped model",
+    )
     p.add_argument(
         "--backend",
         choices=["auto", *BACKENDS],
@@ -123,7 +127,11 @@ def build_parser(extra_commands: list[str] | None = None) -> argparse.ArgumentPa
 
     p = sub.add_parser("embed", help="per-window embeddings of audio files into .npy or .safetensors")
     _common(p)
-    p.add_argument("--bundle", type=Path, help="model bundle directory (default: the shipped model)")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="model bundle directory, or lite (the shipped small model); default: the shipped model",
+    )
     p.add_argument("--backend", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
     p.add_argument("--hop", type=float, dest="hop_seconds", help="seconds between windows (0.1 .. window)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")

@@ -243,3 +243,24 @@ def test_devices_lists_what_the_json_lists():
             assert f"{d['index']:3d}  {d['name']}" in line
     else:
         assert (q.returncode, q.stdout_text.strip()) == (1, "no audio input devices found")
+
+
+def test_the_lite_bundle_is_shipped_with_the_default_tags_and_tags_the_demo(tmp_path, monkeypatch):
+    """`--bundle lite` names the shipped small model (rt_tagger/lite_model): the default model's
+    units and groups at width 16; `rt-tagger tag --bundle lite` runs it (its ONNX graph is exported
+    at first use), and a folder named lite in the working directory would win over it."""
+    from rt_tagger.bundled_model import load_bundle, resolve_bundle
+
+    lite, default = load_bundle("lite"), load_bundle(None)
+    assert resolve_bundle("lite").name == "lite_model"
+    assert lite.tags == default.tags and lite.manifest.groups == default.manifest.groups
+    assert lite.manifest.model.width == 16 and default.manifest.model.width == 32
+    assert all(0 < t < 1 for t in lite.manifest.thresholds)
+    p = run_cli("tag", str(ROOT / "rt_tagger" / "demo" / "demo.ogg"), "--bundle", "lite", "--json",
+                "--backend", "onnxruntime-cpu")  # fmt: skip
+    assert p.returncode == 0, p.stderr_text
+    doc = json.loads(p.stdout_text)
+    assert doc["model"] == "rt-tagger-multitask-lite16" and doc["state"] == "music" and doc["windows"] == 35
+    (tmp_path / "lite").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_bundle("lite") == type(tmp_path)("lite")
