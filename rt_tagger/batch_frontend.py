@@ -68,9 +68,14 @@ class BatchFrontEnd:
         if not self._free:
             self._grow_slots(2 * self.ring.shape[0])
         slot = self._free.pop()
-        self.ring[slot].fill_(self.floor_db)
-        self.written[slot] = 0
+        self.reset([slot])
         return slot
+
+    def reset(self, slots) -> None:
+        """Slots as new: ring columns at the dB floor, no frames received."""
+        for slot in slots:
+            self.ring[slot].fill_(self.floor_db)
+            self.written[slot] = 0
 
     def close(self, slot: int) -> None:
         """Give a stream's slot back (frames it still had pending are dropped)."""

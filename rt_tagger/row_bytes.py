@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["place_rows"]
+__all__ = ["place_rows", "warm_up"]
 
 
 @njit(cache=True)
@@ -25,3 +25,8 @@ def place_rows(out: np.ndarray, starts: np.ndarray, data: np.ndarray) -> None:
     """Write row ``j`` of ``data`` ``(n, width)`` uint8 at ``out[starts[j]:]`` (``out`` uint8, 1-D)."""
     if len(starts):
         _place_rows(out, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(data, np.uint8))
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) now rather than at a stream group's first window."""
+    place_rows(np.zeros(1, np.uint8), np.zeros(1, np.int64), np.zeros((1, 1), np.uint8))

@@ -232,6 +232,7 @@ class Server:
         self.streams: dict[str, tuple[StreamState, IngestInput]] = {}
         self.groups: dict[str, tuple[StreamGroup, IngestInput]] = {}  # protocol 1.2 stream groups
         self._group_streams: set[str] = set()  # the stream ids of all open groups
+        self._warm_groups: set[tuple[int, int]] = set()  # (size, hop) of groups run once on silence
         self._due_groups: set[str] = set()
         self.stats = ServeStats()
         self._due: set[str] = set()  # streams holding due windows
@@ -393,6 +394,12 @@ class Server:
             self._group_frontend = BatchFrontEnd(self.pipeline.spec, self.pipeline.backend.device)
         inp = IngestInput(identity, h, buffer_s=self.settings.buffer_s)  # type: ignore[arg-type]
         group = StreamGroup(h.group_id, ids, self.pipeline, self._group_frontend, hop_frames, inp)
+        if (
+            group.size,
+            hop_frames,
+        ) not in self._warm_groups:  # first calls of these shapes: now, not at a window
+            group.warm_up(self.pipeline.backend, self._batch_max)
+            self._warm_groups.add((group.size, hop_frames))
         self.groups[h.group_id] = (group, inp)
         self._group_streams.update(ids)
         self.stats.opened += len(ids)
