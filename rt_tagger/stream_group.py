@@ -90,7 +90,9 @@ class StreamGroup:
         self.samples_total = 0
         self._frames_done = 0
         self._next_window = self.spec.window_frames
-        self._energy_from = 0  # first sample of the current hop's silence check
+        self._hop_start = 0  # first sample of the current hop's silence check
+        self._energy_from = 0  # first sample whose energy is not in `_energy` yet
+        self._energy = np.zeros(self.size, np.float64)  # sum of squares since `_hop_start`, per stream
         self._due: list[GroupWindow] = []
         self._real_until: int | None = None  # where silence padding starts (a short stream's end)
         self.seq = 0
@@ -111,7 +113,26 @@ class StreamGroup:
         while self.samples_total >= self._due_sample(self._next_window):
             self._due.append(GroupWindow(self._next_window, capture_wall, arrival_wall))
             self._next_window += self.hop_frames
+        ahead = self._frames_done + self.hop_frames
+        if not self._due and ahead < self._next_window and self.samples_total >= self._due_sample(ahead):
+            # before the first window: a hop's front end as its audio comes, rather than a whole
+            # window's at once (at a server's start every group's first window falls in one hop)
+            self._frame_until(ahead)
         return len(self._due) - before
+
+    def _frame_until(self, frame_end: int) -> None:
+        """Log-mel of the frames up to ``frame_end`` (and their samples' energy for the silence check)."""
+        hop = self.spec.hop_length
+        first = self._frames_done * hop - self._buf_start
+        b = self._due_sample(frame_end) - self._buf_start
+        _, energy = self.frontend.add_block(
+            self.slots, self._frames_done, self._samples(first, b), scale=_SCALE,
+            energy_from=self._energy_from - self._buf_start - first,
+        )  # fmt: skip
+        self._energy += energy
+        self._energy_from = b + self._buf_start
+        self._frames_done = frame_end
+        self._drop(frame_end * hop - self._buf_start)  # keep from the next frame's first sample
 
     def _samples(self, a: int, b: int) -> np.ndarray:
         """Columns ``a:b`` of the pending PCM as one contiguous ``(streams, b - a)`` array."""
@@ -182,28 +203,18 @@ class StreamGroup:
 
     def _score_window(self, w: GroupWindow, backend, publisher, batch_max: int) -> int:
         spec = self.spec
-        hop = spec.hop_length
         end = self._due_sample(w.frame_end)
         t = time.perf_counter()
-        first = self._frames_done * hop - self._buf_start
-        b = end - self._buf_start
         # the hop's energy (the silence check, as StreamState does it) comes with the front end
-        _, energy = self.frontend.add_block(
-            self.slots, self._frames_done, self._samples(first, b), scale=_SCALE,
-            energy_from=self._energy_from - self._buf_start - first,
-        )  # fmt: skip
+        self._frame_until(w.frame_end)
         framing_ms = (time.perf_counter() - t) * 1e3
         real = (
-            end - self._energy_from
-            if self._real_until is None
-            else max(0, self._real_until - self._energy_from)
+            end - self._hop_start if self._real_until is None else max(0, self._real_until - self._hop_start)
         )
-        rms = np.sqrt(energy / max(1, real))
-        self._energy_from = end
+        rms = np.sqrt(self._energy / max(1, real))
+        self._energy = np.zeros(self.size, np.float64)
+        self._hop_start = end
         live = np.flatnonzero(rms >= self.options.silence_rms)
-        self._frames_done = w.frame_end
-        keep_from = self._frames_done * hop - self._buf_start  # the next frame's first sample
-        self._drop(keep_from)
 
         n_tags = len(self.aggregator.tags)
         probs = np.zeros((len(live), n_tags), np.float32)
