@@ -48,13 +48,6 @@ class CudaIO:
         self.stream = torch.cuda.Stream(device)
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
-        self._warm = torch.zeros(1, dtype=f32, device=device)
-
-    def keep_warm(self) -> None:
-        """Enqueue one tiny kernel (no wait): a GPU left idle between windows drops to low clocks,
-        and the next window's kernels then run several times slower."""
-        with self.torch.cuda.stream(self.stream):
-            self._warm.add_(1.0)
 
     def upload(self, mel):
         """Copy ``mel`` into the pinned buffer and enqueue its copy to the device; returns the device view.

@@ -144,6 +144,12 @@ class ServeSettings(BaseModel):
     )
     idle_timeout_s: float = Field(10.0, gt=0.0, description="a stream without audio this long is ended")
     stats_interval_s: float = Field(5.0, gt=0.0, description="seconds between stats messages")
+    full_gc_interval_s: float = Field(
+        300.0,
+        ge=0.0,
+        description="seconds between the interpreter's full garbage collections, which pause the "
+        "server (0: Python's own schedule, every ~15 s under load)",
+    )
     rcvhwm: int = Field(10000, ge=1, description="ingest messages queued before clients feel back-pressure")
     processes: int = Field(
         1, ge=1, le=256, description="server processes sharing the machine and its GPU (1: this process)"
@@ -170,12 +176,13 @@ class RuntimeSettings(BaseSettings):
     nonfinite: Literal["reject", "zero"] = Field(
         "reject", description="NaN/Inf input samples: reject the input, or replace them with 0 and count"
     )
-    gpu_keep_warm_ms: float = Field(
-        0.0,
+    prewarm_ms: float = Field(
+        20.0,
         ge=0.0,
-        description="GPU backends, one stream: while waiting for audio, enqueue a tiny kernel at most "
-        "this often so the GPU is not at idle clocks when the next window comes (0: off; on an H200 it "
-        "cut the model stage by ~0.06 ms at p50 but not capture→publish measurably)",
+        le=1000.0,
+        description="GPU backends, one stream: in the last this-many ms of audio before a window is "
+        "due, poll for audio without sleeping and run the model on silence between blocks, so that "
+        "the core and the GPU are at speed when the window comes (0: off; CPU backends: never)",
     )
     aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)

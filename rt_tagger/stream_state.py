@@ -182,6 +182,11 @@ class StreamState:
         remaining = self._next_window - self.fe.frames_total
         return min(self._max_units, max(1, remaining - 2)) * self._unit
 
+    def seconds_to_window(self) -> float:
+        """Stream seconds of audio still to come before the next window is due."""
+        spec = self.fe.spec
+        return max(0, self._next_window - self.fe.frames_total) * spec.hop_length / spec.sample_rate
+
     def push(
         self, block: np.ndarray, capture_wall: float | None = None, arrival_wall: float | None = None
     ) -> int:

@@ -35,7 +35,9 @@ def _demo(seconds: float) -> tuple[np.ndarray, int]:
 class Server:
     """``rt-tagger serve`` in a subprocess plus a subscriber to everything it publishes."""
 
-    def __init__(self, *flags: str, backend: str = "onnxruntime-cpu", quiet: bool = True) -> None:
+    def __init__(
+        self, *flags: str, backend: str = "onnxruntime-cpu", quiet: bool = True, env: dict | None = None
+    ) -> None:
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.ctx = zmq.Context()
@@ -46,7 +48,7 @@ class Server:
         cmd = [sys.executable, "-m", "rt_tagger.cli", "serve", "--ingest", self.ingest, "--publish", self.publish,
                "--backend", backend, *(["-q"] if quiet else []), *flags]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), cwd=ROOT
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(**(env or {})), cwd=ROOT
         )
         self.messages: list[dict] = []
         self.flags = flags
@@ -172,6 +174,30 @@ def test_admission_multi_stream_messages_and_stats(server):
     assert sum(stats[-1]["batch_size_histogram"].values()) == stats[-1]["batches"]
     assert stats[0]["_topic"] == b"stats\0"
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize("interval_s, expect_full", [("300", False), ("0.4", True)])
+def test_full_garbage_collections_run_on_the_servers_schedule(interval_s, expect_full):
+    """Python's own full collections (pauses of 15-40 ms under load) are replaced by the server's
+    schedule, ``serve.full_gc_interval_s``: none within a short run at the default, several at 0.4 s."""
+    server = Server("--stats-interval", "0.5", env={"RT_TAGGER_SERVE__FULL_GC_INTERVAL_S": interval_s})
+    try:
+        audio, sr = _demo(3.0)
+        with server.client() as c:
+            c.open("a", sr, audio.shape[1], "f32le", pace="batch")
+            for start in range(0, len(audio), 2000):
+                c.send("a", audio[start : start + 2000])
+            c.close_stream("a")
+        server.receive(server.ended("a"))
+        time.sleep(1.5)  # a few more housekeeping passes and stats messages
+        n = len(server.messages)
+        stats = server.receive(lambda ms: any(m["kind"] == "stats" for m in ms[n:]))[-1]
+        assert stats["kind"] == "stats"
+        full = stats["gc"]["full_collections"]
+        assert (full >= 2) if expect_full else (full == 0), f"{full} full collections at {interval_s} s"
+        assert server.stop() == 0
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("server", [("--idle-timeout", "1", "--buffer-s", "0.5")], indirect=True)
