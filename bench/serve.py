@@ -87,6 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "streams per chunk; subscribers read the compact encoding); 0: every stream on its own",
     )
     p.add_argument(
+        "--aligned-groups",
+        action="store_true",
+        help="with --group-size: all groups send on one chunk clock, so the windows of a fifth of them "
+        "(at 100-ms chunks, 0.5-s hop) fall due together every chunk period; default: each group's "
+        "clock is offset by its own share of the hop, as independent gateways' would be",
+    )
+    p.add_argument(
         "--read-groups",
         action="store_true",
         help="with --group-size: subscribers read whole groups (one frame per group and window, topic "
@@ -194,9 +201,10 @@ def _generate(endpoint, ids, audio, sr, chunk, offsets, join, periods, t0, hop, 
 _GROUP_SPACING = 1237  # samples (77 ms) between the start offsets of neighbouring streams of a group
 
 
-def _generate_groups(endpoint, groups, tiled, chunk, join, periods, t0, hop, results) -> None:
+def _generate_groups(endpoint, groups, tiled, chunk, join, lags, periods, t0, hop, results) -> None:
     """One load generator process of stream groups: one ``group_audio`` message per group and period.
 
+    Group ``i`` sends its first chunk at period ``join[i]``, each ``lags[i]`` seconds into the period.
     Stream ``i`` of a group plays the looped music from ``base + i * _GROUP_SPACING``: the block
     of a period is a strided view of one long array, copied once into the message."""
     from numpy.lib.stride_tricks import as_strided
@@ -205,24 +213,28 @@ def _generate_groups(endpoint, groups, tiled, chunk, join, periods, t0, hop, res
 
     period = chunk / 16000
     late = 0
+    order = sorted(range(len(groups)), key=lambda i: lags[i])
     with IngestClient(endpoint, timeout_s=300.0, sndhwm=1000) as client:
         for gid, ids, _ in groups:
             client.open_group(gid, ids, 16000, hop_s=hop)
         results.put(("opened", 0))
         start = t0.get()
         for k in range(periods):
-            due = start + (k + 1) * period
-            now = time.time()
-            if due > now:
-                time.sleep(due - now)
-            elif now - due > 0.1:
-                late += 1
-            for (gid, ids, base), j in zip(groups, join, strict=True):
-                if k < j:
+            behind = False
+            for i in order:
+                gid, ids, base = groups[i]
+                if k < join[i]:
                     continue
-                pos = base + (k - j) * chunk
+                due = start + (k + 1) * period + lags[i]  # the chunk's last frame was "captured" now
+                now = time.time()
+                if due > now:
+                    time.sleep(due - now)
+                elif now - due > 0.1:
+                    behind = True
+                pos = base + (k - join[i]) * chunk
                 view = as_strided(tiled[pos:], shape=(len(ids), chunk), strides=(2 * _GROUP_SPACING, 2))
                 client.send_group(gid, view, capture_wall_time=due)
+            late += behind
         for gid, _, _ in groups:
             client.close_group(gid, wait=False)
         time.sleep(2.0)
@@ -349,12 +361,14 @@ def _stream_generators(ctx, args, ingest, ids, audio, sr, chunk, offsets, join, 
 
 
 def _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0, rng):
-    """Groups of ``--group-size`` streams, spread over the generators; group ``g`` joins at its own
-    period within the first hop (so groups' windows fall due spread over the hop)."""
+    """Groups of ``--group-size`` streams, spread over the generators. Group ``g`` starts
+    ``g / groups`` of a hop after the first, so the groups' windows fall due spread over the hop;
+    with ``--aligned-groups`` the starts are rounded down to the chunk period (one shared clock)."""
     size = args.group_size
     groups = [(_group_id(g), ids[i : i + size]) for g, i in enumerate(range(0, len(ids), size))]
-    hop_periods = max(1, int(round(args.hop / period)))
-    join = [(g * hop_periods) // len(groups) for g in range(len(groups))]
+    starts = [g * args.hop / len(groups) for g in range(len(groups))]
+    join = [int(s // period + 1e-9) for s in starts]
+    lags = [0.0 if args.aligned_groups else s - j * period for s, j in zip(starts, join, strict=True)]
     periods = int(args.seconds / period) + max(join)
     bases = rng.integers(0, len(audio), size=len(groups))
     need = int(bases.max()) + (periods + 1) * chunk + size * _GROUP_SPACING
@@ -367,8 +381,19 @@ def _group_generators(ctx, args, ingest, ids, audio, chunk, period, results, t0,
         gens.append(
             ctx.Process(
                 target=_generate_groups,
-                args=(ingest, spec, tiled, chunk, [join[g] for g in mine], periods, t0, args.hop, results),
-            )
+                args=(
+                    ingest,
+                    spec,
+                    tiled,
+                    chunk,
+                    [join[g] for g in mine],
+                    [lags[g] for g in mine],
+                    periods,
+                    t0,
+                    args.hop,
+                    results,
+                ),
+            )  # fmt: skip
         )
     gens[0]._periods, gens[0]._last_join = periods, max(join)
     return gens
@@ -503,14 +528,17 @@ def run(args: argparse.Namespace) -> dict:
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "frontend": args.frontend, "max_batch": args.max_batch, "processes": args.processes,
         "group_size": args.group_size, "read_groups": args.read_groups,
+        "aligned_groups": args.aligned_groups,
         "load": (
             f"{args.generators} generator process(es), each multiplexing its streams into one ingest "
             f"message per chunk period; {args.subscribers} subscriber process(es); 16 kHz mono s16le; "
             "each stream starts at its own random offset of the looped file"
             if not args.group_size else
             f"{args.generators} generator process(es) sending stream groups of {args.group_size} "
-            "(ingest protocol 1.2: one message per group and chunk period, groups joining spread over "
-            f"the first hop); {args.subscribers} subscriber process(es) reading "
+            "(ingest protocol 1.2: one message per group and chunk period; groups "
+            + ("joining at chunk periods spread over the first hop, one shared chunk clock"
+               if args.aligned_groups else "starting spread evenly over the first hop, each on its own clock")
+            + f"); {args.subscribers} subscriber process(es) reading "
             f"{'group frames' if args.read_groups else 'every stream compact'}; 16 kHz mono s16le; "
             "stream i of a group plays the looped file from the group's random offset + i × 77 ms"
         ),
