@@ -313,3 +313,19 @@ def test_vocals_boost_draws_sung_windows_more_often():
     _, target, _ = mt_data.sample_batch([src], [4000], 1000, gen)
     sung = (target[:, [s.name for s in specs].index("vocals")] > 0.5).float().mean()
     assert 0.45 < sung < 0.60  # 20·10 / (20·10 + 180) ≈ 0.53
+
+
+def test_teacher_ceiling_pairs_each_tracks_windows_in_order():
+    """The self-agreement check pairs window i of a track with window i of the shifted track, and
+    drops a track's last window where the shifted track has one less."""
+    from training.multitask.teacher_ceiling import _aligned
+
+    labels = {"track": np.array([0, 0, 0, 1, 1]), "start": np.array([0, 16, 32, 0, 16]),
+              "t.probs": np.arange(10.0).reshape(5, 2), "t.tags": np.array(["a", "b"]), "length": np.array([64, 40])}  # fmt: skip
+    shifted = {"track": np.array([0, 0, 1, 1]), "start": np.array([0, 16, 0, 16]),
+               "t.probs": -np.arange(8.0).reshape(4, 2), "t.tags": np.array(["a", "b"]), "length": np.array([62, 38])}  # fmt: skip
+    ref, other = _aligned(labels, shifted)
+    assert ref["track"].tolist() == [0, 0, 1, 1] and other["track"].tolist() == [0, 0, 1, 1]
+    assert ref["t.probs"][:, 0].tolist() == [0.0, 2.0, 6.0, 8.0]
+    assert other["t.probs"][:, 0].tolist() == [-0.0, -2.0, -4.0, -6.0]
+    assert ref["t.tags"].tolist() == ["a", "b"] and ref["length"].tolist() == [64, 40]
