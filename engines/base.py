@@ -37,6 +37,7 @@ class Backend:
         self.bundle = bundle
         spec = bundle.frontend
         self.input_shape = (spec.n_mels, spec.window_frames)
+        self._silence = np.zeros((1, *self.input_shape), dtype=np.float32)  # what prewarm() runs
         self.max_batch = int(max_batch)
         self.is_active = False
         self.last_inference_time: float | None = None  # seconds, wall clock around infer_impl
@@ -102,8 +103,6 @@ class Backend:
         """
         if not self.on_gpu:
             return
-        if getattr(self, "_silence", None) is None:
-            self._silence = np.zeros((1, *self.input_shape), dtype=np.float32)
         self.infer_impl(self._silence)
 
     @property

@@ -585,9 +585,8 @@ class Server:
             gc.freeze()
             self._opened_at_freeze, self._last_freeze = self.stats.opened, now
         # Python starts a full collection when enough objects outlived two younger ones; under load
-        # that was every ~15 s, 15-40 ms each, and with one schedule for identical processes they
-        # came together: the p99 of every 12th second rose by ~70 ms (100 000 streams, one H200).
-        # Run them here instead, rarely; the young generations are collected as usual.
+        # (100 000 streams, one H200) that was every ~15 s per process, 15-43 ms each. Run them here
+        # instead, rarely; the young generations are collected as usual.
         if self.settings.full_gc_interval_s and now >= self._next_full_gc:
             gc.collect()
             self._next_full_gc = now + self.settings.full_gc_interval_s

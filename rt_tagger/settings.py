@@ -181,7 +181,7 @@ class RuntimeSettings(BaseSettings):
         ge=0.0,
         le=1000.0,
         description="GPU backends, one stream: in the last this-many ms of audio before a window is "
-        "due, poll for audio without sleeping and run the model on silence between blocks, so that "
+        "due, wait for audio in short steps and run the model on silence between blocks, so that "
         "the core and the GPU are at speed when the window comes (0: off; CPU backends: never)",
     )
     aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)

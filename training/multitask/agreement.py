@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         path = a.data_root / path  # an absolute path stays as it is
         corpus = mt_data.load_corpus(path, centre_seconds=seconds)
         labels = mt_data.load_labels(a.run / f"labels_real_{split}.npz")
-        n = len(labels["track"])
-        keep = np.arange(0, n, every)
-        labels = {k: (v[keep] if v.ndim and len(v) == n else v) for k, v in labels.items()}
+        keep = np.arange(0, len(labels["track"]), every)
+        labels = mt_data.take_windows(labels, keep)
         probs = predict(
             model.eval(), logmel, mt_data.real_source(specs, corpus, labels, recipe.frontend.window_samples)
         )

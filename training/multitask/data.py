@@ -141,6 +141,12 @@ def load_labels(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def take_windows(labels: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The labels of windows ``idx`` (per-window arrays indexed; per-track and per-tag ones kept)."""
+    n = len(labels["track"])
+    return {k: (v[idx] if v.ndim and len(v) == n else v) for k, v in labels.items()}
+
+
 def window_index(corpus: Corpus, grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:
     """Track (int32) and start sample (int64) of every window of ``grid`` over ``corpus``."""
     counts = [grid.count(len(w)) for w in corpus.waves]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.multitask.data import take_windows
+
 
 def _aligned(labels: dict, shifted: dict) -> tuple[dict, dict]:
     """Window ``i`` of each track in both label sets (a shifted track may have one window less)."""
@@ -33,13 +35,7 @@ def _aligned(labels: dict, shifted: dict) -> tuple[dict, dict]:
         n = min(len(a), len(b))
         keep_a.append(a[:n])
         keep_b.append(b[:n])
-    ia, ib = np.concatenate(keep_a), np.concatenate(keep_b)
-
-    def take(d: dict, idx: np.ndarray) -> dict:
-        n = len(d["track"])
-        return {k: (v[idx] if v.ndim and len(v) == n else v) for k, v in d.items()}
-
-    return take(labels, ia), take(shifted, ib)
+    return take_windows(labels, np.concatenate(keep_a)), take_windows(shifted, np.concatenate(keep_b))
 
 
 def main(argv: list[str] | None = None) -> int:
