@@ -340,3 +340,21 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
         lo, hi = LEVELS[r["level"]][1]
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
     assert len(load_table(out)) == 4
+
+
+def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):
+    """Some copyright files write Files: patterns as ``./dat/…`` (naev-data): they must still match."""
+    from training.corpora import debian_music as dm
+
+    doc = tmp_path / "usr/share/doc/y-data"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: *\nLicense: GPL-3+\n\n"
+        "Files: ./dat/snd/music/a.ogg\n ./dat/snd/music/b.ogg\nLicense: CC-BY-3.0\n"
+    )
+    src = dm.Source(("usr/share/y/dat/snd/music/*.ogg",), "GPL-3+")
+    music = tmp_path / "usr/share/y/dat/snd/music"
+    assert dm._license("y-data", src, tmp_path, music / "a.ogg") == "CC-BY-3.0"
+    assert dm._license("y-data", src, tmp_path, music / "b.ogg") == "CC-BY-3.0"  # on a continuation line
+    assert dm._license("y-data", src, tmp_path, music / "c.ogg") == "GPL-3+"

