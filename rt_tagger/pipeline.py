@@ -300,7 +300,7 @@ class Pipeline:
         """Read, push, score and deliver until the source ends or a stop; returns the end reason."""
         ring = source.ring
         buf = np.empty((stream.max_step_frames, source.channels), dtype=np.float32)
-        prewarm = _Prewarm(self.backend, self.settings.prewarm_ms)
+        prewarm = _Prewarm(self.backend, self.settings.prewarm_ms, self._rehearsal(source))
         while True:
             if stop is not None and stop.is_set():
                 return stop.reason if isinstance(stop, StopRequest) else "stopped"
@@ -326,6 +326,14 @@ class Pipeline:
             stream.push(buf[:n], *source.times_at(ring.read_pos - 1))
             self._dispatch(stream, res)
 
+    def _rehearsal(self, source: Source) -> _Rehearsal | None:
+        """The host side of the prewarm (GPU backends with ``prewarm_ms`` only)."""
+        if not (self.backend.on_gpu and self.settings.prewarm_ms > 0):
+            return None
+        scratch = self.open_stream(None, source.sample_rate, source.channels, stream_id="rehearsal")
+        scratch.keep_windows = False
+        return _Rehearsal(scratch, self.publisher, getattr(source, "block_frames", 0) or 1024)
+
     def _dispatch(self, stream: StreamState, res: RunResult) -> None:
         for _, window, msg in run_due([stream], self.backend):
             self._deliver(msg, res)
@@ -350,6 +358,32 @@ class Pipeline:
             log.warning("could not send the end message: %s", e)
 
 
+class _Rehearsal:
+    """A window's host-side steps on a scratch stream that nothing reads: the framing of one
+    block, aggregation, the message and its JSON. Run just before a real window is due, it keeps
+    those code paths and their data in the caches: after the 0.5 s between windows each step
+    otherwise takes several times its warm time (aggregation and message 0.48 ms against 0.10
+    on the 2-core CPU; 0.25 against 0.03 on the H200's host).
+    """
+
+    def __init__(self, scratch: StreamState, publisher, block_frames: int) -> None:
+        self.stream = scratch
+        self.publisher = publisher
+        noise = np.random.default_rng(0).normal(0.0, 0.05, (max(1, block_frames), scratch.fe.channels))
+        self.block = noise.astype(np.float32)
+        while not scratch.push(self.block):  # one window's audio, for the window complete() takes
+            pass
+        self.window = scratch.due_windows()[-1]
+        self.probabilities = np.full(len(scratch.aggregator.tags), 0.5, np.float32)
+
+    def __call__(self) -> None:
+        self.stream.push(self.block)
+        self.stream.due_windows()  # discarded: only the framing matters
+        msg = self.stream.complete(self.window, self.probabilities, 0.0)
+        if self.publisher is not None:
+            self.publisher.rehearse(msg)
+
+
 class _Prewarm:
     """Keeps the core and the GPU at speed for the block that completes a stream's next window.
 
@@ -359,16 +393,18 @@ class _Prewarm:
     before a window is due the consumer therefore runs the model on silence, but only while the
     next block is not expected before that run would end (blocks come at a steady pace: the last
     gap between two is the estimate), so a window never waits behind a prewarm run; between runs
-    it waits for audio in short steps. The waits release the GIL, so the thread that receives
-    the audio is not held up. GPU backends only: on a CPU the runs would take the cores the
-    window needs.
+    it waits for audio in short steps. Each run also takes a scratch window through the host-side
+    steps (:class:`_Rehearsal`). The waits release the GIL, so the thread that receives the
+    audio is not held up. GPU backends only: on a CPU the runs would take the cores the window
+    needs.
     """
 
     POLL_S = 0.001  # the consumer's wait for audio, far from a window
     NEAR_POLL_S = 0.0002  # near a window: short enough that the core does not fall asleep
 
-    def __init__(self, backend, prewarm_ms: float) -> None:
+    def __init__(self, backend, prewarm_ms: float, rehearsal: _Rehearsal | None = None) -> None:
         self.backend = backend
+        self.rehearsal = rehearsal
         self.window_s = prewarm_ms / 1e3 if backend.on_gpu else 0.0
         self.last_block = None  # perf_counter time the newest block was read
         self.gap = None  # seconds between the last two blocks
@@ -391,6 +427,8 @@ class _Prewarm:
         expected = None if self.gap is None else self.last_block + self.gap
         if expected is None or now + 2 * self.run_s < expected:
             self.backend.prewarm()
+            if self.rehearsal is not None:
+                self.rehearsal()
             self.run_s = time.perf_counter() - now
             return 0.0
         return self.NEAR_POLL_S

@@ -417,6 +417,12 @@ class Publisher:
         ``stream_ids`` order): pass it to :meth:`publish_rows` and :meth:`publish_group_end`."""
         return _GroupRoute(group_id, stream_ids)
 
+    def rehearse(self, msg: TagMessage) -> None:
+        """Encode ``msg`` as :meth:`publish` would and send nothing (warms the encoder's caches)."""
+        self._ser.to_json(msg, exclude=_TAIL)
+        if msg.timings_ms is not None:
+            self._ser_t.to_json(msg.timings_ms)
+
     def publish_rows(
         self, routes: list[_Route], vocab: Vocabulary, encode, seq: int, group: _GroupRoute | None = None
     ) -> int:

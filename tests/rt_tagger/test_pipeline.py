@@ -283,3 +283,32 @@ def test_realtime_replay_same_scores(pipe, sensitive_bundle, short_wav):
         [w.probabilities for w in live.windows], [w.probabilities for w in fast.windows], atol=1e-4
     )
     assert live.latencies_ms and len(live.stage_ms["capture_to_ring"]) == len(live.windows)
+
+
+def test_rehearsal_sends_nothing_and_leaves_real_streams_alone(pipe, sensitive_bundle, demo_audio):
+    """The prewarm's host-side rehearsal runs a scratch window through framing, aggregation and
+    encoding: nothing is published, and a real stream's messages are what they are without it."""
+    from rt_tagger.pipeline import _Rehearsal
+    from rt_tagger.publisher import Publisher
+    from rt_tagger.scheduler import run_due
+
+    x, sr = demo_audio
+    block = x[: 6 * sr, None].astype(np.float32)
+
+    def tags(rehearse) -> list:
+        stream = pipe.open_stream(None, sr, 1)
+        out = []
+        for i in range(0, len(block), 1600):
+            if stream.push(block[i : i + 1600]):
+                rehearse()
+                for _, _, msg in run_due([stream], pipe.backend):
+                    out.append((msg.seq, [(t.tag, round(t.score, 6)) for t in msg.top], msg.active))
+        return out
+
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        rehearsal = _Rehearsal(pipe.open_stream(None, sr, 1, stream_id="rehearsal"), pub, 160)
+        windows = rehearsal.stream.aggregator.windows
+        with_rehearsal = tags(lambda: [rehearsal() for _ in range(3)])
+        assert pub.sent == 0 and sum(pub.encoded.values()) == 0  # encoded, never sent
+    assert rehearsal.stream.aggregator.windows > windows  # it did run the aggregation
+    assert with_rehearsal and with_rehearsal == tags(lambda: None)

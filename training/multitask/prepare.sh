@@ -96,6 +96,8 @@ labels() {
   for spec in "real_valid real_valid 45" "real_test real_test 45" "real_train real 60"; do
     read -r split corpus secs <<<"$spec"
     local out=$DATA/labels_orig/labels_$split.npz
+    # packages added to a split since: python -m training.multitask.label … --reuse OLD.npz labels
+    # only their tracks (labels made before 2026-12-03 do not name their tracks: label again)
     if [[ -f $out ]]; then say "labels $split: kept ($out)"; continue; fi
     say "labels $split: teachers on the original audio of $corpus (centre $secs s)"
     $RUN -m training.multitask.label --corpus "$DATA/$corpus" --centre-seconds "$secs" --out "$out"
