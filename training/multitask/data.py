@@ -156,11 +156,10 @@ def reuse_labels(old: dict[str, np.ndarray], corpus: Corpus, grid: WindowGrid, d
     ]
     todo = [i for i, j in enumerate(known) if j is None]
     log.info("%d of %d tracks labelled already; labelling %d", len(known) - len(todo), len(known), len(todo))
-    pick = lambda xs: [xs[i] for i in todo]  # noqa: E731
     new = old  # nothing to label: every track is known
     if todo:
-        rest = Corpus(corpus.name, pick(corpus.names), pick(corpus.waves), pick(corpus.tags), {})
-        new = label_windows(rest, grid, device, workers)
+        names, waves, tags = ([xs[i] for i in todo] for xs in (corpus.names, corpus.waves, corpus.tags))
+        new = label_windows(Corpus(corpus.name, names, waves, tags, {}), grid, device, workers)
     new_slot = {i: k for k, i in enumerate(todo)}
     parts = []  # (labels, window rows) per track, in corpus order
     for i, j in enumerate(known):
