@@ -139,8 +139,8 @@ def test_pack_round_trip(tmp_path):
     assert roundtrip_error(np.tile(tone, 10), 32) < 3.0
 
 
-def _fake_deb(tmp_path, pkg: str) -> Path:
-    """Build a real .deb with music the way game packages ship it (loose files, stems, a .pk3)."""
+def _fake_deb(tmp_path, pkg: str, archive: str = "data.pk3") -> Path:
+    """Build a real .deb with music the way game packages ship it (loose files, stems, a .pk3 or .zip)."""
     import subprocess
     import zipfile
 
@@ -158,8 +158,10 @@ def _fake_deb(tmp_path, pkg: str) -> Path:
     sf.write(music / "song one/guitar.ogg", tone * 0.5, 44100)
     buf = tmp_path / "inner.ogg"
     sf.write(buf, tone[:, 0], 44100)
-    with zipfile.ZipFile(music / "data.pk3", "w") as z:
+    with zipfile.ZipFile(music / archive, "w") as z:
         z.write(buf, "cd/track.ogg")
+        z.write(buf, "sfx/boom.wav")  # audio, but not matched: not extracted
+        z.writestr("cd/album.png", "not music")
         z.writestr("maps/readme.txt", "not music")
     (tree / "usr/share/games/x/sfx.ogg").write_bytes(buf.read_bytes())  # not matched: not extracted
     doc = tree / f"usr/share/doc/{pkg}"
@@ -358,3 +360,24 @@ def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):
     assert dm._license("y-data", src, tmp_path, music / "a.ogg") == "CC-BY-3.0"
     assert dm._license("y-data", src, tmp_path, music / "b.ogg") == "CC-BY-3.0"  # on a continuation line
     assert dm._license("y-data", src, tmp_path, music / "c.ogg") == "GPL-3+"
+
+
+def test_debian_music_extracts_matching_members_of_a_zip_in_the_package(tmp_path):
+    """0ad-data ships its music inside ``public.zip``: only the members that match are unpacked."""
+    from training.corpora import debian_music as dm
+
+    _fake_deb(tmp_path, "z-data", archive="public.zip")
+    src = dm.Source(("usr/share/games/x/music/public.zip/cd/*.ogg",), "CC0-1.0")
+    root = dm.fetch_package("z-data", tmp_path / "data/debian_music", src.files)
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert files == {
+        ".complete",
+        "usr/share/doc/z-data/copyright",
+        "usr/share/games/x/music/public.zip/cd/track.ogg",  # the archive became a folder of its music
+    }
+    tracks = dm.find_tracks({"z-data": root}, {"z-data": src})
+    # named below the archive's music folder; licensed by the copyright file's "Files: *" stanza
+    assert [(dm.track_name(p, f, root, src.files), lic) for p, f, lic in tracks] == [
+        ("z-data__track", "GPL-2+")
+    ]
+    assert dm.source_seconds(tracks[0][1]) == pytest.approx(20.0, abs=0.1)

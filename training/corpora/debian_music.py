@@ -7,7 +7,7 @@ Usage::
 
 Each package of :data:`SOURCES` is fetched with ``apt-get download`` (no root, no install) into
 ``<data>/debian_music/debs/``; only its music files and its ``copyright`` file are extracted (music
-inside ``.pk3`` zip archives too) to ``<data>/debian_music/root/<package>/``. Every track is decoded
+inside ``.pk3``/``.zip`` archives too) to ``<data>/debian_music/root/<package>/``. Every track is decoded
 (soundfile: Vorbis, Opus, MP3, FLAC, WAV; XBlast's raw 8-bit PCM), mixed to mono, resampled to
 16 kHz and written as FLAC into the folder of its package's split:
 
@@ -153,6 +153,17 @@ SOURCES: dict[str, Source] = {
         "CC-BY-SA-3.0",
         tree=("usr/share/games/lugaru/", "Data/"),
     ),
+    # 0ad: the music sits in the game's data archive
+    "0ad-data": Source(("usr/share/games/0ad/mods/public/public.zip/audio/music/*.ogg",), "CC-BY-SA-3.0"),
+    "redeclipse-data": Source(
+        (  # the soundtrack and two menu themes (not theme_chip, a chiptune copy of theme)
+            "usr/share/games/redeclipse/data/sounds/music/track_*.ogg",
+            "usr/share/games/redeclipse/data/sounds/theme.ogg",
+            "usr/share/games/redeclipse/data/sounds/original.ogg",
+        ),
+        "CC-BY-SA-3.0+",
+    ),
+    "berusky2-data": Source(("usr/share/games/berusky2/music/*.ogg",), "GPL-2+"),
     # --- valid -----------------------------------------------------------------------------
     "nexuiz-music": Source(
         ("usr/share/games/nexuiz/data/music.pk3/sound/cdtracks/*.ogg",), "GPL-2+", "valid"
@@ -174,6 +185,8 @@ SOURCES: dict[str, Source] = {
 }
 
 _EXTS = {".ogg", ".opus", ".flac", ".wav", ".mp3", ".raw"}
+# zip archives that a pattern may reach into as "<archive>/<member pattern>" (0ad's public.zip)
+_ZIPS = (".pk3", ".zip")
 
 
 @dataclass(frozen=True)
@@ -228,7 +241,8 @@ def fetch(pkg: str, cache: str | os.PathLike) -> Path:
 def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) -> Path:
     """Download any Debian package with apt-get and extract the ``files`` patterns and its copyright.
 
-    Zip archives on the way of a pattern (``.pk3``) are unpacked into a folder of the same name.
+    Zip archives on the way of a pattern (``…/music.pk3/*.ogg``, ``…/public.zip/audio/music/*.ogg``):
+    only their members that match are unpacked, into a folder of the archive's name.
     Idempotent: a package whose root is complete is not fetched again. Returns the package's root
     (``<cache>/root/<pkg>``).
     """
@@ -251,7 +265,7 @@ def fetch_package(pkg: str, cache: str | os.PathLike, files: tuple[str, ...]) ->
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    archives = {p.split(".pk3/")[0] + ".pk3" for p in files if ".pk3/" in p}
+    archives = {p[: p.index(z + "/") + len(z)] for p in files for z in _ZIPS if z + "/" in p}
     copyright = f"usr/share/doc/{pkg}/copyright"
     tar_out = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(found[-1])], stdout=subprocess.PIPE)
     assert tar_out.stdout is not None
