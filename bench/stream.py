@@ -10,6 +10,8 @@ Three OS processes, as users run them:
 From the messages: per-stage timings (``timings_ms``: capture→ring, framing+mel, inference,
 aggregation, publish), capture→publish (``publish_wall_time - capture_wall_time``: the processing
 latency of the window's last sample), publish→receive and capture→receive, each as p50/p99/max;
+write→capture and write→publish from the writer's own clock (the block's write into the pipe:
+what the tagger's capture stamp cannot see, such as its reader thread waiting for the GIL);
 the drop counters; the time from starting the tagger to its first tags message; the tagger's
 resident memory (peak). Messages from the start-up backlog (before the tagger was ready, audio
 queued in the pipe) are kept apart: steady-state statistics start ``--skip-s`` seconds of stream
@@ -134,7 +136,7 @@ class _RssWatcher(threading.Thread):
 def _play(proc: subprocess.Popen, audio: np.ndarray, sr: int, block: int) -> dict:
     """Write ``audio`` to the tagger's stdin in blocks at real-time pace; returns pacing stats."""
     period = block / sr
-    late = []
+    late, written = [], []
     caught_up = 0.0  # stream time from which every block was written on time
     t0 = time.perf_counter()
     try:
@@ -144,6 +146,7 @@ def _play(proc: subprocess.Popen, audio: np.ndarray, sr: int, block: int) -> dic
             if due > now:
                 time.sleep(due - now)
             late.append((time.perf_counter() - due) * 1e3)
+            written.append(time.time())
             proc.stdin.write(audio[start : start + block].tobytes())
             if late[-1] > 2e3 * period:  # still behind: the pipe was full while the tagger started
                 caught_up = (k + 1) * period
@@ -154,7 +157,12 @@ def _play(proc: subprocess.Popen, audio: np.ndarray, sr: int, block: int) -> dic
             proc.stdin.close()
         except BrokenPipeError:
             pass
-    return {"blocks": len(late), "writer_late_ms": summarize(late), "writer_on_time_from_s": caught_up}
+    return {
+        "blocks": len(late),
+        "writer_late_ms": summarize(late),
+        "writer_on_time_from_s": caught_up,
+        "written_wall": written,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -215,7 +223,8 @@ def run(args: argparse.Namespace) -> dict:
         sub.terminate()
         sub.wait(timeout=10)
     received = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
-    _analyse(doc, received, t_start_wall, args.skip_s, pacing["writer_on_time_from_s"])
+    written = np.asarray(pacing.pop("written_wall"))
+    _analyse(doc, received, t_start_wall, args.skip_s, pacing["writer_on_time_from_s"], written)
     doc["settings"]["writer"] = pacing
     doc["summary"]["tagger_peak_rss_mib"] = round(max(rss.peak_kib, rss.hwm_kib) / 1024, 1)
     doc["tagger_stderr_tail"] = stderr.strip().splitlines()[-5:]
@@ -230,7 +239,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _analyse(
-    doc: dict, received: list[dict], t_start_wall: float, skip_s: float, on_time_s: float = 0.0
+    doc: dict,
+    received: list[dict],
+    t_start_wall: float,
+    skip_s: float,
+    on_time_s: float = 0.0,
+    written: np.ndarray | None = None,
 ) -> None:
     tags = [r for r in received if r["msg"].get("kind") == "tags"]
     beats = [r for r in received if r["msg"].get("kind") == "heartbeat"]
@@ -271,6 +285,22 @@ def _analyse(
             (r["recv"] - r["msg"]["capture_wall_time"]) * 1e3 if r["msg"].get("capture_wall_time") else None
         ),
     )
+    if written is not None and written.size:
+
+        def write_to(key: str):
+            def since_write(r):
+                capture = r["msg"].get("capture_wall_time")
+                if not capture:
+                    return None
+                # The captured block is the last one written before its capture (blocks are
+                # 10 ms apart, the read follows the write by far less).
+                k = int(np.searchsorted(written, capture, side="right")) - 1
+                return (r["msg"][key] - written[k]) * 1e3 if k >= 0 else None
+
+            return since_write
+
+        add("write->capture", steady, write_to("capture_wall_time"))
+        add("write->publish", steady, write_to("publish_wall_time"))
     add("capture->publish (all, incl. start-up)", tags, cap)
     doc["series_ms"] = {k: [round(v, 4) for v in vals] for k, vals in series.items()}
     last = tags[-1]["msg"]
@@ -287,6 +317,11 @@ def _analyse(
         "capture->publish p50 ms": cp["p50"],
         "capture->publish p99 ms": cp["p99"],
         "capture->publish max ms": cp["max"],
+        **(
+            {f"write->publish {k} ms": summarize(series["write->publish"])[k] for k in ("p50", "p99")}
+            if "write->publish" in series
+            else {}
+        ),
         "drops": last.get("drops"),
         "backend": last.get("backend"),
     }

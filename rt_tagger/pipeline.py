@@ -20,7 +20,9 @@ the stream time; ``"zero"`` replaces them with 0 and counts them (``resampler_dr
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -393,14 +395,15 @@ class _Prewarm:
     before a window is due the consumer therefore runs the model on silence, but only while the
     next block is not expected before that run would end (blocks come at a steady pace: the last
     gap between two is the estimate), so a window never waits behind a prewarm run; between runs
-    it waits for audio in short steps. Each run also takes a scratch window through the host-side
-    steps (:class:`_Rehearsal`). The waits release the GIL, so the thread that receives the
-    audio is not held up. GPU backends only: on a CPU the runs would take the cores the window
+    it spins, yielding the GIL and the core at every turn. Each run also takes a scratch window
+    through the host-side steps (:class:`_Rehearsal`) and a young-generation garbage collection,
+    so that the window's own allocations rarely start one. Why spin rather than sleep: a thread
+    woken from even a 0.2-ms sleep may land on another core whose caches hold none of the
+    rehearsed code and data. GPU backends only: on a CPU the runs would take the cores the window
     needs.
     """
 
     POLL_S = 0.001  # the consumer's wait for audio, far from a window
-    NEAR_POLL_S = 0.0002  # near a window: short enough that the core does not fall asleep
 
     def __init__(self, backend, prewarm_ms: float, rehearsal: _Rehearsal | None = None) -> None:
         self.backend = backend
@@ -429,9 +432,11 @@ class _Prewarm:
             self.backend.prewarm()
             if self.rehearsal is not None:
                 self.rehearsal()
+            gc.collect(0)
             self.run_s = time.perf_counter() - now
-            return 0.0
-        return self.NEAR_POLL_S
+        else:
+            os.sched_yield()  # lets the audio thread take the GIL; the core stays this thread's
+        return 0.0
 
 
 def _end_reason(e: BaseException) -> tuple[str, str | None]:

@@ -18,3 +18,8 @@ def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
     rows = {r["stage"]: r for r in doc["results"]}
     for stage in (*STAGES, "capture->publish", "publish->receive"):
         assert rows[stage]["n"] >= 1 and rows[stage]["p99_ms"] >= 0
+    # The writer's clock: a window is published after its last block was written, and captured
+    # within one 10-ms block of that write (a larger value would be a mismatched block).
+    assert rows["write->capture"]["n"] == rows["capture->publish"]["n"]
+    assert 0 <= rows["write->capture"]["p50_ms"] < 10
+    assert rows["write->publish"]["p50_ms"] >= rows["capture->publish"]["p50_ms"] - 1e-6
