@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import numpy as np
+
 __all__ = ["GraphCache", "graph_bucket", "infer_on_device"]
 
 
@@ -60,14 +62,35 @@ class GraphCache:
 
     def get(self, b: int) -> tuple:
         """``(graph, outputs)`` for batch ``b``, capturing it on first use."""
-        if b in self._graphs:
-            return self._graphs[b]
+        if b not in self._graphs:
+            self._graphs[b] = self._capture(self.forward, b)
+        return self._graphs[b]
+
+    def get_with_copies(self, b: int, io) -> tuple:
+        """Like :meth:`get`, but the graph also holds the copies of a :class:`~engines.cuda_io.CudaIO`:
+        its pinned ``host_in[:b]`` to the device before, the outputs to its pinned ``host_out``
+        after. One replay then does a whole batch of host windows: at batch 1 the separate copies,
+        each a few torch calls, took as long on the host as the network on the GPU."""
+        key = ("copies", b)
+        if key not in self._graphs:
+
+            def through(x):
+                x.copy_(io.host_in[:b], non_blocking=True)
+                outs = self.forward(x)
+                for k, t in outs.items():
+                    io.host_out[k][:b].copy_(t[:b], non_blocking=True)
+                return outs
+
+            self._graphs[key] = self._capture(through, b)
+        return self._graphs[key]
+
+    def _capture(self, forward: Callable, b: int) -> tuple:
         torch = self._torch
         x = self.inputs[:b]
         self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
         with torch.cuda.stream(self.stream), torch.inference_mode(), self.context():
             for _ in range(self.warmup):
-                self.forward(x)
+                forward(x)
         self.stream.synchronize()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -77,9 +100,8 @@ class GraphCache:
             torch.inference_mode(),
             torch.cuda.graph(graph, pool=self._pool, stream=self.stream),
         ):
-            outs = self.forward(x)
-        self._graphs[b] = (graph, outs)
-        return self._graphs[b]
+            outs = forward(x)
+        return graph, outs
 
     def replay(self, b: int) -> dict:
         """Enqueue batch ``b``'s graph on the stream (capturing it first if new); returns its outputs."""
@@ -89,8 +111,9 @@ class GraphCache:
         return outs
 
     def release(self, b: int) -> None:
-        """Free batch ``b``'s graph (and the pool with the last one)."""
+        """Free batch ``b``'s graphs (and the pool with the last one)."""
         self._graphs.pop(b, None)
+        self._graphs.pop(("copies", b), None)
         if not self._graphs:
             self.clear()
 
@@ -102,11 +125,20 @@ class GraphCache:
 
 def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context: Callable):
     """One batch through a torch GPU backend: copy in, replay the graph of the batch's bucket (or run
-    ``forward`` under ``context`` on the copy stream), copy out.
+    ``forward`` under ``context`` on the copy stream), copy out. Host windows (numpy) replay a graph
+    that holds the copies too (:meth:`GraphCache.get_with_copies`).
 
     Returns ``(host outputs, device milliseconds)`` from ``io.download``.
     """
     b = mel.shape[0]
+    if graphs is not None and isinstance(mel, np.ndarray):  # host windows: one replay, copies inside
+        bucket = graph_bucket(b, graphs.inputs.shape[0])
+        graph, outs = graphs.get_with_copies(bucket, io)
+        io.stage(mel)  # rows b..bucket keep older windows: their outputs are not read
+        io.start.record(io.stream)
+        with torch.cuda.stream(io.stream):
+            graph.replay()
+        return io.collect(outs, b)
     if graphs is not None:
         bucket = graph_bucket(b, graphs.inputs.shape[0])
         graphs.get(bucket)  # capture outside the timed copy-in → copy-out
