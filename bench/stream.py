@@ -305,6 +305,7 @@ def _analyse(
     doc["series_ms"] = {k: [round(v, 4) for v in vals] for k, vals in series.items()}
     last = tags[-1]["msg"]
     cp = summarize(series["capture->publish"])
+    wp = summarize(series["write->publish"]) if "write->publish" in series else None
     doc["summary"] = {
         "messages": len(received),
         "tags_messages": len(tags),
@@ -317,11 +318,7 @@ def _analyse(
         "capture->publish p50 ms": cp["p50"],
         "capture->publish p99 ms": cp["p99"],
         "capture->publish max ms": cp["max"],
-        **(
-            {f"write->publish {k} ms": summarize(series["write->publish"])[k] for k in ("p50", "p99")}
-            if "write->publish" in series
-            else {}
-        ),
+        **{f"write->publish {k} ms": wp[k] for k in ("p50", "p99") if wp},
         "drops": last.get("drops"),
         "backend": last.get("backend"),
     }

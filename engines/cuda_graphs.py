@@ -128,7 +128,7 @@ def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context:
     ``forward`` under ``context`` on the copy stream), copy out. Host windows (numpy) replay a graph
     that holds the copies too (:meth:`GraphCache.get_with_copies`).
 
-    Returns ``(host outputs, device milliseconds)`` from ``io.download``.
+    Returns ``(host outputs, device seconds)`` from ``io.collect``.
     """
     b = mel.shape[0]
     if graphs is not None and isinstance(mel, np.ndarray):  # host windows: one replay, copies inside
