@@ -135,6 +135,23 @@ def test_masked_loss_ignores_unlabelled_units():
     assert torch.allclose(total, expected)
 
 
+def test_logit_mse_adds_log_odds_error_on_soft_targets_only():
+    names, unit_group = group_index(["a", "a"])
+    logits = torch.tensor([[2.0, -3.0]])
+    target = torch.tensor([[1.0, 0.05]])  # a hard label and a teacher's probability
+    mask = torch.ones(1, 2)
+    bce, _ = masked_group_bce(logits, target, mask, unit_group[:2], torch.ones(1))
+    both, _ = masked_group_bce(logits, target, mask, unit_group[:2], torch.ones(1), logit_mse=0.5)
+    odds = math.log(0.05 / 0.95)
+    assert torch.allclose(both - bce, torch.tensor(0.5 * (-3.0 - odds) ** 2 / 2))  # mean over 2 pairs
+    # ranks inside the low range matter: 0.01 and 0.05 differ in log-odds far more than in BCE
+    far, _ = masked_group_bce(torch.tensor([[2.0, odds]]), target, mask, unit_group[:2], torch.ones(1), 0.5)
+    near, _ = masked_group_bce(
+        torch.tensor([[2.0, math.log(0.01 / 0.99)]]), target, mask, unit_group[:2], torch.ones(1), 0.5
+    )
+    assert float(near - far) > 0.5
+
+
 @pytest.mark.slow  # ≈30 s of CPU: the two musicnn teachers on CPU and the tag subprocess
 def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     from engines.bundle import Bundle

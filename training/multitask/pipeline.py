@@ -107,6 +107,12 @@ class MultitaskRecipe(_M):
         description="label weight of teacher targets for objective-only units on real music "
         "(vocab.OBJECTIVE_TEACHERS; 0 = masked there)",
     )
+    distill_logit_mse: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the log-odds squared error on soft (teacher) targets, added to their "
+        "BCE (losses.masked_group_bce; 0 = BCE only)",
+    )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     select_on_valid: bool = Field(
         False,
@@ -248,7 +254,9 @@ def train(
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
         logits, emb = module(mel)
-        loss, per_group = masked_group_bce(logits, target, mask, unit_group, weights)
+        loss, per_group = masked_group_bce(
+            logits, target, mask, unit_group, weights, recipe.distill_logit_mse
+        )
         extra = {
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
