@@ -303,34 +303,30 @@ class Pipeline:
         ring = source.ring
         buf = np.empty((stream.max_step_frames, source.channels), dtype=np.float32)
         prewarm = _Prewarm(self.backend, self.settings.prewarm_ms, self._rehearsal(source))
-        try:
-            while True:
-                if stop is not None and stop.is_set():
-                    return stop.reason if isinstance(stop, StopRequest) else "stopped"
-                if deadline is not None and time.perf_counter() >= deadline:
-                    return "duration"
-                source.check()  # raises what stopped the producer; reopens a silent device
-                finished = source.finished  # read before available(): once finished, the ring is final
-                n = min(stream.step_frames(), ring.available())
-                if n == 0:
-                    if finished:
-                        source.check()
-                        return "eof"
-                    source.note_starved(self.hop_seconds)
-                    beat = stream.idle()
-                    if beat is not None:
-                        self._deliver(beat, res)
-                    wait_s = prewarm.step(stream)
-                    if wait_s:
-                        source.wait_for_audio(wait_s)
-                    continue
-                prewarm.arrived()
-                ring.read_into(buf[:n])
-                if stream.push(buf[:n], *source.times_at(ring.read_pos - 1)):
-                    self._dispatch(stream, res)
-                    prewarm.release_gc()
-        finally:
-            prewarm.release_gc()
+        while True:
+            if stop is not None and stop.is_set():
+                return stop.reason if isinstance(stop, StopRequest) else "stopped"
+            if deadline is not None and time.perf_counter() >= deadline:
+                return "duration"
+            source.check()  # raises what stopped the producer; reopens a silent device
+            finished = source.finished  # read before available(): once finished, the ring is final
+            n = min(stream.step_frames(), ring.available())
+            if n == 0:
+                if finished:
+                    source.check()
+                    return "eof"
+                source.note_starved(self.hop_seconds)
+                beat = stream.idle()
+                if beat is not None:
+                    self._deliver(beat, res)
+                wait_s = prewarm.step(stream)
+                if wait_s:
+                    source.wait_for_audio(wait_s)
+                continue
+            prewarm.arrived()
+            ring.read_into(buf[:n])
+            stream.push(buf[:n], *source.times_at(ring.read_pos - 1))
+            self._dispatch(stream, res)
 
     def _rehearsal(self, source: Source) -> _Rehearsal | None:
         """The host side of the prewarm (GPU backends with ``prewarm_ms`` only)."""
@@ -400,10 +396,8 @@ class _Prewarm:
     next block is not expected before that run would end (blocks come at a steady pace: the last
     gap between two is the estimate), so a window never waits behind a prewarm run; between runs
     it spins, yielding the GIL and the core at every turn. Each run also takes a scratch window
-    through the host-side steps (:class:`_Rehearsal`) and a young-generation garbage collection.
-    From the first prewarm run until the window is published, automatic garbage collection is off
-    (:meth:`release_gc` turns it back on), so that the window's own allocations cannot start one
-    inside its path. Why spin rather than sleep: a thread
+    through the host-side steps (:class:`_Rehearsal`) and a young-generation garbage collection,
+    so that the window's own allocations rarely start one. Why spin rather than sleep: a thread
     woken from even a 0.2-ms sleep may land on another core whose caches hold none of the
     rehearsed code and data. GPU backends only: on a CPU the runs would take the cores the window
     needs.
@@ -418,7 +412,6 @@ class _Prewarm:
         self.last_block = None  # perf_counter time the newest block was read
         self.gap = None  # seconds between the last two blocks
         self.run_s = 0.0  # how long the last prewarm run took
-        self.gc_held = False  # automatic collection is off until the window is out
 
     def arrived(self) -> None:
         now = time.perf_counter()
@@ -430,15 +423,10 @@ class _Prewarm:
         """While no audio is there: one prewarm run when the next window is near and the run fits
         before the next block (returns 0: look again at once), else how long to wait for audio."""
         if not self.window_s or stream.seconds_to_window() > self.window_s:
-            self.release_gc()
             return self.POLL_S
         now = time.perf_counter()
         if self.last_block is not None and now - self.last_block > max(0.05, 4 * (self.gap or 0.0)):
-            self.release_gc()
             return self.POLL_S  # the input stalls: no reason to stay awake
-        if not self.gc_held and gc.isenabled():
-            gc.disable()
-            self.gc_held = True
         expected = None if self.gap is None else self.last_block + self.gap
         if expected is None or now + 2 * self.run_s < expected:
             self.backend.prewarm()
@@ -449,12 +437,6 @@ class _Prewarm:
         else:
             os.sched_yield()  # lets the audio thread take the GIL; the core stays this thread's
         return 0.0
-
-    def release_gc(self) -> None:
-        """Automatic garbage collection back on (after the window, or far from one)."""
-        if self.gc_held:
-            gc.enable()
-            self.gc_held = False
 
 
 def _end_reason(e: BaseException) -> tuple[str, str | None]:

@@ -312,35 +312,3 @@ def test_rehearsal_sends_nothing_and_leaves_real_streams_alone(pipe, sensitive_b
         assert pub.sent == 0 and sum(pub.encoded.values()) == 0  # encoded, never sent
     assert rehearsal.stream.aggregator.windows > windows  # it did run the aggregation
     assert with_rehearsal and with_rehearsal == tags(lambda: None)
-
-
-def test_prewarm_holds_garbage_collection_only_near_a_window(pipe, demo_audio):
-    """Near a window (GPU backends' prewarm) automatic collection is off until the window is out;
-    far from one, after it, and when the user had turned it off, it is left as it was."""
-    import gc
-    import types
-
-    from rt_tagger.pipeline import _Prewarm
-
-    x, sr = demo_audio
-    stream = pipe.open_stream(None, sr, 1)
-    on_gpu = types.SimpleNamespace(on_gpu=True, prewarm=lambda: None)  # the prewarm's GPU flag only
-    prewarm = _Prewarm(on_gpu, prewarm_ms=50.0)
-    block = x[:, None].astype(np.float32)
-    assert gc.isenabled()
-    assert prewarm.step(stream) == prewarm.POLL_S and gc.isenabled()  # a whole window away
-    i = 0
-    while stream.seconds_to_window() > 0.04:
-        stream.push(block[i : i + 160])
-        prewarm.arrived()
-        i += 160
-    try:
-        assert prewarm.step(stream) == 0.0 and not gc.isenabled()  # near: one prewarm run, gc off
-        while not stream.push(block[i : i + 160]):
-            i += 160
-        prewarm.release_gc()  # the window is out
-        assert gc.isenabled()
-        gc.disable()  # the user's choice is not undone
-        assert prewarm.step(stream) == prewarm.POLL_S and not gc.isenabled()
-    finally:
-        gc.enable()
