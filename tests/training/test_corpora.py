@@ -344,6 +344,72 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
     assert len(load_table(out)) == 4
 
 
+FREEPATS = Path("/etc/timidity/freepats.cfg")
+
+
+def _need_timidity():
+    if shutil.which("timidity") is None:
+        pytest.skip("timidity not installed (apt-get install timidity freepats)")
+    if not FREEPATS.is_file():
+        pytest.skip(f"{FREEPATS} not installed (apt package freepats)")
+
+
+def test_synth_timidity_renderer_aligns_silences_missing_programs_and_reverbs():
+    _need_timidity()
+    import pretty_midi
+
+    from training.corpora.synth import SAMPLE_RATE
+    from training.corpora.timidity import TimidityRenderer, _config_programs
+
+    have = _config_programs(FREEPATS.read_text())
+    assert 0 in have and 12 not in have  # piano yes, marimba no (freepats 20060219)
+    r = TimidityRenderer(FREEPATS, SAMPLE_RATE)
+    note = pretty_midi.Note(velocity=100, pitch=60, start=0.5, end=0.7)
+    piano = r.render_stem([note], 0, False, 32000)
+    assert piano.dtype == np.float32 and piano.shape == (32000,) and np.all(np.isfinite(piano))
+    onset = np.argmax(np.abs(piano) > 1e-3) / 16000
+    assert 0.49 < onset < 0.52  # leading rest kept: stems stay aligned
+    # a program freepats lacks is digital silence (not borrowed from FluidR3 via timidity.cfg)
+    assert not np.any(r.render_stem([note], 12, False, 32000))
+
+    def tail_db(room):
+        r.set_reverb(room, 0.5, 0.8, 0.8)
+        x = r.render_stem([note], 40, False, 48000)
+        return 10 * np.log10(np.mean(x[int(1.5 * 16000) :].astype(np.float64) ** 2) + 1e-20)
+
+    assert tail_db(0.9) > tail_db(0.1) + 20  # room size reaches timidity's reverb time
+
+
+def test_synth_freepats_clips_render_with_honest_tags(tmp_path, capsys):
+    """freepats through the corpus CLI: stems of missing programs are dropped from the tags."""
+    _need_timidity()
+    from training.corpora.synth import SOUNDFONTS, main
+    from training.corpora.synth_compose import vary
+    from training.corpora.timidity import _config_programs
+
+    fp = SOUNDFONTS["freepats"]
+    assert fp.use == "train" and fp.family not in {v.family for v in SOUNDFONTS.values() if v.use == "test"}
+    have = _config_programs(FREEPATS.read_text())
+    out = tmp_path / "fp"
+    args = ["--out", str(out), "--soundfont", "freepats", "--composer", "varied", "--seed", "20"]
+    assert main([*args, "--start", "1", "--n", "3", "--seconds", "3", "--workers", "1"]) == 0
+    assert "1 clips skipped: every stem silent" in capsys.readouterr().err  # clip 3: no program in freepats
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    assert [r["index"] for r in rows] == ["1", "2"] and {r["soundfont_name"] for r in rows} == {"freepats"}
+    dropped = 0
+    for row in rows:
+        audio, sr = sf.read(out / row["path"], dtype="float32")
+        assert sr == 16000 and audio.shape == (48000,) and np.all(np.isfinite(audio))
+        lo, hi = LEVELS[row["level"]][1]
+        assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
+        clip = vary(compose(20, int(row["index"]), 3.0), "varied", 20)
+        silent = [t.name for t in clip.midi.instruments if not t.is_drum and t.program not in have]
+        assert row["silent_stems"].split(";") == silent  # exactly the programs freepats lacks
+        assert row["tags"].split(";") == [t for t in clip.tags if t not in silent]
+        dropped += len(silent)
+    assert dropped >= 2 and len(load_table(out)) == 2
+
+
 def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):
     """Some copyright files write Files: patterns as ``./dat/…`` (naev-data): they must still match."""
     from training.corpora import debian_music as dm

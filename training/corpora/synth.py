@@ -1,4 +1,4 @@
-"""Render the synthetic labelled corpus: procedural MIDI -> FluidSynth -> 16 kHz mono FLAC.
+"""Render the synthetic labelled corpus: procedural MIDI -> FluidSynth / TiMidity++ -> 16 kHz mono FLAC.
 
 Usage::
 
@@ -13,9 +13,11 @@ Usage::
 
 Soundfonts are named in :data:`SOUNDFONTS` (fetched from Debian with apt-get download when their
 package is not installed) or given as files. Held-out soundfonts and the ``heldout`` composer are
-refused without ``--test``.
+refused without ``--test``. Most are SoundFont files played by FluidSynth (:class:`Renderer`);
+``freepats`` is a GUS patch set played by the ``timidity`` binary (:class:`TimidityRenderer`, needs
+``apt-get install timidity``); a ``.cfg`` file given by path is played by timidity too.
 
-Each track of a clip is rendered as its own stem (FluidSynth straight at 16 kHz; pitch checked),
+Each track of a clip is rendered as its own stem (straight at 16 kHz; pitch checked),
 scaled to a common RMS plus a small random offset so every tagged instrument is audible, then
 mixed and scaled to the clip's level class. Output per clip: ``audio/<id>.flac``,
 ``midi/<id>.mid`` and ``meta/<id>.json``; ``tags.csv`` (path, tags, split, style, bpm, level,
@@ -31,6 +33,7 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -41,13 +44,16 @@ import soundfile as sf
 
 from engines.atomic import atomic_path, write_atomic
 from training.corpora.synth_compose import COMPOSERS, TAGS, Clip, compose, vary
+from training.corpora.timidity import NO_TIMIDITY, TimidityRenderer
 
 __all__ = [
     "SOUNDFONTS",
     "SoundFont",
     "Renderer",
+    "TimidityRenderer",
     "apply_codec",
     "apply_eq",
+    "make_renderer",
     "render_clip",
     "resolve_soundfont",
     "main",
@@ -60,12 +66,14 @@ _SILENT_DB = -90.0  # a stem whose active level is below this (dBFS) is treated 
 
 @dataclass(frozen=True)
 class SoundFont:
-    """A General MIDI soundfont from Debian: package, file inside it, sample family, use."""
+    """A General MIDI soundfont from Debian: package, file inside it, sample family, use, renderer."""
 
     package: str
     path: str  # inside the package (and where it lies when the package is installed)
     family: str  # soundfonts of one family share samples: never split one family across train/test
     use: str  # "train" or "test" (held out: never rendered for training)
+    renderer: str = "fluidsynth"  # "fluidsynth" (path: .sf2/.sf3) or "timidity" (path: a timidity .cfg)
+    extra: tuple[str, ...] = ()  # more files of the package the renderer reads (fnmatch patterns)
 
 
 SOUNDFONTS: dict[str, SoundFont] = {
@@ -79,7 +87,23 @@ SOUNDFONTS: dict[str, SoundFont] = {
     # Held out. TimGM6mb and csound's sf_GMbank share samples: both are test-only.
     "timgm6mb": SoundFont("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2", "timgm", "test"),
     "csound": SoundFont("csound-soundfont", "usr/share/sounds/sf2/sf_GMbank.sf2", "timgm", "test"),
+    # GUS patches (Eric A. Welsh et al.) through TiMidity++: samples of their own, a third training
+    # family. About half the GM programs are missing: those stems come out silent and lose their tag.
+    "freepats": SoundFont(
+        "freepats",
+        "etc/timidity/freepats.cfg",
+        "freepats",
+        "train",
+        renderer="timidity",
+        extra=("usr/share/midi/freepats/*",),
+    ),
 }
+
+
+def _uses_timidity(name: str, path: str | os.PathLike) -> bool:
+    if name in SOUNDFONTS:
+        return SOUNDFONTS[name].renderer == "timidity"
+    return Path(path).suffix == ".cfg"
 
 
 def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tuple[str, Path]:
@@ -87,6 +111,7 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
 
     A named soundfont is used from ``/`` when its package is installed, else fetched with
     ``apt-get download`` into ``<data>/debian_music`` (see :func:`debian_music.fetch_package`).
+    One played by timidity also needs the ``timidity`` binary installed (RuntimeError if not).
     """
     if name_or_path not in SOUNDFONTS:
         path = Path(name_or_path)
@@ -95,14 +120,18 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
                 f"soundfont not found: {name_or_path} (nor a name in {', '.join(SOUNDFONTS)})"
             )
         name = next((k for k, v in SOUNDFONTS.items() if v.path.endswith(path.name)), path.stem)
+        if _uses_timidity(name, path) and shutil.which("timidity") is None:
+            raise RuntimeError(NO_TIMIDITY)
         return name, path
     sf_ = SOUNDFONTS[name_or_path]
+    if sf_.renderer == "timidity" and shutil.which("timidity") is None:
+        raise RuntimeError(NO_TIMIDITY)
     installed = Path("/") / sf_.path
     if installed.is_file():
         return name_or_path, installed
     from training.corpora.debian_music import fetch_package
 
-    root = fetch_package(sf_.package, Path(data) / "debian_music", (sf_.path,))
+    root = fetch_package(sf_.package, Path(data) / "debian_music", (sf_.path, *sf_.extra))
     return name_or_path, root / sf_.path
 
 
@@ -168,8 +197,17 @@ class Renderer:
         self._samples(int(_FLUSH_S * self.sr))
         return out
 
+    def set_reverb(self, room: float, damp: float, width: float, level: float) -> None:
+        """FluidSynth's reverb for the next stems: room size, damping, width, wet level (0-1 each)."""
+        self.synth.set_reverb(room, damp, width, level)
+
     def close(self) -> None:
         self.synth.delete()
+
+
+def make_renderer(name: str, path: str | os.PathLike) -> Renderer | TimidityRenderer:
+    """The renderer that plays soundfont ``name`` (a :data:`SOUNDFONTS` name or a file's stem) from ``path``."""
+    return TimidityRenderer(path, SAMPLE_RATE) if _uses_timidity(name, path) else Renderer(path)
 
 
 def _rms_db(x: np.ndarray) -> float:
@@ -186,6 +224,8 @@ def _active_db(x: np.ndarray, frame: int = 1024) -> float:
     if n == 0:
         return _rms_db(x)
     p = np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    if not p.max() > 0.0:  # digital silence (timidity: a program the patch set lacks): no frame plays
+        return _rms_db(x)
     active = p[p > p.max() * 1e-3]
     return 10.0 * float(np.log10(active.mean() + 1e-20))
 
@@ -275,15 +315,24 @@ def apply_codec(x: np.ndarray, kind: str, rng: np.random.Generator, sr: int) -> 
     return out
 
 
-def render_clip(renderer: Renderer, clip: Clip, seconds: float) -> tuple[np.ndarray, list[str], dict]:
+class SilentClipError(RuntimeError):
+    """Every stem of a clip came out silent (a patch set that lacks all of its programs)."""
+
+
+def render_clip(
+    renderer: Renderer | TimidityRenderer, clip: Clip, seconds: float
+) -> tuple[np.ndarray, list[str], dict]:
     """Render ``clip`` to a mono float32 mix.
 
     Returns:
         (audio, tags, info): tags drop any instrument whose stem came out silent (honest labels).
+
+    Raises:
+        SilentClipError: when every stem is silent (nothing to label).
     """
     n = int(round(seconds * renderer.sr))
     room, damp, width, level = clip.reverb
-    renderer.synth.set_reverb(room, damp, width, level)
+    renderer.set_reverb(room, damp, width, level)
     mix = np.zeros(n, np.float64)
     silent: list[str] = []
     stem_db: list[float] = []
@@ -296,7 +345,7 @@ def render_clip(renderer: Renderer, clip: Clip, seconds: float) -> tuple[np.ndar
             continue
         mix += stem.astype(np.float64) * 10.0 ** ((gain_db - level_db) / 20.0)
     if not np.any(mix):
-        raise RuntimeError(f"clip {clip.index}: every stem is silent")
+        raise SilentClipError(f"clip {clip.index}: every stem is silent")
     if clip.post.get("eq"):
         mix = apply_eq(mix, clip.post["eq"], np.random.default_rng(clip.post["seed"]), renderer.sr)
     mix *= 10.0 ** ((clip.target_rms_db - _rms_db(mix)) / 20.0)
@@ -330,8 +379,8 @@ def _split(index: int, test: bool) -> str:
     return "valid" if index % 10 == 9 else "train"
 
 
-# Worker state: one Renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
-_R: dict[str, Renderer] = {}
+# Worker state: one renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
+_R: dict[str, Renderer | TimidityRenderer] = {}
 _ARGS: dict = {}
 
 
@@ -340,10 +389,11 @@ def _init_worker(args: dict) -> None:
     if args.get("nice"):
         os.nice(args["nice"])
     _ARGS = args
-    _R = {name: Renderer(path) for name, path in args["soundfonts"]}
+    _R = {name: make_renderer(name, path) for name, path in args["soundfonts"]}
 
 
-def _work(index: int) -> dict:
+def _work(index: int) -> dict | None:
+    """Render clip ``index`` (or read it back when done); None when every stem came out silent."""
     assert _R
     out = Path(_ARGS["out"])
     cid = clip_id(index)
@@ -356,7 +406,10 @@ def _work(index: int) -> dict:
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
     if _ARGS["composer"] != "default":
         vary(clip, _ARGS["composer"], _ARGS["seed"])
-    audio, tags, info = render_clip(_R[sf_name], clip, _ARGS["seconds"])
+    try:
+        audio, tags, info = render_clip(_R[sf_name], clip, _ARGS["seconds"])
+    except SilentClipError:  # freepats lacks every program of the clip: no clip (tried again on resume)
+        return None
     row = {
         "path": f"audio/{cid}.flac",
         "tags": ";".join(tags),
@@ -453,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     indices = list(range(a.start, a.start + a.n))
     rows: list[dict] = []
+    skipped = 0
     t0 = time.perf_counter()
     from tqdm import tqdm
 
@@ -461,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, row in enumerate(
             tqdm(pool.imap(_work, indices, chunksize=4), total=len(indices), mininterval=5)
         ):
-            rows.append(row)
+            if row is None:
+                skipped += 1
+            else:
+                rows.append(row)
             if (i + 1) % 100 == 0:
                 write_table(a.out, rows)
     # Final table: every finished clip in the folder (earlier runs with other --start included).
@@ -470,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     write_table(a.out, rows)
     dt = time.perf_counter() - t0
     print(f"{len(rows)} clips ({len(rows) * a.seconds / 3600:.2f} h) in {dt:.0f} s -> {a.out / 'tags.csv'}")
+    if skipped:
+        print(f"{skipped} clips skipped: every stem silent with this soundfont", file=sys.stderr)
     return 0
 
 
