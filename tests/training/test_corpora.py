@@ -378,11 +378,18 @@ def test_synth_timidity_renderer_aligns_silences_missing_programs_and_reverbs():
         return 10 * np.log10(np.mean(x[int(1.5 * 16000) :].astype(np.float64) ** 2) + 1e-20)
 
     assert tail_db(0.9) > tail_db(0.1) + 20  # room size reaches timidity's reverb time
+    folder = r._dir
+    assert sorted(p.name for p in folder.iterdir()) == ["patches.cfg", "stem.mid", "stem.wav"]
+    r.close()
+    assert not folder.exists()  # the configuration, written once, goes with the renderer
 
 
-def test_synth_freepats_clips_render_with_honest_tags(tmp_path, capsys):
+def test_synth_freepats_clips_render_with_honest_tags(tmp_path, capsys, monkeypatch):
     """freepats through the corpus CLI: stems of missing programs are dropped from the tags."""
     _need_timidity()
+    scratch = tmp_path / "scratch"  # the workers' temporary folders (TMPDIR is inherited)
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     from training.corpora.synth import SOUNDFONTS, main
     from training.corpora.synth_compose import vary
     from training.corpora.timidity import _config_programs
@@ -408,6 +415,7 @@ def test_synth_freepats_clips_render_with_honest_tags(tmp_path, capsys):
         assert row["tags"].split(";") == [t for t in clip.tags if t not in silent]
         dropped += len(silent)
     assert dropped >= 2 and len(load_table(out)) == 2
+    assert not any(scratch.iterdir())  # each worker closed its renderer on the way out
 
 
 def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):

@@ -113,19 +113,20 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
     ``apt-get download`` into ``<data>/debian_music`` (see :func:`debian_music.fetch_package`).
     One played by timidity also needs the ``timidity`` binary installed (RuntimeError if not).
     """
-    if name_or_path not in SOUNDFONTS:
+    if name_or_path in SOUNDFONTS:
+        name, path = name_or_path, None
+    else:
         path = Path(name_or_path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"soundfont not found: {name_or_path} (nor a name in {', '.join(SOUNDFONTS)})"
             )
         name = next((k for k, v in SOUNDFONTS.items() if v.path.endswith(path.name)), path.stem)
-        if _uses_timidity(name, path) and shutil.which("timidity") is None:
-            raise RuntimeError(NO_TIMIDITY)
-        return name, path
-    sf_ = SOUNDFONTS[name_or_path]
-    if sf_.renderer == "timidity" and shutil.which("timidity") is None:
+    if _uses_timidity(name, path or "") and shutil.which("timidity") is None:
         raise RuntimeError(NO_TIMIDITY)
+    if path is not None:
+        return name, path
+    sf_ = SOUNDFONTS[name]
     installed = Path("/") / sf_.path
     if installed.is_file():
         return name_or_path, installed
@@ -521,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
             if (i + 1) % 100 == 0:
                 write_table(a.out, rows)
+        pool.close()  # workers exit normally, not terminated: their renderers' temporary folders go
+        pool.join()
     # Final table: every finished clip in the folder (earlier runs with other --start included).
     rows = [json.loads(m.read_text()) for m in sorted((a.out / "meta").glob("*.json"))]
     rows = [r for r in rows if (a.out / r["path"]).exists()]

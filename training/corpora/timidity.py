@@ -113,10 +113,12 @@ def _stem_midi(notes: list, program: int, is_drum: bool, seconds: float, reverb_
 class TimidityRenderer:
     """A timidity (TiMidity++) patch set, e.g. freepats: the :class:`Renderer` interface, one process per stem.
 
-    Each stem is written as a MIDI file to a fresh temporary folder and rendered by the
+    The renderer owns a temporary folder (removed by :meth:`close`) holding the isolated
+    configuration, written once. Each stem is written there as a MIDI file and rendered by the
     ``timidity`` binary to a 24-bit stereo WAV at ``sample_rate`` (stereo because timidity applies
     no reverb to mono output), then averaged to mono like FluidSynth's output. Nothing is played
     on a sound device; ``~/.timidity.cfg`` is not read (HOME points at the temporary folder).
+    One renderer serves one process at a time, as :class:`Renderer` does.
     """
 
     def __init__(self, config: str | os.PathLike, sample_rate: int) -> None:
@@ -126,7 +128,10 @@ class TimidityRenderer:
         self.sr = sample_rate
         self.exe = exe
         self.config = Path(config)
-        self._config_text = _isolated_config(self.config)
+        self._tmp = tempfile.TemporaryDirectory(prefix="rt-tagger-timidity-")
+        self._dir = Path(self._tmp.name)
+        self._isolated = self._dir / "patches.cfg"
+        self._isolated.write_text(_isolated_config(self.config))
         self.reverb_level = 40  # timidity's default reverb send (1-127)
         self.reverb_time = 64  # GS default reverb time (0-127)
         self._check_isolated()
@@ -165,30 +170,29 @@ class TimidityRenderer:
 
     def render_stem(self, notes: list, program: int, is_drum: bool, n_samples: int) -> np.ndarray:
         """Render one track's notes (pretty_midi Notes) alone; returns ``n_samples`` mono samples."""
-        with tempfile.TemporaryDirectory(prefix="rt-tagger-timidity-") as tmp:
-            config, midi, wav = Path(tmp) / "patches.cfg", Path(tmp) / "stem.mid", Path(tmp) / "stem.wav"
-            config.write_text(self._config_text)
-            _stem_midi(notes, program, is_drum, n_samples / self.sr, self.reverb_time).save(midi)
-            cmd = self.command(midi, wav, config)
-            try:
-                r = subprocess.run(
-                    cmd,
-                    cwd=tmp,
-                    env={**os.environ, "HOME": tmp},
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    errors="replace",
-                    timeout=_TIMIDITY_TIMEOUT_S,
-                )
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(
-                    f"timidity timed out after {_TIMIDITY_TIMEOUT_S:.0f} s: {shlex.join(cmd)}"
-                ) from None
-            if r.returncode != 0 or not wav.is_file():
-                said = (r.stderr + r.stdout).strip()[-500:]
-                raise RuntimeError(f"timidity failed (exit {r.returncode}): {shlex.join(cmd)}\n{said}")
-            x, sr = sf.read(wav, dtype="float32", always_2d=True)
+        midi, wav = self._dir / "stem.mid", self._dir / "stem.wav"
+        wav.unlink(missing_ok=True)
+        _stem_midi(notes, program, is_drum, n_samples / self.sr, self.reverb_time).save(midi)
+        cmd = self.command(midi, wav, self._isolated)
+        try:
+            r = subprocess.run(
+                cmd,
+                cwd=self._dir,
+                env={**os.environ, "HOME": str(self._dir)},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=_TIMIDITY_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"timidity timed out after {_TIMIDITY_TIMEOUT_S:.0f} s: {shlex.join(cmd)}"
+            ) from None
+        if r.returncode != 0 or not wav.is_file():
+            said = (r.stderr + r.stdout).strip()[-500:]
+            raise RuntimeError(f"timidity failed (exit {r.returncode}): {shlex.join(cmd)}\n{said}")
+        x, sr = sf.read(wav, dtype="float32", always_2d=True)
         if sr != self.sr:
             raise RuntimeError(f"timidity wrote {sr} Hz instead of {self.sr} Hz: {shlex.join(cmd)}")
         out = np.zeros(n_samples, np.float32)
@@ -212,4 +216,4 @@ class TimidityRenderer:
             )
 
     def close(self) -> None:
-        pass  # nothing held between stems
+        self._tmp.cleanup()
