@@ -209,7 +209,12 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     kept, saved = load_file(run_dir / "model.safetensors"), load_file(run_dir / "train" / "best.safetensors")
     assert kept.keys() == saved.keys() and all(np.array_equal(kept[k], saved[k]) for k in kept)
 
-    assert set(metrics) >= {"distilled", "vocals", "not_music", "objective", "on_rates"}
+    assert set(metrics) >= {"distilled", "vocals", "not_music", "objective", "on_rates", "selection"}
+    # the kept weights, scored again after training: the same selection score as when they were kept
+    assert abs(metrics["selection"]["selection_score"] - best["selection_score"]) < 1e-4
+    ci = metrics["distilled"]["ci95"]
+    assert ci["tracks"] == len(np.unique(lab["track"])) and ci["reps"] > 0
+    assert all(v[0] <= v[1] for v in ci.values() if isinstance(v, list))  # a tiny test split may define none
     assert set(metrics["on_rates"]) == set(tags)
     assert 0 <= metrics["not_music"]["generated_flagged"] <= 1
 
@@ -228,6 +233,26 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_track_bootstrap_intervals_follow_the_agreement():
+    """A student equal to the teacher has [1, 1]; a student of noise an interval around 0."""
+    from training.multitask.evaluate import track_bootstrap
+
+    specs = build_vocab(["rock", "jazz"])
+    names = [s.name for s in specs]
+    rng = np.random.default_rng(1)
+    tracks = np.repeat(np.arange(30), 20)  # 30 tracks of 20 windows
+    target = np.zeros((len(tracks), len(specs)), np.float32)
+    for name in ("rock", "jazz", "vocals"):
+        target[:, names.index(name)] = rng.uniform(0, 1, len(tracks)) ** 3  # a few windows above 0.3
+    same = track_bootstrap(specs, target.copy(), target, tracks, reps=50)
+    assert same["mean_spearman"] == [1.0, 1.0] and same["macro_roc_auc"] == [1.0, 1.0]
+    assert same["vocals_roc_auc"] == [1.0, 1.0] and same["tracks"] == 30
+    noise = track_bootstrap(specs, rng.uniform(0, 1, target.shape), target, tracks, reps=50)
+    lo, hi = noise["mean_spearman"]
+    assert -0.2 < lo < 0 < hi < 0.2 and noise["macro_roc_auc"][0] < 0.5 < noise["macro_roc_auc"][1]
+    assert track_bootstrap(specs, target, target, tracks, reps=50) == same  # seeded: reproducible
 
 
 def test_labels_must_fit_the_corpus_they_train_on(corpora: Path):

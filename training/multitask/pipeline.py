@@ -407,6 +407,11 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         (probs["synth_test"], src["synth_test"]),
         probs["not_music_test"],
     )
+    # the same score that picks a run's step (valid and calibration data only): what compares
+    # candidate weights (runs, soups) without looking at the test numbers above
+    metrics["selection"] = selection_score(
+        specs, (probs["real_valid"], labels["real_valid"]), (probs["synth_calib"], src["synth_calib"])
+    )
     metrics["data"] = {
         k: {"tracks": len(c.waves), "hours": sum(map(len, c.waves)) / 16000 / 3600}
         for k, c in corpora.items()
