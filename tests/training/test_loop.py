@@ -155,10 +155,9 @@ def test_ddp_two_cpu_processes_train_and_checkpoint(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # rendezvous on a free port: a fixed one can be taken by another process
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29531",
         "-m",
         "training",
         "pretrain",
