@@ -14,7 +14,7 @@
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
 # N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
-# in v5), PART_MIB (largest carried part).
+# in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
 # Corpora (reports/default_model.md, "Multi-task model"):
 #   real, real_valid, real_test  debian_music.py, split by package (SOURCES), whole tracks as FLAC;
@@ -38,7 +38,10 @@ N_FREEPATS=${N_FREEPATS:-0}
 REAL_KBPS=${REAL_KBPS:-32}
 SYNTH_KBPS=${SYNTH_KBPS:-24}
 NM_KBPS=${NM_KBPS:-32}
-PART_MIB=${PART_MIB:-25}
+# each device call carries the tracked tree and one folder, 64 MiB in all: a part is what is left
+# (less 2 MiB for the table and gpu_run.sh), measured, since the tree grows with every result
+TRACKED_MIB=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | awk '{print int($1 / 1048576) + 1}')
+PART_MIB=${PART_MIB:-$((64 - TRACKED_MIB - 2))}
 INIT_COMMIT=${INIT_COMMIT:-76ce575}  # the commit whose default model starts the backbone (mt_0)
 RUN="nice -n $NICE $PY"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
@@ -156,8 +159,8 @@ pack_split() {
 }
 
 pack() {
-  # Each device call carries the tracked tree (~33 MiB) and its carry folder: 64 MiB in all, so
-  # each folder stays under ~27 MiB. mt_1: wheels (~16 MiB) + real_valid, real_test (centre 45 s);
+  # Each device call carries the tracked tree (~39 MiB in 2026-12) and its carry folder: 64 MiB in
+  # all, so each folder stays under PART_MIB (+ its table). mt_1: wheels (~16 MiB) + real_valid, real_test (centre 45 s);
   # mt_2 (+ mt_2b, mt_2c, … when larger): real train (centre 60 s, 4.6 h at $REAL_KBPS kb/s, split
   # across folders); mt_3: synth_train; mt_4: the held-out and calibration sets, not_music, the
   # teacher labels of the original audio, and the code (goes with the run call).
