@@ -8,6 +8,7 @@ and the context manager live here and do the shared checks once; a backend overr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ class Backend:
     """Base class. Subclasses set ``name`` and implement ``activate_impl``/``infer_impl``."""
 
     name: str = "base"
+    # infer_impl takes ``while_waiting``: host work it runs after enqueuing the model on the device
+    # and before waiting for it (the GPU backends); other backends never call it
+    overlaps_host_work: bool = False
 
     def __init__(self, bundle: Bundle, max_batch: int = 64) -> None:
         self.bundle = bundle
@@ -61,12 +65,14 @@ class Backend:
             self.deactivate_impl()
             self.is_active = False
 
-    def infer(self, mel) -> Inference:
+    def infer(self, mel, while_waiting: Callable[[], None] | None = None) -> Inference:
         """Log-mel windows ``(B, n_mels, window_frames)`` float32 → probabilities and embeddings.
 
         ``mel`` is a numpy array, or a torch tensor: a backend with ``device_input`` takes a
         tensor on its own device as it is (a server's GPU front end gathers windows there); any
-        other tensor is copied to the host first.
+        other tensor is copied to the host first. ``while_waiting`` is host work a GPU backend
+        (``overlaps_host_work``) runs while the device computes; other backends skip it: it must
+        not be needed for the result.
         """
         if not isinstance(mel, np.ndarray):
             if not (self.device_input and str(mel.device) == self.device):
@@ -83,7 +89,10 @@ class Backend:
         if isinstance(mel, np.ndarray):
             mel = np.ascontiguousarray(mel, dtype=np.float32)
         t0 = time.perf_counter()
-        out = self.infer_impl(mel)
+        if while_waiting is not None and self.overlaps_host_work:
+            out = self.infer_impl(mel, while_waiting)
+        else:
+            out = self.infer_impl(mel)
         self.last_inference_time = time.perf_counter() - t0
         if self.last_device_time is not None:
             self.device_time_total += self.last_device_time

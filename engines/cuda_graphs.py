@@ -123,10 +123,19 @@ class GraphCache:
         self._torch.cuda.empty_cache()
 
 
-def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context: Callable):
+def infer_on_device(
+    torch,
+    mel,
+    io,
+    forward,
+    graphs: GraphCache | None,
+    context: Callable,
+    while_waiting: Callable | None = None,
+):
     """One batch through a torch GPU backend: copy in, replay the graph of the batch's bucket (or run
     ``forward`` under ``context`` on the copy stream), copy out. Host windows (numpy) replay a graph
-    that holds the copies too (:meth:`GraphCache.get_with_copies`).
+    that holds the copies too (:meth:`GraphCache.get_with_copies`). ``while_waiting`` runs once
+    everything is enqueued, before the wait for the device.
 
     Returns ``(host outputs, device seconds)`` from ``io.collect``.
     """
@@ -138,6 +147,8 @@ def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context:
         io.start.record(io.stream)
         with torch.cuda.stream(io.stream):
             graph.replay()
+        if while_waiting is not None:
+            while_waiting()
         return io.collect(outs, b)
     if graphs is not None:
         bucket = graph_bucket(b, graphs.inputs.shape[0])
@@ -148,4 +159,4 @@ def infer_on_device(torch, mel, io, forward, graphs: GraphCache | None, context:
         x = io.upload(mel)
         with torch.cuda.stream(io.stream), torch.inference_mode(), context():
             outs = forward(x)
-    return io.download(outs, b)
+    return io.download(outs, b, while_waiting)

@@ -82,9 +82,12 @@ class CudaIO:
         seconds = self.start.elapsed_time(self.end) / 1e3
         return {k: self._host_out_np[k][:b].copy() for k in outs}, seconds
 
-    def download(self, outs: dict, b: int) -> tuple[dict[str, np.ndarray], float]:
-        """Enqueue device → pinned copies of ``outs``, wait, and return numpy copies and device seconds."""
+    def download(self, outs: dict, b: int, while_waiting=None) -> tuple[dict[str, np.ndarray], float]:
+        """Enqueue device → pinned copies of ``outs``, run ``while_waiting`` (host work, if given),
+        wait, and return numpy copies and device seconds."""
         with self.torch.cuda.stream(self.stream):
             for k, t in outs.items():
                 self.host_out[k][:b].copy_(t[:b], non_blocking=True)
+        if while_waiting is not None:
+            while_waiting()
         return self.collect(outs, b)

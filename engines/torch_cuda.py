@@ -35,6 +35,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 class TorchCUDABackend(Backend):
     name = "torch-cuda"
+    overlaps_host_work = True
 
     def __init__(
         self,
@@ -115,9 +116,9 @@ class TorchCUDABackend(Backend):
     def describe(self) -> dict:
         return {**super().describe(), **({"compile": self.compile} if self.compile else {})}
 
-    def infer_impl(self, mel: np.ndarray) -> Inference:
+    def infer_impl(self, mel: np.ndarray, while_waiting=None) -> Inference:
         host, self.last_device_time = infer_on_device(
-            self._torch, mel, self.io, self._forward, self.graphs, self._math_mode
+            self._torch, mel, self.io, self._forward, self.graphs, self._math_mode, while_waiting
         )
         return Inference(host["probabilities"], host["embeddings"])
 

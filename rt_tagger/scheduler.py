@@ -13,7 +13,7 @@ model batch is gathered from the device ring and handed to the backend where it 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +28,10 @@ __all__ = ["run_due"]
 
 
 def run_due(
-    streams: Iterable[StreamState], backend, frontend: BatchFrontEnd | None = None
+    streams: Iterable[StreamState],
+    backend,
+    frontend: BatchFrontEnd | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> list[tuple[StreamState, DueWindow, TagMessage]]:
     """Infer and complete every due window of ``streams``.
 
@@ -36,10 +39,12 @@ def run_due(
         streams: The streams to serve this tick.
         backend: An engines backend (``infer((batch, n_mels, frames)) -> Inference``).
         frontend: The batch front end the streams' frames went to (None: windows carry their mel).
+        while_waiting: Host work a GPU backend runs while the first batch is on the device.
 
     Returns:
         ``(stream, window, message)`` for every completed window, in each stream's order.
-        ``timings_ms.inference`` of a message is the time of the batch that held its window.
+        ``timings_ms.inference`` of a message is the time of the batch that held its window
+        (``while_waiting`` included, where it outlasts the device work).
     """
     due = [(s, w) for s in streams for w in s.due_windows()]
     live = [w for _, w in due if not w.silent]
@@ -55,7 +60,7 @@ def run_due(
             mel = frontend.windows(slots, np.fromiter((w.frame_end for w in chunk), np.int64, len(chunk)))
         else:
             mel = chunk[0].mel[None] if len(chunk) == 1 else np.stack([w.mel for w in chunk])
-        out = backend.infer(mel)
+        out = backend.infer(mel, while_waiting if i == 0 else None)
         ms = (time.perf_counter() - t) * 1e3
         for j, w in enumerate(chunk):
             results[id(w)] = (out.probabilities[j], out.embeddings[j], ms)

@@ -54,6 +54,7 @@ def interpreted() -> bool:
 
 class TritonFusedBackend(Backend):
     name = "triton-fused"
+    overlaps_host_work = True
 
     def __init__(
         self,
@@ -229,14 +230,14 @@ class TritonFusedBackend(Backend):
         logits, emb = self.net(x, plan)
         return {"probabilities": self._torch.sigmoid(logits), "embeddings": emb}
 
-    def infer_impl(self, mel: np.ndarray) -> Inference:
+    def infer_impl(self, mel: np.ndarray, while_waiting=None) -> Inference:
         torch = self._torch
         if self.device.startswith("cpu"):
             with torch.inference_mode():
                 outs = self._forward(torch.from_numpy(mel))
             return Inference(outs["probabilities"].numpy(), outs["embeddings"].numpy())
         host, self.last_device_time = infer_on_device(
-            torch, mel, self.io, self._forward, self.graphs, self._cudnn_mode
+            torch, mel, self.io, self._forward, self.graphs, self._cudnn_mode, while_waiting
         )
         return Inference(host["probabilities"], host["embeddings"])
 

@@ -87,6 +87,7 @@ def engine_io(api: TrtApi, engine) -> dict[str, tuple[str, tuple[int, ...], str]
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    overlaps_host_work = True
 
     def __init__(
         self,
@@ -161,7 +162,7 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(self.io.stream.cuda_stream):
             raise BackendError(f"TensorRT execute_async_v3 failed at batch {b}")
 
-    def infer_impl(self, mel: np.ndarray) -> Inference:
+    def infer_impl(self, mel: np.ndarray, while_waiting=None) -> Inference:
         torch = self._torch
         b = mel.shape[0]
         self.io.upload(mel)
@@ -183,7 +184,7 @@ class TensorRTBackend(Backend):
                 except RuntimeError as e:  # some plans are not capturable; run them plainly
                     log.warning("TensorRT CUDA graph capture failed at batch %d (%s); running without", b, e)
                     self.cuda_graphs = False
-        host, self.last_device_time = self.io.download(self.io.dev_out, b)
+        host, self.last_device_time = self.io.download(self.io.dev_out, b, while_waiting)
         return Inference(host["probabilities"], host["embeddings"])
 
     def deactivate_impl(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,13 @@ def check_backend(backend: Backend, batches: tuple[int, ...] = (1, 3, 16)) -> No
         np.testing.assert_array_equal(again.probabilities, out.probabilities)
         backend.prewarm()  # a run on silence between windows changes no result
         np.testing.assert_array_equal(backend.infer(mel).probabilities, out.probabilities)
+        # host work while the device computes: run once by the GPU backends, skipped by the others;
+        # the result is the same
+        calls: list[float] = []
+        overlapped = backend.infer(mel, while_waiting=partial(calls.append, 1.0))
+        assert len(calls) == (1 if backend.overlaps_host_work and d["device"].startswith("cuda") else 0)
+        np.testing.assert_array_equal(overlapped.probabilities, out.probabilities)
+        np.testing.assert_array_equal(overlapped.embeddings, out.embeddings)
     with pytest.raises(BackendError, match="outside the supported range"):
         backend.infer(random_mel(bundle, hi + 1))
     with pytest.raises(BackendError, match="input shape"):

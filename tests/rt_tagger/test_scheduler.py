@@ -18,9 +18,9 @@ class _CountingBackend:
         self.backend, self.batches = backend, []
         self.batch_range = backend.batch_range
 
-    def infer(self, mel):
+    def infer(self, mel, while_waiting=None):
         self.batches.append(mel.shape[0])
-        return self.backend.infer(mel)
+        return self.backend.infer(mel, while_waiting)
 
 
 @pytest.fixture(scope="module")
