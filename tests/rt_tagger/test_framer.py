@@ -222,17 +222,27 @@ def test_non_finite_input_is_counted_and_output_stays_finite():
     assert fe.resampler.dropped_samples == 10
 
 
-def test_window_is_c_contiguous_and_copy_is_independent():
+def test_window_copy_is_c_contiguous_and_independent():
     fe = _frontend(SPEC, 16000)
     fe.consume_array(music_like(16000, 1.0))
     view, copy = fe.window(), fe.window(copy=True)
-    assert (
-        view.flags.c_contiguous
-        and view.dtype == np.float32
-        and view.shape == (SPEC.n_mels, SPEC.window_frames)
-    )
+    assert copy.flags.c_contiguous and copy.dtype == view.dtype == np.float32
+    assert copy.shape == view.shape == (SPEC.n_mels, SPEC.window_frames)
+    np.testing.assert_array_equal(view, copy)
     fe.consume_array(music_like(16000, 0.5, seed=9))
-    assert not np.array_equal(view, copy)  # the view follows the stream, the copy does not
+    assert not np.array_equal(fe.window(), copy)  # the stream moved on, the copy did not
+
+
+def test_ring_wraps_many_times_and_keeps_frame_order():
+    """Fed in blocks of odd sizes across several laps of the ring, the window equals the same
+    audio's window fed at once (the ring's column order is the frames' order)."""
+    fe_blocks, fe_once = _frontend(SPEC, 16000), _frontend(SPEC, 16000)
+    x = music_like(16000, 3.5 * SPEC.window_seconds, seed=4)
+    for s in range(0, x.shape[0], 1733):
+        fe_blocks.consume_array(x[s : s + 1733])
+    fe_once.consume_array(x)
+    assert fe_blocks.frames_total == fe_once.frames_total > 3 * SPEC.window_frames
+    np.testing.assert_array_equal(fe_blocks.window(), fe_once.window())
 
 
 def test_compile_happens_at_construction():
