@@ -147,9 +147,7 @@ def infer_on_device(
         io.start.record(io.stream)
         with torch.cuda.stream(io.stream):
             graph.replay()
-        if while_waiting is not None:
-            while_waiting()
-        return io.collect(outs, b)
+        return io.collect(outs, b, while_waiting)
     if graphs is not None:
         bucket = graph_bucket(b, graphs.inputs.shape[0])
         graphs.get(bucket)  # capture outside the timed copy-in → copy-out

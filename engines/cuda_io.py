@@ -74,20 +74,20 @@ class CudaIO:
         """Copy ``mel`` into the pinned input buffer only (a graph holding the copy moves it)."""
         self._host_in_np[: mel.shape[0]] = mel
 
-    def collect(self, outs: dict, b: int) -> tuple[dict[str, np.ndarray], float]:
+    def collect(self, outs: dict, b: int, while_waiting=None) -> tuple[dict[str, np.ndarray], float]:
         """After work that copied ``outs``' first ``b`` rows into the pinned buffers on the stream
-        (the ``start`` event recorded before it): wait, and return numpy copies and device seconds."""
+        (the ``start`` event recorded before it): run ``while_waiting`` (host work, if given), wait,
+        and return numpy copies and device seconds."""
         self.end.record(self.stream)
+        if while_waiting is not None:
+            while_waiting()
         self.end.synchronize()
         seconds = self.start.elapsed_time(self.end) / 1e3
         return {k: self._host_out_np[k][:b].copy() for k in outs}, seconds
 
     def download(self, outs: dict, b: int, while_waiting=None) -> tuple[dict[str, np.ndarray], float]:
-        """Enqueue device → pinned copies of ``outs``, run ``while_waiting`` (host work, if given),
-        wait, and return numpy copies and device seconds."""
+        """Enqueue device → pinned copies of ``outs``, then :meth:`collect`."""
         with self.torch.cuda.stream(self.stream):
             for k, t in outs.items():
                 self.host_out[k][:b].copy_(t[:b], non_blocking=True)
-        if while_waiting is not None:
-            while_waiting()
-        return self.collect(outs, b)
+        return self.collect(outs, b, while_waiting)

@@ -3,7 +3,8 @@
 :meth:`StreamingFrontEnd.consume_array` (what the pipeline calls with each block it reads from the
 ring) or :meth:`StreamingFrontEnd.consume` (straight from a ring) downmixes and resamples the new
 audio to the model rate and turns **only the new complete frames** into log-mel, which it appends
-to a rolling ``(n_mels, window_frames)`` window (a ring, so a frame costs one column, not a shift). The math is the bundle's
+to a rolling ``(n_mels, window_frames)`` window (a ring: a frame writes one column, nothing
+shifts). The math is the bundle's
 :class:`engines.frontend.FrontEndSpec` through the one definition in :mod:`engines.frontend`
 (:func:`hann_window`, :func:`mel_filterbank`, :func:`power_to_db`, as training's
 :class:`engines.logmel_torch.LogMel` uses them), so the output matches LogMel on the whole clip
