@@ -5,25 +5,23 @@ file/stdin reader thread): it only copies samples in — at most two slice copie
 and bumps integer counters. No array allocation (only the few small view objects numpy slicing
 creates), no logging, no locks.
 
-Why no lock is needed (CPython with the GIL):
+Why no lock is needed:
 
-- ``write_pos`` is written only by the producer and ``read_pos`` only by the consumer. Both are
-  plain Python ints that only grow (no modulo), so ``write_pos - read_pos`` is always the exact
-  fill level and "full" and "empty" can never be confused.
-- Rebinding an attribute to a new int object is a single atomic store under the GIL; the other
-  thread sees either the old or the new value, never a torn one.
-- The producer publishes ``write_pos`` only *after* its copy returned, and the consumer publishes
-  ``read_pos`` only *after* it finished reading. A GIL hand-over is a full memory barrier, so a
-  thread that sees the new position also sees the data behind it. A stale value is always
-  conservative: the consumer may see fewer frames than exist, the producer less free space.
+- The two positions live in one int64 array, ``positions`` (``[write, read]``): ``write_pos`` is
+  written only by the producer and ``read_pos`` only by the consumer. Both only grow (no modulo),
+  so ``write_pos - read_pos`` is always the exact fill level and "full" and "empty" can never be
+  confused. An aligned 8-byte store is never torn.
+- The producer publishes ``write_pos`` only *after* its copy, and the consumer publishes
+  ``read_pos`` only *after* it finished reading. A Python producer (file reader, PortAudio
+  callback) writes under the GIL, whose hand-over orders its stores. The pipe reader
+  (:mod:`rt_tagger.pipe_reader`) writes without the GIL, from numba: it puts a release fence
+  between the data and the position, and the consumer reads the write position with an acquire
+  load (:func:`load_acquire`), so a consumer that sees the new position also sees the data.
 - numpy may release the GIL inside a large copy, so both copies can run at the same time; that
   is still safe because the producer only writes slots in ``[write_pos, read_pos + capacity)``
   and the consumer only reads slots in ``[read_pos, write_pos)``, disjoint by construction.
 - Each counter has one writer: ``overflow_*`` belong to the producer, ``underflow_events`` to
   the consumer.
-
-On a free-threaded (no-GIL) build the position stores would need real atomics; this module is
-written for the standard GIL build that the project targets.
 """
 
 from __future__ import annotations
@@ -31,8 +29,35 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
 
-__all__ = ["RingBuffer"]
+__all__ = ["RingBuffer", "fence", "load_acquire"]
+
+WRITE, READ = 0, 1  # indices in RingBuffer.positions
+
+
+@intrinsic
+def fence(typingctx, ordering):
+    """A memory fence in numba code: ``fence("release")`` orders every earlier store before every
+    later one; ``fence("acquire")`` every earlier load before every later access. (On x86-64 both
+    only stop the compiler from reordering; weakly ordered CPUs also need the instruction.)"""
+    if not isinstance(ordering, types.StringLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        builder.fence(ordering.literal_value)
+        return context.get_dummy_value()
+
+    return types.void(ordering), codegen
+
+
+@njit(cache=True)
+def load_acquire(positions, i):
+    """``positions[i]``, and no later load moves before it."""
+    value = positions[i]
+    fence("acquire")
+    return value
 
 
 class RingBuffer:
@@ -54,13 +79,20 @@ class RingBuffer:
         self.capacity = int(capacity_frames)
         self.channels = int(channels)
         self.buffer = np.zeros((self.capacity, self.channels), dtype=np.float32)
-        self.write_pos = 0  # producer-owned
-        self.read_pos = 0  # consumer-owned
+        self.positions = np.zeros(2, np.int64)  # [write (producer-owned), read (consumer-owned)]
         self.overflow_samples = 0  # producer-owned: frames dropped because the ring was full
         self.overflow_events = 0  # producer-owned: write() calls that dropped anything
         # consumer-owned: reads that asked for more than was there, and waits for overdue audio
         # (note_underflow; the pipeline's definition is in rt_tagger.sources)
         self.underflow_events = 0
+
+    @property
+    def write_pos(self) -> int:
+        return int(self.positions[WRITE])
+
+    @property
+    def read_pos(self) -> int:
+        return int(self.positions[READ])
 
     # ---------------------------------------------------------------- producer side
     def write(self, block: np.ndarray) -> int:
@@ -78,8 +110,8 @@ class RingBuffer:
         if block.shape[1] != self.channels:  # copyto would silently broadcast a mono block
             raise ValueError(f"block has {block.shape[1]} channels, ring has {self.channels}")
         n = block.shape[0]
-        wp = self.write_pos
-        free = self.capacity - (wp - self.read_pos)
+        wp = int(self.positions[WRITE])
+        free = self.capacity - (wp - int(self.positions[READ]))
         k = n if n <= free else free
         if k < n:
             self.overflow_samples += n - k
@@ -92,17 +124,17 @@ class RingBuffer:
             else:
                 np.copyto(self.buffer[start:], block[:first], casting="unsafe")
                 np.copyto(self.buffer[: k - first], block[first:k], casting="unsafe")
-            self.write_pos = wp + k  # publish only after the copy
+            self.positions[WRITE] = wp + k  # publish only after the copy
         return k
 
     # ---------------------------------------------------------------- consumer side
     def available(self) -> int:
         """Frames written but not yet consumed."""
-        return self.write_pos - self.read_pos
+        return int(load_acquire(self.positions, WRITE) - self.positions[READ])
 
     def free(self) -> int:
         """Frames the producer can still write without overflow."""
-        return self.capacity - (self.write_pos - self.read_pos)
+        return self.capacity - self.available()
 
     def views(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Zero-copy views of the next ``n`` unread frames (default: all available).
@@ -114,7 +146,7 @@ class RingBuffer:
         """
         avail = self.available()
         n = avail if n is None else min(n, avail)
-        start = self.read_pos % self.capacity
+        start = int(self.positions[READ]) % self.capacity
         first = min(n, self.capacity - start)
         return self.buffer[start : start + first], self.buffer[: n - first]
 
@@ -122,7 +154,7 @@ class RingBuffer:
         """Mark ``n`` frames consumed (after reading them via ``buffer``/:meth:`views`)."""
         if n < 0 or n > self.available():
             raise ValueError(f"cannot advance by {n}: {self.available()} frames available")
-        self.read_pos += n  # publish only after the consumer is done with the data
+        self.positions[READ] += n  # publish only after the consumer is done with the data
 
     def read_into(self, out: np.ndarray, *, partial: bool = True) -> int:
         """Copy up to ``len(out)`` unread frames into ``out`` and consume them.
@@ -175,8 +207,7 @@ class RingBuffer:
 
     def reset(self) -> None:
         """Empty the ring and zero the counters. Only while neither side is running."""
-        self.write_pos = 0
-        self.read_pos = 0
+        self.positions[:] = 0
         self.overflow_samples = 0
         self.overflow_events = 0
         self.underflow_events = 0

@@ -91,6 +91,8 @@ class Source:
     kind = "source"
     live = True  # audio is due at real-time pace (underflows can happen)
     reports_blocking = False  # whether input_blocked_s means lag (stdin) or pacing (a fast file)
+    blocked_s = 0.0  # producer-owned: time spent waiting for room in the ring
+    held_frames = 0  # producer-owned: frames of the current block not in the ring yet
 
     def __init__(self, sample_rate: int, channels: int, ring_seconds: float = 10.0) -> None:
         self.sample_rate = int(sample_rate)
@@ -101,25 +103,27 @@ class Source:
         self.status_flags = 0  # PortAudio callbacks with overflow/underflow flags
         self.started_wall: float | None = None
         # Block records, written by the producer only: ring position after the block, wall time the
-        # block's last frame was captured, wall time it was in the ring.
+        # block's last frame was captured, wall time it was in the ring; and how many were written.
         self._rec_end = np.zeros(_RECORDS, dtype=np.int64)
         self._rec_capture = np.zeros(_RECORDS, dtype=np.float64)
         self._rec_arrival = np.zeros(_RECORDS, dtype=np.float64)
-        self._nrec = 0
-        self.last_arrival_wall: float | None = None
+        self._rec_count = np.zeros(1, dtype=np.int64)  # an array: the pipe reader writes it from numba
         self.block_frames = 0  # frames per producer block, when known (the underflow grace)
-        self.blocked_s = 0.0  # producer-owned: time spent waiting for room in the ring
-        self.held_frames = 0  # producer-owned: frames of the current block not in the ring yet
         self.device_reopens = 0  # consumer-owned (MicSource.check)
         self._starved_at = -1  # consumer-owned: ring write position of the last counted underflow
 
     def _record(self, capture_wall: float, arrival_wall: float) -> None:
-        i = self._nrec % _RECORDS
+        i = int(self._rec_count[0]) % _RECORDS
         self._rec_end[i] = self.ring.write_pos
         self._rec_capture[i] = capture_wall
         self._rec_arrival[i] = arrival_wall
-        self._nrec += 1  # publish after the record is complete
-        self.last_arrival_wall = arrival_wall
+        self._rec_count[0] += 1  # publish after the record is complete
+
+    @property
+    def last_arrival_wall(self) -> float | None:
+        """Wall time the newest block arrived in the ring (None before the first)."""
+        n = int(self._rec_count[0])
+        return float(self._rec_arrival[(n - 1) % _RECORDS]) if n else None
 
     def times_at(self, pos: int) -> tuple[float | None, float | None]:
         """``(capture_wall, arrival_wall)`` of the block that holds ring frame ``pos``.
@@ -127,7 +131,7 @@ class Source:
         Binary search over the most recent records (their end positions only grow);
         ``(None, None)`` when the block is no longer recorded.
         """
-        n = self._nrec
+        n = int(self._rec_count[0])
         lo, hi = max(0, n - _RECORDS + 1), n  # the oldest slot may be overwritten mid-search
         while lo < hi:  # first record whose end is beyond pos
             mid = (lo + hi) // 2
@@ -208,12 +212,17 @@ class _ThreadSource(Source):
         self.block_size = self.block_frames = int(block_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Set after every write: the consumer wakes as soon as a block lands instead of polling.
-        self._arrived = threading.Event()
+        # Written after every write into the ring: the consumer wakes as soon as a block lands
+        # instead of polling. An eventfd, because the pipe reader writes it without the GIL.
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def _wake(self) -> None:
+        os.eventfd_write(self._wake_fd, 1)
 
     def wait_for_audio(self, timeout: float) -> None:
-        self._arrived.wait(timeout)
-        self._arrived.clear()  # before the caller looks at the ring: a later write sets it again
+        if select.select([self._wake_fd], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):  # cleared before the caller looks at the ring
+                os.eventfd_read(self._wake_fd)
 
     def start(self) -> None:
         self.started_wall = time.time()
@@ -227,7 +236,7 @@ class _ThreadSource(Source):
             self.error = e
         finally:
             self.finished = True
-            self._arrived.set()
+            self._wake()
 
     def _produce(self) -> None:
         raise NotImplementedError
@@ -247,17 +256,20 @@ class _ThreadSource(Source):
                 self.ring.write(block[done : done + k])
                 done += k
                 self._record(capture_wall, time.time())
-                self._arrived.set()
+                self._wake()
             self.held_frames = 0
             return
         self.ring.write(block)
         self._record(capture_wall, time.time())
-        self._arrived.set()
+        self._wake()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if self._wake_fd >= 0 and (self._thread is None or not self._thread.is_alive()):
+            os.close(self._wake_fd)  # not while a stuck reader may still write it
+            self._wake_fd = -1
         self._close()
 
     def _close(self) -> None:
@@ -350,17 +362,22 @@ class FileSource(_ThreadSource):
 
 
 class StdinSource(_ThreadSource):
-    """Raw interleaved PCM from a binary stream (``rt-tagger stream -``).
+    """Raw interleaved PCM from a pipe, file or terminal (``rt-tagger stream -``).
 
     Args:
-        stream: A binary file object (``sys.stdin.buffer``, a pipe).
+        stream: A binary file object with a descriptor (``sys.stdin.buffer``, a pipe, a file).
         sample_rate: Frames per second.
         channels: Interleaved channels.
         fmt: ``s16le`` or ``f32le``.
-        block_size: Frames per read.
+        block_size: Frames per read at most.
         ring_seconds: Ring capacity.
 
-    A trailing partial frame at end of input is dropped, counted in ``trailing_bytes`` and logged.
+    The reader is :func:`rt_tagger.pipe_reader.read_pcm`, which runs without the GIL (why: its
+    module docstring). It reads the descriptor directly, never through the buffered object: a
+    thread blocked inside ``BufferedReader.read`` holds its lock, and interpreter shutdown then
+    aborts (``Fatal Python error: _enter_buffered_busy``). A read takes what the pipe holds now, up
+    to one block, so a finished window never waits for the writer's next block. A trailing partial
+    frame at end of input is dropped, counted in ``trailing_bytes`` and logged.
     """
 
     kind = "stdin"
@@ -375,78 +392,89 @@ class StdinSource(_ThreadSource):
         block_size: int = 1024,
         ring_seconds: float = 10.0,
     ) -> None:
+        from rt_tagger import pipe_reader
+
         if fmt not in PCM_FORMATS:
             raise AudioInputError(f"unsupported PCM format {fmt!r}; supported: {', '.join(PCM_FORMATS)}")
         if sample_rate <= 0 or channels <= 0:
             raise AudioInputError(f"invalid PCM layout: rate={sample_rate}, channels={channels}")
+        try:
+            self.fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            raise AudioInputError(
+                "raw PCM input must be a pipe, a file or a terminal (it has no file descriptor)"
+            ) from None
         self.stream = stream
         self.fmt = fmt
-        self._dtype, self._scale = PCM_FORMATS[fmt]
-        self.frame_bytes = np.dtype(self._dtype).itemsize * channels
-        self.trailing_bytes = 0
-        self.frames_read = 0
+        dtype, self._scale = PCM_FORMATS[fmt]
+        self.frame_bytes = np.dtype(dtype).itemsize * channels
+        self._pipe = pipe_reader
+        self._state = pipe_reader.new_state()  # counters shared with the reader (pipe_reader indices)
+        self._staging = np.zeros(max(1, int(block_size)) * self.frame_bytes, np.uint8)
+        self._samples = self._staging.view(dtype)  # little-endian: numba refuses it on other hosts
         super().__init__(sample_rate, channels, ring_seconds, block_size)
+        self._state[pipe_reader.STOP] = 1  # compile (or load) the reader now, not on its thread
+        self._read_pcm()
+        self._state[pipe_reader.STOP] = 0
 
     def describe(self) -> str:
         return f"stdin {self.fmt} {self.sample_rate} Hz × {self.channels} ch"
 
-    def _reader(self):
-        """``read(n) -> bytes | None``: what the pipe holds now, up to ``n`` bytes; ``b""`` at end of
-        input; None when nothing came within 50 ms (so the stop flag is seen).
+    @property
+    def frames_read(self) -> int:
+        return int(self._state[self._pipe.FRAMES_READ])
 
-        A pipe or file is read with ``os.read`` on its descriptor after ``select``, never through
-        the buffered object: a thread blocked inside ``BufferedReader.read`` holds its lock, and
-        interpreter shutdown then aborts (``Fatal Python error: _enter_buffered_busy``). Reading
-        whatever is there, instead of waiting for a whole block, keeps a finished window from
-        waiting for the writer's next block.
-        """
-        try:
-            fd = self.stream.fileno()
-        except (AttributeError, OSError, ValueError):  # an in-memory stream: it never blocks
-            read = getattr(self.stream, "read1", self.stream.read)
-            return lambda n: read(n)
+    @property
+    def held_frames(self) -> int:
+        return int(self._state[self._pipe.HELD_FRAMES])
 
-        def read_fd(n: int) -> bytes | None:
-            if not select.select([fd], [], [], 0.05)[0]:
-                return None
-            return os.read(fd, n)
+    @property
+    def blocked_s(self) -> float:
+        return float(self._state[self._pipe.BLOCKED_NS]) / 1e9
 
-        return read_fd
+    @property
+    def trailing_bytes(self) -> int:
+        return int(self._state[self._pipe.TRAILING_BYTES])
 
     def _unread_frames(self) -> int:
         """Whole frames waiting in the pipe (FIONREAD), 0 where the descriptor cannot tell."""
         try:
-            buf = fcntl.ioctl(self.stream.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except (AttributeError, OSError, ValueError):
+            buf = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
             return 0
         return struct.unpack("i", buf)[0] // self.frame_bytes
 
+    def _read_pcm(self) -> int:
+        return self._pipe.read_pcm(
+            self.fd,
+            self._wake_fd,
+            self._staging,
+            self._samples,
+            np.float32(self._scale),
+            self.ring.buffer,
+            self.ring.positions,
+            self._rec_end,
+            self._rec_capture,
+            self._rec_arrival,
+            self._rec_count,
+            self._state,
+        )
+
     def _produce(self) -> None:
-        want = self.block_size * self.frame_bytes
-        read = self._reader()
-        pending = b""
-        while not self._stop.is_set():
-            chunk = read(want - len(pending))
-            if chunk is None:  # nothing yet; look at the stop flag again
-                continue
-            if not chunk:
-                break
-            data = pending + chunk if pending else chunk
-            usable = len(data) - len(data) % self.frame_bytes
-            pending = data[usable:]
-            if usable == 0:
-                continue
-            block = np.frombuffer(data[:usable], dtype=self._dtype).reshape(-1, self.channels)
-            block = block.astype(np.float32) * np.float32(self._scale) if self._scale != 1.0 else block
-            self._put(block, time.time(), backpressure=True)
-            self.frames_read += block.shape[0]
-        if pending:
-            self.trailing_bytes = len(pending)
+        if self._read_pcm() == self._pipe.ERROR:
+            raise AudioInputError(
+                f"cannot read the raw PCM input: {os.strerror(int(self._state[self._pipe.ERRNO]))}"
+            )
+        if self.trailing_bytes:
             log.warning(
                 "stdin ended with a partial frame: %d trailing byte(s) dropped (frame = %d bytes)",
-                len(pending),
+                self.trailing_bytes,
                 self.frame_bytes,
             )
+
+    def stop(self) -> None:
+        self._state[self._pipe.STOP] = 1  # the reader looks at it at least every 50 ms
+        super().stop()
 
 
 # --------------------------------------------------------------------------- microphone

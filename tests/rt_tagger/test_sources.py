@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from numba import njit
 
+from rt_tagger.ring import load_acquire
 from rt_tagger.sources import AudioInputError, DeviceError, FileSource, StdinSource, resolve_device
 
 
@@ -56,22 +60,82 @@ def test_file_source_reads_mp3_and_ogg(tmp_path, demo_audio):
         assert abs(got.shape[0] - sr) < 2000  # codecs pad/trim a little
 
 
-def test_stdin_s16le_with_trailing_partial_frame(demo_audio):
+def _pipe_fed(data: bytes, chunks: list[int] | None = None, keep_open: bool = False):
+    """A pipe's read end, fed ``data`` by a thread in ``chunks`` of these sizes (default: at once)."""
+    r, w = os.pipe()
+
+    def feed():
+        done, sizes = 0, iter(chunks or [len(data)])
+        while done < len(data):
+            n = next(sizes, len(data))
+            os.write(w, data[done : done + n])
+            done += n
+            time.sleep(0.0005)
+        if not keep_open:
+            os.close(w)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return os.fdopen(r, "rb"), w
+
+
+def test_stdin_s16le_odd_reads_and_trailing_partial_frame(demo_audio):
     x, sr = demo_audio
     pcm = np.clip(np.round(x[:sr] * 32768), -32768, 32767).astype("<i2")
     data = pcm.tobytes() + b"\x01"  # half a sample at the end
-    src = StdinSource(io.BytesIO(data), sr, 1, "s16le", block_size=333)
+    chunks = np.random.default_rng(0).integers(1, 900, 2000).tolist()  # frames split across reads
+    rf, _ = _pipe_fed(data, chunks)
+    src = StdinSource(rf, sr, 1, "s16le", block_size=333)
     got = drain(src)
-    np.testing.assert_allclose(got[:, 0], pcm.astype(np.float32) / 32768.0, atol=0)
-    assert src.trailing_bytes == 1
+    np.testing.assert_array_equal(got[:, 0], pcm.astype(np.float32) * np.float32(1 / 32768))
+    assert src.trailing_bytes == 1 and src.frames_read == pcm.shape[0]
+    cap, arr = src.times_at(src.ring.write_pos - 1)
+    assert cap is not None and arr >= cap
 
 
-def test_stdin_f32le_stereo():
+def test_stdin_f32le_stereo_from_a_file(tmp_path):
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (1000, 2)).astype("<f4")
-    src = StdinSource(io.BytesIO(a.tobytes()), 8000, 2, "f32le", block_size=64)
-    np.testing.assert_array_equal(drain(src), a)
+    (tmp_path / "a.f32").write_bytes(a.tobytes())
+    with open(tmp_path / "a.f32", "rb") as f:
+        src = StdinSource(f, 8000, 2, "f32le", block_size=64)
+        np.testing.assert_array_equal(drain(src), a)
     assert src.trailing_bytes == 0
+
+
+@njit
+def _wait_holding_the_gil(positions, target, limit):
+    """Spin (holding the GIL: no nogil) until the ring's write position reaches ``target``."""
+    i = 0
+    while load_acquire(positions, 0) < target and i < limit:
+        i += 1
+    return load_acquire(positions, 0)
+
+
+def test_stdin_reader_runs_while_the_gil_is_held():
+    """The reader fills the ring while another thread holds the GIL (a Python reader could not)."""
+    a = np.arange(4000, dtype="<i2")
+    rf, w = _pipe_fed(a.tobytes(), keep_open=True)
+    src = StdinSource(rf, 8000, 1, "s16le", block_size=256)
+    with src:
+        assert _wait_holding_the_gil(src.ring.positions, a.size, 1 << 34) == a.size
+    os.close(w)
+
+
+def test_stdin_stop_while_the_writer_is_silent():
+    rf, w = _pipe_fed(b"", keep_open=True)
+    src = StdinSource(rf, 8000, 1, "s16le")
+    src.start()
+    time.sleep(0.05)
+    t = time.perf_counter()
+    src.stop()
+    assert time.perf_counter() - t < 1.0 and not src._thread.is_alive()
+    assert src.error is None
+    os.close(w)
+
+
+def test_stdin_needs_a_descriptor():
+    with pytest.raises(AudioInputError, match="must be a pipe, a file or a terminal"):
+        StdinSource(io.BytesIO(b"\0\0"), 16000, 1, "s16le")
 
 
 def test_stdin_unsupported_format():
