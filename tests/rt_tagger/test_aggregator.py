@@ -115,3 +115,10 @@ def test_row_aggregator_follows_the_rules_of_one_aggregator_per_stream(options):
                 assert ("music" if u.music[j] else "not_music") == r.state
             if r.state != "not_music":
                 assert [tags[k] for k in u.top[j]] == [t for t, _ in r.top]
+
+
+def test_top_k_ties_in_tag_order_and_never_the_gate():
+    agg = Aggregator(["a", "b", "c", "d", "gate"], [0.9] * 5, top_k=3, music_index=4)
+    out = agg.update(np.array([0.2, 0.5, 0.2, 0.5, 0.99], np.float32), 0.5)
+    assert out.state == "music"
+    assert [t for t, _ in out.top] == ["b", "d", "a"]

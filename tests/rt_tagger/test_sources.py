@@ -167,3 +167,20 @@ def test_unknown_device_lists_inputs():
     assert "available inputs:" in str(e.value)
     with pytest.raises(DeviceError, match="no input device with index 9999"):
         resolve_device("9999")
+
+
+def test_times_at_finds_each_frames_block():
+    """Block records: a frame maps to the block that brought it (the newest block without a
+    search), frames not yet written or long overwritten map to nothing."""
+    from rt_tagger.sources import _RECORDS, Source
+
+    src = Source(8000, 1, ring_seconds=1.0)
+    ends = np.cumsum(np.random.default_rng(0).integers(1, 50, _RECORDS + 100))
+    for k, end in enumerate(ends):
+        src.ring.positions[0] = end
+        src._record(capture_wall=1000.0 + k, arrival_wall=2000.0 + k)
+    for k in (len(ends) - 1, len(ends) - 2, len(ends) - 700, 150):  # newest, older, oldest kept
+        for pos in (ends[k - 1], ends[k] - 1):
+            assert src.times_at(int(pos)) == (1000.0 + k, 2000.0 + k)
+    assert src.times_at(int(ends[-1])) == (None, None)  # not written yet
+    assert src.times_at(int(ends[50])) == (None, None)  # its record was overwritten
