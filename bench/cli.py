@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, save_document
-from bench.machine import machine_slug
+from bench.machine import machine_slug, used_gpu
 from bench.report import format_document, to_json
 
 __all__ = ["main"]
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     mod = importlib.import_module(f"bench.{args.mode}")
     doc = mod.run(args)
-    used_gpu = any(str(r.get("device", "")).startswith("cuda") for r in doc["results"])
-    slug = machine_slug(doc["machine"], used_gpu)
+    slug = machine_slug(doc["machine"], used_gpu(doc))
     if not args.no_save:
         path = save_document(doc, args.out_dir, slug, args.tag)
         if not args.no_plots and hasattr(mod, "plot"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engines.provenance import git_commit
 
-__all__ = ["machine_info", "machine_slug", "gpu_peak_tflops", "GPU_PEAK_TFLOPS"]
+__all__ = ["machine_info", "machine_slug", "used_gpu", "gpu_peak_tflops", "GPU_PEAK_TFLOPS"]
 
 # Dense (no sparsity) fp16/bf16 tensor-core peak in TFLOP/s from the vendors' data sheets.
 # Matched by substring against torch.cuda.get_device_name(); first match wins, so order matters.
@@ -154,6 +154,14 @@ def _static_info() -> dict:
         "versions": versions,
         "git": _git_commit(),
     }
+
+
+def used_gpu(doc: dict) -> bool:
+    """Whether a results document measured a GPU: a result row's device, or the backend a
+    pipeline bench (stream, serve) reports in its summary."""
+    backend = (doc.get("summary") or {}).get("backend") or {}
+    devices = [r.get("device", "") for r in doc["results"]] + [backend.get("device", "")]
+    return any(str(d).startswith("cuda") for d in devices)
 
 
 def machine_slug(info: dict, use_gpu: bool) -> str:

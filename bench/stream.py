@@ -40,6 +40,8 @@ __all__ = ["add_arguments", "run", "COLUMNS", "plot", "STAGES"]
 
 DEMO = Path(__file__).resolve().parents[1] / "rt_tagger" / "demo" / "demo.ogg"
 STAGES = ("capture_to_ring", "framing_mel", "inference", "aggregation", "publish")
+TRACE_STEPS = ("pickup", "push", "model", "complete", "publish")
+TRACE_DIR = Path(__file__).resolve().parent / "stream_trace"
 COLUMNS = [
     ("stage", "stage"),
     ("n", "messages"),
@@ -79,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=2.0,
         help="stream seconds after the first message left out of steady-state stats (default 2)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also time each step of every window inside the tagger (pickup, push, model, complete, "
+        "publish: bench/stream_trace), as rows 'trace <step>'",
     )
     p.add_argument(
         "--timeout",
@@ -190,6 +198,10 @@ def run(args: argparse.Namespace) -> dict:
         if sub.stdout.readline().strip() != "ready":
             raise BenchError("the bench subscriber did not start")
         env = dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(block), PYTHONUNBUFFERED="1")
+        trace = tmp / "trace.json"
+        if args.trace:  # the tagger imports bench/stream_trace/sitecustomize.py at start-up
+            path = [str(TRACE_DIR), str(TRACE_DIR.parents[1]), env.get("PYTHONPATH", "")]
+            env.update(PYTHONPATH=os.pathsep.join(p for p in path if p), BENCH_STREAM_TRACE=str(trace))
         cmd = [
             sys.executable, "-m", "rt_tagger.cli", "stream", "-", "--rate", str(sr), "--channels", str(audio.shape[1]),
             "--format", "f32le", "--bundle", str(bundle.path), "--publish", endpoint, "--stream-id", stream_id,
@@ -225,6 +237,8 @@ def run(args: argparse.Namespace) -> dict:
     received = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
     written = np.asarray(pacing.pop("written_wall"))
     _analyse(doc, received, t_start_wall, args.skip_s, pacing["writer_on_time_from_s"], written)
+    if args.trace:
+        _add_trace(doc, trace)
     doc["settings"]["writer"] = pacing
     doc["summary"]["tagger_peak_rss_mib"] = round(max(rss.peak_kib, rss.hwm_kib) / 1024, 1)
     doc["tagger_stderr_tail"] = stderr.strip().splitlines()[-5:]
@@ -236,6 +250,27 @@ def run(args: argparse.Namespace) -> dict:
         f"and after the writer was back on schedule (stream time {pacing['writer_on_time_from_s']:.2f} s)"
     )
     return doc
+
+
+def _add_trace(doc: dict, path: Path) -> None:
+    """The steady-state windows' step timings from the tagger's trace, as rows ``trace <step>``."""
+    if not path.exists():
+        raise BenchError("--trace: the tagger wrote no trace (did it exit normally?)")
+    steady_from = doc["summary"]["steady_from_stream_s"]
+    rows = [r for r in json.loads(path.read_text()) if r["end_s"] >= steady_from]
+    for step in TRACE_STEPS:
+        vals = [r[step] for r in rows]
+        doc["results"].append(
+            {
+                "stage": f"trace {step}",
+                **{k if k == "n" else f"{k}_ms": v for k, v in summarize(vals).items()},
+            }
+        )
+        doc["series_ms"][f"trace {step}"] = [round(v, 4) for v in vals]
+    doc["notes"].append(
+        "trace rows: each step of a window timed inside the tagger (bench/stream_trace/sitecustomize.py); "
+        "trace publish includes the send, which the publish stage and capture->publish leave out"
+    )
 
 
 def _analyse(

@@ -22,8 +22,9 @@ back) adds its waiting time to ``input_blocked_s`` (stdin; a fast file reader wa
 
 The microphone callback contract (PortAudio thread): copy ``indata`` into the preallocated ring,
 count status flags, store two floats in preallocated arrays. No allocation of arrays, no logging,
-no locks, nothing that blocks. File and stdin sources do their decoding on a reader thread and
-write into the ring the same way.
+no locks, nothing that blocks. The file source decodes on a reader thread and writes into the
+ring the same way; the stdin source's reader thread runs :func:`rt_tagger.pipe_reader.read_pcm`,
+numba without the GIL, so the consumer never waits for it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
         # 12 s of audio: on a busy 2-core machine the tagger's start-up backlog can take most of 8 s
         # to drain, and steady-state rows only count messages after the writer is back on time.
         ["stream", "--bundle", str(tiny_bundle.path), "--seconds", "12", "--hop", "0.5", "--skip-s", "0.5",
-         "--backend", "torch-cpu"],
+         "--backend", "torch-cpu", "--trace"],
         tmp_path, capsys,
     )  # fmt: skip
     s = doc["summary"]
@@ -23,3 +23,11 @@ def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
     assert rows["write->capture"]["n"] == rows["capture->publish"]["n"]
     assert 0 <= rows["write->capture"]["p50_ms"] < 10
     assert rows["write->publish"]["p50_ms"] >= rows["capture->publish"]["p50_ms"] - 1e-6
+    # --trace: the same steady windows timed step by step inside the tagger; its model step
+    # holds the inference stage, and the steps before publishing fit in capture->receive.
+    assert rows["trace model"]["n"] >= max(1, rows["capture->publish"]["n"] - 1)
+    assert rows["trace model"]["p50_ms"] >= rows["inference"]["p50_ms"]
+    for step in ("pickup", "push", "complete", "publish"):
+        assert rows[f"trace {step}"]["p50_ms"] > 0
+    inside = sum(rows[f"trace {step}"]["p50_ms"] for step in ("pickup", "push", "model", "complete"))
+    assert inside < rows["capture->receive"]["p99_ms"]
