@@ -184,3 +184,14 @@ def test_times_at_finds_each_frames_block():
             assert src.times_at(int(pos)) == (1000.0 + k, 2000.0 + k)
     assert src.times_at(int(ends[-1])) == (None, None)  # not written yet
     assert src.times_at(int(ends[50])) == (None, None)  # its record was overwritten
+
+
+def test_stdin_read_error_is_one_clear_line():
+    r, w = os.pipe()
+    src = StdinSource(os.fdopen(r, "rb", closefd=False), 8000, 1, "s16le")
+    os.close(r)  # the descriptor goes bad under the reader
+    os.close(w)
+    with src:
+        src._thread.join(timeout=5)
+    assert isinstance(src.error, AudioInputError)
+    assert str(src.error) == "cannot read the raw PCM input: Bad file descriptor"
