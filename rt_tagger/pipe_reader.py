@@ -14,10 +14,10 @@ count, a release fence, the ring's write position; the consumer loads the write 
 acquire fence (:func:`rt_tagger.ring.load_acquire`), so it never sees frames without their data
 or their record.
 
-The semantics are those of a Python reader (tested against them): a read takes what the pipe holds
-now, up to one block; a partial frame waits for the rest; the ring's back-pressure holds the
-reader (counted in ``input_blocked_s``) instead of dropping audio; a trailing partial frame at
-the end is reported in ``state[TRAILING_BYTES]``. Linux only (``poll``, eventfd), little-endian
+The semantics are those the Python reader had (tests/rt_tagger/test_sources.py checks each): a
+read takes what the pipe holds now, up to one block; a partial frame waits for the rest; the
+ring's back-pressure holds the reader (counted in ``input_blocked_s``) instead of dropping audio;
+a trailing partial frame at the end is reported in ``state[TRAILING_BYTES]``. Linux only (``poll``, eventfd), little-endian
 hosts (the formats are little-endian and are read in place).
 """
 
