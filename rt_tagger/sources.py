@@ -220,12 +220,14 @@ class _ThreadSource(Source):
         # Written after every write into the ring: the consumer wakes as soon as a block lands
         # instead of polling. An eventfd, because the pipe reader writes it without the GIL.
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_poll = select.poll()  # poll, not select: descriptors above 1023 are fine
+        self._wake_poll.register(self._wake_fd, select.POLLIN)
 
     def _wake(self) -> None:
         os.eventfd_write(self._wake_fd, 1)
 
     def wait_for_audio(self, timeout: float) -> None:
-        if select.select([self._wake_fd], [], [], timeout)[0]:
+        if self._wake_poll.poll(timeout * 1e3):
             with contextlib.suppress(BlockingIOError):  # cleared before the caller looks at the ring
                 os.eventfd_read(self._wake_fd)
 

@@ -195,3 +195,44 @@ def test_stdin_read_error_is_one_clear_line():
         src._thread.join(timeout=5)
     assert isinstance(src.error, AudioInputError)
     assert str(src.error) == "cannot read the raw PCM input: Bad file descriptor"
+
+
+def test_thread_source_wakes_its_consumer_past_descriptor_1023(tmp_path, demo_audio):
+    """The wake-up descriptor may be numbered above select()'s limit in a busy process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}: cannot open 1100 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        x, sr = demo_audio
+        sf.write(str(tmp_path / "a.wav"), x[:sr], sr)
+        src = FileSource(tmp_path / "a.wav", block_size=512)
+        assert src._wake_fd > 1023
+        got = drain_waiting(src)
+        assert got.shape[0] == sr
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def drain_waiting(src) -> np.ndarray:
+    """Like drain(), but waits for each block with the source's own wake-up."""
+    out = []
+    with src:
+        while True:
+            fin = src.finished
+            n = src.ring.available()
+            if n:
+                buf = np.empty((n, src.channels), np.float32)
+                src.ring.read_into(buf)
+                out.append(buf)
+            elif fin:
+                break
+            else:
+                src.wait_for_audio(0.05)
+    assert src.error is None, src.error
+    return np.concatenate(out)
