@@ -4,7 +4,7 @@
     12:03:04.512 mic      #42    t=21.0s  piano ▇▇▇▆ .82  guitar ▃ .31 | on piano | +piano | lat 7.3ms | drops 0
     12:03:05.012 mic      #43    t=21.5s  ♥ heartbeat (silent) | drops 0
     12:03:05.512 mic      #44    t=22.0s  not music | -piano | lat 7.1ms | drops 0
-    12:03:06.012 mic      #45    end of stream: eof | {"counters": {...}}
+    12:03:06.012 mic      #45    t=?      end of stream: eof after 22.0 s (44 windows, 1 heartbeats) | -guitar | drops 0
 
 ``lat`` is processing latency (publish wall time − capture wall time of the window's last sample).
 """
@@ -22,6 +22,9 @@ __all__ = ["ascii_only", "format_end", "format_message"]
 _BLOCKS = " ▏▎▍▌▋▊▉█"  # eighths of a cell
 # Fields every message has; an end message's own fields (reason, final counters) are the rest.
 _ENVELOPE = {"schema_version", "kind", "stream_id", "seq", "publish_wall_time", "backend", "model"}
+# What an end line shows, or leaves out as empty in an end message; anything else is printed as JSON.
+_KNOWN = _ENVELOPE | {"reason", "end", "events", "drops", "window", "timings_ms", "capture_wall_time",
+                      "top", "active", "state", "backlog_s", "scores", "tags", "heartbeat_reason", "embedding"}  # fmt: skip
 
 
 def _bar(score: float, cells: int, ascii_only: bool) -> str:
@@ -85,10 +88,11 @@ def format_message(
 
 
 def format_end(doc: dict) -> str:
-    """One line for a ``kind="end"`` message, given as its decoded JSON object.
+    """One line for a ``kind="end"`` message, given as its decoded JSON object: why and after how
+    much the stream ended, its error, the tags switched off, the final drop counters.
 
     Read from the JSON object rather than the model so that a subscriber shows the end of a stream
-    whatever final counters the publisher reports (they are printed as they came).
+    whatever the publisher reports: counters by the names they came with, unknown fields as JSON.
     """
     window = doc.get("window") or {}
     head = _head(
@@ -97,8 +101,23 @@ def format_end(doc: dict) -> str:
         doc.get("publish_wall_time"),
         window.get("end_s"),
     )
-    rest = {k: v for k, v in doc.items() if k not in _ENVELOPE and k != "reason" and v not in (None, [], {})}
-    return f"{head} end of stream: {doc.get('reason') or '?'} | {json.dumps(rest, separators=(',', ':'))}"
+    end = doc.get("end") if isinstance(doc.get("end"), dict) else {}
+    what = f"end of stream: {end.get('reason') or doc.get('reason') or '?'}"
+    if isinstance(end.get("stream_s"), int | float):
+        what += f" after {end['stream_s']:.1f} s ({end.get('windows', '?')} windows, {end.get('heartbeats', '?')} heartbeats)"
+    parts = [what]
+    if end.get("error"):
+        parts.append(f"error: {end['error']}")
+    events = [e for e in doc.get("events") or [] if isinstance(e, dict)]
+    if events:
+        parts.append(" ".join(("+" if e.get("state") == "on" else "-") + str(e.get("tag")) for e in events))
+    rest = {k: v for k, v in doc.items() if k not in _KNOWN and v not in (None, [], {})}
+    if rest:
+        parts.append(json.dumps(rest, separators=(",", ":")))
+    drops = doc.get("drops")
+    if isinstance(drops, dict):
+        parts.append("drops " + (" ".join(f"{k}={v}" for k, v in drops.items() if v) or "0"))
+    return f"{head} {' | '.join(parts)}"
 
 
 def ascii_only(out: TextIO) -> bool:

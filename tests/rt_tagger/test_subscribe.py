@@ -175,11 +175,12 @@ def test_cli_prints_the_end_message_and_exits_0_also_with_timeout(view):
     if view == "json":
         docs = [json.loads(line) for line in out.splitlines()]
         assert [d["seq"] for d in docs] == [0, 1, 2, 3, 4, 5] and docs[-1]["kind"] == "end"
-        assert docs[-1]["reason"] == "eof" and "counters" in docs[-1]
+        assert docs[-1]["end"]["reason"] == "eof" and "drops" in docs[-1]
         summary = err
     else:
         lines = out.splitlines()
-        assert "#5" in lines[-2] and "end of stream: eof" in lines[-2] and '"counters"' in lines[-2]
+        assert "#5" in lines[-2] and "end of stream: eof after 2.5 s (5 windows, 0 heartbeats)" in lines[-2]
+        assert lines[-2].endswith("| drops 0")
         summary = lines[-1]
     assert summary.strip().endswith(
         "-- 6 messages, 0 gaps (0 missing), 0 malformed, streams: test, ended: test"
@@ -215,3 +216,20 @@ def test_subscriber_waits_until_every_stream_it_saw_ended(tmp_path):
     assert [ln.split()[1] for ln in lines[:-1]] == ["a", "b", "a", "b", "b"]
     assert "end of stream: eof" in lines[2] and "end of stream: sigterm" in lines[4]
     assert lines[-1].endswith("streams: a, b, ended: a, b")
+
+
+def test_end_line_says_why_how_much_and_what_was_lost():
+    from rt_tagger.message_line import format_end
+
+    doc = json.loads(end_body(7, "mic", reason="error"))
+    doc["end"]["error"] = "input has NaN/Inf samples"
+    doc["drops"]["ring_overflow_samples"] = 3
+    doc["events"] = [{"tag": "piano", "state": "off", "time_s": 3.5}]
+    doc["from_a_newer_publisher"] = {"x": 1}
+    line = format_end(doc)
+    assert "mic" in line and "#7" in line
+    assert (
+        "end of stream: error after 3.5 s (7 windows, 0 heartbeats) | error: input has NaN/Inf samples"
+        in line
+    )
+    assert '| -piano | {"from_a_newer_publisher":{"x":1}} | drops ring_overflow_samples=3' in line

@@ -61,13 +61,12 @@ def make_message(seq: int, stream_id: str = "test", n_scores: int = 0) -> TagMes
 
 
 def end_body(seq: int, stream_id: str = "test", reason: str = "eof") -> bytes:
-    """A ``kind="end"`` message body as raw JSON (the subscriber must not need more than this)."""
-    doc = json.loads(make_message(seq, stream_id).to_bytes())
-    doc.update(
-        kind="end", reason=reason, counters={"messages": seq, "publisher_dropped": 0}, top=[], active=[]
-    )
-    doc["publish_wall_time"] = time.time()
-    return json.dumps(doc, separators=(",", ":")).encode()  # compact, as the publisher writes
+    """A ``kind="end"`` message body as a publisher sends it (compact JSON)."""
+    msg = make_message(seq, stream_id)
+    msg.kind, msg.top, msg.active, msg.window, msg.timings_ms = "end", [], [], None, None
+    msg.end = EndInfo(reason=reason, stream_s=seq * 0.5, windows=seq, heartbeats=0)
+    msg.publish_wall_time = time.time()
+    return msg.to_bytes()
 
 
 def send_until_queued(sock: zmq.Socket, frames: list[bytes], timeout_s: float = 30.0) -> None:
