@@ -87,6 +87,10 @@ def format_message(
     return head + " " + " | ".join(parts)
 
 
+def _count(n, plural: str) -> str:
+    return f"{n} {plural[:-1]}" if n == 1 else f"{'?' if n is None else n} {plural}"
+
+
 def format_end(doc: dict) -> str:
     """One line for a ``kind="end"`` message, given as its decoded JSON object: why and after how
     much the stream ended, its error, the tags switched off, the final drop counters.
@@ -104,7 +108,8 @@ def format_end(doc: dict) -> str:
     end = doc.get("end") if isinstance(doc.get("end"), dict) else {}
     what = f"end of stream: {end.get('reason') or doc.get('reason') or '?'}"
     if isinstance(end.get("stream_s"), int | float):
-        what += f" after {end['stream_s']:.1f} s ({end.get('windows', '?')} windows, {end.get('heartbeats', '?')} heartbeats)"
+        counts = ", ".join(_count(end.get(k), k) for k in ("windows", "heartbeats"))
+        what += f" after {end['stream_s']:.1f} s ({counts})"
     parts = [what]
     if end.get("error"):
         parts.append(f"error: {end['error']}")
