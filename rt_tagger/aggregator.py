@@ -46,17 +46,16 @@ _EXACT_EVERY = 1024  # windows between exact recomputations of a running sum (fl
 
 
 @njit(cache=True)
-def _update(p, time_s, ema_mode, alpha, hist, count, sums, active, last_switch, on_th, off_th, listed,
+def _update(p, time_s, ema_mode, alpha, hist, count, s, active, last_switch, on_th, off_th, listed,
             min_dwell_s, music_index, scores, turn_on, turn_off, top):  # fmt: skip
     """One window of :class:`Aggregator` in one call (its update takes one window at a time, so
     each numpy call would cost microseconds whatever its size, and a live stream's window waits
     for them). ``count`` holds ``[windows, windows in the ring]``; ``hist`` is the ring of the last
-    windows (mean mode) and ``sums[0]`` its running sum, or ``sums[0]`` the EMA. Writes
+    windows (mean mode) and ``s`` its running sum, or ``s`` the EMA. Writes
     ``scores``, ``turn_on``/``turn_off`` (listed tags only) and the ``top`` tag indices; returns
     the music state (1 music, 0 not music, -1 no music head) and how many listed tags switched."""
     n = p.shape[0]
     windows = count[0]
-    s = sums[0]
     if ema_mode:
         for i in range(n):
             s[i] = p[i] if windows == 0 else s[i] + alpha * (p[i] - s[i])
@@ -177,7 +176,7 @@ class Aggregator:
         n = len(self.tags)
         self._hist = np.zeros((max(1, self.horizon), n), dtype=np.float64)  # ring of the last windows
         self._count = np.zeros(2, np.int64)  # [windows, windows in the ring]
-        self._sums = np.zeros((1, n), dtype=np.float64)  # the ring's running sum, or the EMA
+        self._sum = np.zeros(n, dtype=np.float64)  # the ring's running sum, or the EMA
         self.active = np.zeros(n, dtype=bool)
         self._last_switch = np.full(n, -np.inf)
         self._active_list: list[str] | None = None
@@ -197,7 +196,7 @@ class Aggregator:
             raise ValueError(f"{p.shape[0]} scores for {len(self.tags)} tags")
         scores, turn_on, turn_off = self._scores, self._turn_on, self._turn_off
         music, switched = _update(
-            p, float(time_s), self.mode == "ema", self.alpha, self._hist, self._count, self._sums,
+            p, float(time_s), self.mode == "ema", self.alpha, self._hist, self._count, self._sum,
             self.active, self._last_switch, self.on_thresholds, self.off_thresholds, self._listed,
             self.min_dwell_s, -1 if self.music_index is None else self.music_index,
             scores, turn_on, turn_off, self._top_idx,

@@ -17,7 +17,8 @@ from rt_tagger.sources import AudioInputError, DeviceError, FileSource, StdinSou
 
 
 def drain(src) -> np.ndarray:
-    """Run a thread source to its end, collecting everything it wrote into the ring."""
+    """Run a thread source to its end, collecting everything it wrote into the ring (waiting for
+    each block with the source's own wake-up)."""
     out = []
     with src:
         while True:
@@ -30,7 +31,7 @@ def drain(src) -> np.ndarray:
             elif fin:
                 break
             else:
-                time.sleep(0.001)
+                src.wait_for_audio(0.05)
     assert src.error is None, src.error
     return np.concatenate(out) if out else np.zeros((0, src.channels), np.float32)
 
@@ -211,28 +212,9 @@ def test_thread_source_wakes_its_consumer_past_descriptor_1023(tmp_path, demo_au
         sf.write(str(tmp_path / "a.wav"), x[:sr], sr)
         src = FileSource(tmp_path / "a.wav", block_size=512)
         assert src._wake_fd > 1023
-        got = drain_waiting(src)
+        got = drain(src)
         assert got.shape[0] == sr
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def drain_waiting(src) -> np.ndarray:
-    """Like drain(), but waits for each block with the source's own wake-up."""
-    out = []
-    with src:
-        while True:
-            fin = src.finished
-            n = src.ring.available()
-            if n:
-                buf = np.empty((n, src.channels), np.float32)
-                src.ring.read_into(buf)
-                out.append(buf)
-            elif fin:
-                break
-            else:
-                src.wait_for_audio(0.05)
-    assert src.error is None, src.error
-    return np.concatenate(out)
