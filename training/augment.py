@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from training.bank import AudioBank
 from training.views import gather_crops
 
-__all__ = ["AugmentSpec", "augment_wave", "augment_mel"]
+__all__ = ["AugmentSpec", "augment_wave", "augment_mel", "mix_in"]
 
 
 class AugmentSpec(BaseModel):
@@ -48,15 +48,7 @@ def augment_wave(x: torch.Tensor, bank: AudioBank, spec: AugmentSpec, gen: torch
     """Augment crops ``(N, T)`` in place of a copy; returns ``(N, T)``."""
     n, t = x.shape
     if spec.mix_p > 0:
-        other = torch.randint(len(bank), (n,), generator=gen, device=gen.device)
-        starts = (
-            torch.rand(n, generator=gen, device=gen.device) * (bank.lengths[other] - t).clamp(min=0)
-        ).long()
-        bg = gather_crops(bank, other, starts, t)
-        snr = _uniform(n, *spec.mix_snr_db, gen)[:, None]
-        scale = _rms(x) / _rms(bg) * torch.pow(10.0, -snr / 20)
-        on = (torch.rand(n, 1, generator=gen, device=gen.device) < spec.mix_p).float()
-        x = x + on * scale * bg
+        x, _ = mix_in(x, bank, spec.mix_p, spec.mix_snr_db, gen)
     if spec.noise_p > 0:
         noise = torch.randn(n, t, generator=gen, device=gen.device)
         snr = _uniform(n, *spec.noise_snr_db, gen)[:, None]
@@ -66,6 +58,24 @@ def augment_wave(x: torch.Tensor, bank: AudioBank, spec: AugmentSpec, gen: torch
         g = _uniform(n, -spec.gain_db, spec.gain_db, gen)[:, None]
         x = x * torch.pow(10.0, g / 20)
     return x
+
+
+def mix_in(
+    x: torch.Tensor, bank: AudioBank, p: float, snr_db: tuple[float, float], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each crop of ``x`` ``(N, T)`` gets, with probability ``p``, a random crop of a random track of
+    ``bank`` mixed in at a signal-to-background ratio drawn from ``snr_db``.
+
+    Returns ``(mixed (N, T), on (N, 1))``, ``on`` 1.0 where a crop was mixed.
+    """
+    n, t = x.shape
+    other = torch.randint(len(bank), (n,), generator=gen, device=gen.device)
+    starts = (torch.rand(n, generator=gen, device=gen.device) * (bank.lengths[other] - t).clamp(min=0)).long()
+    bg = gather_crops(bank, other, starts, t)
+    snr = _uniform(n, *snr_db, gen)[:, None]
+    scale = _rms(x) / _rms(bg) * torch.pow(10.0, -snr / 20)
+    on = (torch.rand(n, 1, generator=gen, device=gen.device) < p).float()
+    return x + on * scale * bg, on
 
 
 def augment_mel(mel: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:

@@ -33,6 +33,7 @@ from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
 from training.multitask.losses import group_index, masked_group_bce
+from training.multitask.online_teacher import OnlineTeacher, OnlineTeacherSpec
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
 from training.recipe import RecipeError, apply_overrides
 from training.teachers.base import WindowGrid
@@ -112,6 +113,10 @@ class MultitaskRecipe(_M):
         ge=0,
         description="weight of the log-odds squared error on soft (teacher) targets, added to their "
         "BCE (losses.masked_group_bce; 0 = BCE only)",
+    )
+    online: OnlineTeacherSpec = Field(
+        default_factory=OnlineTeacherSpec,
+        description="the musicnn teachers label mixed, real or synthetic training windows as they are drawn",
     )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     select_on_valid: bool = Field(
@@ -248,9 +253,19 @@ def train(
     counts = _counts(recipe.mix, recipe.loop.batch_size)
     window = recipe.frontend.window_samples
     bank = sources[0].bank
+    teacher = None
+    if recipe.online.enabled:
+        try:
+            teacher = OnlineTeacher(specs, window).to(dist.device)
+        except ValueError as e:
+            raise MultitaskError(f"online: {e}") from None
 
     def step_fn(module, gen) -> StepOut:
         wave, target, mask = mt_data.sample_batch(sources, counts, window, gen)
+        if teacher is not None:
+            wave, target, mask = teacher.relabel(
+                recipe.online, specs, wave, target, mask, counts[0], counts[1], bank, gen
+            )
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
         logits, emb = module(mel)

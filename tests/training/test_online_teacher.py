@@ -1,0 +1,144 @@
+"""The musicnn teachers inside the training step (training/multitask/online_teacher.py): the same
+targets as the stored labels on the same windows, and which rows and units a batch gets relabelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from training.augment import mix_in
+from training.bank import AudioBank
+from training.multitask.online_teacher import OnlineTeacher, OnlineTeacherSpec
+from training.multitask.vocab import build_vocab, teacher_target
+from training.teachers.base import WindowGrid
+from training.teachers.musicnn import MODELS, MusicnnTeacher, weights_path
+
+pytestmark = pytest.mark.skipif(
+    not all(weights_path(m).is_file() for m in MODELS),
+    reason="converted musicnn weights missing: run scripts/convert_musicnn.py in musicnn's environment",
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "rt_tagger" / "demo" / "demo.ogg"  # real music (a Debian soundtrack excerpt)
+WINDOW = 49408  # the default front end's 3.09-s window at 16 kHz
+SPECS = build_vocab(["rock", "electronic", "ambient", "piano", "guitar", "fast", "drums"])
+
+
+@pytest.fixture(scope="module")
+def demo() -> np.ndarray:
+    audio, sr = sf.read(DEMO, dtype="float32")
+    assert sr == 16000 and audio.ndim == 1
+    return audio[: 12 * sr]
+
+
+@pytest.fixture(scope="module")
+def teacher() -> OnlineTeacher:
+    return OnlineTeacher(SPECS, WINDOW)
+
+
+def test_targets_equal_the_stored_labels_rule(teacher, demo):
+    # label.py's path: each teacher on the whole clip, a window grid, vocab.teacher_target per unit.
+    # On a hop of whole frames the online teacher sees exactly the same 187 frames.
+    grid = WindowGrid(WINDOW, 256 * 70)
+    tables = {}
+    for model, name in (("MTT_musicnn", "musicnn-mtt"), ("MSD_musicnn", "musicnn-msd")):
+        out = MusicnnTeacher(model).predict(demo, grid)
+        tables[name] = (out.tags, out.probs)
+    starts = grid.starts(len(demo))
+    waves = torch.from_numpy(np.stack([demo[s : s + WINDOW] for s in starts]))
+    got = teacher(waves).numpy()
+    covered = teacher.covered.numpy()
+    assert covered.sum() == sum(bool(s.teacher or s.real_teacher) for s in SPECS)
+    for j, s in enumerate(SPECS):
+        if not covered[j]:
+            assert np.all(got[:, j] == 0), s.name
+            continue
+        want = teacher_target(tables, s.teacher or s.real_teacher)
+        # float32 FFT here, float64 in the stored path: a float16 step of the mel power at most
+        assert np.abs(got[:, j] - want).max() < 2e-3, s.name
+    assert got[:, covered].std(axis=0).max() > 0.02  # real music: the windows differ
+
+
+def _batch(demo: np.ndarray, n_real: int, n_synth: int, n_other: int):
+    rng = np.random.default_rng(0)
+    n = n_real + n_synth + n_other
+    starts = rng.integers(0, len(demo) - WINDOW, n)
+    wave = torch.from_numpy(np.stack([demo[s : s + WINDOW] for s in starts]))
+    target = torch.from_numpy(rng.random((n, len(SPECS))).astype(np.float32))
+    mask = torch.ones(n, len(SPECS))
+    return wave, target, mask
+
+
+def test_relabel_mixes_real_windows_and_labels_them(teacher, demo):
+    wave, target, mask = _batch(demo, 6, 4, 2)
+    bank = AudioBank.from_arrays([demo], 16000, WINDOW)
+    spec = OnlineTeacherSpec(mix_p=1.0)
+    w2, t2, m2 = teacher.relabel(
+        spec, SPECS, wave, target, mask, 6, 4, bank, torch.Generator().manual_seed(1)
+    )
+    assert not torch.equal(w2[:6], wave[:6]) and torch.equal(w2[6:], wave[6:])
+    covered = teacher.covered
+    assert torch.allclose(t2[:6][:, covered], teacher(w2[:6])[:, covered])  # the mix's labels
+    assert torch.equal(t2[:6][:, ~covered], target[:6][:, ~covered])
+    assert torch.equal(t2[6:], target[6:]) and torch.equal(m2[6:], mask[6:])  # synth=0: untouched
+    vocals = [s.vocals for s in SPECS].index(True)
+    assert torch.all(m2[:6, vocals] == 0)  # no singing teacher here: unlabelled on a mix
+    m2[:6, vocals] = 1
+    assert torch.equal(m2, mask)
+    # the caller's tensors are not changed
+    assert torch.equal(wave, _batch(demo, 6, 4, 2)[0])
+
+
+def test_relabel_synth_windows_gets_only_units_the_corpus_lacks(teacher, demo):
+    wave, target, mask = _batch(demo, 2, 4, 2)
+    bank = AudioBank.from_arrays([demo], 16000, WINDOW)
+    spec = OnlineTeacherSpec(synth=0.5)
+    w2, t2, m2 = teacher.relabel(
+        spec, SPECS, wave, target, mask, 2, 4, bank, torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(w2, wave) and torch.equal(t2[:2], target[:2]) and torch.equal(t2[6:], target[6:])
+    lacks = torch.tensor([bool(s.teacher) and not s.objective for s in SPECS])
+    assert {s.name for s, x in zip(SPECS, lacks, strict=True) if x} == {"rock", "electronic", "ambient"}
+    assert torch.allclose(t2[2:6][:, lacks], teacher(wave[2:6])[:, lacks])
+    assert torch.all(m2[2:6][:, lacks] == 0.5)
+    # objective units (piano, drums, fast: also distilled) keep the synthetic corpus's hard labels
+    assert torch.equal(t2[2:6][:, ~lacks], target[2:6][:, ~lacks])
+    assert torch.equal(m2[2:6][:, ~lacks], mask[2:6][:, ~lacks])
+
+
+def test_relabel_real_labels_every_real_window_and_nothing_is_mixed(teacher, demo):
+    wave, target, mask = _batch(demo, 3, 1, 1)
+    bank = AudioBank.from_arrays([demo], 16000, WINDOW)
+    spec = OnlineTeacherSpec(relabel_real=True)
+    w2, t2, m2 = teacher.relabel(
+        spec, SPECS, wave, target, mask, 3, 1, bank, torch.Generator().manual_seed(1)
+    )
+    covered = teacher.covered
+    assert torch.equal(w2, wave) and torch.equal(m2, mask)
+    assert torch.allclose(t2[:3][:, covered], teacher(wave[:3])[:, covered])
+    assert torch.equal(t2[3:], target[3:])
+
+
+def test_mix_in_mixes_at_the_drawn_ratio():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 1000)
+    bank = AudioBank.from_arrays(
+        [np.random.default_rng(1).standard_normal(5000).astype(np.float32)], 16000, 1000
+    )
+    mixed, on = mix_in(x, bank, 0.5, (6.0, 6.0), gen)
+    assert 0.4 < float(on.mean()) < 0.6
+    assert torch.equal(mixed[on[:, 0] == 0], x[on[:, 0] == 0])
+    bg = mixed[on[:, 0] == 1] - x[on[:, 0] == 1]
+    ratio_db = 20 * torch.log10(x[on[:, 0] == 1].pow(2).mean(1).sqrt() / bg.pow(2).mean(1).sqrt())
+    assert torch.allclose(ratio_db, torch.full_like(ratio_db, 6.0), atol=1e-3)
+
+
+def test_recipe_keeps_the_online_teacher_off_unless_asked():
+    assert not OnlineTeacherSpec().enabled
+    assert OnlineTeacherSpec(mix_p=0.3).enabled and OnlineTeacherSpec(synth=0.2).enabled
+    with pytest.raises(ValueError):
+        OnlineTeacher(SPECS, 47000)  # shorter than musicnn's 187 frames
