@@ -15,6 +15,7 @@ the student is trained and scored against. Put the file in the run folder as
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -67,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: --reuse {a.reuse}: {e}", file=sys.stderr)
             return 2
-    labels["audio"] = np.array(f"original audio of {a.corpus.name}, centre {a.centre_seconds or 'all'} s")
+    pack = a.corpus / "pack.json"
+    kind = (
+        f"Opus {json.loads(pack.read_text())['target_kbps']} kb/s pack"
+        if pack.is_file()
+        else "original audio"
+    )
+    labels["audio"] = np.array(f"{kind} of {a.corpus.name}, centre {a.centre_seconds or 'all'} s")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     mt_data.save_labels(a.out, labels)
     print(f"wrote {a.out}: {n} windows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
