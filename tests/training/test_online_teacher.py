@@ -142,3 +142,44 @@ def test_recipe_keeps_the_online_teacher_off_unless_asked():
     assert OnlineTeacherSpec(mix_p=0.3).enabled and OnlineTeacherSpec(synth=0.2).enabled
     with pytest.raises(ValueError):
         OnlineTeacher(SPECS, 47000)  # shorter than musicnn's 187 frames
+
+
+def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch):
+    """pipeline.train with ``online`` on: every step hands its real and synthetic rows to the teacher."""
+    from training.loop import LoopSpec
+    from training.multitask.data import WindowSource
+    from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
+
+    calls = []
+    relabel = OnlineTeacher.relabel
+
+    def spy(self, spec, specs, wave, target, mask, n_real, n_synth, bank, gen):
+        calls.append((n_real, n_synth, len(wave)))
+        return relabel(self, spec, specs, wave, target, mask, n_real, n_synth, bank, gen)
+
+    monkeypatch.setattr(OnlineTeacher, "relabel", spy)
+
+    def source(name: str, clips: list[np.ndarray]) -> WindowSource:
+        n = len(clips)
+        return WindowSource(
+            name,
+            AudioBank.from_arrays(clips, 16000, WINDOW),
+            torch.arange(n),
+            torch.full((n,), -1),
+            torch.zeros(n, len(SPECS)),
+            torch.ones(n, len(SPECS)),
+        )
+
+    clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
+    recipe = MultitaskRecipe(
+        device="cpu",
+        init_from="",
+        model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
+        online=OnlineTeacherSpec(mix_p=1.0, synth=0.5),
+        loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
+    )
+    sources = [source("real", clips[:2]), source("synth", clips[2:]), source("nm", clips[2:])]
+    train(recipe, SPECS, sources, tmp_path, progress=False)
+    # the recipe's mix of 8 windows: 50 % real, 30 % synthetic, 20 % non-music, rounded down,
+    # the remainder to the largest share (real)
+    assert calls == [(5, 2, 8), (5, 2, 8)]
