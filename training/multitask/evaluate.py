@@ -40,7 +40,11 @@ __all__ = [
 ]
 
 MUSIC_FLAG_RATE = 0.01
-MAX_REAL_ON_RATE = 0.5
+# 0.5 up to v10. The capped units (instruments no teacher names) shift between packages: capped at
+# 50 % of valid windows, organ came out on in 59-80 % of the test packages' windows in v10 and the
+# four runs after it. 40 % leaves that shift room under the issue's 60 % rule. Only on-rates move:
+# Spearman and ROC-AUC do not depend on thresholds.
+MAX_REAL_ON_RATE = 0.4
 BOOTSTRAP_REPS = 200
 _EPS = 1e-4
 
