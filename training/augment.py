@@ -48,7 +48,7 @@ def augment_wave(x: torch.Tensor, bank: AudioBank, spec: AugmentSpec, gen: torch
     """Augment crops ``(N, T)`` in place of a copy; returns ``(N, T)``."""
     n, t = x.shape
     if spec.mix_p > 0:
-        x, _ = mix_in(x, bank, spec.mix_p, spec.mix_snr_db, gen)
+        x = mix_in(x, bank, spec.mix_p, spec.mix_snr_db, gen)[0]
     if spec.noise_p > 0:
         noise = torch.randn(n, t, generator=gen, device=gen.device)
         snr = _uniform(n, *spec.noise_snr_db, gen)[:, None]
@@ -66,7 +66,8 @@ def mix_in(
     """Each crop of ``x`` ``(N, T)`` gets, with probability ``p``, a random crop of a random track of
     ``bank`` mixed in at a signal-to-background ratio drawn from ``snr_db``.
 
-    Returns ``(mixed (N, T), on (N, 1))``, ``on`` 1.0 where a crop was mixed.
+    Returns ``(mixed (N, T), on (N, 1), other (N,))``: ``on`` is 1.0 where a crop was mixed,
+    ``other`` the bank track each background came from.
     """
     n, t = x.shape
     other = torch.randint(len(bank), (n,), generator=gen, device=gen.device)
@@ -75,7 +76,7 @@ def mix_in(
     snr = _uniform(n, *snr_db, gen)[:, None]
     scale = _rms(x) / _rms(bg) * torch.pow(10.0, -snr / 20)
     on = (torch.rand(n, 1, generator=gen, device=gen.device) < p).float()
-    return x + on * scale * bg, on
+    return x + on * scale * bg, on, other
 
 
 def augment_mel(mel: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:

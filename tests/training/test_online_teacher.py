@@ -129,7 +129,8 @@ def test_mix_in_mixes_at_the_drawn_ratio():
     bank = AudioBank.from_arrays(
         [np.random.default_rng(1).standard_normal(5000).astype(np.float32)], 16000, 1000
     )
-    mixed, on = mix_in(x, bank, 0.5, (6.0, 6.0), gen)
+    mixed, on, other = mix_in(x, bank, 0.5, (6.0, 6.0), gen)
+    assert other.shape == (400,) and int(other.max()) == 0  # the bank's one track
     assert 0.4 < float(on.mean()) < 0.6
     assert torch.equal(mixed[on[:, 0] == 0], x[on[:, 0] == 0])
     bg = mixed[on[:, 0] == 1] - x[on[:, 0] == 1]
@@ -145,7 +146,8 @@ def test_recipe_keeps_the_online_teacher_off_unless_asked():
 
 
 def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch):
-    """pipeline.train with ``online`` on: every step hands its real and synthetic rows to the teacher."""
+    """pipeline.train with ``online`` on: every step mixes its synthetic rows and hands its real and
+    synthetic rows to the teacher."""
     from training.loop import LoopSpec
     from training.multitask.data import WindowSource
     from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
@@ -158,6 +160,16 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         return relabel(self, spec, specs, wave, target, mask, n_real, n_synth, bank, gen)
 
     monkeypatch.setattr(OnlineTeacher, "relabel", spy)
+    from training.multitask import data as mt_data
+
+    mixes = []
+    mix_clips = mt_data.mix_clips
+
+    def mix_spy(wave, target, mask, specs, rows, source, p, snr_db, gen):
+        mixes.append((rows.start, rows.stop, source.name, p))
+        return mix_clips(wave, target, mask, specs, rows, source, p, snr_db, gen)
+
+    monkeypatch.setattr(mt_data, "mix_clips", mix_spy)
 
     def source(name: str, clips: list[np.ndarray]) -> WindowSource:
         n = len(clips)
@@ -175,7 +187,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         device="cpu",
         init_from="",
         model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
-        online=OnlineTeacherSpec(mix_p=1.0, synth=0.5),
+        online=OnlineTeacherSpec(mix_p=1.0, synth=0.5, synth_mix_p=0.5),
         loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
     )
     sources = [source("real", clips[:2]), source("synth", clips[2:]), source("nm", clips[2:])]
@@ -183,3 +195,58 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     # the recipe's mix of 8 windows: 50 % real, 30 % synthetic, 20 % non-music, rounded down,
     # the remainder to the largest share (real)
     assert calls == [(5, 2, 8), (5, 2, 8)]
+    assert mixes == [(5, 7, "synth", 0.5)] * 2  # the synthetic rows, mixed before the teachers label them
+
+
+def test_mixed_synthetic_clips_get_the_union_of_their_instruments():
+    from training.multitask.data import Corpus, clip_source, mix_clips
+
+    rng = np.random.default_rng(3)
+    # as the synthetic corpus tags them: "no_drums" on every clip without drums
+    tags = [
+        {"piano", "drums", "fast"},
+        {"violin", "slow", "no_drums"},
+        {"piano", "loud", "no_drums"},
+        {"bass", "no_drums"},
+    ]
+    corpus = Corpus(
+        "s",
+        [f"c{i}" for i in range(4)],
+        [rng.standard_normal(40000).astype(np.float32) for _ in tags],
+        tags,
+        {},
+    )
+    src = clip_source(SPECS, corpus, 16000, music=True)
+    names = [s.name for s in SPECS]
+    n_real, n_synth = 2, 6
+    rows = slice(n_real, n_real + n_synth)
+    first = torch.from_numpy(rng.integers(0, 4, n_synth))
+    wave = torch.from_numpy(rng.standard_normal((n_real + n_synth + 1, 16000)).astype(np.float32))
+    target = torch.cat([torch.rand(n_real, len(SPECS)), src.target[first], torch.zeros(1, len(SPECS))])
+    mask = torch.cat([torch.ones(n_real, len(SPECS)), src.mask[first], torch.ones(1, len(SPECS))])
+    gen = torch.Generator().manual_seed(5)
+    w2, t2, m2 = mix_clips(wave, target, mask, SPECS, rows, src, 1.0, (0.0, 9.0), gen)
+    # the same draws again tell which clip each background came from
+    _, _, other = mix_in(wave[rows], src.bank, 1.0, (0.0, 9.0), torch.Generator().manual_seed(5))
+    assert not torch.equal(w2[rows], wave[rows])
+    for r in range(n_synth):
+        a, b = tags[int(first[r])], tags[int(other[r])]
+        got = {
+            n
+            for n, v, m in zip(names, t2[n_real + r].tolist(), m2[n_real + r].tolist(), strict=True)
+            if v > 0.5 and m > 0
+        }
+        present = {
+            n for n in (a | b) if n in names and n not in ("fast", "slow", "loud", "quiet", "no_drums")
+        }
+        no_drums = {"no_drums"} if "drums" not in a | b else set()
+        assert got == present | no_drums | {"music"}, (a, b, got)
+        for unit in ("fast", "slow", "loud", "quiet"):
+            if unit in names:
+                assert m2[n_real + r, names.index(unit)] == 0  # two clips: no one tempo or loudness
+    # real rows and the rows after the synthetic ones are untouched
+    for x, y in ((w2, wave), (t2, target), (m2, mask)):
+        assert torch.equal(x[:n_real], y[:n_real]) and torch.equal(x[-1:], y[-1:])
+    # p = 0: nothing changes
+    same = mix_clips(wave, target, mask, SPECS, rows, src, 0.0, (0.0, 9.0), gen)
+    assert all(torch.equal(x, y) for x, y in zip(same, (wave, target, mask), strict=True))

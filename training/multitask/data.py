@@ -42,6 +42,7 @@ __all__ = [
     "real_source",
     "clip_source",
     "sample_batch",
+    "mix_clips",
     "window_starts",
 ]
 
@@ -330,6 +331,51 @@ def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) 
         torch.from_numpy(target),
         torch.from_numpy(mask),
     )
+
+
+def mix_clips(
+    wave: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    specs: list[TagSpec],
+    rows: slice,
+    source: WindowSource,
+    p: float,
+    snr_db: tuple[float, float],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic windows ``wave[rows]`` (drawn from ``source``, a :func:`clip_source`) get, each
+    with probability ``p``, a window of a random clip of ``source`` mixed in, at a
+    signal-to-background ratio drawn from ``snr_db``. Why: the instrument units learn the
+    training composer's arrangements as much as the timbres; mixes of two clips are arrangements
+    it never writes.
+
+    A mix's labels, from both clips' (a clip's tags hold for all of it): an instrument or drums is
+    present when either clip has it, ``no_drums`` when neither has drums; tempo and dynamics are
+    unlabelled (two clips have no one tempo or loudness); every other unit keeps the first clip's
+    label. Returns new ``(wave, target, mask)``.
+    """
+    from training.augment import mix_in
+
+    if p <= 0 or rows.stop <= rows.start:
+        return wave, target, mask
+    wave, target, mask = wave.clone(), target.clone(), mask.clone()
+    wave[rows], on, other = mix_in(wave[rows], source.bank, p, snr_db, gen)
+    other = other.to(source.target.device)
+    t_a, t_b = target[rows], source.target[other].to(target.device)
+    both = (mask[rows] > 0) & (source.mask[other].to(mask.device) > 0)
+    union = torch.tensor(
+        [s.objective and s.group in ("instrument", "drums") and s.name != "no_drums" for s in specs]
+    )
+    neither = torch.tensor([s.objective and s.name == "no_drums" for s in specs])
+    unlabelled = torch.tensor([s.objective and s.group in ("tempo", "dynamics") for s in specs])
+    union, neither, unlabelled = (u.to(target.device)[None, :] for u in (union, neither, unlabelled))
+    mixed = on.to(target.device) > 0
+    t = torch.where(union & both, torch.maximum(t_a, t_b), t_a)
+    t = torch.where(neither & both, torch.minimum(t_a, t_b), t)
+    target[rows] = torch.where(mixed, t, t_a)
+    mask[rows] = torch.where(mixed & unlabelled, 0.0, mask[rows])
+    return wave, target, mask
 
 
 def window_starts(source: WindowSource, idx: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:

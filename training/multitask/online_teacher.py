@@ -14,6 +14,9 @@ student, every training view can be labelled as it is drawn:
 - **synthetic windows** (``synth`` > 0): the distilled units that the synthetic corpus does not
   label (genres, moods, ...) get the teachers' probability as a label of that weight.
 
+``synth_mix_p`` mixes synthetic clips with each other in the same step (labels from both clips'
+tags, ``data.mix_clips``; no teacher needed), before the teachers label anything.
+
 The teachers see each window's centred 187 frames, as ``MusicnnTeacher`` on a ``WindowGrid`` does,
 with musicnn's front end computed in torch (float32 FFT instead of float64; the float16 rounding of
 the mel power is kept).
@@ -53,9 +56,16 @@ class OnlineTeacherSpec(BaseModel):
         le=1,
         description="label weight of the teachers' targets for distilled units on synthetic windows",
     )
+    synth_mix_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of synthetic windows with another synthetic clip mixed in (labels: data.mix_clips)",
+    )
 
     @property
     def enabled(self) -> bool:
+        """Whether the teachers run in the training step (``synth_mix_p`` alone needs no teacher)."""
         return self.mix_p > 0 or self.relabel_real or self.synth > 0
 
 
@@ -126,7 +136,7 @@ class OnlineTeacher(nn.Module):
         wave, target, mask = wave.clone(), target.clone(), mask.clone()
         real = slice(0, n_real)
         if spec.mix_p > 0 and n_real:
-            wave[real], mixed = mix_in(wave[real], bank, spec.mix_p, spec.mix_snr_db, gen)
+            wave[real], mixed, _ = mix_in(wave[real], bank, spec.mix_p, spec.mix_snr_db, gen)
             vocals = torch.tensor([s.vocals for s in specs], device=mask.device)
             mask[real] = torch.where(vocals & (mixed > 0), 0.0, mask[real])
         else:

@@ -262,6 +262,11 @@ def train(
 
     def step_fn(module, gen) -> StepOut:
         wave, target, mask = mt_data.sample_batch(sources, counts, window, gen)
+        synth_rows = slice(counts[0], counts[0] + counts[1])
+        wave, target, mask = mt_data.mix_clips(
+            wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
+            recipe.online.mix_snr_db, gen,
+        )  # fmt: skip
         if teacher is not None:
             wave, target, mask = teacher.relabel(
                 recipe.online, specs, wave, target, mask, counts[0], counts[1], bank, gen
