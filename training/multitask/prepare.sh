@@ -5,6 +5,7 @@
 #   bash training/multitask/prepare.sh wheels    # wheels the GPU machine lacks -> $CARRY/mt_1/whl
 #   bash training/multitask/prepare.sh labels    # teachers on the original audio (CPU, ~75 min on 2 cores)
 #   bash training/multitask/prepare.sh pack      # Opus packs, labels + this checkout's code -> $CARRY/mt_1..mt_4
+#   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders
 #   bash training/multitask/prepare.sh all
 #
 # Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
@@ -185,12 +186,50 @@ pack() {
   du -sh --apparent-size "$CARRY"/mt_*
 }
 
+# The device calls that stage the carry folders, back to back (a machine stays warm 30 s): each
+# call carries the tracked tree plus folders, 64 MiB in all. Folders are grouped largest first;
+# one too large for a call goes as its sub-folders (mt_1: whl/ and packs/); mt_4 goes last, with
+# what fits beside it, and that call goes on to label / train.
+calls() {
+  local tree
+  tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  $PY - "$CARRY" "$tree" <<'PYEOF'
+import subprocess, sys
+from pathlib import Path
+
+carry, tree = Path(sys.argv[1]), int(sys.argv[2])
+room = 64 * 1048576 - tree
+size = lambda p: int(subprocess.run(["du", "-sb", str(p)], capture_output=True, text=True).stdout.split()[0])
+units = []
+for d in sorted(carry.glob("mt_*")):
+    parts = [d] if size(d) <= room else [p for p in sorted(d.iterdir()) if p.is_dir()]
+    units += [(size(p), p) for p in parts]
+if any(s > room for s, _ in units):
+    sys.exit(f"error: {[str(p) for s, p in units if s > room]} do not fit one call ({room} bytes beside the tree)")
+last = [u for u in units if u[1].parts[-1] == "mt_4"]
+calls = [[s, [p]] for s, p in last]
+for s, p in sorted((u for u in units if u not in last), reverse=True):
+    call = next((c for c in reversed(calls) if c[0] + s <= room), None)  # the run call first
+    if call is None:
+        calls.insert(0, call := [0, []])
+    call[0] += s
+    call[1].append(p)
+for i, (s, paths) in enumerate(calls, 1):
+    rel = [str(p.relative_to(carry.parent)) for p in paths]
+    names = sorted({p.relative_to(carry).parts[0] for p in paths}, key=lambda n: (n == "mt_4", n))
+    stage = " && ".join(f"bash training/multitask/gpu_run.sh stage {n}" for n in names)
+    what = "then label / train (see the report)" if i == len(calls) else ""
+    print(f"call {i}: {(s + tree) / 1048576:.1f} MiB  carry {rel}\n  {stage} {what}".rstrip())
+PYEOF
+}
+
 case "${1:-all}" in
 corpora) corpora ;;
 wheels) wheels ;;
 labels) labels ;;
 pack) pack ;;
+calls) calls ;;
 all) corpora && wheels && labels && pack ;;
-*) echo "usage: prepare.sh corpora|wheels|labels|pack|all" >&2; exit 2 ;;
+*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all" >&2; exit 2 ;;
 esac
 say done
