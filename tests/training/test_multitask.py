@@ -420,3 +420,21 @@ def test_reused_labels_equal_labelling_the_grown_corpus(monkeypatch):
     assert labelled == ["a", "c"]
     with pytest.raises(ValueError, match="do not name"):
         mt_data.reuse_labels({k: v for k, v in old.items() if k != "name"}, grown, grid, "cpu")
+
+
+def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_path: Path):
+    from training.multitask.objective_cells import main
+
+    out = tmp_path / "cells.json"
+    assert main(["--corpus", f"a={corpora / 'synth_test'}", "--corpus", f"b={corpora / 'synth_calib'}",
+                 "--out", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["bundle"].startswith("rt-tagger-multitask") and list(doc["results"]) == ["a", "b"]
+    a = doc["results"]["a"]
+    assert (
+        a["clips"] == 8 and 0 <= a["instrument_macro_roc_auc"] <= 1 and 0 <= a["objective_macro_roc_auc"] <= 1
+    )
+    # the fixture's clips tag bass, flute, drums and a tempo: those are the units scored
+    assert (
+        set(a["per_tag"]) <= {"bass", "flute", "drums", "no_drums", "slow", "fast"} and "bass" in a["per_tag"]
+    )

@@ -1,0 +1,73 @@
+"""A bundle's objective and instrument ROC-AUC on several synthetic corpora, side by side.
+
+    python -m training.multitask.objective_cells --bundle rt_tagger/default_model \\
+        --corpus train_sf_train_composer=/work/data/cells/fr3_varied \\
+        --corpus train_sf_heldout_composer=/work/data/cells/fr3_heldout ... --out cells.json
+
+Why: the instrument units miss on the held-out soundfont *and* composer; corpora that change one
+of the two at a time (rendered by ``training.corpora.synth`` with a new seed) tell which shift
+costs what. The numbers are :func:`training.multitask.evaluate.evaluate`'s objective ones: macro
+ROC-AUC over the objective units and over the instrument units, each clip's centred window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m training.multitask.objective_cells", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--bundle", type=Path, default=Path("rt_tagger/default_model"))
+    ap.add_argument(
+        "--corpus", action="append", required=True, metavar="NAME=PATH", help="a synthetic corpus"
+    )
+    ap.add_argument("--out", type=Path, required=True, help="results JSON")
+    a = ap.parse_args(argv)
+    from engines.bundle import Bundle
+    from engines.logmel_torch import LogMel
+    from training.metrics import tag_metrics
+    from training.multitask import data as mt_data
+    from training.multitask.evaluate import predict
+    from training.multitask.vocab import build_vocab
+
+    bundle = Bundle.load(a.bundle)
+    specs = build_vocab(bundle.manifest.provenance["vocabulary"]["kept"])
+    names = [s.name for s in specs]
+    if names != bundle.tags:
+        print(f"error: {a.bundle}'s tags are not its vocabulary's units", file=sys.stderr)
+        return 2
+    model = bundle.build_model().eval()
+    logmel = LogMel(bundle.manifest.frontend)
+    objective = [j for j, s in enumerate(specs) if s.objective]
+    instruments = [j for j in objective if specs[j].group == "instrument"]
+    results = {}
+    for item in a.corpus:
+        name, _, path = item.partition("=")
+        corpus = mt_data.load_corpus(path)
+        source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
+        probs = predict(model, logmel, source)
+        y = source.target.numpy()
+        obj = tag_metrics(y[:, objective], probs[:, objective], [names[j] for j in objective])
+        ins = tag_metrics(y[:, instruments], probs[:, instruments], [names[j] for j in instruments])
+        results[name] = {
+            "corpus": path, "clips": len(y), "objective_macro_roc_auc": obj["roc_auc"],
+            "instrument_macro_roc_auc": ins["roc_auc"],
+            "per_tag": {k: round(v["roc_auc"], 4) for k, v in obj["per_tag"].items()},
+        }  # fmt: skip
+        print(f"{name}: {len(y)} clips, objective {obj['roc_auc']:.3f}, instruments {ins['roc_auc']:.3f}")
+    doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
+           "results": results}  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
