@@ -3,7 +3,7 @@
 #
 #   bash training/multitask/eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]
 #
-# RESULT_DIR is what gpu_run.sh brought back ($OUT: bundle/weights.safetensors, vocab.json).
+# RESULT_DIR is what gpu_run.sh brought back ($OUT: result.json and the weights, see below).
 # On the GPU machine the student is scored on the Opus packs it trained on; a user runs it on
 # the original audio, so the numbers that count are computed here: the run's weights, its
 # vocabulary, the teachers' labels of the original audio (prepare.sh labels), and the corpora as
@@ -16,8 +16,22 @@ shift 2
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data}
 mkdir -p "$run"
-cp "$res/bundle/weights.safetensors" "$run/model.safetensors"
-cp "$res/vocab.json" "$run/vocab.json"
+# the weights the run's valid split picked (selected.safetensors, or bundle/ in results from before
+# 2026-12-04), else the last step's; WEIGHTS=last takes the last step's
+weights=""
+for w in selected.safetensors bundle/weights.safetensors last.safetensors; do
+  [[ ${WEIGHTS:-} == last && $w != last.safetensors ]] && continue
+  if [[ -f $res/$w ]]; then weights=$res/$w; break; fi
+done
+[[ -n $weights ]] || { echo "error: no weights in $res" >&2; exit 2; }
+echo "weights: $weights"
+cp "$weights" "$run/model.safetensors"
+if [[ -f $res/vocab.json ]]; then
+  cp "$res/vocab.json" "$run/vocab.json"
+else  # result.json holds the vocabulary too
+  $PY -c "import json, sys; json.dump(json.load(open(sys.argv[1]))['vocab'], open(sys.argv[2], 'w'), indent=2)" \
+    "$res/result.json" "$run/vocab.json"
+fi
 cp "$DATA"/labels_orig/labels_real_valid.npz "$DATA"/labels_orig/labels_real_test.npz "$run/"
 rm -f "$run/result.json" "$run/metrics.json"
 $PY -m training.multitask --recipe configs/train_multitask.toml --out "$run" --no-progress --set device=\"cpu\" \

@@ -18,11 +18,10 @@
 #           training, configs, engines without the teacher weights, COMMIT)
 #
 # "run" stops at once (exit 3) when an earlier stage is missing on this machine (it went cold):
-# start again at call 1. Into $OUT: train.log, result.json (recipe, tags, thresholds, metrics),
+# start again at call 1. What comes back into $OUT: see collect() below.
 # When .carry/mt_4/labels/ holds labels_<split>.npz (teacher labels of the original audio,
-# training/multitask/label.py; prepare.sh labels), they are used instead of labelling the packs.
-# vocab.json, history.json, labels.tgz (teacher labels of the three real splits), bundle/manifest.json,
-# bundle/weights.safetensors, last.safetensors (the last step's weights).
+# training/multitask/label.py; prepare.sh labels, or "label" here), they are used instead of
+# labelling the packs.
 set -uo pipefail
 ROOT="$PWD"
 DATA=${MT_DATA:-/root/mtdata}  # MT_* only for a rehearsal off the GPU machine
@@ -55,6 +54,27 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
   echo "staged $1: $(ls "$DATA" | tr '\n' ' ')($(du -sh "$DATA" | cut -f1))"
 }
 
+# What a run has so far, into $OUT: at most 5 files, since a device call brings back 8 (two runs
+# side by side fit when their selected step is the last): result.json (metrics, vocabulary),
+# history.json, train.log, last.safetensors (the last step's weights) and selected.safetensors
+# (the step the valid split picked, when it is another); MT_LABELS_OUT=1 adds labels.tgz.
+collect() {
+  cp "$RUN/result.json" "$RUN/train/history.json" "$OUT"/ 2>/dev/null
+  [[ -f $RUN/train/ckpt.pt ]] && $PY -c "import sys, torch; from safetensors.torch import save_file
+s = torch.load(sys.argv[1], map_location='cpu', weights_only=True)['module']
+save_file({k: v.contiguous() for k, v in s.items()}, sys.argv[2])" "$RUN/train/ckpt.pt" "$OUT/last.safetensors"
+  if [[ -f $RUN/model.safetensors ]] && ! $PY -c "import sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+sys.exit(0 if a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a) else 1)" "$RUN/model.safetensors" "$OUT/last.safetensors" 2>/dev/null; then
+    cp "$RUN/model.safetensors" "$OUT/selected.safetensors"
+  fi
+  if [[ ${MT_LABELS_OUT:-0} == 1 ]]; then
+    (cd "$RUN" && tar -czf "$OUT/labels.tgz" labels_real_*.npz) 2>/dev/null
+  fi
+  ls -la "$OUT"
+}
+
 case "${1:-}" in
 stage)
   stage "${2:?usage: gpu_run.sh stage mt_N}" || exit 1
@@ -83,6 +103,8 @@ run | train)
   fi
   export PYTHONPATH=$SITE
   mkdir -p "$RUN" "$OUT"
+  # also when the call's time limit stops the run (timeout sends TERM): what exists comes back
+  trap 'collect; exit 124' TERM
   # teacher labels made on the original audio before packing (training/multitask/label.py)
   if compgen -G ".carry/mt_4/labels/*.npz" >/dev/null; then cp -n .carry/mt_4/labels/*.npz "$RUN"/; fi
   export RT_TAGGER_COMMIT="$(cat .carry/mt_4/COMMIT)"
@@ -98,15 +120,7 @@ run | train)
     --set "data.synth_train=\"$DATA/synth_train\"" --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
     --set "data.not_music=\"$DATA/not_music\"" --set "data.not_music_test=\"$DATA/not_music_test\"" "${@:2}" 2>&1 | tee "$OUT/train.log"
   rc=${PIPESTATUS[0]}
-  cp $RUN/result.json $RUN/vocab.json "$OUT"/ 2>/dev/null
-  cp $RUN/train/history.json "$OUT"/ 2>/dev/null
-  # the last step's weights too (the bundle holds the step the valid split picked)
-  $PY -c "import sys, torch; from safetensors.torch import save_file
-s = torch.load(sys.argv[1], map_location='cpu', weights_only=True)['module']
-save_file({k: v.contiguous() for k, v in s.items()}, sys.argv[2])" $RUN/train/ckpt.pt "$OUT/last.safetensors" 2>/dev/null
-  (cd $RUN && tar -czf "$OUT/labels.tgz" labels_real_train.npz labels_real_valid.npz labels_real_test.npz) 2>/dev/null
-  mkdir -p "$OUT/bundle" && cp $BUNDLE/manifest.json $BUNDLE/weights.safetensors "$OUT/bundle/" 2>/dev/null
-  ls -la "$OUT" "$OUT/bundle"
+  collect
   exit "$rc"
   ;;
 *)
