@@ -62,7 +62,7 @@ def augment_wave(x: torch.Tensor, bank: AudioBank, spec: AugmentSpec, gen: torch
 
 def mix_in(
     x: torch.Tensor, bank: AudioBank, p: float, snr_db: tuple[float, float], gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each crop of ``x`` ``(N, T)`` gets, with probability ``p``, a random crop of a random track of
     ``bank`` mixed in at a signal-to-background ratio drawn from ``snr_db``.
 
