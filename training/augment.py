@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from training.bank import AudioBank
 from training.views import gather_crops
 
-__all__ = ["AugmentSpec", "augment_wave", "augment_mel", "mix_in"]
+__all__ = ["AugmentSpec", "ChannelSpec", "augment_wave", "augment_mel", "degrade_channel", "mix_in"]
 
 
 class AugmentSpec(BaseModel):
@@ -109,3 +109,61 @@ def augment_mel(mel: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
             mask |= ((r >= s[:, None]) & (r < (s + w)[:, None]) & on[:, None])[:, None, :]
         mel = torch.where(mask, fill, mel)
     return mel
+
+
+class ChannelSpec(BaseModel):
+    """Degradations of the recording channel, each applied to a window with its own probability
+    (0 switches it off): a room (reverb from a synthetic impulse response), a dull speaker (a
+    low-pass of random corner), an overdriven stage (soft clipping). The window's RMS is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reverb_p: float = Field(0.0, ge=0, le=1)
+    reverb_rt60_s: tuple[float, float] = (0.3, 2.5)
+    reverb_wet: tuple[float, float] = (0.1, 0.7)
+    lowpass_p: float = Field(0.0, ge=0, le=1)
+    lowpass_hz: tuple[float, float] = (2000.0, 6000.0)
+    clip_p: float = Field(0.0, ge=0, le=1)
+    clip_drive_db: tuple[float, float] = (3.0, 18.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.reverb_p > 0 or self.lowpass_p > 0 or self.clip_p > 0
+
+
+_IR_SECONDS = 1.5  # impulse responses are cut here (a 2.5-s RT60 is 36 dB down by then)
+
+
+def degrade_channel(
+    x: torch.Tensor, spec: ChannelSpec, sample_rate: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Apply ``spec``'s channel degradations to crops ``(N, T)``; returns a new ``(N, T)``."""
+    n, t = x.shape
+    dev = x.device
+
+    def on(p: float) -> torch.Tensor:  # (N, 1): 1.0 for the windows this degradation applies to
+        return (torch.rand(n, 1, generator=gen, device=gen.device) < p).float().to(dev)
+
+    rms_in = _rms(x)
+    y = x
+    if spec.reverb_p > 0:
+        taps = int(_IR_SECONDS * sample_rate)
+        time = torch.arange(taps, device=dev)[None, :] / sample_rate
+        rt60 = _uniform(n, *spec.reverb_rt60_s, gen)[:, None].to(dev)
+        ir = torch.randn(n, taps, generator=gen, device=gen.device).to(dev) * torch.exp(-6.9078 * time / rt60)
+        size = t + taps
+        wet = torch.fft.irfft(torch.fft.rfft(y, size) * torch.fft.rfft(ir, size), size)[:, :t]
+        mix = _uniform(n, *spec.reverb_wet, gen)[:, None].to(dev) * on(spec.reverb_p)
+        y = (1 - mix) * y + mix * wet * (_rms(y) / _rms(wet))
+    if spec.lowpass_p > 0:
+        freqs = torch.fft.rfftfreq(t, 1 / sample_rate).to(dev)[None, :]
+        corner = _uniform(n, *spec.lowpass_hz, gen)[:, None].to(dev)
+        gain = 1 / torch.sqrt(1 + (freqs / corner) ** 4)  # a second-order roll-off, no ringing
+        low = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
+        y = torch.where(on(spec.lowpass_p) > 0, low, y)
+    if spec.clip_p > 0:
+        drive = torch.pow(10.0, _uniform(n, *spec.clip_drive_db, gen)[:, None].to(dev) / 20)
+        peak = y.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
+        clipped = torch.tanh(drive * y / peak) * peak
+        y = torch.where(on(spec.clip_p) > 0, clipped, y)
+    return y * (rms_in / _rms(y))

@@ -146,8 +146,9 @@ def test_recipe_keeps_the_online_teacher_off_unless_asked():
 
 
 def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch):
-    """pipeline.train with ``online`` on: every step mixes its synthetic rows and hands its real and
-    synthetic rows to the teacher."""
+    """pipeline.train with ``online`` and ``synth_channel`` on: every step mixes and degrades its
+    synthetic rows and hands its real and synthetic rows to the teacher."""
+    from training.augment import ChannelSpec
     from training.loop import LoopSpec
     from training.multitask.data import WindowSource
     from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
@@ -170,6 +171,16 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         return mix_clips(wave, target, mask, specs, rows, source, p, snr_db, gen)
 
     monkeypatch.setattr(mt_data, "mix_clips", mix_spy)
+    from training.multitask import pipeline
+
+    degraded = []
+    degrade = pipeline.degrade_channel
+
+    def degrade_spy(x, spec, sample_rate, gen):
+        degraded.append((x.shape[0], sample_rate))
+        return degrade(x, spec, sample_rate, gen)
+
+    monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
 
     def source(name: str, clips: list[np.ndarray]) -> WindowSource:
         n = len(clips)
@@ -188,6 +199,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         init_from="",
         model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
         online=OnlineTeacherSpec(mix_p=1.0, synth=0.5, synth_mix_p=0.5),
+        synth_channel=ChannelSpec(reverb_p=0.5),
         loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
     )
     sources = [source("real", clips[:2]), source("synth", clips[2:]), source("nm", clips[2:])]
@@ -196,6 +208,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     # the remainder to the largest share (real)
     assert calls == [(5, 2, 8), (5, 2, 8)]
     assert mixes == [(5, 7, "synth", 0.5)] * 2  # the synthetic rows, mixed before the teachers label them
+    assert degraded == [(2, 16000)] * 2  # and only they go through the degraded channel
 
 
 def test_mixed_synthetic_clips_get_the_union_of_their_instruments():
@@ -250,3 +263,39 @@ def test_mixed_synthetic_clips_get_the_union_of_their_instruments():
     # p = 0: nothing changes
     same = mix_clips(wave, target, mask, SPECS, rows, src, 0.0, (0.0, 9.0), gen)
     assert all(torch.equal(x, y) for x, y in zip(same, (wave, target, mask), strict=True))
+
+
+def test_channel_degradations_do_what_they_say():
+    from training.augment import ChannelSpec, degrade_channel
+
+    sr, n = 16000, 16000
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((6, n)).astype(np.float32)) * 0.1
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.equal(degrade_channel(x, ChannelSpec(), sr, gen()), x)  # all off: unchanged
+
+    def band_energy(y, lo, hi):
+        spec = torch.fft.rfft(y).abs().square()
+        f = torch.fft.rfftfreq(y.shape[1], 1 / sr)
+        return spec[:, (f >= lo) & (f < hi)].sum(dim=1)
+
+    low = degrade_channel(x, ChannelSpec(lowpass_p=1.0, lowpass_hz=(2000.0, 2000.0)), sr, gen())
+    # white noise has equal energy per band; at twice the corner the roll-off is 1 / 17 in power
+    ratio = band_energy(low, 3900, 4100) / band_energy(low, 400, 600)
+    assert torch.all((ratio > 0.04) & (ratio < 0.08)), ratio
+    # a click in a room: energy long after it; the window's RMS is kept
+    click = torch.zeros(2, n)
+    click[:, 100] = 1.0
+    room = degrade_channel(click, ChannelSpec(reverb_p=1.0, reverb_wet=(0.7, 0.7)), sr, gen())
+    assert torch.all(room[:, 4000:].abs().amax(dim=1) > 0)
+    assert torch.allclose(room.pow(2).mean(1).sqrt(), click.pow(2).mean(1).sqrt(), rtol=1e-4)
+    # overdrive: the peaks flatten (crest factor falls), the RMS is kept
+    hot = degrade_channel(x, ChannelSpec(clip_p=1.0, clip_drive_db=(18.0, 18.0)), sr, gen())
+    crest = lambda y: y.abs().amax(1) / y.pow(2).mean(1).sqrt()  # noqa: E731
+    assert torch.all(crest(hot) < 0.6 * crest(x))
+    assert torch.allclose(hot.pow(2).mean(1).sqrt(), x.pow(2).mean(1).sqrt(), rtol=1e-4)
+    # each degradation applies to about its share of the windows
+    many = torch.from_numpy(rng.standard_normal((400, 2000)).astype(np.float32))
+    half = degrade_channel(many, ChannelSpec(clip_p=0.5), sr, gen())
+    changed = (half - many).abs().amax(dim=1) > 1e-3
+    assert 0.4 < float(changed.float().mean()) < 0.6

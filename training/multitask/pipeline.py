@@ -28,7 +28,7 @@ from engines.errors import UserError
 from engines.frontend import FrontEndSpec
 from engines.logmel_torch import LogMel
 from engines.model import ModelSpec, ResNetTagger
-from training.augment import AugmentSpec, augment_mel, augment_wave
+from training.augment import AugmentSpec, ChannelSpec, augment_mel, augment_wave, degrade_channel
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
@@ -117,6 +117,11 @@ class MultitaskRecipe(_M):
     online: OnlineTeacherSpec = Field(
         default_factory=OnlineTeacherSpec,
         description="the musicnn teachers label mixed, real or synthetic training windows as they are drawn",
+    )
+    synth_channel: ChannelSpec = Field(
+        default_factory=ChannelSpec,
+        description="room, speaker and overdrive degradations of the synthetic windows (their tags hold "
+        "whatever the channel; the teachers' labels of real windows would not)",
     )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     select_on_valid: bool = Field(
@@ -267,6 +272,11 @@ def train(
             wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
             recipe.online.mix_snr_db, gen,
         )  # fmt: skip
+        if recipe.synth_channel.enabled:
+            wave = wave.clone()
+            wave[synth_rows] = degrade_channel(
+                wave[synth_rows], recipe.synth_channel, recipe.frontend.sample_rate, gen
+            )
         if teacher is not None:
             wave, target, mask = teacher.relabel(
                 recipe.online, specs, wave, target, mask, counts[0], counts[1], bank, gen
