@@ -73,13 +73,16 @@ def _batch(demo: np.ndarray, n_real: int, n_synth: int, n_other: int):
     return wave, target, mask
 
 
-def test_relabel_mixes_real_windows_and_labels_them(teacher, demo):
-    wave, target, mask = _batch(demo, 6, 4, 2)
+def _relabel(teacher, demo, spec: OnlineTeacherSpec, n_real: int, n_synth: int, n_other: int):
+    """A batch of the demo's windows, and what ``teacher.relabel`` makes of it."""
+    wave, target, mask = _batch(demo, n_real, n_synth, n_other)
     bank = AudioBank.from_arrays([demo], 16000, WINDOW)
-    spec = OnlineTeacherSpec(mix_p=1.0)
-    w2, t2, m2 = teacher.relabel(
-        spec, SPECS, wave, target, mask, 6, 4, bank, torch.Generator().manual_seed(1)
-    )
+    new = teacher.relabel(spec, wave, target, mask, n_real, n_synth, bank, torch.Generator().manual_seed(1))
+    return (wave, target, mask), new
+
+
+def test_relabel_mixes_real_windows_and_labels_them(teacher, demo):
+    (wave, target, mask), (w2, t2, m2) = _relabel(teacher, demo, OnlineTeacherSpec(mix_p=1.0), 6, 4, 2)
     assert not torch.equal(w2[:6], wave[:6]) and torch.equal(w2[6:], wave[6:])
     covered = teacher.covered
     assert torch.allclose(t2[:6][:, covered], teacher(w2[:6])[:, covered])  # the mix's labels
@@ -94,12 +97,7 @@ def test_relabel_mixes_real_windows_and_labels_them(teacher, demo):
 
 
 def test_relabel_synth_windows_gets_only_units_the_corpus_lacks(teacher, demo):
-    wave, target, mask = _batch(demo, 2, 4, 2)
-    bank = AudioBank.from_arrays([demo], 16000, WINDOW)
-    spec = OnlineTeacherSpec(synth=0.5)
-    w2, t2, m2 = teacher.relabel(
-        spec, SPECS, wave, target, mask, 2, 4, bank, torch.Generator().manual_seed(1)
-    )
+    (wave, target, mask), (w2, t2, m2) = _relabel(teacher, demo, OnlineTeacherSpec(synth=0.5), 2, 4, 2)
     assert torch.equal(w2, wave) and torch.equal(t2[:2], target[:2]) and torch.equal(t2[6:], target[6:])
     lacks = torch.tensor([bool(s.teacher) and not s.objective for s in SPECS])
     assert {s.name for s, x in zip(SPECS, lacks, strict=True) if x} == {"rock", "electronic", "ambient"}
@@ -111,11 +109,8 @@ def test_relabel_synth_windows_gets_only_units_the_corpus_lacks(teacher, demo):
 
 
 def test_relabel_real_labels_every_real_window_and_nothing_is_mixed(teacher, demo):
-    wave, target, mask = _batch(demo, 3, 1, 1)
-    bank = AudioBank.from_arrays([demo], 16000, WINDOW)
-    spec = OnlineTeacherSpec(relabel_real=True)
-    w2, t2, m2 = teacher.relabel(
-        spec, SPECS, wave, target, mask, 3, 1, bank, torch.Generator().manual_seed(1)
+    (wave, target, mask), (w2, t2, m2) = _relabel(
+        teacher, demo, OnlineTeacherSpec(relabel_real=True), 3, 1, 1
     )
     covered = teacher.covered
     assert torch.equal(w2, wave) and torch.equal(m2, mask)
@@ -156,9 +151,9 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     calls = []
     relabel = OnlineTeacher.relabel
 
-    def spy(self, spec, specs, wave, target, mask, n_real, n_synth, bank, gen):
+    def spy(self, spec, wave, target, mask, n_real, n_synth, bank, gen):
         calls.append((n_real, n_synth, len(wave)))
-        return relabel(self, spec, specs, wave, target, mask, n_real, n_synth, bank, gen)
+        return relabel(self, spec, wave, target, mask, n_real, n_synth, bank, gen)
 
     monkeypatch.setattr(OnlineTeacher, "relabel", spy)
     from training.multitask import data as mt_data

@@ -15,6 +15,7 @@ A corpus is a folder any ``training.data`` loader reads, or a pack (training/cor
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,6 +334,16 @@ def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) 
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _mix_rules(specs: tuple[TagSpec, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per unit, how :func:`mix_clips` labels a mix of two clips: present when either clip has it;
+    present when neither has it (``no_drums``); unlabelled (tempo, dynamics)."""
+    union = [s.objective and s.group in ("instrument", "drums") and s.name != "no_drums" for s in specs]
+    neither = [s.objective and s.name == "no_drums" for s in specs]
+    unlabelled = [s.objective and s.group in ("tempo", "dynamics") for s in specs]
+    return torch.tensor(union), torch.tensor(neither), torch.tensor(unlabelled)
+
+
 def mix_clips(
     wave: torch.Tensor,
     target: torch.Tensor,
@@ -364,12 +375,7 @@ def mix_clips(
     other = other.to(source.target.device)
     t_a, t_b = target[rows], source.target[other].to(target.device)
     both = (mask[rows] > 0) & (source.mask[other].to(mask.device) > 0)
-    union = torch.tensor(
-        [s.objective and s.group in ("instrument", "drums") and s.name != "no_drums" for s in specs]
-    )
-    neither = torch.tensor([s.objective and s.name == "no_drums" for s in specs])
-    unlabelled = torch.tensor([s.objective and s.group in ("tempo", "dynamics") for s in specs])
-    union, neither, unlabelled = (u.to(target.device)[None, :] for u in (union, neither, unlabelled))
+    union, neither, unlabelled = (u.to(target.device)[None, :] for u in _mix_rules(tuple(specs)))
     mixed = on.to(target.device) > 0
     t = torch.where(union & both, torch.maximum(t_a, t_b), t_a)
     t = torch.where(neither & both, torch.minimum(t_a, t_b), t)

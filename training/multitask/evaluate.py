@@ -31,6 +31,7 @@ from training.multitask.vocab import BINARISE_AT, VOCALS_AT, TagSpec
 __all__ = [
     "MUSIC_FLAG_RATE",
     "MAX_REAL_ON_RATE",
+    "objective_metrics",
     "predict",
     "clip_windows",
     "calibrate",
@@ -221,6 +222,17 @@ def selection_score(
     return {**parts, "selection_score": float(np.mean(defined)) if defined else float("nan")}
 
 
+def objective_metrics(specs: list[TagSpec], probs: np.ndarray, target: np.ndarray) -> tuple[dict, dict]:
+    """``tag_metrics`` of synthetic clips over the objective units and over the instrument units."""
+    names = [s.name for s in specs]
+    objective = [j for j, s in enumerate(specs) if s.objective]
+    instruments = [j for j in objective if specs[j].group == "instrument"]
+    return tuple(
+        tag_metrics(target[:, units], probs[:, units], [names[j] for j in units])
+        for units in (objective, instruments)
+    )
+
+
 def evaluate(
     specs: list[TagSpec],
     thresholds: list[float],
@@ -250,11 +262,8 @@ def evaluate(
         if n != "music" and e["on_rate"] > 0.6 and not e.get("teacher_on_rate", 0.0) >= 0.6
     ]  # fmt: skip
     probs_s, src_s = synth_test
-    objective = [j for j, s in enumerate(specs) if s.objective]
-    instruments = [j for j in objective if specs[j].group == "instrument"]
     y_s = src_s.target.numpy()
-    obj = tag_metrics(y_s[:, objective], probs_s[:, objective], [names[j] for j in objective])
-    ins = tag_metrics(y_s[:, instruments], probs_s[:, instruments], [names[j] for j in instruments])
+    obj, ins = objective_metrics(specs, probs_s, y_s)
     return {
         "distilled": {
             "n_windows": int(len(probs_r)),

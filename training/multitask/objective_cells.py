@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     a = ap.parse_args(argv)
+    from engines.atomic import write_atomic
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
-    from training.metrics import tag_metrics
     from training.multitask import data as mt_data
-    from training.multitask.evaluate import predict
+    from training.multitask.evaluate import objective_metrics, predict
     from training.multitask.vocab import build_vocab
 
     bundle = Bundle.load(a.bundle)
@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = bundle.build_model().eval()
     logmel = LogMel(bundle.manifest.frontend)
-    objective = [j for j, s in enumerate(specs) if s.objective]
-    instruments = [j for j in objective if specs[j].group == "instrument"]
     results = {}
     for item in a.corpus:
         name, _, path = item.partition("=")
@@ -53,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
         probs = predict(model, logmel, source)
         y = source.target.numpy()
-        obj = tag_metrics(y[:, objective], probs[:, objective], [names[j] for j in objective])
-        ins = tag_metrics(y[:, instruments], probs[:, instruments], [names[j] for j in instruments])
+        obj, ins = objective_metrics(specs, probs, y)
         results[name] = {
             "corpus": path, "clips": len(y), "objective_macro_roc_auc": obj["roc_auc"],
             "instrument_macro_roc_auc": ins["roc_auc"],
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
            "results": results}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
 

@@ -98,6 +98,11 @@ class OnlineTeacher(nn.Module):
                 average[columns[src], j] = 1.0 / len(sources)
         self.register_buffer("average", torch.from_numpy(average))
         self.register_buffer("covered", torch.from_numpy(average.sum(axis=0) > 0))
+        self.register_buffer("vocals", torch.tensor([s.vocals for s in specs]))
+        # the distilled units the synthetic corpus does not label (genres, moods, ...)
+        self.register_buffer(
+            "synth_units", torch.tensor([bool(s.teacher) and not s.objective for s in specs])
+        )
         self.register_buffer("mel_basis", torch.from_numpy(np.ascontiguousarray(_slaney_mel_basis())))
         k = torch.arange(N_FFT, dtype=torch.float64)
         self.register_buffer("hann", (0.5 - 0.5 * torch.cos(2 * torch.pi * k / N_FFT)).float())
@@ -122,7 +127,6 @@ class OnlineTeacher(nn.Module):
     def relabel(
         self,
         spec: OnlineTeacherSpec,
-        specs: list[TagSpec],
         wave: torch.Tensor,
         target: torch.Tensor,
         mask: torch.Tensor,
@@ -137,13 +141,11 @@ class OnlineTeacher(nn.Module):
         real = slice(0, n_real)
         if spec.mix_p > 0 and n_real:
             wave[real], mixed, _ = mix_in(wave[real], bank, spec.mix_p, spec.mix_snr_db, gen)
-            vocals = torch.tensor([s.vocals for s in specs], device=mask.device)
-            mask[real] = torch.where(vocals & (mixed > 0), 0.0, mask[real])
+            mask[real] = torch.where(self.vocals & (mixed > 0), 0.0, mask[real])
         else:
             mixed = torch.zeros(n_real, 1, device=wave.device)
         rows = torch.zeros(len(wave), dtype=torch.bool, device=wave.device)
         rows[real] = True if spec.relabel_real else mixed[:, 0] > 0
-        synth_units = torch.tensor([bool(s.teacher) and not s.objective for s in specs], device=mask.device)
         if spec.synth > 0:
             rows[n_real : n_real + n_synth] = True
         if not rows.any():
@@ -152,7 +154,7 @@ class OnlineTeacher(nn.Module):
         old_t, old_m = target[rows], mask[rows]
         is_real = (torch.arange(len(wave), device=wave.device) < n_real)[rows][:, None]
         # real rows: every unit the teachers cover; synthetic rows: distilled units the corpus lacks
-        take = torch.where(is_real, self.covered[None, :], synth_units[None, :])
+        take = torch.where(is_real, self.covered[None, :], self.synth_units[None, :])
         target[rows] = torch.where(take, teach, old_t)
         mask[rows] = torch.where(take & ~is_real, spec.synth, old_m)
         return wave, target, mask

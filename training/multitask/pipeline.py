@@ -279,7 +279,7 @@ def train(
             )
         if teacher is not None:
             wave, target, mask = teacher.relabel(
-                recipe.online, specs, wave, target, mask, counts[0], counts[1], bank, gen
+                recipe.online, wave, target, mask, counts[0], counts[1], bank, gen
             )
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
