@@ -438,3 +438,15 @@ def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_
     assert (
         set(a["per_tag"]) <= {"bass", "flute", "drums", "no_drums", "slow", "fast"} and "bass" in a["per_tag"]
     )
+
+
+def test_objective_cells_refuses_bad_input_in_one_line(tmp_path: Path, capsys):
+    from training.multitask.objective_cells import main
+
+    out = tmp_path / "cells.json"
+    assert main(["--corpus", f"a={tmp_path / 'missing'}", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: corpus not found")
+    with pytest.raises(SystemExit) as e:  # argparse: one usage line and the reason
+        main(["--corpus", str(tmp_path), "--out", str(out)])
+    assert e.value.code == 2 and "--corpus takes NAME=PATH" in capsys.readouterr().err
+    assert not out.exists()

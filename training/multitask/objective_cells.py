@@ -29,6 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     a = ap.parse_args(argv)
+    corpora = [item.partition("=")[::2] for item in a.corpus]
+    if not all(name and path for name, path in corpora):
+        ap.error("--corpus takes NAME=PATH")
+    from engines.errors import UserError
+
+    try:
+        return _run(a, corpora)
+    except UserError as e:  # a missing bundle or corpus: one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.atomic import write_atomic
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
@@ -45,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     model = bundle.build_model().eval()
     logmel = LogMel(bundle.manifest.frontend)
     results = {}
-    for item in a.corpus:
-        name, _, path = item.partition("=")
+    for name, path in corpora:
         corpus = mt_data.load_corpus(path)
         source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
         probs = predict(model, logmel, source)
