@@ -21,6 +21,7 @@ time after the first message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="writer block in ms (default 10); also the tagger's read size",
     )
     p.add_argument("--hop", type=float, default=0.5, help="tagger hop in seconds (default 0.5)")
+    p.add_argument(
+        "--source",
+        choices=("stdin", "mic"),
+        default="stdin",
+        help="stdin (default): PCM written into `rt-tagger stream -`; mic: the audio played into the "
+        "PulseAudio null sink (scripts/start_test_audio.sh) and captured by `rt-tagger listen --device "
+        "pulse`, the microphone path",
+    )
     p.add_argument("--backend", default="auto", help="tagger backend (default auto)")
     p.add_argument(
         "--skip-s",
@@ -173,41 +183,95 @@ def _play(proc: subprocess.Popen, audio: np.ndarray, sr: int, block: int) -> dic
     }
 
 
+@dataclass
+class _Setup:
+    """What both sources share: the bundle, the audio, the endpoint, the document, a scratch folder."""
+
+    bundle: object
+    audio: np.ndarray
+    sr: int
+    block: int
+    endpoint: str
+    stream_id: str
+    doc: dict
+    tmp: Path
+
+    @classmethod
+    def make(cls, args: argparse.Namespace, source: str) -> _Setup:
+        bundle, label = open_bench_bundle(args.bundle)
+        audio, sr = _audio(args.file, args.seconds, args.rate, args.channels)
+        block = max(1, int(round(args.block_ms * sr / 1e3)))
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        doc = new_document("stream", machine_info(), {
+            "file": str(args.file), "seconds": audio.shape[0] / sr, "rate": sr, "channels": audio.shape[1],
+            "block_frames": block, "hop_s": args.hop, "backend": args.backend, "endpoint": endpoint,
+            "skip_s": args.skip_s, "source": source,
+        })  # fmt: skip
+        doc["bundle"] = bundle_info(bundle, label)
+        tmp = Path(tempfile.mkdtemp(prefix="rt-bench-stream-"))
+        return cls(bundle, audio, sr, block, endpoint, f"bench{os.getpid()}", doc, tmp)
+
+    def tagger(self, command: str, args: argparse.Namespace, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "rt_tagger.cli", command, *extra, "--channels", str(self.audio.shape[1]),
+            "--bundle", str(self.bundle.path), "--publish", self.endpoint, "--stream-id", self.stream_id,
+            "--hop", str(args.hop), "--backend", args.backend, "-q",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(self.block), PYTHONUNBUFFERED="1")
+
+    @contextlib.contextmanager
+    def subscriber(self):
+        """The bench subscriber (:mod:`bench.stream_sub`) in its own process; yields the file it
+        writes every message to, one JSON line each."""
+        jsonl = self.tmp / "messages.jsonl"
+        sub = subprocess.Popen(
+            [sys.executable, "-m", "bench.stream_sub", self.endpoint, f"tags.{self.stream_id}", str(jsonl)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if sub.stdout.readline().strip() != "ready":
+                raise BenchError("the bench subscriber did not start")
+            yield jsonl
+        finally:
+            sub.terminate()
+            sub.wait(timeout=10)
+
+    def finish(self, rc: int, rss: _RssWatcher, stderr_path: Path, command: str) -> str:
+        """The tagger's stderr once it exited (an error if it failed); RSS into the summary later."""
+        rss.stop.set()
+        rss.join()
+        time.sleep(0.5)  # let the last messages cross
+        stderr = stderr_path.read_text()
+        if rc != 0:
+            raise BenchError(
+                f"rt-tagger {command} exited with {rc}: {stderr.strip().splitlines()[-1:] or ''}"
+            )
+        return stderr
+
+    def summarise(self, rss: _RssWatcher, stderr: str) -> None:
+        self.doc["summary"]["tagger_peak_rss_mib"] = round(max(rss.peak_kib, rss.hwm_kib) / 1024, 1)
+        self.doc["tagger_stderr_tail"] = stderr.strip().splitlines()[-5:]
+
+
+def _messages(jsonl: Path) -> list[dict]:
+    return [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+
+
 def run(args: argparse.Namespace) -> dict:
-    bundle, label = open_bench_bundle(args.bundle)
-    audio, sr = _audio(args.file, args.seconds, args.rate, args.channels)
-    block = max(1, int(round(args.block_ms * sr / 1e3)))
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    stream_id = f"bench{os.getpid()}"
-    info = machine_info()
-    doc = new_document("stream", info, {
-        "file": str(args.file), "seconds": audio.shape[0] / sr, "rate": sr, "channels": audio.shape[1],
-        "block_frames": block, "hop_s": args.hop, "backend": args.backend, "endpoint": endpoint, "skip_s": args.skip_s,
-        "source": "stdin PCM f32le (rt-tagger stream -), real-time pace",
-    })  # fmt: skip
-    doc["bundle"] = bundle_info(bundle, label)
-    tmp = Path(tempfile.mkdtemp(prefix="rt-bench-stream-"))
-    jsonl = tmp / "messages.jsonl"
-    sub = subprocess.Popen(
-        [sys.executable, "-m", "bench.stream_sub", endpoint, f"tags.{stream_id}", str(jsonl)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        if sub.stdout.readline().strip() != "ready":
-            raise BenchError("the bench subscriber did not start")
-        env = dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(block), PYTHONUNBUFFERED="1")
-        trace = tmp / "trace.json"
+    if args.source == "mic":
+        return _run_mic(args)
+    st = _Setup.make(args, "stdin PCM f32le (rt-tagger stream -), real-time pace")
+    with st.subscriber() as jsonl:
+        env = st.env()
+        trace = st.tmp / "trace.json"
         if args.trace:  # the tagger imports bench/stream_trace/sitecustomize.py at start-up
             path = [str(TRACE_DIR), str(TRACE_DIR.parents[1]), env.get("PYTHONPATH", "")]
             env.update(PYTHONPATH=os.pathsep.join(p for p in path if p), BENCH_STREAM_TRACE=str(trace))
-        cmd = [
-            sys.executable, "-m", "rt_tagger.cli", "stream", "-", "--rate", str(sr), "--channels", str(audio.shape[1]),
-            "--format", "f32le", "--bundle", str(bundle.path), "--publish", endpoint, "--stream-id", stream_id,
-            "--hop", str(args.hop), "--backend", args.backend, "-q",
-        ]  # fmt: skip
-        stderr_path = tmp / "tagger.stderr"
+        cmd = st.tagger("stream", args, "-", "--rate", str(st.sr), "--format", "f32le")
+        stderr_path = st.tmp / "tagger.stderr"
         with open(stderr_path, "w") as err:
             t_start_wall = time.time()
             proc = subprocess.Popen(
@@ -215,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
             )
             rss = _RssWatcher(proc.pid)
             rss.start()
-            pacing = _play(proc, audio, sr, block)
+            pacing = _play(proc, st.audio, st.sr, st.block)
             try:
                 rc = proc.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
@@ -226,22 +290,14 @@ def run(args: argparse.Namespace) -> dict:
                 ) from None
             finally:
                 rss.stop.set()
-                rss.join()
-        time.sleep(0.5)  # let the last messages cross
-        stderr = stderr_path.read_text()
-        if rc != 0:
-            raise BenchError(f"rt-tagger stream exited with {rc}: {stderr.strip().splitlines()[-1:] or ''}")
-    finally:
-        sub.terminate()
-        sub.wait(timeout=10)
-    received = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+        stderr = st.finish(rc, rss, stderr_path, "stream")
+    doc = st.doc
     written = np.asarray(pacing.pop("written_wall"))
-    _analyse(doc, received, t_start_wall, args.skip_s, pacing["writer_on_time_from_s"], written)
+    _analyse(doc, _messages(jsonl), t_start_wall, args.skip_s, pacing["writer_on_time_from_s"], written)
     if args.trace:
         _add_trace(doc, trace)
     doc["settings"]["writer"] = pacing
-    doc["summary"]["tagger_peak_rss_mib"] = round(max(rss.peak_kib, rss.hwm_kib) / 1024, 1)
-    doc["tagger_stderr_tail"] = stderr.strip().splitlines()[-5:]
+    st.summarise(rss, stderr)
     doc["notes"].append(
         "capture = the tagger's stdin read of the block holding the window's last sample (wall clock)"
     )
@@ -250,6 +306,86 @@ def run(args: argparse.Namespace) -> dict:
         f"and after the writer was back on schedule (stream time {pacing['writer_on_time_from_s']:.2f} s)"
     )
     return doc
+
+
+def _run_mic(args: argparse.Namespace) -> dict:
+    """The microphone path: ``paplay`` plays the audio into the null sink in real time while
+    ``rt-tagger listen --device pulse`` captures the sink's monitor."""
+    import signal
+
+    import soundfile as sf
+
+    if args.trace:
+        raise BenchError("--trace times the stdin path only")
+    ready = subprocess.run(
+        ["bash", str(DEMO.parents[2] / "scripts" / "start_test_audio.sh")], capture_output=True, text=True
+    )
+    if ready.returncode != 0:
+        raise BenchError(f"no PulseAudio test device: {ready.stderr.strip() or ready.stdout.strip()}")
+    st = _Setup.make(
+        args, "microphone: paplay into the PulseAudio null sink rt_null, rt-tagger listen --device pulse"
+    )
+    wav, stderr_path = st.tmp / "play.wav", st.tmp / "tagger.stderr"
+    sf.write(str(wav), st.audio, st.sr, subtype="FLOAT")
+    with st.subscriber() as jsonl:
+        with open(stderr_path, "w") as err:
+            t_start_wall = time.time()
+            proc = subprocess.Popen(
+                st.tagger("listen", args, "--device", "pulse"),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=st.env(),
+            )
+            rss = _RssWatcher(proc.pid)
+            rss.start()
+            try:
+                _wait_for_messages(jsonl, proc, args.timeout)
+                play_from = time.time()
+                subprocess.run(
+                    ["paplay", "--device=rt_null", str(wav)], check=True, timeout=args.seconds + 60
+                )
+                play_to = time.time()
+                time.sleep(1.0)  # the last windows
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    rc = proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
+                rss.stop.set()
+        stderr = st.finish(rc, rss, stderr_path, "listen")
+    window_s = st.bundle.manifest.frontend.window_seconds
+    # only windows made of the played audio: the monitor is silent before and after it
+    played = [
+        r for r in _messages(jsonl)
+        if play_from + window_s <= (r["msg"].get("capture_wall_time") or r["msg"].get("publish_wall_time", 0)) <= play_to
+    ]  # fmt: skip
+    doc = st.doc
+    _analyse(doc, played, t_start_wall, args.skip_s)
+    doc["summary"]["time_to_first_message_s"] = None  # the listener was started long before the audio
+    st.summarise(rss, stderr)
+    doc["notes"].append(
+        "capture = the capture time PortAudio reports for the block holding the window's last sample "
+        "(its ADC time on the unix clock; the block's arrival where the host API gives none)"
+    )
+    doc["notes"].append(
+        f"windows whose audio was all played (capture from {window_s:g} s after paplay started until it ended); "
+        f"steady-state rows skip the first {args.skip_s} s of stream time after the first of them"
+    )
+    return doc
+
+
+def _wait_for_messages(jsonl: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Until the listener publishes (it is up, the device open) or exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"rt-tagger listen exited with {proc.returncode} before publishing")
+        if jsonl.exists() and jsonl.stat().st_size > 0:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"rt-tagger listen published nothing in {timeout} s")
 
 
 def _add_trace(doc: dict, path: Path) -> None:

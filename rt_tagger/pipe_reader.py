@@ -5,7 +5,7 @@ read, convert, ring write, records, wake-up). The consumer then waits for the GI
 block: when the block arrives (the hand-over sits inside the window's capture→publish time) and
 whenever a block lands while the consumer completes a window. :func:`read_pcm` does the same
 work in numba with the GIL released, calling libc (``poll``, ``read``, ``clock_gettime``,
-``nanosleep``, ``write``) directly, so the consumer never waits for it.
+``nanosleep``, ``write``; :mod:`rt_tagger.native`) directly, so the consumer never waits for it.
 
 Everything the loop shares with Python is a numpy array: the ring's buffer and positions
 (:class:`~rt_tagger.ring.RingBuffer`), the source's block records, and ``state`` (indices below).
@@ -24,11 +24,18 @@ hosts (the formats are little-endian and are read in place).
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
+from rt_tagger.native import (
+    CLOCK_MONOTONIC,
+    CLOCK_REALTIME,
+    c_errno,
+    c_nanosleep,
+    c_poll,
+    c_read,
+    c_write,
+    now_ns,
+)
 from rt_tagger.ring import READ, WRITE, fence, load_acquire
 
 __all__ = ["EOF", "ERROR", "STOPPED", "STATE_FIELDS", "read_pcm", "new_state"]
@@ -40,65 +47,8 @@ EOF, STOPPED, ERROR = 0, 1, 2  # what read_pcm returns
 
 _POLLIN = 1
 _EINTR, _EAGAIN = 4, 11
-_CLOCK_REALTIME, _CLOCK_MONOTONIC = 0, 1
 _POLL_MS = 50  # the longest the loop goes without looking at the stop flag
 _FULL_WAIT_NS = 500_000  # wait for room in a full ring in these steps
-
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-_PTR = ir.IntType(8).as_pointer()
-
-
-def _libc(symbol: str, ret: ir.Type, params: list[ir.Type]):
-    """An intrinsic that calls libc's ``symbol`` (resolved by name when the code is loaded, so the
-    kernel can be cached). Numba passes every argument as an int64 (pointers as addresses); the
-    result comes back sign-extended to int64."""
-    signature = types.int64(*[types.int64] * len(params))
-
-    def codegen(context, builder, sig, values):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, params), symbol)
-        cast = [
-            builder.inttoptr(v, t) if t == _PTR else builder.trunc(v, t) if t.width < 64 else v
-            for v, t in zip(values, params, strict=True)
-        ]
-        out = builder.call(fn, cast)
-        return builder.sext(out, _I64) if ret.width < 64 else out
-
-    if len(params) == 2:  # numba's intrinsics need their arguments spelt out
-
-        def call(typingctx, a, b):
-            return signature, codegen
-    else:
-
-        def call(typingctx, a, b, c):
-            return signature, codegen
-
-    return intrinsic(call)
-
-
-_read = _libc("read", _I64, [_I32, _PTR, _I64])
-_write = _libc("write", _I64, [_I32, _PTR, _I64])
-_poll = _libc("poll", _I32, [_PTR, _I64, _I32])
-_clock_gettime = _libc("clock_gettime", _I32, [_I32, _PTR])
-_nanosleep = _libc("nanosleep", _I32, [_PTR, _PTR])
-
-
-@intrinsic
-def _errno(typingctx):
-    """The calling thread's ``errno``."""
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I32.as_pointer(), []), "__errno_location"
-        )
-        return builder.sext(builder.load(builder.call(fn, [])), _I64)
-
-    return types.int64(), codegen
-
-
-@njit(cache=True)
-def _now(clock, ts):
-    _clock_gettime(clock, ts.ctypes.data)
-    return ts[0] * 1_000_000_000 + ts[1]
 
 
 def new_state() -> np.ndarray:
@@ -137,12 +87,12 @@ def read_pcm(
     one = np.ones(1, np.uint64)
     pending = 0  # bytes of a partial frame at the start of staging
     while state[STOP] == 0:
-        ready = _poll(pfd.ctypes.data, 1, _POLL_MS)
+        ready = c_poll(pfd.ctypes.data, 1, _POLL_MS)
         if ready == 0:
             continue
-        n = _read(fd, staging.ctypes.data + pending, staging.size - pending) if ready > 0 else -1
+        n = c_read(fd, staging.ctypes.data + pending, staging.size - pending) if ready > 0 else -1
         if n < 0:
-            err = _errno()
+            err = c_errno()
             if err == _EINTR or err == _EAGAIN:
                 continue
             state[ERRNO] = err
@@ -150,7 +100,7 @@ def read_pcm(
         if n == 0:
             state[TRAILING_BYTES] = pending
             return EOF
-        capture = _now(_CLOCK_REALTIME, ts) / 1e9
+        capture = now_ns(CLOCK_REALTIME, ts) / 1e9
         total = pending + n
         frames = total // frame_bytes
         done = 0
@@ -159,9 +109,9 @@ def read_pcm(
             k = min(capacity - (wp - load_acquire(positions, READ)), frames - done)
             state[HELD_FRAMES] = frames - done
             if k == 0:
-                t = _now(_CLOCK_MONOTONIC, ts)
-                _nanosleep(pause.ctypes.data, 0)
-                state[BLOCKED_NS] += _now(_CLOCK_MONOTONIC, ts) - t
+                t = now_ns(CLOCK_MONOTONIC, ts)
+                c_nanosleep(pause.ctypes.data, 0)
+                state[BLOCKED_NS] += now_ns(CLOCK_MONOTONIC, ts) - t
                 continue
             for f in range(k):
                 slot = (wp + f) % capacity
@@ -171,12 +121,12 @@ def read_pcm(
             i = nrec[0] % records
             rec_end[i] = wp + k
             rec_capture[i] = capture
-            rec_arrival[i] = _now(_CLOCK_REALTIME, ts) / 1e9
+            rec_arrival[i] = now_ns(CLOCK_REALTIME, ts) / 1e9
             fence("release")
             nrec[0] += 1
             fence("release")
             positions[WRITE] = wp + k
-            _write(wake_fd, one.ctypes.data, 8)
+            c_write(wake_fd, one.ctypes.data, 8)
             done += k
             state[FRAMES_READ] += k
         state[HELD_FRAMES] = 0

@@ -21,7 +21,9 @@ Why no lock is needed:
   is still safe because the producer only writes slots in ``[write_pos, read_pos + capacity)``
   and the consumer only reads slots in ``[read_pos, write_pos)``, disjoint by construction.
 - Each counter has one writer: ``overflow_*`` belong to the producer, ``underflow_events`` to
-  the consumer.
+  the consumer. The producer's counters live in an int64 array, ``overflow``
+  (``[samples, events]``), so a native producer (the microphone callback,
+  :mod:`rt_tagger.mic_callback`) counts its drops where Python reads them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from numba.extending import intrinsic
 __all__ = ["RingBuffer", "fence", "load_acquire"]
 
 WRITE, READ = 0, 1  # indices in RingBuffer.positions
+DROPPED_SAMPLES, DROP_EVENTS = 0, 1  # indices in RingBuffer.overflow
 
 
 @intrinsic
@@ -80,8 +83,8 @@ class RingBuffer:
         self.channels = int(channels)
         self.buffer = np.zeros((self.capacity, self.channels), dtype=np.float32)
         self.positions = np.zeros(2, np.int64)  # [write (producer-owned), read (consumer-owned)]
-        self.overflow_samples = 0  # producer-owned: frames dropped because the ring was full
-        self.overflow_events = 0  # producer-owned: write() calls that dropped anything
+        # producer-owned: [frames dropped because the ring was full, writes that dropped anything]
+        self.overflow = np.zeros(2, np.int64)
         # consumer-owned: reads that asked for more than was there, and waits for overdue audio
         # (note_underflow; the pipeline's definition is in rt_tagger.sources)
         self.underflow_events = 0
@@ -93,6 +96,14 @@ class RingBuffer:
     @property
     def read_pos(self) -> int:
         return int(self.positions[READ])
+
+    @property
+    def overflow_samples(self) -> int:
+        return int(self.overflow[DROPPED_SAMPLES])
+
+    @property
+    def overflow_events(self) -> int:
+        return int(self.overflow[DROP_EVENTS])
 
     # ---------------------------------------------------------------- producer side
     def write(self, block: np.ndarray) -> int:
@@ -114,8 +125,8 @@ class RingBuffer:
         free = self.capacity - (wp - int(self.positions[READ]))
         k = n if n <= free else free
         if k < n:
-            self.overflow_samples += n - k
-            self.overflow_events += 1
+            self.overflow[DROPPED_SAMPLES] += n - k
+            self.overflow[DROP_EVENTS] += 1
         if k > 0:
             start = wp % self.capacity
             first = self.capacity - start
@@ -208,8 +219,7 @@ class RingBuffer:
     def reset(self) -> None:
         """Empty the ring and zero the counters. Only while neither side is running."""
         self.positions[:] = 0
-        self.overflow_samples = 0
-        self.overflow_events = 0
+        self.overflow[:] = 0
         self.underflow_events = 0
         self.buffer.fill(0.0)
 

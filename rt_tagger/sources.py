@@ -20,11 +20,12 @@ ring, held by a reader blocked on a full ring, and for stdin the bytes still unr
 A reader that waits for room in the ring (the tagger fell behind, the writer upstream is held
 back) adds its waiting time to ``input_blocked_s`` (stdin; a fast file reader waits by design).
 
-The microphone callback contract (PortAudio thread): copy ``indata`` into the preallocated ring,
-count status flags, store two floats in preallocated arrays. No allocation of arrays, no logging,
-no locks, nothing that blocks. The file source decodes on a reader thread and writes into the
-ring the same way; the stdin source's reader thread runs :func:`rt_tagger.pipe_reader.read_pcm`,
-numba without the GIL, so the consumer never waits for it.
+The microphone's PortAudio callback is native code (:mod:`rt_tagger.mic_callback`): it copies the
+block into the preallocated ring, counts status flags, records two times and wakes the consumer,
+without the GIL, so a consumer busy in Python never delays it. The stdin source's reader thread
+runs :func:`rt_tagger.pipe_reader.read_pcm`, numba without the GIL too. The file source decodes on
+a Python reader thread. Every producer writes an eventfd after each block, which
+:meth:`Source.wait_for_audio` waits on: the consumer wakes as soon as audio lands.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import BinaryIO
 import numpy as np
 
 from engines.errors import UserError
+from rt_tagger import mic_callback
 from rt_tagger.decode import DecodeError, open_audio
 from rt_tagger.ring import RingBuffer
 
@@ -94,6 +96,7 @@ class Source:
     reports_blocking = False  # whether input_blocked_s means lag (stdin) or pacing (a fast file)
     blocked_s = 0.0  # producer-owned: time spent waiting for room in the ring
     held_frames = 0  # producer-owned: frames of the current block not in the ring yet
+    status_flags = 0  # PortAudio callbacks with overflow/underflow flags (the microphone only)
 
     def __init__(self, sample_rate: int, channels: int, ring_seconds: float = 10.0) -> None:
         self.sample_rate = int(sample_rate)
@@ -101,7 +104,6 @@ class Source:
         self.ring = RingBuffer(max(1, int(ring_seconds * self.sample_rate)), self.channels)
         self.finished = False
         self.error: BaseException | None = None
-        self.status_flags = 0  # PortAudio callbacks with overflow/underflow flags
         self.started_wall: float | None = None
         # Block records, written by the producer only: ring position after the block, wall time the
         # block's last frame was captured, wall time it was in the ring; and how many were written.
@@ -112,6 +114,11 @@ class Source:
         self.block_frames = 0  # frames per producer block, when known (the underflow grace)
         self.device_reopens = 0  # consumer-owned (MicSource.check)
         self._starved_at = -1  # consumer-owned: ring write position of the last counted underflow
+        # Written (+1) by the producer after every write into the ring, so the consumer wakes as
+        # soon as a block lands. An eventfd: native producers write it without the GIL.
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_poll = select.poll()  # poll, not select: descriptors above 1023 are fine
+        self._wake_poll.register(self._wake_fd, select.POLLIN)
 
     def _record(self, capture_wall: float, arrival_wall: float) -> None:
         i = int(self._rec_count[0]) % _RECORDS
@@ -188,11 +195,21 @@ class Source:
         return f"{self.kind} {self.sample_rate} Hz × {self.channels} ch"
 
     def wait_for_audio(self, timeout: float) -> None:
-        """Return when new audio may be in the ring, or after ``timeout`` seconds.
+        """Return when new audio may be in the ring, or after ``timeout`` seconds."""
+        if self._wake_fd < 0:  # stopped: no producer any more
+            time.sleep(timeout)
+        elif self._wake_poll.poll(timeout * 1e3):
+            with contextlib.suppress(BlockingIOError):  # cleared before the caller looks at the ring
+                os.eventfd_read(self._wake_fd)
 
-        Here a plain sleep: a PortAudio callback must not take the lock a wake-up signal needs.
-        """
-        time.sleep(timeout)
+    def _wake(self) -> None:
+        os.eventfd_write(self._wake_fd, 1)
+
+    def _close_wake(self) -> None:
+        """Close the eventfd; only once no producer can write it any more."""
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
     # context manager -------------------------------------------------------------------------
     def start(self) -> None:
@@ -217,19 +234,6 @@ class _ThreadSource(Source):
         self.block_size = self.block_frames = int(block_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Written after every write into the ring: the consumer wakes as soon as a block lands
-        # instead of polling. An eventfd, because the pipe reader writes it without the GIL.
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._wake_poll = select.poll()  # poll, not select: descriptors above 1023 are fine
-        self._wake_poll.register(self._wake_fd, select.POLLIN)
-
-    def _wake(self) -> None:
-        os.eventfd_write(self._wake_fd, 1)
-
-    def wait_for_audio(self, timeout: float) -> None:
-        if self._wake_poll.poll(timeout * 1e3):
-            with contextlib.suppress(BlockingIOError):  # cleared before the caller looks at the ring
-                os.eventfd_read(self._wake_fd)
 
     def start(self) -> None:
         self.started_wall = time.time()
@@ -274,9 +278,8 @@ class _ThreadSource(Source):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        if self._wake_fd >= 0 and (self._thread is None or not self._thread.is_alive()):
-            os.close(self._wake_fd)  # not while a stuck reader may still write it
-            self._wake_fd = -1
+        if self._thread is None or not self._thread.is_alive():
+            self._close_wake()  # not while a stuck reader may still write it
         self._close()
 
     def _close(self) -> None:
@@ -536,7 +539,8 @@ def resolve_device(spec: str | int | None) -> int | None:
 
 
 class MicSource(Source):
-    """A PortAudio input stream (sounddevice) feeding the ring from its callback.
+    """A PortAudio input stream (sounddevice) feeding the ring from a native callback
+    (:mod:`rt_tagger.mic_callback`: it runs without the GIL).
 
     A device that stops calling back (unplugged, sound server gone) is noticed by :meth:`check`
     on the consumer side: after ``device_timeout_s`` without a callback the stream is closed,
@@ -585,46 +589,60 @@ class MicSource(Source):
         self.block_size = self.block_frames = int(block_size)
         self.device_timeout_s = float(device_timeout_s)
         self.reopen_attempts = int(reopen_attempts)
-        self.input_overflows = 0
-        self._clock_offset = 0.0  # unix time - PortAudio stream time
         self._opened_wall: float | None = None  # when the current stream started (None: stopped)
         self._attempts = 0  # reopens since audio last flowed
+        # what the native callback reads and writes (rt_tagger.mic_callback), alive as long as self
+        self._counts = np.zeros(mic_callback.COUNTS, np.int64)
+        self._times = np.zeros(mic_callback.TIMES, np.float64)
+        self._times[mic_callback.SAMPLE_RATE] = self.sample_rate
+        self._scratch = np.zeros(3, np.int64)
+        self._context = mic_callback.new_context(
+            self.ring, self._rec_end, self._rec_capture, self._rec_arrival, self._rec_count,
+            self._counts, self._times, self._scratch, self._wake_fd,
+        )  # fmt: skip
         self._stream = self._open()
 
     def _open(self):
         import sounddevice as sd
 
-        return sd.InputStream(
+        # sounddevice's base stream takes a C function pointer when wrap_callback is None
+        return sd._StreamBase(
+            kind="input",
             device=self.device,
             samplerate=self.sample_rate,
             channels=self.channels,
             dtype="float32",
             blocksize=self.block_size,
-            callback=self._callback,
+            callback=sd._ffi.cast("PaStreamCallback *", mic_callback.callback_address()),
+            userdata=sd._ffi.cast("void *", self._context.ctypes.data),
+            wrap_callback=None,
         )
 
     def describe(self) -> str:
         return f"mic {self.device_name!r} ({self.sample_rate} Hz × {self.channels} ch)"
 
-    def _callback(self, indata, frames, time_info, status) -> None:
-        # PortAudio thread: copy, count, record two floats. Nothing else (see the module docstring).
-        arrival = time.time()
-        if status:
-            self.status_flags += 1
-            if status.input_overflow:
-                self.input_overflows += 1
-        self.ring.write(indata)
-        adc = time_info.inputBufferAdcTime
-        capture = adc + self._clock_offset + (frames - 1) / self.sample_rate
-        if not 0.0 < adc or capture > arrival:  # no (or an inconsistent) ADC time: it just arrived
-            capture = arrival
-        self._record(capture, arrival)
+    @property
+    def status_flags(self) -> int:
+        return int(self._counts[mic_callback.STATUS_FLAGS])
+
+    @property
+    def input_overflows(self) -> int:
+        return int(self._counts[mic_callback.INPUT_OVERFLOWS])
+
+    @property
+    def callbacks(self) -> int:
+        """PortAudio callbacks so far (all streams of this source)."""
+        return int(self._counts[mic_callback.CALLBACKS])
+
+    def _set_clock(self) -> None:
+        """Map the stream's PortAudio clock to unix time (before it starts calling back)."""
+        self._times[mic_callback.CLOCK_OFFSET] = time.time() - self._stream.time
 
     def start(self) -> None:
         import sounddevice as sd
 
         try:
-            self._clock_offset = time.time() - self._stream.time
+            self._set_clock()
             self._stream.start()
         except sd.PortAudioError as e:
             raise DeviceError(f"cannot start input device {self.device_name!r}: {e}") from None
@@ -671,7 +689,7 @@ class MicSource(Source):
         sd._initialize()
         self.device = resolve_device(self.device_name)
         self._stream = self._open()
-        self._clock_offset = time.time() - self._stream.time
+        self._set_clock()
         self._stream.start()
         self._opened_wall = time.time()
 
@@ -686,5 +704,6 @@ class MicSource(Source):
         self._opened_wall = None
         try:
             self._close_stream()
+            self._close_wake()  # the stream is closed: its callback no longer runs
         finally:
             self.finished = True

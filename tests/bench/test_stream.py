@@ -31,3 +31,24 @@ def test_stream_mode_measures_the_real_pipeline(tiny_bundle, tmp_path, capsys):
         assert rows[f"trace {step}"]["p50_ms"] > 0
     inside = sum(rows[f"trace {step}"]["p50_ms"] for step in ("pickup", "push", "model", "complete"))
     assert inside < rows["capture->receive"]["p99_ms"]
+
+
+def test_stream_mode_through_the_microphone(tiny_bundle, tmp_path, capsys):
+    """--source mic: the audio played into the PulseAudio null sink, captured by `rt-tagger
+    listen` through PortAudio; only windows made of the played audio are counted."""
+    from tests.rt_tagger.test_microphone import _audio_device_or_skip
+
+    _audio_device_or_skip()
+    doc = run_bench(
+        ["stream", "--source", "mic", "--bundle", str(tiny_bundle.path), "--seconds", "10", "--hop", "0.5",
+         "--skip-s", "0.5", "--backend", "torch-cpu"],
+        tmp_path, capsys,
+    )  # fmt: skip
+    s = doc["summary"]
+    window_s = tiny_bundle.manifest.frontend.window_seconds
+    # 10 s played, windows from window_s after the start: about (10 - window_s) / hop of them
+    assert s["tags_messages"] >= (10 - window_s) / 0.5 - 4 and s["seq_gaps_at_subscriber"] == 0
+    assert s["drops"]["ring_overflow_samples"] == 0
+    rows = {r["stage"]: r for r in doc["results"]}
+    assert rows["capture->publish"]["n"] >= 3 and 0 < rows["capture->publish"]["p50_ms"] < 1000
+    assert "write->capture" not in rows and "microphone" in doc["settings"]["source"]

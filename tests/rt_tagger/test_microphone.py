@@ -327,3 +327,45 @@ def test_device_that_comes_back_is_reopened_and_counted(sensitive_bundle, tmp_pa
     assert flowing and flowing[-1].window.end_s > after + 1.0, "no audio after the reopen"
     assert end and end[-1].kind == "end" and end[-1].end.reason == "sigterm", stderr
     assert end[-1].drops.device_reopens >= 1 and listen.returncode == 0, stderr
+
+
+def test_capture_goes_on_while_python_holds_the_gil(short_wav):
+    """The microphone callback is native code (rt_tagger.mic_callback): while this thread holds
+    the GIL for 0.6 s (numba code compiled without nogil), blocks still land in the ring, with
+    their records, about every 20 ms as PulseAudio delivers them. A Python callback gets no block
+    at all in that time (0.63 s without a call, measured: the module docstring)."""
+    from numba import njit
+
+    from rt_tagger.native import CLOCK_MONOTONIC, now_ns
+    from rt_tagger.sources import MicSource
+
+    @njit  # not nogil: the GIL stays held until it returns
+    def hold_gil(seconds, ts):
+        end = now_ns(CLOCK_MONOTONIC, ts) + int(seconds * 1e9)
+        while now_ns(CLOCK_MONOTONIC, ts) < end:
+            pass
+
+    ts = np.zeros(2, np.int64)
+    hold_gil(0.0, ts)  # compiled before the stream runs
+    _audio_device_or_skip()
+    play = subprocess.Popen(["paplay", "--device=rt_null", str(short_wav)])
+    try:
+        with MicSource("pulse", 44100, 1, block_size=441) as src:
+            deadline = time.monotonic() + 20
+            while src.callbacks < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert src.callbacks >= 20, "the device delivered no audio"
+            written, t0 = src.ring.write_pos, time.time()
+            hold_gil(0.6, ts)
+            t1 = time.time()
+            n = int(src._rec_count[0])
+            arrivals = np.sort(src._rec_arrival[: min(n, src._rec_arrival.size)])
+    finally:
+        play.kill()
+        play.wait()
+    inside = arrivals[(arrivals > t0) & (arrivals < t1)]
+    assert t1 - t0 >= 0.6
+    assert len(inside) >= 10, f"{len(inside)} blocks arrived during the 0.6 s hold"
+    gaps = np.diff(np.concatenate([[t0], inside, [t1]]))
+    assert gaps.max() < 0.2, f"the longest wait for a block during the hold was {gaps.max() * 1e3:.0f} ms"
+    assert src.ring.write_pos > written and src.ring.overflow_samples == 0
