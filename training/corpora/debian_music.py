@@ -182,6 +182,30 @@ SOURCES: dict[str, Source] = {
     "drascula-music": Source(
         ("usr/share/scummvm/drascula/audio/*.ogg",), "Drascula-License (BSD-like)", "test"
     ),
+    # added 2026-12-04: four more test packages, so that the held-out numbers rest on more than 59
+    # tracks (picked by what Debian still had unused, before any model was scored on them)
+    "unknown-horizons": Source(
+        (
+            "usr/share/unknown-horizons/content/audio/music/*.ogg",
+            "usr/share/unknown-horizons/content/audio/music/menu/*.ogg",
+        ),
+        "CC-BY-SA-3.0",
+        "test",
+        tree=("usr/share/unknown-horizons/", ""),
+    ),  # fmt: skip
+    "warmux-data": Source(
+        ("usr/share/games/warmux/music/ingame/*.ogg", "usr/share/games/warmux/music/menu/*.ogg"),
+        "GPL-2+",
+        "test",
+        skip=("*/Olivier_Militon.-.Apnee2.ogg",),  # another mix of Apnee (correlation 0.96)
+    ),
+    "lordsawar-data": Source(("usr/share/games/lordsawar/music/*.ogg",), "GPL-3+", "test"),
+    "scorched3d-data": Source(
+        ("usr/share/games/scorched3d/data/globalmods/none/data/music/*.ogg",),
+        "GPL-2+",
+        "test",
+        tree=("usr/share/games/scorched3d/", ""),
+    ),
 }
 
 _EXTS = {".ogg", ".opus", ".flac", ".wav", ".mp3", ".raw"}
