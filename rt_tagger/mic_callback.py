@@ -9,11 +9,11 @@ GIL-holding loop of 0.6 s: the Python callback was not called for 0.63 s; this o
 
 :func:`callback_address` is a numba ``cfunc`` with PortAudio's ``PaStreamCallback`` signature,
 opened through ``sounddevice._StreamBase`` with ``wrap_callback=None`` (the documented way to give
-PortAudio a C function pointer). It does what the Python callback did, in the same order as the
-stdin reader (:mod:`rt_tagger.pipe_reader`): copy the block into the ring (what does not fit is
-dropped and counted: a device cannot be held back), count status flags, record the block's
-capture and arrival times, a release fence, the record count, a release fence, the ring's write
-position, then one write to an eventfd that wakes the consumer.
+PortAudio a C function pointer). It does what the Python callback did, finishing as the
+stdin reader (:mod:`rt_tagger.pipe_reader`) does: copy the block into the ring (what does not fit
+is dropped and counted: a device cannot be held back), count status flags, then the block's record
+and the ring's write position with release fences between (:func:`rt_tagger.ring.publish_block`),
+then one write to an eventfd that wakes the consumer.
 
 Everything it touches is a numpy array owned by the :class:`~rt_tagger.sources.MicSource`; the
 ``userData`` pointer is the address of ``context``, an int64 array of their addresses (the
@@ -26,7 +26,7 @@ import numpy as np
 from numba import carray, cfunc, types
 
 from rt_tagger.native import CLOCK_REALTIME, as_pointer, c_write, now_ns
-from rt_tagger.ring import DROP_EVENTS, DROPPED_SAMPLES, READ, WRITE, fence, load_acquire
+from rt_tagger.ring import DROP_EVENTS, DROPPED_SAMPLES, READ, WRITE, load_acquire, publish_block
 
 __all__ = [
     "CALLBACKS",
@@ -138,15 +138,16 @@ def _callback(input_addr, output_addr, frame_count, time_info_addr, status_flags
     if not adc > 0.0 or capture > arrival:
         capture = arrival
     records = context[RECORDS]
-    rec_count = carray(as_pointer(context[REC_COUNT], np.int64), (1,))
-    i = rec_count[0] % records
-    carray(as_pointer(context[REC_END], np.int64), (records,))[i] = wp + k
-    carray(as_pointer(context[REC_CAPTURE], np.float64), (records,))[i] = capture
-    carray(as_pointer(context[REC_ARRIVAL], np.float64), (records,))[i] = arrival
-    fence("release")
-    rec_count[0] += 1
-    fence("release")
-    positions[WRITE] = wp + k
+    publish_block(
+        positions,
+        wp + k,
+        carray(as_pointer(context[REC_END], np.int64), (records,)),
+        carray(as_pointer(context[REC_CAPTURE], np.float64), (records,)),
+        carray(as_pointer(context[REC_ARRIVAL], np.float64), (records,)),
+        carray(as_pointer(context[REC_COUNT], np.int64), (1,)),
+        capture,
+        arrival,
+    )
     scratch[2] = 1
     c_write(context[WAKE_FD], scratch[2:].ctypes.data, 8)
     return _PA_CONTINUE

@@ -10,7 +10,7 @@ work in numba with the GIL released, calling libc (``poll``, ``read``, ``clock_g
 Everything the loop shares with Python is a numpy array: the ring's buffer and positions
 (:class:`~rt_tagger.ring.RingBuffer`), the source's block records, and ``state`` (indices below).
 Order of the stores per write: the samples and the block's record, a release fence, the record
-count, a release fence, the ring's write position; the consumer loads the write position with an
+count, a release fence, the ring's write position (:func:`rt_tagger.ring.publish_block`); the consumer loads the write position with an
 acquire fence (:func:`rt_tagger.ring.load_acquire`), so it never sees frames without their data
 or their record.
 
@@ -36,7 +36,7 @@ from rt_tagger.native import (
     c_write,
     now_ns,
 )
-from rt_tagger.ring import READ, WRITE, fence, load_acquire
+from rt_tagger.ring import READ, WRITE, load_acquire, publish_block
 
 __all__ = ["EOF", "ERROR", "STOPPED", "STATE_FIELDS", "read_pcm", "new_state"]
 
@@ -77,7 +77,6 @@ def read_pcm(
     capacity, channels = buffer.shape
     sample_bytes = staging.size // samples.size
     frame_bytes = sample_bytes * channels
-    records = rec_end.size
     pfd = np.zeros(2, np.int32)
     pfd[0] = fd
     pfd[1] = _POLLIN  # events (low half); the kernel writes revents into the high half
@@ -118,14 +117,8 @@ def read_pcm(
                 first = (done + f) * channels
                 for c in range(channels):
                     buffer[slot, c] = np.float32(samples[first + c]) * scale
-            i = nrec[0] % records
-            rec_end[i] = wp + k
-            rec_capture[i] = capture
-            rec_arrival[i] = now_ns(CLOCK_REALTIME, ts) / 1e9
-            fence("release")
-            nrec[0] += 1
-            fence("release")
-            positions[WRITE] = wp + k
+            arrival = now_ns(CLOCK_REALTIME, ts) / 1e9
+            publish_block(positions, wp + k, rec_end, rec_capture, rec_arrival, nrec, capture, arrival)
             c_write(wake_fd, one.ctypes.data, 8)
             done += k
             state[FRAMES_READ] += k

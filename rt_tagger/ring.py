@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["RingBuffer", "fence", "load_acquire"]
+__all__ = ["RingBuffer", "fence", "load_acquire", "publish_block"]
 
 WRITE, READ = 0, 1  # indices in RingBuffer.positions
 DROPPED_SAMPLES, DROP_EVENTS = 0, 1  # indices in RingBuffer.overflow
@@ -53,6 +53,22 @@ def fence(typingctx, ordering):
         return context.get_dummy_value()
 
     return types.void(ordering), codegen
+
+
+@njit(cache=True)
+def publish_block(positions, end, rec_end, rec_capture, rec_arrival, rec_count, capture, arrival):
+    """A native producer's last step once its frames are in the ring up to position ``end``: the
+    block's record (end, capture and arrival wall times), a release fence, the record count, a
+    release fence, the write position. A consumer that loads the write position with
+    :func:`load_acquire` then sees the frames and their record complete."""
+    i = rec_count[0] % rec_end.size
+    rec_end[i] = end
+    rec_capture[i] = capture
+    rec_arrival[i] = arrival
+    fence("release")
+    rec_count[0] += 1
+    fence("release")
+    positions[WRITE] = end
 
 
 @njit(cache=True)
