@@ -482,3 +482,18 @@ def test_init_from_a_bundle_with_or_without_its_head():
     swapped[0], swapped[1] = swapped[1], swapped[0]
     with pytest.raises(MultitaskError, match="init_head: .* tags are not this run's units in order"):
         init_backbone(fresh(), str(bundle), swapped)
+
+
+def test_init_head_without_a_bundle_is_refused_in_one_line(tmp_path: Path):
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, "-m", "training.multitask", "--recipe", str(ROOT / "configs" / "train_multitask.toml"),
+         "--out", str(out), "--set", "init_head=true", "--set", 'init_from=""'],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 2 and not out.exists()
+    assert p.stderr.strip().splitlines() == [
+        "error: invalid recipe "
+        f"{ROOT / 'configs' / 'train_multitask.toml'}: Value error, init_head needs init_from "
+        "(the bundle whose head to start from)"
+    ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engines.atomic import write_atomic
 from engines.errors import UserError
@@ -140,6 +140,12 @@ class MultitaskRecipe(_M):
         )
     )
 
+    @model_validator(mode="after")
+    def _head_needs_a_bundle(self) -> MultitaskRecipe:
+        if self.init_head and not self.init_from:
+            raise ValueError("init_head needs init_from (the bundle whose head to start from)")
+        return self
+
 
 def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) -> MultitaskRecipe:
     try:
@@ -156,9 +162,8 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
         return MultitaskRecipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        raise MultitaskError(
-            f"invalid recipe {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-        ) from None
+        where = f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else ""  # no loc: the whole recipe
+        raise MultitaskError(f"invalid recipe {path}: {where}{err['msg']}") from None
 
 
 def init_backbone(model: ResNetTagger, bundle_path: str, units: list[str] | None = None) -> int:
@@ -264,8 +269,6 @@ def train(
         units = [s.name for s in specs] if recipe.init_head else None
         n = init_backbone(model, recipe.init_from, units)
         log.info("%s from %s (%d tensors)", "model" if units else "backbone", recipe.init_from, n)
-    elif recipe.init_head:
-        raise MultitaskError("init_head needs init_from (the bundle whose head to start from)")
     logmel = LogMel(recipe.frontend).to(dist.device)
     sources = [s.to(dist.device) for s in sources]
     group_names, unit_group = group_index([s.group for s in specs])
