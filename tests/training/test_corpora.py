@@ -289,6 +289,37 @@ def test_vary_keeps_tags_is_deterministic_and_heldout_is_disjoint():
     assert train.reverb[0][1] <= held.reverb[0][0] and train.mix != held.mix
 
 
+def test_vary_skip_leaves_out_one_factor_and_nothing_else():
+    """An ablation: with a factor skipped, the clip is the full configuration's clip but for that factor."""
+    from training.corpora.synth_compose import FACTORS, vary
+
+    def state(clip):
+        notes = {f: [] for f in ("pitch", "end", "velocity")}
+        for t in clip.midi.instruments:
+            for n in t.notes:
+                for f, v in (("pitch", n.pitch), ("end", round(n.end, 4)), ("velocity", n.velocity)):
+                    notes[f].append(v)
+        return {**notes, "mix": clip.stem_gain_db, "reverb": clip.reverb, "eq": clip.post["eq"], "codec": clip.post["codec"]}  # fmt: skip
+
+    touches = {"voicing": {"pitch"}, "octave": {"pitch"}, "articulation": {"end"}, "velocity": {"velocity"},
+               "mix": {"mix"}, "reverb": {"reverb"}, "eq": {"eq"}, "codec": {"codec"}}  # fmt: skip
+    moved = dict.fromkeys(FACTORS, 0)
+    for i in range(30):
+        full = state(vary(compose(7, i, 4.0), "heldout", 7))
+        for f in FACTORS:
+            part = vary(compose(7, i, 4.0), "heldout", 7, frozenset([f]))
+            ablated = state(part)
+            assert part.meta["skipped"] == f and part.tags == compose(7, i, 4.0).tags
+            assert all(ablated[k] == full[k] for k in full if k not in touches[f]), f
+            moved[f] += any(ablated[k] != full[k] for k in touches[f])
+    assert all(moved.values()), moved  # every factor does change some clips
+    plain = compose(7, 3, 4.0)
+    plain.post = {"eq": "", "codec": ""}
+    assert state(vary(compose(7, 3, 4.0), "heldout", 7, frozenset(FACTORS))) == state(plain)
+    with pytest.raises(ValueError, match="unknown composer factor"):
+        vary(compose(7, 0, 4.0), "heldout", 7, frozenset(["tempo"]))
+
+
 def test_eq_and_codecs_do_what_they_say():
     from training.corpora.synth import apply_codec, apply_eq
 
@@ -326,6 +357,9 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
     assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "heldout"]) == 2
     assert main(["--out", str(out), "--soundfont", str(SF2), "--composer", "nope"]) == 2
     assert "held out" in capsys.readouterr().err and not (tmp_path / "debian_music").exists()
+    # --skip ablates a composer configuration: none given, nothing to ablate
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--skip", "eq"]) == 2
+    assert "give --composer" in capsys.readouterr().err and not out.exists()
     assert {v.family for v in SOUNDFONTS.values() if v.use == "test"}.isdisjoint(
         {v.family for v in SOUNDFONTS.values() if v.use == "train"}
     )

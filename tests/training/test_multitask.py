@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -422,10 +423,24 @@ def test_reused_labels_equal_labelling_the_grown_corpus(monkeypatch):
         mt_data.reuse_labels({k: v for k, v in old.items() if k != "name"}, grown, grid, "cpu")
 
 
-def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_path: Path):
+def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_path: Path, capsys):
     from training.multitask.objective_cells import main
 
     out = tmp_path / "cells.json"
+    a_dir = tmp_path / "a"  # the test clips with a column to break the numbers down by
+    shutil.copytree(corpora / "synth_test", a_dir)
+    rows = list(csv.DictReader((a_dir / "tags.csv").open()))
+    with open(a_dir / "tags.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*rows[0], "eq"])
+        w.writeheader()
+        w.writerows({**r, "eq": "band_limit" if i < 4 else ""} for i, r in enumerate(rows))
+    # b has no such column: one line, nothing written
+    args = ["--corpus", f"a={a_dir}", "--out", str(out), "--by", "eq"]
+    assert main([*args, "--corpus", f"b={corpora / 'synth_calib'}"]) == 2
+    assert "has no column 'eq'" in capsys.readouterr().err and not out.exists()
+    assert main(args) == 0
+    by_eq = json.loads(out.read_text())["results"]["a"]["by_eq"]  # the same numbers on each part alone
+    assert {k: v["clips"] for k, v in by_eq.items()} == {"": 4, "band_limit": 4}
     assert main(["--corpus", f"a={corpora / 'synth_test'}", "--corpus", f"b={corpora / 'synth_calib'}",
                  "--out", str(out)]) == 0  # fmt: skip
     doc = json.loads(out.read_text())

@@ -43,7 +43,7 @@ import numpy as np
 import soundfile as sf
 
 from engines.atomic import atomic_path, write_atomic
-from training.corpora.synth_compose import COMPOSERS, TAGS, Clip, compose, vary
+from training.corpora.synth_compose import COMPOSERS, FACTORS, TAGS, Clip, compose, vary
 from training.corpora.timidity import NO_TIMIDITY, TimidityRenderer
 
 __all__ = [
@@ -406,7 +406,7 @@ def _work(index: int) -> dict | None:
     t0 = time.perf_counter()
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
     if _ARGS["composer"] != "default":
-        vary(clip, _ARGS["composer"], _ARGS["seed"])
+        vary(clip, _ARGS["composer"], _ARGS["seed"], frozenset(_ARGS["skip"]))
     try:
         audio, tags, info = render_clip(_R[sf_name], clip, _ARGS["seconds"])
     except SilentClipError:  # freepats lacks every program of the clip: no clip (tried again on resume)
@@ -475,12 +475,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--nice", type=int, default=0, help="niceness increment for worker processes")
     p.add_argument("--test", action="store_true", help="mark every clip split=test (held-out set)")
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=FACTORS,
+        help="leave this factor of the composer configuration out (drawn, not applied: an ablation); repeatable",
+    )
     a = p.parse_args(argv)
     if a.composer not in COMPOSERS:
         print(
             f"error: unknown composer {a.composer!r} (expected one of {', '.join(COMPOSERS)})",
             file=sys.stderr,
         )
+        return 2
+    if a.skip and a.composer == "default":
+        print("error: --skip ablates a composer configuration: give --composer", file=sys.stderr)
         return 2
     if not a.test and _held_out(a.soundfont, a.composer):  # before any download
         print(f"error: {_held_out(a.soundfont, a.composer)}", file=sys.stderr)
@@ -500,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "out": str(a.out),
         "soundfonts": [(n, str(p)) for n, p in soundfonts],
         "composer": a.composer,
+        "skip": sorted(a.skip),
         "seed": a.seed,
         "seconds": a.seconds,
         "test": a.test,

@@ -742,13 +742,22 @@ def _revoice(notes: list[int], voicing: str) -> list[int]:
     return sorted(ps)
 
 
-def vary(clip: Clip, composer: str | Composer, seed: int) -> Clip:
+# What :func:`vary` can leave out of a configuration, one factor at a time (an ablation).
+FACTORS = ("voicing", "octave", "articulation", "velocity", "mix", "reverb", "eq", "codec")
+
+
+def vary(clip: Clip, composer: str | Composer, seed: int, skip: frozenset[str] = frozenset()) -> Clip:
     """Apply a composer configuration to a composed clip, in place; deterministic per (seed, index).
 
     Draws from its own random stream, so the notes :func:`compose` chose stay the same; the
-    choices go to ``clip.meta`` (voicing, octave shifts, articulation, eq, codec).
+    choices go to ``clip.meta`` (voicing, octave shifts, articulation, eq, codec). A factor in
+    ``skip`` (:data:`FACTORS`) is drawn as usual and then not applied, so a clip rendered with a
+    factor skipped differs from the full configuration's clip in that factor alone.
     """
     cfg = COMPOSERS[composer] if isinstance(composer, str) else composer
+    unknown = sorted(set(skip) - set(FACTORS))
+    if unknown:
+        raise ValueError(f"unknown composer factor(s) {', '.join(unknown)} (expected: {', '.join(FACTORS)})")
     rng = np.random.default_rng([seed, clip.index, 101])
     shifts, arts = [], []
     voicing = str(rng.choice(cfg.voicings))
@@ -764,37 +773,46 @@ def vary(clip: Clip, composer: str | Composer, seed: int) -> Clip:
         arts.append(round(art, 2))
         by_start: dict[float, list[pretty_midi.Note]] = {}
         for n in track.notes:
-            n.pitch = int(np.clip(n.pitch + shift, 0, 127))
-            n.end = n.start + max(0.03, (n.end - n.start) * art)
+            if "octave" not in skip:
+                n.pitch = int(np.clip(n.pitch + shift, 0, 127))
+            if "articulation" not in skip:
+                n.end = n.start + max(0.03, (n.end - n.start) * art)
             if cfg.velocity_sd:
-                n.velocity = int(np.clip(round(n.velocity + rng.normal(0, cfg.velocity_sd)), 1, 127))
+                velocity = int(np.clip(round(n.velocity + rng.normal(0, cfg.velocity_sd)), 1, 127))
+                n.velocity = n.velocity if "velocity" in skip else velocity
             by_start.setdefault(round(n.start, 2), []).append(n)
         for chord in by_start.values():
-            if len(chord) >= 3 and voicing != "close":
+            if len(chord) >= 3 and voicing != "close" and "voicing" not in skip:
                 chord.sort(key=lambda n: n.pitch)
                 for n, p in zip(chord, _revoice([n.pitch for n in chord], voicing), strict=True):
                     n.pitch = int(np.clip(p, 0, 127))
     n = len(clip.stem_gain_db)
+    gains = list(clip.stem_gain_db)
     if cfg.mix == "wide":
-        clip.stem_gain_db = [float(g) for g in rng.uniform(-8.0, 2.0, size=n)]
+        gains = [float(g) for g in rng.uniform(-8.0, 2.0, size=n)]
     elif cfg.mix == "lead":  # one stem 4-10 dB above the others (a soloist in front of a band)
-        gains = rng.uniform(-4.0, 0.0, size=n)
-        gains[int(rng.integers(n))] = rng.uniform(4.0, 6.0)
-        clip.stem_gain_db = [float(g) for g in gains]
+        lead = rng.uniform(-4.0, 0.0, size=n)
+        lead[int(rng.integers(n))] = rng.uniform(4.0, 6.0)
+        gains = [float(g) for g in lead]
+    if "mix" not in skip:
+        clip.stem_gain_db = gains
     if cfg.reverb:
         (r_lo, r_hi), (l_lo, l_hi) = cfg.reverb
-        clip.reverb = (
+        reverb = (
             float(rng.uniform(r_lo, r_hi)),
             clip.reverb[1],
             clip.reverb[2],
             float(rng.uniform(l_lo, l_hi)),
         )
+        clip.reverb = clip.reverb if "reverb" in skip else reverb
     eq = str(rng.choice(cfg.eqs)) if cfg.eqs and rng.random() < cfg.eq_prob else ""
     codec = str(rng.choice(cfg.codecs)) if cfg.codecs and rng.random() < cfg.codec_prob else ""
+    eq, codec = ("" if "eq" in skip else eq), ("" if "codec" in skip else codec)
     clip.post = {"eq": eq, "codec": codec, "seed": int(rng.integers(2**31))}
     clip.meta.update(
         {
             "composer": cfg_name(cfg),
+            "skipped": "|".join(sorted(skip)),
             "voicing": voicing,
             "mix": cfg.mix,
             "reverb": "|".join(f"{v:.2f}" for v in clip.reverb),

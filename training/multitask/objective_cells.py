@@ -8,6 +8,8 @@ Why: the instrument units miss on the held-out soundfont *and* composer; corpora
 of the two at a time (rendered by ``training.corpora.synth`` with a new seed) tell which shift
 costs what. The numbers are :func:`training.multitask.evaluate.evaluate`'s objective ones: macro
 ROC-AUC over the objective units and over the instrument units, each clip's centred window.
+``--by COLUMN`` adds the same numbers per value of a column of the corpus table (``eq``, ``codec``,
+``soundfont_name`` …): which variant of a factor costs what.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         "--corpus", action="append", required=True, metavar="NAME=PATH", help="a synthetic corpus"
     )
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
+    ap.add_argument(
+        "--by", action="append", default=[], metavar="COLUMN", help="also per value of a table column"
+    )
     a = ap.parse_args(argv)
     corpora = [item.partition("=")[::2] for item in a.corpus]
     if not all(name and path for name, path in corpora):
@@ -46,7 +53,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
-    from training.multitask.evaluate import objective_metrics, predict
+    from training.multitask.evaluate import predict
     from training.multitask.vocab import build_vocab
 
     bundle = Bundle.load(a.bundle)
@@ -63,19 +70,33 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
         source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
         probs = predict(model, logmel, source)
         y = source.target.numpy()
-        obj, ins = objective_metrics(specs, probs, y)
-        results[name] = {
-            "corpus": path, "clips": len(y), "objective_macro_roc_auc": obj["roc_auc"],
-            "instrument_macro_roc_auc": ins["roc_auc"],
-            "per_tag": {k: round(v["roc_auc"], 4) for k, v in obj["per_tag"].items()},
-        }  # fmt: skip
-        print(f"{name}: {len(y)} clips, objective {obj['roc_auc']:.3f}, instruments {ins['roc_auc']:.3f}")
+        results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
+        for column in a.by:
+            if column not in corpus.meta:
+                print(f"error: {path} has no column {column!r}", file=sys.stderr)
+                return 2
+            values = np.asarray(corpus.meta[column])
+            results[name][f"by_{column}"] = {
+                str(v): _cell(specs, probs[values == v], y[values == v], f"  {column}={v or '(none)'}")
+                for v in sorted(set(values))
+            }
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
            "results": results}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
+
+
+def _cell(specs: list, probs: np.ndarray, y: np.ndarray, label: str) -> dict:
+    from training.multitask.evaluate import objective_metrics
+
+    obj, ins = objective_metrics(specs, probs, y)
+    print(f"{label}: {len(y)} clips, objective {obj['roc_auc']:.3f}, instruments {ins['roc_auc']:.3f}")
+    return {
+        "clips": len(y), "objective_macro_roc_auc": obj["roc_auc"], "instrument_macro_roc_auc": ins["roc_auc"],
+        "per_tag": {k: round(v["roc_auc"], 4) for k, v in obj["per_tag"].items()},
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
