@@ -114,7 +114,8 @@ def augment_mel(mel: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
 class ChannelSpec(BaseModel):
     """Degradations of the recording channel, each applied to a window with its own probability
     (0 switches it off): a room (reverb from a synthetic impulse response), a dull speaker (a
-    low-pass of random corner), an overdriven stage (soft clipping). The window's RMS is kept."""
+    low-pass of random corner), a small speaker or laptop microphone (a high-pass: no lows), an
+    overdriven stage (soft clipping). The window's RMS is kept."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,12 +124,14 @@ class ChannelSpec(BaseModel):
     reverb_wet: tuple[float, float] = (0.1, 0.7)
     lowpass_p: float = Field(0.0, ge=0, le=1)
     lowpass_hz: tuple[float, float] = (2000.0, 6000.0)
+    highpass_p: float = Field(0.0, ge=0, le=1)
+    highpass_hz: tuple[float, float] = (100.0, 400.0)
     clip_p: float = Field(0.0, ge=0, le=1)
     clip_drive_db: tuple[float, float] = (3.0, 18.0)
 
     @property
     def enabled(self) -> bool:
-        return self.reverb_p > 0 or self.lowpass_p > 0 or self.clip_p > 0
+        return self.reverb_p > 0 or self.lowpass_p > 0 or self.highpass_p > 0 or self.clip_p > 0
 
 
 _IR_SECONDS = 1.5  # impulse responses are cut here (a 2.5-s RT60 is 36 dB down by then)
@@ -155,12 +158,17 @@ def degrade_channel(
         wet = torch.fft.irfft(torch.fft.rfft(y, size) * torch.fft.rfft(ir, size), size)[:, :t]
         mix = _uniform(n, *spec.reverb_wet, gen)[:, None].to(dev) * on(spec.reverb_p)
         y = (1 - mix) * y + mix * wet * (_rms(y) / _rms(wet))
+    freqs = torch.fft.rfftfreq(t, 1 / sample_rate).to(dev)[None, :]
     if spec.lowpass_p > 0:
-        freqs = torch.fft.rfftfreq(t, 1 / sample_rate).to(dev)[None, :]
         corner = _uniform(n, *spec.lowpass_hz, gen)[:, None].to(dev)
         gain = 1 / torch.sqrt(1 + (freqs / corner) ** 4)  # a second-order roll-off, no ringing
         low = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
         y = torch.where(on(spec.lowpass_p) > 0, low, y)
+    if spec.highpass_p > 0:
+        corner = _uniform(n, *spec.highpass_hz, gen)[:, None].to(dev)
+        gain = 1 / torch.sqrt(1 + (corner / freqs.clamp_min(1e-3)) ** 4)  # the mirror image: second order
+        high = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
+        y = torch.where(on(spec.highpass_p) > 0, high, y)
     if spec.clip_p > 0:
         drive = torch.pow(10.0, _uniform(n, *spec.clip_drive_db, gen)[:, None].to(dev) / 20)
         peak = y.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)

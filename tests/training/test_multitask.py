@@ -512,3 +512,43 @@ def test_init_head_without_a_bundle_is_refused_in_one_line(tmp_path: Path):
         f"{ROOT / 'configs' / 'train_multitask.toml'}: Value error, init_head needs init_from "
         "(the bundle whose head to start from)"
     ]
+
+
+def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, capsys):
+    """The shipped model on real music through other channels, scored against the teachers' labels
+    of the clean audio; with --teacher, the teachers' own agreement on each channel."""
+    from training.multitask.label import main as label_main
+    from training.multitask.robustness import degrade, main
+
+    demo, _ = sf.read(DEMO, dtype="float32")
+    corpus = tmp_path / "real"
+    _write(corpus, [demo[i * 6 * SR : (i + 1) * 6 * SR] for i in range(2)], None)
+    labels = tmp_path / "labels.npz"
+    assert label_main(["--corpus", str(corpus), "--out", str(labels)]) == 0
+    out = tmp_path / "rob.json"
+    args = ["--corpus", str(corpus), "--labels", str(labels), "--out", str(out)]
+    assert main([*args, "--channel", "clean", "--channel", "band_limit", "--teacher"]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert (
+        list(res) == ["clean", "band_limit"] and res["clean"]["windows"] == res["band_limit"]["windows"] > 4
+    )
+    # the teachers agree with themselves on the clean audio, and hear the speaker's band differently
+    assert res["clean"]["teacher"]["mean_spearman"] == pytest.approx(1.0)
+    assert res["band_limit"]["teacher"]["mean_spearman"] < 0.999
+    assert res["clean"]["on_rates"] != res["band_limit"]["on_rates"]
+    assert 0 <= res["band_limit"]["not_music_flagged"] <= 1 and "music" not in res["clean"]["on_rates"]
+    # a channel keeps the length and the RMS; the small speaker's band takes the highs away
+    x = demo[: 4 * SR]
+    y = degrade(x, "band_limit", 0, SR)
+    assert len(y) == len(x) and np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=0.02)
+
+    def share(s, lo, hi):
+        f, p = np.fft.rfftfreq(len(s), 1 / SR), np.abs(np.fft.rfft(s)) ** 2
+        return p[(f >= lo) & (f < hi)].sum() / p.sum()
+
+    assert share(y, 6000, 8000) < 0.1 * share(x, 6000, 8000)
+    # bad input: one line, exit 2, nothing written
+    out.unlink()
+    capsys.readouterr()
+    assert main([*args[:2], "--labels", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: labels not found") and not out.exists()

@@ -141,8 +141,9 @@ def test_recipe_keeps_the_online_teacher_off_unless_asked():
 
 
 def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch):
-    """pipeline.train with ``online`` and ``synth_channel`` on: every step mixes and degrades its
-    synthetic rows and hands its real and synthetic rows to the teacher."""
+    """pipeline.train with ``online``, ``synth_channel`` and ``real_channel`` on: every step mixes and
+    degrades its synthetic rows, hands its real and synthetic rows to the teacher, and only then
+    degrades its real rows (the teachers label the clean audio the student hears degraded)."""
     from training.augment import ChannelSpec
     from training.loop import LoopSpec
     from training.multitask.data import WindowSource
@@ -151,8 +152,11 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     calls = []
     relabel = OnlineTeacher.relabel
 
+    events = []
+
     def spy(self, spec, wave, target, mask, n_real, n_synth, bank, gen):
         calls.append((n_real, n_synth, len(wave)))
+        events.append("teacher")
         return relabel(self, spec, wave, target, mask, n_real, n_synth, bank, gen)
 
     monkeypatch.setattr(OnlineTeacher, "relabel", spy)
@@ -173,6 +177,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
 
     def degrade_spy(x, spec, sample_rate, gen):
         degraded.append((x.shape[0], sample_rate))
+        events.append(f"degrade {x.shape[0]}")
         return degrade(x, spec, sample_rate, gen)
 
     monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
@@ -195,6 +200,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
         online=OnlineTeacherSpec(mix_p=1.0, synth=0.5, synth_mix_p=0.5),
         synth_channel=ChannelSpec(reverb_p=0.5),
+        real_channel=ChannelSpec(highpass_p=0.5, lowpass_p=0.5),
         loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
     )
     sources = [source("real", clips[:2]), source("synth", clips[2:]), source("nm", clips[2:])]
@@ -203,7 +209,8 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     # the remainder to the largest share (real)
     assert calls == [(5, 2, 8), (5, 2, 8)]
     assert mixes == [(5, 7, "synth", 0.5)] * 2  # the synthetic rows, mixed before the teachers label them
-    assert degraded == [(2, 16000)] * 2  # and only they go through the degraded channel
+    assert degraded == [(2, 16000), (5, 16000)] * 2  # the synthetic rows, then the real ones
+    assert events == ["degrade 2", "teacher", "degrade 5"] * 2  # real rows after the teacher heard them
 
 
 def test_mixed_synthetic_clips_get_the_union_of_their_instruments():
@@ -278,6 +285,14 @@ def test_channel_degradations_do_what_they_say():
     # white noise has equal energy per band; at twice the corner the roll-off is 1 / 17 in power
     ratio = band_energy(low, 3900, 4100) / band_energy(low, 400, 600)
     assert torch.all((ratio > 0.04) & (ratio < 0.08)), ratio
+    high = degrade_channel(x, ChannelSpec(highpass_p=1.0, highpass_hz=(400.0, 400.0)), sr, gen())
+    # the mirror image of the low-pass: power gain 1 / (1 + (corner / f)^4), about 1 / 17 at half the corner
+    f = torch.arange(150.0, 250.0)
+    expected = (1 / (1 + (400 / f) ** 4)).mean()
+    ratio = band_energy(high, 150, 250) / band_energy(high, 1550, 1650)
+    assert torch.all((ratio > 0.75 * expected) & (ratio < 1.25 * expected)), (ratio, expected)
+    assert torch.all(band_energy(high, 0, 50) < 1e-3 * band_energy(high, 1500, 1550))
+    assert torch.allclose(high.pow(2).mean(1).sqrt(), x.pow(2).mean(1).sqrt(), rtol=1e-4)
     # a click in a room: energy long after it; the window's RMS is kept
     click = torch.zeros(2, n)
     click[:, 100] = 1.0

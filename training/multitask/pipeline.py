@@ -128,6 +128,11 @@ class MultitaskRecipe(_M):
         description="room, speaker and overdrive degradations of the synthetic windows (their tags hold "
         "whatever the channel; the teachers' labels of real windows would not)",
     )
+    real_channel: ChannelSpec = Field(
+        default_factory=ChannelSpec,
+        description="the same degradations of the real windows, after the teachers labelled them: the "
+        "student learns to hear through a speaker and a microphone what the teachers heard on the clean track",
+    )
     loop: LoopSpec = Field(default_factory=LoopSpec)
     select_on_valid: bool = Field(
         False,
@@ -299,6 +304,11 @@ def train(
         if teacher is not None:
             wave, target, mask = teacher.relabel(
                 recipe.online, wave, target, mask, counts[0], counts[1], bank, gen
+            )
+        if recipe.real_channel.enabled:
+            wave = wave.clone()
+            wave[: counts[0]] = degrade_channel(
+                wave[: counts[0]], recipe.real_channel, recipe.frontend.sample_rate, gen
             )
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
