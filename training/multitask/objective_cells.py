@@ -50,18 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.atomic import write_atomic
-    from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import predict
-    from training.multitask.vocab import build_vocab
+    from training.multitask.vocab import bundle_units
 
-    bundle = Bundle.load(a.bundle)
-    specs = build_vocab(bundle.manifest.provenance["vocabulary"]["kept"])
-    names = [s.name for s in specs]
-    if names != bundle.tags:
-        print(f"error: {a.bundle}'s tags are not its vocabulary's units", file=sys.stderr)
-        return 2
+    bundle, specs = bundle_units(a.bundle)
     model = bundle.build_model().eval()
     logmel = LogMel(bundle.manifest.frontend)
     results = {}

@@ -82,18 +82,13 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     import torch
 
     from engines.atomic import write_atomic
-    from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import _teacher_agreement, _vocals_auc, predict
-    from training.multitask.vocab import build_vocab
+    from training.multitask.vocab import bundle_units
 
-    bundle = Bundle.load(a.bundle)
-    specs = build_vocab(bundle.manifest.provenance["vocabulary"]["kept"])
+    bundle, specs = bundle_units(a.bundle)
     names = [s.name for s in specs]
-    if names != bundle.tags:
-        print(f"error: {a.bundle}'s tags are not its vocabulary's units", file=sys.stderr)
-        return 2
     if not a.labels.is_file():
         raise FileNotFoundError(f"labels not found: {a.labels}")
     labels = mt_data.load_labels(a.labels)

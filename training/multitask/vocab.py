@@ -228,3 +228,19 @@ def build_vocab(distilled: list[str]) -> list[TagSpec]:
     specs["vocals"] = TagSpec("vocals", "vocals", objective=False, vocals=True)
     specs["music"] = TagSpec("music", "music", objective=False, music=True)
     return sorted(specs.values(), key=lambda s: (s.group, s.name))
+
+
+def bundle_units(path):
+    """A multi-task bundle, loaded and checked, with the units its manifest's vocabulary builds.
+
+    Raises :class:`engines.errors.UserError` when the bundle is not one whose tags are those units.
+    """
+    from engines.bundle import Bundle
+    from engines.errors import UserError
+
+    bundle = Bundle.load(path)
+    kept = bundle.manifest.provenance.get("vocabulary", {}).get("kept")
+    specs = build_vocab(kept) if kept is not None else []
+    if [s.name for s in specs] != bundle.tags:
+        raise UserError(f"{path}'s tags are not its vocabulary's units (not a multi-task bundle?)")
+    return bundle, specs
