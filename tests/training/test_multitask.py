@@ -536,6 +536,7 @@ def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, cap
     assert res["clean"]["teacher"]["mean_spearman"] == pytest.approx(1.0)
     assert res["band_limit"]["teacher"]["mean_spearman"] < 0.999
     assert res["clean"]["on_rates"] != res["band_limit"]["on_rates"]
+    assert res["clean"]["self_spearman"] == pytest.approx(1.0) and res["band_limit"]["self_spearman"] < 0.999
     assert 0 <= res["band_limit"]["not_music_flagged"] <= 1 and "music" not in res["clean"]["on_rates"]
     # a channel keeps the length and the RMS; the small speaker's band takes the highs away
     x = demo[: 4 * SR]

@@ -10,7 +10,8 @@ with a fixed seed per track) is applied to every whole track before it is cut in
 student's windows are scored against the teachers' labels of the *clean* audio, so a number that
 falls is the student losing what it heard on the clean track. Per channel: the distilled units'
 mean Spearman and macro ROC-AUC (the evaluation's binarisation), the vocals ROC-AUC, the share of
-windows flagged as not music, and the units on in more than 60 % of the windows. With
+windows flagged as not music, the units on in more than 60 % of the windows, and the student's
+Spearman with its own outputs on the clean audio, per unit (instruments and drums have no teacher). With
 ``--teacher`` the teachers also label each degraded channel, and the same agreement numbers of the
 teachers' degraded labels with their clean ones say how much of the loss is the channel's (what no
 student could hear) rather than the student's.
@@ -100,12 +101,19 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     music = names.index("music")
     target, _ = mt_data.real_targets(specs, labels)
     results = {}
-    for channel in channels:
+
+    def heard(channel: str) -> tuple[mt_data.Corpus, np.ndarray]:
         waves = [degrade(w, channel, i, sr) for i, w in enumerate(clean.waves)]
         corpus = mt_data.Corpus(clean.name, clean.names, waves, clean.tags, clean.meta)
         source = mt_data.real_source(specs, corpus, labels, bundle.manifest.frontend.window_samples)
-        probs = predict(model, logmel, source)
+        return corpus, predict(model, logmel, source)
+
+    _, probs_clean = heard("clean")
+    for channel in channels:
+        corpus, probs = heard(channel)
         per_tag, rhos, aucs = _teacher_agreement(specs, probs, target)
+        # the student against itself on the clean audio, every unit (instruments and drums too)
+        stable = {n: _spearman(probs[:, j], probs_clean[:, j]) for j, n in enumerate(names)}
         on = probs >= thr[None, :]
         rates = {n: float(on[:, j].mean()) for j, n in enumerate(names) if n != "music"}
         results[channel] = {
@@ -115,15 +123,17 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
             "on_over_60pct": sorted(n for n, r in rates.items() if r > 0.6),
             "on_rates": {n: round(r, 4) for n, r in rates.items()},
             "spearman_per_tag": {k: v["spearman"] for k, v in per_tag.items()},
+            "self_spearman": _mean([v for v in stable.values() if v is not None]),
+            "self_spearman_per_unit": stable,
         }  # fmt: skip
         if a.teacher:  # the teachers' own loss on this channel, on the same windows
             from training.multitask.pipeline import label_grid, load_multitask_recipe
 
-            heard = mt_data.label_windows(corpus, label_grid(load_multitask_recipe(a.recipe)), "cpu")
-            if not np.array_equal(heard["track"], labels["track"]):
+            relabelled = mt_data.label_windows(corpus, label_grid(load_multitask_recipe(a.recipe)), "cpu")
+            if not np.array_equal(relabelled["track"], labels["track"]):
                 print(f"error: {a.labels} are not this corpus's windows at the recipe's hop", file=sys.stderr)
                 return 2
-            target_heard, _ = mt_data.real_targets(specs, heard)
+            target_heard, _ = mt_data.real_targets(specs, relabelled)
             _, t_rhos, t_aucs = _teacher_agreement(specs, target_heard, target)
             results[channel]["teacher"] = {
                 "mean_spearman": _mean(t_rhos), "macro_roc_auc": _mean(t_aucs),
@@ -135,6 +145,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
             )
         r = results[channel]
         print(f"{channel}: Spearman {_f(r['mean_spearman'])}, ROC-AUC {_f(r['macro_roc_auc'])}, "
+              f"with itself on the clean audio {_f(r['self_spearman'])}, "
               f"vocals {_f(r['vocals_roc_auc'])}, not music {100 * r['not_music_flagged']:.1f} %, "
               f"on > 60 %: {', '.join(r['on_over_60pct']) or 'none'}", flush=True)  # fmt: skip
     doc = {
@@ -147,6 +158,12 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else None
 
 
 def _mean(values: list[float]) -> float | None:
