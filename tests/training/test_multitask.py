@@ -548,6 +548,11 @@ def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, cap
         return p[(f >= lo) & (f < hi)].sum() / p.sum()
 
     assert share(y, 6000, 8000) < 0.1 * share(x, 6000, 8000)
+    room = degrade(x, "room", 0, SR)  # a room: the same RMS, energy smeared in time
+    assert len(room) == len(x) and np.sqrt(np.mean(room**2)) == pytest.approx(
+        np.sqrt(np.mean(x**2)), rel=1e-3
+    )
+    assert 0.5 < np.corrcoef(room, x)[0, 1] < 0.99
     # bad input: one line, exit 2, nothing written
     out.unlink()
     capsys.readouterr()

@@ -4,9 +4,9 @@
         --labels /work/data/labels_orig/labels_real_test.npz --out robustness.json
 
 Why: ``rt-tagger listen`` hears music through a loudspeaker and a microphone, not from the file.
-Each channel (a small speaker's band, a telephone line, a bit-crusher, a tilt, an MP3; the same
-transforms as the synthetic composers', :func:`training.corpora.synth.apply_eq` / ``apply_codec``,
-with a fixed seed per track) is applied to every whole track before it is cut into windows; the
+Each channel (a small speaker's band, a telephone line, a bit-crusher, a tilt, an MP3: the same
+transforms as the synthetic composers', :func:`training.corpora.synth.apply_eq` / ``apply_codec``;
+a room: the training's reverb, :func:`training.augment.degrade_channel`; a fixed seed per track) is applied to every whole track before it is cut into windows; the
 student's windows are scored against the teachers' labels of the *clean* audio, so a number that
 falls is the student losing what it heard on the clean track. Per channel: the distilled units'
 mean Spearman and macro ROC-AUC (the evaluation's binarisation), the vocals ROC-AUC, the share of
@@ -35,6 +35,7 @@ CHANNELS = {
     "telephone": ("codec", "telephone"),
     "bitcrush": ("codec", "bitcrush"),
     "mp3": ("codec", "mp3"),
+    "room": ("room", ""),  # a living room: RT60 0.4-0.8 s, 30-50 % wet (training.augment.degrade_channel)
 }
 
 
@@ -47,7 +48,18 @@ def degrade(wave: np.ndarray, channel: str, seed: int, sr: int) -> np.ndarray:
         return wave
     rng = np.random.default_rng(seed)
     x = wave.astype(np.float64)
-    y = apply_eq(x, name, rng, sr) if kind == "eq" else apply_codec(x, name, rng, sr)
+    if kind == "room":
+        import torch
+
+        from training.augment import ChannelSpec, degrade_channel
+
+        room = ChannelSpec(reverb_p=1.0, reverb_rt60_s=(0.4, 0.8), reverb_wet=(0.3, 0.5))
+        gen = torch.Generator().manual_seed(seed)
+        y = degrade_channel(torch.from_numpy(x)[None], room, sr, gen)[0].numpy()
+    elif kind == "eq":
+        y = apply_eq(x, name, rng, sr)
+    else:
+        y = apply_codec(x, name, rng, sr)
     rms_in, rms_out = np.sqrt(np.mean(x**2)), np.sqrt(np.mean(y**2))
     y = y * (rms_in / rms_out) if rms_out > 1e-9 else y
     return np.clip(y, -1.0, 1.0).astype(np.float32)
