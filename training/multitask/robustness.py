@@ -6,10 +6,10 @@
 Why: ``rt-tagger listen`` hears music through a loudspeaker and a microphone, not from the file.
 Each channel (a small speaker's band, a telephone line, a bit-crusher, a tilt, an MP3: the same
 transforms as the synthetic composers', :func:`training.corpora.synth.apply_eq` / ``apply_codec``;
-a room: the training's reverb, :func:`training.augment.degrade_channel`; a fixed seed per track) is applied to every whole track before it is cut into windows; the
-student's windows are scored against the teachers' labels of the *clean* audio, so a number that
-falls is the student losing what it heard on the clean track. Per channel: the distilled units'
-mean Spearman and macro ROC-AUC (the evaluation's binarisation), the vocals ROC-AUC, the share of
+a room: the training's reverb, :func:`training.augment.degrade_channel`; a fixed seed per track)
+is applied to every whole track before it is cut into windows; the student's windows are scored
+against the teachers' labels of the *clean* audio, so a number that falls is the student losing
+what it heard on the clean track. Per channel: the distilled units' mean Spearman and macro ROC-AUC (the evaluation's binarisation), the vocals ROC-AUC, the share of
 windows flagged as not music, the units on in more than 60 % of the windows, and the student's
 Spearman with its own outputs on the clean audio, per unit (instruments and drums have no teacher). With
 ``--teacher`` the teachers also label each degraded channel, and the same agreement numbers of the
@@ -120,9 +120,9 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
         source = mt_data.real_source(specs, corpus, labels, bundle.manifest.frontend.window_samples)
         return corpus, predict(model, logmel, source)
 
-    _, probs_clean = heard("clean")
+    corpus_clean, probs_clean = heard("clean")
     for channel in channels:
-        corpus, probs = heard(channel)
+        corpus, probs = (corpus_clean, probs_clean) if channel == "clean" else heard(channel)
         per_tag, rhos, aucs = _teacher_agreement(specs, probs, target)
         # the student against itself on the clean audio, every unit (instruments and drums too)
         stable = {n: _spearman(probs[:, j], probs_clean[:, j]) for j, n in enumerate(names)}

@@ -21,8 +21,13 @@ decided on the *valid* split (see :data:`BINARISE_AT` and :data:`MIN_POSITIVE_RA
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engines.bundle import Bundle
 
 __all__ = [
     "BINARISE_AT",
@@ -230,7 +235,7 @@ def build_vocab(distilled: list[str]) -> list[TagSpec]:
     return sorted(specs.values(), key=lambda s: (s.group, s.name))
 
 
-def bundle_units(path):
+def bundle_units(path: str | Path) -> tuple[Bundle, list[TagSpec]]:
     """A multi-task bundle, loaded and checked, with the units its manifest's vocabulary builds.
 
     Raises :class:`engines.errors.UserError` when the bundle is not one whose tags are those units.
