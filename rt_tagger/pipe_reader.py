@@ -10,9 +10,9 @@ work in numba with the GIL released, calling libc (``poll``, ``read``, ``clock_g
 Everything the loop shares with Python is a numpy array: the ring's buffer and positions
 (:class:`~rt_tagger.ring.RingBuffer`), the source's block records, and ``state`` (indices below).
 Order of the stores per write: the samples and the block's record, a release fence, the record
-count, a release fence, the ring's write position (:func:`rt_tagger.ring.publish_block`); the consumer loads the write position with an
-acquire fence (:func:`rt_tagger.ring.load_acquire`), so it never sees frames without their data
-or their record.
+count, a release fence, the ring's write position (:func:`rt_tagger.ring.publish_block`); the
+consumer loads the write position with an acquire fence (:func:`rt_tagger.ring.load_acquire`), so
+it never sees frames without their data or their record.
 
 The semantics are those the Python reader had (tests/rt_tagger/test_sources.py checks each): a
 read takes what the pipe holds now, up to one block; a partial frame waits for the rest; the

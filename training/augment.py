@@ -158,17 +158,17 @@ def degrade_channel(
         wet = torch.fft.irfft(torch.fft.rfft(y, size) * torch.fft.rfft(ir, size), size)[:, :t]
         mix = _uniform(n, *spec.reverb_wet, gen)[:, None].to(dev) * on(spec.reverb_p)
         y = (1 - mix) * y + mix * wet * (_rms(y) / _rms(wet))
-    freqs = torch.fft.rfftfreq(t, 1 / sample_rate).to(dev)[None, :]
-    if spec.lowpass_p > 0:
-        corner = _uniform(n, *spec.lowpass_hz, gen)[:, None].to(dev)
-        gain = 1 / torch.sqrt(1 + (freqs / corner) ** 4)  # a second-order roll-off, no ringing
-        low = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
-        y = torch.where(on(spec.lowpass_p) > 0, low, y)
-    if spec.highpass_p > 0:
-        corner = _uniform(n, *spec.highpass_hz, gen)[:, None].to(dev)
-        gain = 1 / torch.sqrt(1 + (corner / freqs.clamp_min(1e-3)) ** 4)  # the mirror image: second order
-        high = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
-        y = torch.where(on(spec.highpass_p) > 0, high, y)
+    if spec.lowpass_p > 0 or spec.highpass_p > 0:  # both speakers' roll-offs in one spectrum
+        freqs = torch.fft.rfftfreq(t, 1 / sample_rate).to(dev)[None, :]
+        gain = torch.ones_like(freqs)
+        for p, hz, ratio in (
+            (spec.lowpass_p, spec.lowpass_hz, lambda corner: freqs / corner),
+            (spec.highpass_p, spec.highpass_hz, lambda corner: corner / freqs.clamp_min(1e-3)),
+        ):
+            if p > 0:  # second order, no ringing; the high-pass is the low-pass's mirror image
+                corner = _uniform(n, *hz, gen)[:, None].to(dev)
+                gain = gain * torch.where(on(p) > 0, 1 / torch.sqrt(1 + ratio(corner) ** 4), 1.0)
+        y = torch.fft.irfft(torch.fft.rfft(y) * gain, t)
     if spec.clip_p > 0:
         drive = torch.pow(10.0, _uniform(n, *spec.clip_drive_db, gen)[:, None].to(dev) / 20)
         peak = y.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)

@@ -113,6 +113,10 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     music = names.index("music")
     target, _ = mt_data.real_targets(specs, labels)
     results = {}
+    if a.teacher:
+        from training.multitask.pipeline import label_grid, load_multitask_recipe
+
+        grid = label_grid(load_multitask_recipe(a.recipe))
 
     def heard(channel: str) -> tuple[mt_data.Corpus, np.ndarray]:
         waves = [degrade(w, channel, i, sr) for i, w in enumerate(clean.waves)]
@@ -139,9 +143,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
             "self_spearman_per_unit": stable,
         }  # fmt: skip
         if a.teacher:  # the teachers' own loss on this channel, on the same windows
-            from training.multitask.pipeline import label_grid, load_multitask_recipe
-
-            relabelled = mt_data.label_windows(corpus, label_grid(load_multitask_recipe(a.recipe)), "cpu")
+            relabelled = mt_data.label_windows(corpus, grid, "cpu")
             if not np.array_equal(relabelled["track"], labels["track"]):
                 print(f"error: {a.labels} are not this corpus's windows at the recipe's hop", file=sys.stderr)
                 return 2
