@@ -99,6 +99,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "publish: bench/stream_trace), as rows 'trace <step>'",
     )
     p.add_argument(
+        "--consumer-core",
+        type=int,
+        default=None,
+        help="pin the tagger's consumer thread to this core (settings consumer_core) and keep the "
+        "bench's writer and subscriber off it (default: no pinning)",
+    )
+    p.add_argument(
+        "--rt-priority",
+        type=int,
+        default=None,
+        help="SCHED_FIFO priority of the tagger's consumer thread (settings realtime_priority; "
+        "needs CAP_SYS_NICE)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=120.0,
@@ -195,6 +209,8 @@ class _Setup:
     stream_id: str
     doc: dict
     tmp: Path
+    consumer_core: int | None = None
+    rt_priority: int | None = None
 
     @classmethod
     def make(cls, args: argparse.Namespace, source: str) -> _Setup:
@@ -205,11 +221,23 @@ class _Setup:
         doc = new_document("stream", machine_info(), {
             "file": str(args.file), "seconds": audio.shape[0] / sr, "rate": sr, "channels": audio.shape[1],
             "block_frames": block, "hop_s": args.hop, "backend": args.backend, "endpoint": endpoint,
-            "skip_s": args.skip_s, "source": source,
+            "skip_s": args.skip_s, "source": source, "consumer_core": args.consumer_core,
+            "realtime_priority": args.rt_priority,
         })  # fmt: skip
         doc["bundle"] = bundle_info(bundle, label)
         tmp = Path(tempfile.mkdtemp(prefix="rt-bench-stream-"))
-        return cls(bundle, audio, sr, block, endpoint, f"bench{os.getpid()}", doc, tmp)
+        return cls(
+            bundle,
+            audio,
+            sr,
+            block,
+            endpoint,
+            f"bench{os.getpid()}",
+            doc,
+            tmp,
+            args.consumer_core,
+            args.rt_priority,
+        )
 
     def tagger(self, command: str, args: argparse.Namespace, *extra: str) -> list[str]:
         return [
@@ -219,7 +247,20 @@ class _Setup:
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(self.block), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, RT_TAGGER_AUDIO__BLOCK_SIZE=str(self.block), PYTHONUNBUFFERED="1")
+        if self.consumer_core is not None:
+            env["RT_TAGGER_CONSUMER_CORE"] = str(self.consumer_core)
+        if self.rt_priority is not None:
+            env["RT_TAGGER_REALTIME_PRIORITY"] = str(self.rt_priority)
+        return env
+
+    def off_consumer_core(self) -> None:
+        """Keep the calling thread (and what it starts from now on) off the consumer's core."""
+        if self.consumer_core is not None:
+            others = os.sched_getaffinity(0) - {self.consumer_core}
+            if not others:
+                raise BenchError(f"--consumer-core {self.consumer_core}: no other core left for the bench")
+            os.sched_setaffinity(0, others)
 
     @contextlib.contextmanager
     def subscriber(self):
@@ -230,6 +271,7 @@ class _Setup:
             [sys.executable, "-m", "bench.stream_sub", self.endpoint, f"tags.{self.stream_id}", str(jsonl)],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=self.off_consumer_core,
         )
         try:
             if sub.stdout.readline().strip() != "ready":
@@ -279,6 +321,7 @@ def run(args: argparse.Namespace) -> dict:
             )
             rss = _RssWatcher(proc.pid)
             rss.start()
+            st.off_consumer_core()  # the writer: this thread, started the tagger with every core
             pacing = _play(proc, st.audio, st.sr, st.block)
             try:
                 rc = proc.wait(timeout=args.timeout)
@@ -342,7 +385,10 @@ def _run_mic(args: argparse.Namespace) -> dict:
                 _wait_for_messages(jsonl, proc, args.timeout)
                 play_from = time.time()
                 subprocess.run(
-                    ["paplay", "--device=rt_null", str(wav)], check=True, timeout=args.seconds + 60
+                    ["paplay", "--device=rt_null", str(wav)],
+                    check=True,
+                    timeout=args.seconds + 60,
+                    preexec_fn=st.off_consumer_core,
                 )
                 play_to = time.time()
                 time.sleep(1.0)  # the last windows

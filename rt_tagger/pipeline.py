@@ -34,6 +34,7 @@ import numpy as np
 from engines.bundle import Bundle
 from rt_tagger.aggregator import Aggregator
 from rt_tagger.messages import BackendInfo, ModelInfo, TagEvent, TagMessage, WindowInfo
+from rt_tagger.placement import consumer_placement
 from rt_tagger.scheduler import run_due
 from rt_tagger.settings import MIN_HOP_SECONDS, RuntimeSettings, SettingsError, load_settings
 from rt_tagger.sources import AudioInputError, DeviceLostError, FileSource, Source
@@ -280,8 +281,9 @@ class Pipeline:
         res.window_seconds = self.spec.window_seconds
         deadline = None if duration_s is None else time.perf_counter() + duration_s
         try:
-            with source:
-                reason = self._consume(source, stream, res, deadline, stop)
+            with source:  # its threads exist now: placing the consumer leaves them every core
+                with consumer_placement(self.settings.consumer_core, self.settings.realtime_priority):
+                    reason = self._consume(source, stream, res, deadline, stop)
                 if reason in ("eof", "duration") and stream.pad_short_stream():
                     self._dispatch(stream, res)
             if not stream.totals.fed_frames and reason == "eof" and duration_s is None:

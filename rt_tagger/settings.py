@@ -184,6 +184,19 @@ class RuntimeSettings(BaseSettings):
         "due, wait for audio in short steps and run the model on silence between blocks, so that "
         "the core and the GPU are at speed when the window comes (0: off; CPU backends: never)",
     )
+    consumer_core: int | None = Field(
+        None,
+        ge=0,
+        description="one stream: run the consumer thread (framing, model, publishing) on this CPU "
+        "core only (None: wherever the OS puts it; see rt_tagger/placement.py)",
+    )
+    realtime_priority: int | None = Field(
+        None,
+        ge=1,
+        le=99,
+        description="one stream: SCHED_FIFO priority of the consumer thread (None: normal scheduling; "
+        "needs CAP_SYS_NICE or an rtprio limit)",
+    )
     aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
