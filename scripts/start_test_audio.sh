@@ -6,11 +6,15 @@
 # As root (CI containers), plain `pulseaudio -D` works: it prints a warning that it is not meant
 # for root but runs a per-user daemon, which is what the tests need (no --system: that mode
 # refuses module loading by clients and needs the pulse user/group).
+#
+# Without apt (the GPU device machine): `bash scripts/carried_audio.sh setup && . /opt/rt-audio/env`
+# first; its daemon already has rt_null, and PULSE_DLPATH in that env lets the start below work too.
 set -euo pipefail
 SINK=rt_null
 
 if ! command -v pulseaudio >/dev/null || ! command -v pactl >/dev/null; then
-  echo "start_test_audio: pulseaudio/pactl not installed (apt-get install pulseaudio pulseaudio-utils)" >&2
+  echo "start_test_audio: pulseaudio/pactl not installed (apt-get install pulseaudio pulseaudio-utils;" \
+    "without apt: scripts/carried_audio.sh setup, then source its env file)" >&2
   exit 1
 fi
 
