@@ -47,8 +47,9 @@ def consumer_placement(core: int | None, priority: int | None):
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
             except PermissionError:
                 raise UserError(
-                    f"realtime_priority={priority}: not permitted (needs CAP_SYS_NICE or an "
-                    "rtprio limit, e.g. `ulimit -r 99` or /etc/security/limits.conf)"
+                    f"realtime_priority={priority}: not permitted (needs CAP_SYS_NICE or an rtprio "
+                    "limit such as `ulimit -r 99`, and a cgroup that grants real-time time: "
+                    "containers and VMs often grant none, even to root)"
                 ) from None
         yield
     finally:
