@@ -19,7 +19,7 @@ import sys
 from engines.bundle import Bundle
 from engines.errors import UserError
 
-__all__ = ["main"]
+__all__ = ["auto_note", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cudnn", action="store_true", help="Triton kernels only (no cuDNN fused ops)")
     t.add_argument("--retune", action="store_true", help="tune even if a matching tuning is cached")
     return p
+
+
+def auto_note(args: argparse.Namespace) -> str | None:
+    """A line for a tuning that ``stream``/``listen`` with ``--backend auto`` will not use: they open
+    the backend with its defaults (max_batch, precision, cuDNN), and a tuning's key must match."""
+    import inspect
+
+    from engines.triton.backend import TritonFusedBackend
+
+    defaults = {k: p.default for k, p in inspect.signature(TritonFusedBackend.__init__).parameters.items()}
+    wanted = (defaults["max_batch"], defaults["precision"], defaults["cudnn"])
+    if (args.max_batch, args.precision, not args.no_cudnn) == wanted:
+        return None
+    return (
+        f"note: stream/listen with --backend auto look for the tuning of --max-batch {wanted[0]}, "
+        f"--precision {wanted[1]}{'' if wanted[2] else ', --no-cudnn'}: they will not use this one "
+        "(a server or backend opened with these options will)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"tuning: {backend.tuning_path}")
     print(f"  {json.dumps(backend.tuning_info)}")
+    note = auto_note(args)
+    if note:
+        print(note)
     return 0
 
 

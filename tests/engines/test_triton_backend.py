@@ -135,6 +135,19 @@ def test_without_a_gpu_forcing_says_why_and_tune_exits_1(wide_bundle):
     assert proc.stderr.strip().splitlines() == ["error: backend triton-fused unavailable: no CUDA GPU found"]
 
 
+def test_tune_says_when_auto_will_not_use_the_tuning():
+    from engines.triton.__main__ import _parser, auto_note
+
+    def note(*opts):
+        return auto_note(_parser().parse_args(["tune", "bundle", *opts]))
+
+    assert note() is None and note("--catalogue", "quick") is None  # auto takes either catalogue
+    for opts in (["--max-batch", "1"], ["--precision", "fp16"], ["--no-cudnn"]):
+        assert note(*opts).startswith(
+            "note: stream/listen with --backend auto look for the tuning of --max-batch 64"
+        )
+
+
 @needs_cuda
 def test_auto_picks_it_only_where_tuned(wide_bundle, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("RT_TAGGER_COMPILED_DIR", str(tmp_path))
