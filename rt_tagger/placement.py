@@ -5,7 +5,9 @@ millisecond on a GPU host, so a few slow windows set its p99: the thread migrate
 caches hold none of its code, or a process of the same machine (a subscriber, a writer) took its
 core at the wrong moment. Pinning the consumer to one core and giving it ``SCHED_FIFO`` priority
 is what real-time audio programs (JACK, PipeWire) do against both. Both are off by default: they
-take a core away from everything else and need privileges (``CAP_SYS_NICE`` or ``ulimit -r``).
+take a core away from everything else (on a 2-core machine, from the audio server a microphone
+needs: docs/engines.md has the numbers) and need privileges (``CAP_SYS_NICE`` or ``ulimit -r``,
+and real-time time from the cgroup).
 
 Linux only, and per thread: only the calling thread moves, so the source's audio thread, started
 before, keeps every core. Both are undone on exit, since the caller's thread may live on.
