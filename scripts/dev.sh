@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 
 APT_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libzmq3-dev pkg-config gcc make
   libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timidity freepats ffmpeg espeak-ng
-  fretsonfire-songs-muldjord)
+  fretsonfire-songs-muldjord libsonivox3)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 

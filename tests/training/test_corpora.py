@@ -452,6 +452,63 @@ def test_synth_freepats_clips_render_with_honest_tags(tmp_path, capsys, monkeypa
     assert not any(scratch.iterdir())  # each worker closed its renderer on the way out
 
 
+def _need_sonivox() -> Path:
+    from training.corpora.synth import SOUNDFONTS
+
+    lib = Path("/") / SOUNDFONTS["sonivox"].path
+    if not lib.is_file():
+        pytest.skip(f"{lib} not installed (apt package libsonivox3; scripts/dev.sh installs it)")
+    return lib
+
+
+def test_synth_sonivox_renderer_plays_in_tune_aligned_and_independent_of_earlier_stems():
+    lib = _need_sonivox()
+    import pretty_midi
+
+    from training.corpora.sonivox import SonivoxRenderer
+    from training.corpora.synth import SAMPLE_RATE, SOUNDFONTS
+
+    sv = SOUNDFONTS["sonivox"]
+    assert sv.use == "train" and sv.family not in {v.family for k, v in SOUNDFONTS.items() if k != "sonivox"}
+    r = SonivoxRenderer(lib, SAMPLE_RATE)
+    note = pretty_midi.Note(velocity=100, pitch=69, start=0.5, end=1.2)
+    piano = r.render_stem([note], 0, False, 32000)
+    assert piano.dtype == np.float32 and piano.shape == (32000,) and np.all(np.isfinite(piano))
+    onset = np.argmax(np.abs(piano) > 1e-3) / SAMPLE_RATE
+    assert 0.49 < onset < 0.53  # leading rest kept: stems stay aligned
+    spec = np.abs(np.fft.rfft(piano[8000:24000] * np.hanning(16000)))
+    assert abs(np.fft.rfftfreq(16000, 1 / SAMPLE_RATE)[spec.argmax()] - 440.0) < 5.0  # A4 in tune
+    snare = pretty_midi.Note(velocity=100, pitch=38, start=0.1, end=0.3)
+    assert np.abs(r.render_stem([snare], 0, True, 16000)).max() > 0.05  # the drum kit sounds
+
+    def tail_db(room, level):
+        r.set_reverb(room, 0.5, 0.8, level)
+        x = r.render_stem([pretty_midi.Note(velocity=100, pitch=69, start=0.1, end=0.4)], 0, False, 32000)
+        return 10 * np.log10(np.mean(x[int(1.2 * SAMPLE_RATE) :].astype(np.float64) ** 2) + 1e-20)
+
+    assert tail_db(1.0, 1.0) > tail_db(0.0, 0.0) + 40  # a large hall rings on after the note
+    # the loud reverberant stem before it leaves nothing in the next one
+    assert not np.any(r.render_stem([], 0, False, 16000))
+    r.close()
+
+
+def test_synth_sonivox_clips_through_the_corpus_cli(tmp_path):
+    _need_sonivox()
+    from training.corpora.synth import main
+
+    out = tmp_path / "sv"
+    args = ["--out", str(out), "--soundfont", "sonivox", "--composer", "varied", "--seed", "20"]
+    assert main([*args, "--n", "2", "--seconds", "3", "--workers", "1"]) == 0
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    assert {r["soundfont_name"] for r in rows} == {"sonivox"} and len(rows) == 2
+    for row in rows:
+        audio, sr = sf.read(out / row["path"], dtype="float32")
+        assert sr == 16000 and audio.shape == (48000,) and np.all(np.isfinite(audio))
+        assert row["silent_stems"] == ""  # EAS has every General MIDI program
+        lo, hi = LEVELS[row["level"]][1]
+        assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
+
+
 def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):
     """Some copyright files write Files: patterns as ``./dat/…`` (naev-data): they must still match."""
     from training.corpora import debian_music as dm

@@ -15,7 +15,8 @@ Soundfonts are named in :data:`SOUNDFONTS` (fetched from Debian with apt-get dow
 package is not installed) or given as files. Held-out soundfonts and the ``heldout`` composer are
 refused without ``--test``. Most are SoundFont files played by FluidSynth (:class:`Renderer`);
 ``freepats`` is a GUS patch set played by the ``timidity`` binary (:class:`TimidityRenderer`, needs
-``apt-get install timidity``); a ``.cfg`` file given by path is played by timidity too.
+``apt-get install timidity``); a ``.cfg`` file given by path is played by timidity too;
+``sonivox`` is the Sonivox EAS library with its built-in wavetable (:class:`SonivoxRenderer`).
 
 Each track of a clip is rendered as its own stem (straight at 16 kHz; pitch checked),
 scaled to a common RMS plus a small random offset so every tagged instrument is audible, then
@@ -43,6 +44,7 @@ import numpy as np
 import soundfile as sf
 
 from engines.atomic import atomic_path, write_atomic
+from training.corpora.sonivox import SonivoxRenderer
 from training.corpora.synth_compose import COMPOSERS, FACTORS, TAGS, Clip, compose, vary
 from training.corpora.timidity import NO_TIMIDITY, TimidityRenderer
 
@@ -72,7 +74,8 @@ class SoundFont:
     path: str  # inside the package (and where it lies when the package is installed)
     family: str  # soundfonts of one family share samples: never split one family across train/test
     use: str  # "train" or "test" (held out: never rendered for training)
-    renderer: str = "fluidsynth"  # "fluidsynth" (path: .sf2/.sf3) or "timidity" (path: a timidity .cfg)
+    # "fluidsynth" (path: .sf2/.sf3), "timidity" (path: a timidity .cfg) or "sonivox" (path: the library)
+    renderer: str = "fluidsynth"
     extra: tuple[str, ...] = ()  # more files of the package the renderer reads (fnmatch patterns)
 
 
@@ -96,6 +99,15 @@ SOUNDFONTS: dict[str, SoundFont] = {
         "train",
         renderer="timidity",
         extra=("usr/share/midi/freepats/*",),
+    ),
+    # The Sonivox EAS synthesiser (Android's General MIDI set): its wavetable is inside the
+    # library, shared with no soundfont here, so a fourth training family. x86-64 build.
+    "sonivox": SoundFont(
+        "libsonivox3",
+        "usr/lib/x86_64-linux-gnu/libsonivox.so.3.6.11.0",
+        "sonivox",
+        "train",
+        renderer="sonivox",
     ),
 }
 
@@ -206,8 +218,10 @@ class Renderer:
         self.synth.delete()
 
 
-def make_renderer(name: str, path: str | os.PathLike) -> Renderer | TimidityRenderer:
+def make_renderer(name: str, path: str | os.PathLike) -> Renderer | TimidityRenderer | SonivoxRenderer:
     """The renderer that plays soundfont ``name`` (a :data:`SOUNDFONTS` name or a file's stem) from ``path``."""
+    if name in SOUNDFONTS and SOUNDFONTS[name].renderer == "sonivox":
+        return SonivoxRenderer(path, SAMPLE_RATE)
     return TimidityRenderer(path, SAMPLE_RATE) if _uses_timidity(name, path) else Renderer(path)
 
 
@@ -321,7 +335,7 @@ class SilentClipError(RuntimeError):
 
 
 def render_clip(
-    renderer: Renderer | TimidityRenderer, clip: Clip, seconds: float
+    renderer: Renderer | TimidityRenderer | SonivoxRenderer, clip: Clip, seconds: float
 ) -> tuple[np.ndarray, list[str], dict]:
     """Render ``clip`` to a mono float32 mix.
 
@@ -381,7 +395,7 @@ def _split(index: int, test: bool) -> str:
 
 
 # Worker state: one renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
-_R: dict[str, Renderer | TimidityRenderer] = {}
+_R: dict[str, Renderer | TimidityRenderer | SonivoxRenderer] = {}
 _ARGS: dict = {}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["NO_TIMIDITY", "TimidityRenderer"]
+__all__ = ["NO_TIMIDITY", "TimidityRenderer", "stem_midi"]
 
 NO_TIMIDITY = "the timidity binary is not installed (freepats is played by TiMidity++): apt-get install timidity freepats"
 
@@ -67,7 +67,7 @@ def _isolated_config(config: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _stem_midi(notes: list, program: int, is_drum: bool, seconds: float, reverb_time: int):
+def stem_midi(notes: list, program: int, is_drum: bool, seconds: float, reverb_time: int):
     """A one-track MIDI file (mido) of one stem, a GS reverb-time SysEx first and a muted note last.
 
     Drums always use kit 0 and no bank is selected: freepats defines only tone bank 0 and drum set
@@ -172,7 +172,7 @@ class TimidityRenderer:
         """Render one track's notes (pretty_midi Notes) alone; returns ``n_samples`` mono samples."""
         midi, wav = self._dir / "stem.mid", self._dir / "stem.wav"
         wav.unlink(missing_ok=True)
-        _stem_midi(notes, program, is_drum, n_samples / self.sr, self.reverb_time).save(midi)
+        stem_midi(notes, program, is_drum, n_samples / self.sr, self.reverb_time).save(midi)
         cmd = self.command(midi, wav, self._isolated)
         try:
             r = subprocess.run(

@@ -13,7 +13,8 @@
 # (delete it to rebuild). Environment: PY (python with rt_tagger's "training" and "synth"
 # extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
-# N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10),
+# N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10), N_SONIVOX (Sonivox EAS
+# clips after those, a fourth family: 0 up to v11),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -21,7 +22,8 @@
 #   real, real_valid, real_test  debian_music.py, split by package (SOURCES), whole tracks as FLAC;
 #                                packed: centre 60 s (train) / 45 s (valid, test) of each track
 #   synth_train      FluidR3_GM, MuseScore_General, OPL-3 in turn, composer varied, 6-s clips, seed 10;
-#                    then N_FREEPATS clips of freepats (TiMidity++), same composer and seed
+#                    then N_FREEPATS clips of freepats (TiMidity++), then N_SONIVOX of Sonivox EAS,
+#                    same composer and seed
 #   synth_calib      csound sf_GMbank (held out), composer heldout, 96 clips, seed 12
 #   synth_heldout    TimGM6mb (held out), composer heldout, 160 clips, seed 11
 #   not_music        600 clips of 4 s, seed 0;  not_music_test  240 clips of 4 s, seed 1
@@ -33,6 +35,7 @@ CARRY=${CARRY:-/work/main/.carry}
 NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
 N_FREEPATS=${N_FREEPATS:-0}
+N_SONIVOX=${N_SONIVOX:-0}
 # Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
 # by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
 # v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
@@ -80,6 +83,12 @@ corpora() {
     say "synth_train: clips $N_SYNTH..$((N_SYNTH + N_FREEPATS - 1)): freepats (TiMidity++; resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont freepats \
       --composer varied --n "$N_FREEPATS" --start "$N_SYNTH" --seconds 6 --seed 10
+  fi
+  if ((N_SONIVOX > 0)); then
+    local s0=$((N_SYNTH + N_FREEPATS))
+    say "synth_train: clips $s0..$((s0 + N_SONIVOX - 1)): Sonivox EAS (resumable)"
+    $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont sonivox \
+      --composer varied --n "$N_SONIVOX" --start "$s0" --seconds 6 --seed 10
   fi
 }
 
