@@ -504,7 +504,7 @@ def test_synth_sonivox_clips_through_the_corpus_cli(tmp_path):
     for row in rows:
         audio, sr = sf.read(out / row["path"], dtype="float32")
         assert sr == 16000 and audio.shape == (48000,) and np.all(np.isfinite(audio))
-        assert row["silent_stems"] == ""  # EAS has every General MIDI program
+        assert row["silent_stems"] == ""  # EAS plays every program the composer uses (unlike freepats)
         lo, hi = LEVELS[row["level"]][1]
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
 

@@ -112,7 +112,8 @@ class SonivoxRenderer:
         from scipy.signal import resample_poly
 
         buf = io.BytesIO()
-        stem_midi(notes, program, is_drum, n_samples / self.sr, 64).save(file=buf)
+        # (stem_midi's GS reverb SysEx is not EAS's reverb: that is set below, per stem)
+        stem_midi(notes, program, is_drum, n_samples / self.sr, reverb_time=64).save(file=buf)
         data = buf.getvalue()
         mem = C.create_string_buffer(data, len(data))
 
