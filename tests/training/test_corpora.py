@@ -509,6 +509,27 @@ def test_synth_sonivox_clips_through_the_corpus_cli(tmp_path):
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
 
 
+def test_synth_a_soundfont_that_cannot_be_played_is_one_line_and_exit_2(tmp_path):
+    """Checked once before the worker pool: a renderer failing in every worker would be restarted forever."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fonts" / "libsonivox.so.3.6.11.0"  # the Sonivox library's name, not a library
+    fake.parent.mkdir()
+    fake.write_bytes(b"not a shared object")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "training.corpora.synth", "--out", str(out), "--soundfont", str(fake), "--n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot play soundfont sonivox")
+    assert not out.exists()  # nothing written
+
+
 def test_debian_music_license_from_dot_slash_dep5_patterns(tmp_path):
     """Some copyright files write Files: patterns as ``./dat/…`` (naev-data): they must still match."""
     from training.corpora import debian_music as dm

@@ -145,7 +145,18 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
     from training.corpora.debian_music import fetch_package
 
     root = fetch_package(sf_.package, Path(data) / "debian_music", (sf_.path, *sf_.extra))
+    if not (root / sf_.path).is_file():  # e.g. another architecture's library path
+        raise FileNotFoundError(f"{sf_.package} as fetched has no {sf_.path}")
     return name_or_path, root / sf_.path
+
+
+def check_renderer(name: str, path: str | os.PathLike) -> None:
+    """Open and close the renderer of ``name`` once, so a soundfont that cannot be played fails here
+    with one line (RuntimeError), not in every pool worker, which would be restarted without end."""
+    try:
+        make_renderer(name, path).close()
+    except (ImportError, OSError, RuntimeError) as e:
+        raise RuntimeError(f"cannot play soundfont {name} ({path}): {e}") from None
 
 
 class Renderer:
@@ -511,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         soundfonts = [resolve_soundfont(x, a.data) for x in a.soundfont]
+        for name, path in soundfonts:
+            check_renderer(name, path)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
