@@ -519,7 +519,17 @@ def test_synth_a_soundfont_that_cannot_be_played_is_one_line_and_exit_2(tmp_path
     fake.write_bytes(b"not a shared object")
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "training.corpora.synth", "--out", str(out), "--soundfont", str(fake), "--n", "1"],
+        [
+            sys.executable,
+            "-m",
+            "training.corpora.synth",
+            "--out",
+            str(out),
+            "--soundfont",
+            str(fake),
+            "--n",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
