@@ -112,10 +112,11 @@ SOUNDFONTS: dict[str, SoundFont] = {
 }
 
 
-def _uses_timidity(name: str, path: str | os.PathLike) -> bool:
+def _renderer_kind(name: str, path: str | os.PathLike) -> str:
+    """Which program plays soundfont ``name``: its :data:`SOUNDFONTS` entry's, else by file type."""
     if name in SOUNDFONTS:
-        return SOUNDFONTS[name].renderer == "timidity"
-    return Path(path).suffix == ".cfg"
+        return SOUNDFONTS[name].renderer
+    return "timidity" if Path(path).suffix == ".cfg" else "fluidsynth"
 
 
 def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tuple[str, Path]:
@@ -134,7 +135,7 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
                 f"soundfont not found: {name_or_path} (nor a name in {', '.join(SOUNDFONTS)})"
             )
         name = next((k for k, v in SOUNDFONTS.items() if v.path.endswith(path.name)), path.stem)
-    if _uses_timidity(name, path or "") and shutil.which("timidity") is None:
+    if _renderer_kind(name, path or "") == "timidity" and shutil.which("timidity") is None:
         raise RuntimeError(NO_TIMIDITY)
     if path is not None:
         return name, path
@@ -231,9 +232,10 @@ class Renderer:
 
 def make_renderer(name: str, path: str | os.PathLike) -> Renderer | TimidityRenderer | SonivoxRenderer:
     """The renderer that plays soundfont ``name`` (a :data:`SOUNDFONTS` name or a file's stem) from ``path``."""
-    if name in SOUNDFONTS and SOUNDFONTS[name].renderer == "sonivox":
+    kind = _renderer_kind(name, path)
+    if kind == "sonivox":
         return SonivoxRenderer(path, SAMPLE_RATE)
-    return TimidityRenderer(path, SAMPLE_RATE) if _uses_timidity(name, path) else Renderer(path)
+    return TimidityRenderer(path, SAMPLE_RATE) if kind == "timidity" else Renderer(path)
 
 
 def _rms_db(x: np.ndarray) -> float:
