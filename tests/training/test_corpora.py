@@ -509,6 +509,53 @@ def test_synth_sonivox_clips_through_the_corpus_cli(tmp_path):
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
 
 
+def test_synth_stem_mix_and_stem_eq_play_each_stem_as_recorded(tmp_path, monkeypatch):
+    """--stem-mix / --stem-eq: each stem's soundfont and EQ are drawn per stem, recorded, and what played."""
+    _need_fluidsynth()
+    _need_sonivox()
+    from training.corpora import synth
+    from training.corpora.synth import STEM_EQS, main, make_renderer, render_clip, resolve_soundfont
+    from training.corpora.synth_compose import vary
+
+    out = tmp_path / "stems"
+    args = ["--out", str(out), "--soundfont", str(SF2), "--soundfont", "sonivox", "--composer", "varied"]
+    assert main([*args, "--seed", "5", "--n", "4", "--seconds", "2", "--stem-mix", "--stem-eq", "1"]) == 0
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    fluid = resolve_soundfont(str(SF2))
+    names = {fluid[0], "sonivox"}
+    played = [r["stem_soundfonts"].split(";") for r in rows]
+    assert all(
+        len(p) == len(r["instruments"].split(";")) and set(p) <= names
+        for p, r in zip(played, rows, strict=True)
+    )
+    assert {n for p in played for n in p} == names  # both families inside the clips, not one per clip
+    assert all(set(r["stem_eqs"].split(";")) <= set(STEM_EQS) for r in rows)  # P = 1: every stem
+    assert (
+        main([*args, "--seed", "5", "--n", "1", "--seconds", "2", "--stem-eq", "2"]) == 2
+    )  # not a probability
+
+    row = next(r for r, p in zip(rows, played, strict=True) if len(set(p)) == 2)  # a clip with stems of both
+    i = int(row["index"])
+    fonts = {n: make_renderer(n, path) for n, path in (fluid, resolve_soundfont("sonivox"))}
+    try:
+        clip = vary(compose(5, i, 2.0), "varied", 5)
+        recorded = list(zip(played[rows.index(row)], row["stem_eqs"].split(";"), strict=True))
+        monkeypatch.setattr(
+            synth, "_ARGS", {"seed": 5, "soundfonts": [(fluid[0], ""), ("sonivox", "")], "stem_eq": 1.0}
+        )
+        stems = synth._stem_choices(clip, i)
+        assert [(n, eq) for n, (eq, _) in stems] == recorded  # the recorded choices are the drawn ones
+        players = [fonts[n] for n, _ in stems]
+        as_recorded, _, _ = render_clip(fonts[fluid[0]], clip, 2.0, players, [e for _, e in stems])
+        one_font, _, _ = render_clip(fonts[fluid[0]], vary(compose(5, i, 2.0), "varied", 5), 2.0)
+    finally:
+        for r in fonts.values():
+            r.close()
+    audio, _ = sf.read(out / row["path"], dtype="float32")
+    assert np.abs(audio - as_recorded).max() < 2e-3  # FLAC's 16 bits
+    assert np.abs(audio - one_font).max() > 0.05  # one soundfont for every stem sounds different
+
+
 def test_synth_a_soundfont_that_cannot_be_played_is_one_line_and_exit_2(tmp_path):
     """Checked once before the worker pool: a renderer failing in every worker would be restarted forever."""
     import subprocess

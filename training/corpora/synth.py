@@ -347,10 +347,22 @@ class SilentClipError(RuntimeError):
     """Every stem of a clip came out silent (a patch set that lacks all of its programs)."""
 
 
+AnyRenderer = Renderer | TimidityRenderer | SonivoxRenderer
+STEM_EQS = ("peak", "low_shelf", "high_shelf")  # the training EQ moves; band_limit and tilt stay held out
+
+
 def render_clip(
-    renderer: Renderer | TimidityRenderer | SonivoxRenderer, clip: Clip, seconds: float
+    renderer: AnyRenderer,
+    clip: Clip,
+    seconds: float,
+    stem_renderers: list[AnyRenderer] | None = None,
+    stem_eqs: list[tuple[str, int]] | None = None,
 ) -> tuple[np.ndarray, list[str], dict]:
     """Render ``clip`` to a mono float32 mix.
+
+    ``stem_renderers`` plays each stem with its own renderer (one sample family per instrument
+    instead of one per clip); ``stem_eqs`` gives each stem an EQ move of :data:`STEM_EQS` and its
+    seed (``("", 0)`` for none) before mixing, so an instrument's spectral envelope varies beyond what one soundfont has.
 
     Returns:
         (audio, tags, info): tags drop any instrument whose stem came out silent (honest labels).
@@ -359,13 +371,19 @@ def render_clip(
         SilentClipError: when every stem is silent (nothing to label).
     """
     n = int(round(seconds * renderer.sr))
+    stems = clip.midi.instruments
+    players = stem_renderers or [renderer] * len(stems)
+    eqs = stem_eqs or [("", 0)] * len(stems)
     room, damp, width, level = clip.reverb
-    renderer.set_reverb(room, damp, width, level)
+    for r in {id(r): r for r in players}.values():
+        r.set_reverb(room, damp, width, level)
     mix = np.zeros(n, np.float64)
     silent: list[str] = []
     stem_db: list[float] = []
-    for inst, gain_db in zip(clip.midi.instruments, clip.stem_gain_db, strict=True):
-        stem = renderer.render_stem(inst.notes, inst.program, inst.is_drum, n)
+    for inst, gain_db, player, (eq, eq_seed) in zip(stems, clip.stem_gain_db, players, eqs, strict=True):
+        stem = player.render_stem(inst.notes, inst.program, inst.is_drum, n)
+        if eq:
+            stem = apply_eq(stem.astype(np.float64), eq, np.random.default_rng(eq_seed), renderer.sr)
         level_db = _active_db(stem)
         stem_db.append(round(level_db, 1))
         if level_db < _SILENT_DB:
@@ -408,7 +426,7 @@ def _split(index: int, test: bool) -> str:
 
 
 # Worker state: one renderer per soundfont per process (loading a soundfont takes 0.2-3 s).
-_R: dict[str, Renderer | TimidityRenderer | SonivoxRenderer] = {}
+_R: dict[str, AnyRenderer] = {}
 _ARGS: dict = {}
 
 
@@ -418,6 +436,22 @@ def _init_worker(args: dict) -> None:
         os.nice(args["nice"])
     _ARGS = args
     _R = {name: make_renderer(name, path) for name, path in args["soundfonts"]}
+
+
+def _stem_choices(clip: Clip, index: int) -> list[tuple[str, tuple[str, int]]]:
+    """Per stem: the soundfont that plays it (``--stem-mix``) and its EQ move and seed (``--stem-eq``).
+
+    A pure function of (seed, index), so a resumed render draws the same; with neither option,
+    every stem gets the clip's soundfont and no EQ.
+    """
+    rng = np.random.default_rng([_ARGS["seed"], index, 1206])
+    names = [n for n, _ in _ARGS["soundfonts"]]
+    out = []
+    for _ in clip.midi.instruments:
+        name = names[int(rng.integers(len(names)))]
+        eq = str(rng.choice(STEM_EQS)) if rng.random() < _ARGS["stem_eq"] else ""
+        out.append((name, (eq, int(rng.integers(2**31)))))
+    return out
 
 
 def _work(index: int) -> dict | None:
@@ -434,8 +468,15 @@ def _work(index: int) -> dict | None:
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
     if _ARGS["composer"] != "default":
         vary(clip, _ARGS["composer"], _ARGS["seed"], frozenset(_ARGS["skip"]))
+    stems = _stem_choices(clip, index)
     try:
-        audio, tags, info = render_clip(_R[sf_name], clip, _ARGS["seconds"])
+        audio, tags, info = render_clip(
+            _R[sf_name],
+            clip,
+            _ARGS["seconds"],
+            [_R[n] for n, _ in stems] if _ARGS["stem_mix"] else None,
+            [e for _, e in stems],
+        )
     except SilentClipError:  # freepats lacks every program of the clip: no clip (tried again on resume)
         return None
     row = {
@@ -454,6 +495,8 @@ def _work(index: int) -> dict | None:
         "index": str(index),
         **clip.meta,
         "silent_stems": ";".join(info["silent"]),
+        "stem_soundfonts": ";".join(name for name, _ in stems) if _ARGS["stem_mix"] else "",
+        "stem_eqs": ";".join(eq for _, (eq, _) in stems) if _ARGS["stem_eq"] else "",
         "render_s": f"{time.perf_counter() - t0:.3f}",
     }
     with atomic_path(out / "midi" / f"{cid}.mid") as tmp:
@@ -503,6 +546,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="niceness increment for worker processes")
     p.add_argument("--test", action="store_true", help="mark every clip split=test (held-out set)")
     p.add_argument(
+        "--stem-mix",
+        action="store_true",
+        help="each stem played by a soundfont drawn from --soundfont (not one soundfont per clip)",
+    )
+    p.add_argument(
+        "--stem-eq",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="each stem gets a random EQ move (" + ", ".join(STEM_EQS) + ") with probability P",
+    )
+    p.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -515,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unknown composer {a.composer!r} (expected one of {', '.join(COMPOSERS)})",
             file=sys.stderr,
         )
+        return 2
+    if not 0.0 <= a.stem_eq <= 1.0:
+        print(f"error: --stem-eq is a probability, got {a.stem_eq}", file=sys.stderr)
         return 2
     if a.skip and a.composer == "default":
         print("error: --skip ablates a composer configuration: give --composer", file=sys.stderr)
@@ -544,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": a.seconds,
         "test": a.test,
         "nice": a.nice,
+        "stem_mix": a.stem_mix,
+        "stem_eq": a.stem_eq,
     }
     indices = list(range(a.start, a.start + a.n))
     rows: list[dict] = []
