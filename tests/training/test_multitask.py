@@ -453,6 +453,35 @@ def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_
     assert (
         set(a["per_tag"]) <= {"bass", "flute", "drums", "no_drums", "slow", "fast"} and "bass" in a["per_tag"]
     )
+    assert main(["--corpus", f"a={corpora / 'synth_test'}", "--out", str(out), "--windows", "3"]) == 0
+    assert json.loads(out.read_text())["windows_per_clip"] == 3
+    with pytest.raises(SystemExit) as e:
+        main(["--corpus", f"a={corpora / 'synth_test'}", "--out", str(out), "--windows", "0"])
+    assert e.value.code == 2 and "--windows takes a count" in capsys.readouterr().err
+
+
+def test_objective_cells_clip_mean_runs_from_the_clips_start_through_its_centre_to_its_end(tmp_path: Path):
+    """--windows 3 is the mean of the first, the centred (what --windows 1 scores) and the last window."""
+    from engines.logmel_torch import LogMel
+    from training.multitask import data as mt_data
+    from training.multitask.evaluate import predict
+    from training.multitask.objective_cells import _clip_probs
+    from training.multitask.vocab import bundle_units
+
+    bundle, specs = bundle_units(Path("rt_tagger/default_model"))
+    model, logmel = bundle.build_model().eval(), LogMel(bundle.manifest.frontend)
+    demo, _ = sf.read(DEMO, dtype="float32")
+    _write(
+        tmp_path / "long", [demo[: 6 * SR], demo[6 * SR : 12 * SR]], ["bass;slow", "flute;fast"]
+    )  # 6-s clips
+    corpus = mt_data.load_corpus(tmp_path / "long")
+    source = mt_data.clip_source(specs, corpus, logmel.spec.window_samples, True)
+    room = (source.bank.lengths[source.tracks] - logmel.spec.window_samples).clamp(min=0)
+    assert (room > logmel.spec.window_samples // 4).all()  # the windows differ: the test can fail
+    first, last = (predict(model, logmel, source, starts=s) for s in (torch.zeros_like(room), room))
+    centred = _clip_probs(model, logmel, source, 1)
+    np.testing.assert_allclose(_clip_probs(model, logmel, source, 3), (first + centred + last) / 3, atol=1e-6)
+    assert np.abs(first - last).max() > 0.01
 
 
 def test_objective_cells_refuses_bad_input_in_one_line(tmp_path: Path, capsys):

@@ -8,7 +8,8 @@ Why: the instrument units miss on the held-out soundfont *and* composer; corpora
 of the two at a time (rendered by ``training.corpora.synth`` with a new seed) tell which shift
 costs what. The numbers are :func:`training.multitask.evaluate.evaluate`'s objective ones: macro
 ROC-AUC over the objective units and over the instrument units, each clip's centred window.
-``--by COLUMN`` adds the same numbers per value of a column of the corpus table (``eq``, ``codec``,
+``--windows K`` scores each clip by the mean of K evenly spaced windows instead (as ``rt-tagger
+tag`` scores a file by its windows' mean). ``--by COLUMN`` adds the same numbers per value of a column of the corpus table (``eq``, ``codec``,
 ``soundfont_name`` …): which variant of a factor costs what.
 """
 
@@ -35,7 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--by", action="append", default=[], metavar="COLUMN", help="also per value of a table column"
     )
+    ap.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        metavar="K",
+        help="mean of K evenly spaced windows per clip (1: the centred one)",
+    )
     a = ap.parse_args(argv)
+    if a.windows < 1:
+        ap.error("--windows takes a count of at least 1")
     corpora = [item.partition("=")[::2] for item in a.corpus]
     if not all(name and path for name, path in corpora):
         ap.error("--corpus takes NAME=PATH")
@@ -52,7 +62,6 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.atomic import write_atomic
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
-    from training.multitask.evaluate import predict
     from training.multitask.vocab import bundle_units
 
     bundle, specs = bundle_units(a.bundle)
@@ -62,7 +71,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     for name, path in corpora:
         corpus = mt_data.load_corpus(path)
         source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
-        probs = predict(model, logmel, source)
+        probs = _clip_probs(model, logmel, source, a.windows)
         y = source.target.numpy()
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
         for column in a.by:
@@ -75,11 +84,24 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
                 for v in sorted(set(values))
             }
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
-           "results": results}  # fmt: skip
+           "windows_per_clip": a.windows, "results": results}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
+
+
+def _clip_probs(model, logmel, source, windows: int) -> np.ndarray:
+    """Each clip's probabilities: its centred window's (``windows == 1``), else the mean of
+    ``windows`` windows from the clip's start to its end."""
+
+    from training.multitask.evaluate import predict
+
+    if windows == 1:
+        return predict(model, logmel, source)
+    room = (source.bank.lengths[source.tracks] - logmel.spec.window_samples).clamp(min=0).cpu()
+    fractions = np.linspace(0.0, 1.0, windows)
+    return np.mean([predict(model, logmel, source, starts=(room * f).long()) for f in fractions], axis=0)
 
 
 def _cell(specs: list, probs: np.ndarray, y: np.ndarray, label: str) -> dict:
