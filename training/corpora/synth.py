@@ -18,6 +18,11 @@ refused without ``--test``. Most are SoundFont files played by FluidSynth (:clas
 ``apt-get install timidity``); a ``.cfg`` file given by path is played by timidity too;
 ``sonivox`` is the Sonivox EAS library with its built-in wavetable (:class:`SonivoxRenderer`).
 
+``--stem-mix`` plays each stem with a soundfont drawn from the ``--soundfont`` list (a clip then
+mixes sample families) and ``--stem-eq P`` gives each stem a training EQ move with probability P;
+both are recorded per clip (``stem_soundfonts``, ``stem_eqs``). Neither moved the held-out
+instrument numbers beyond what more clips did (reports/default_model.md, 2026-12-06).
+
 Each track of a clip is rendered as its own stem (straight at 16 kHz; pitch checked),
 scaled to a common RMS plus a small random offset so every tagged instrument is audible, then
 mixed and scaled to the clip's level class. Output per clip: ``audio/<id>.flac``,
