@@ -529,6 +529,7 @@ def test_synth_stem_mix_and_stem_eq_play_each_stem_as_recorded(tmp_path, monkeyp
         for p, r in zip(played, rows, strict=True)
     )
     assert {n for p in played for n in p} == names  # both families inside the clips, not one per clip
+    assert {r["soundfont_name"] for r in rows} == {"stem_mix"}  # no clip claims a single soundfont
     assert all(set(r["stem_eqs"].split(";")) <= set(STEM_EQS) for r in rows)  # P = 1: every stem
     assert (
         main([*args, "--seed", "5", "--n", "1", "--seconds", "2", "--stem-eq", "2"]) == 2

@@ -367,7 +367,8 @@ def render_clip(
 
     ``stem_renderers`` plays each stem with its own renderer (one sample family per instrument
     instead of one per clip); ``stem_eqs`` gives each stem an EQ move of :data:`STEM_EQS` and its
-    seed (``("", 0)`` for none) before mixing, so an instrument's spectral envelope varies beyond what one soundfont has.
+    seed (``("", 0)`` for none) before mixing, so an instrument's spectral envelope varies beyond
+    what one soundfont has.
 
     Returns:
         (audio, tags, info): tags drop any instrument whose stem came out silent (honest labels).
@@ -494,7 +495,7 @@ def _work(index: int) -> dict | None:
         "rms_db": str(info["rms_db"]),
         "instruments": ";".join(f"{i.name}:{i.program}" for i in clip.midi.instruments),
         "soundfont": Path(sf_path).name,
-        "soundfont_name": sf_name,
+        "soundfont_name": "stem_mix" if _ARGS["stem_mix"] else sf_name,  # per stem: stem_soundfonts
         "composer": _ARGS["composer"],
         "seed": str(_ARGS["seed"]),
         "index": str(index),

@@ -9,8 +9,9 @@ of the two at a time (rendered by ``training.corpora.synth`` with a new seed) te
 costs what. The numbers are :func:`training.multitask.evaluate.evaluate`'s objective ones: macro
 ROC-AUC over the objective units and over the instrument units, each clip's centred window.
 ``--windows K`` scores each clip by the mean of K evenly spaced windows instead (as ``rt-tagger
-tag`` scores a file by its windows' mean). ``--by COLUMN`` adds the same numbers per value of a column of the corpus table (``eq``, ``codec``,
-``soundfont_name`` …): which variant of a factor costs what.
+tag`` scores a file by its windows' mean). ``--by COLUMN`` adds the same numbers per value of a
+column of the corpus table (``eq``, ``codec``, ``soundfont_name`` …): which variant of a factor
+costs what.
 """
 
 from __future__ import annotations
