@@ -509,12 +509,18 @@ def test_synth_sonivox_clips_through_the_corpus_cli(tmp_path):
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
 
 
-def test_synth_stem_mix_and_stem_eq_play_each_stem_as_recorded(tmp_path, monkeypatch):
+def test_synth_stem_mix_and_stem_eq_play_each_stem_as_recorded(tmp_path):
     """--stem-mix / --stem-eq: each stem's soundfont and EQ are drawn per stem, recorded, and what played."""
     _need_fluidsynth()
     _need_sonivox()
-    from training.corpora import synth
-    from training.corpora.synth import STEM_EQS, main, make_renderer, render_clip, resolve_soundfont
+    from training.corpora.synth import (
+        STEM_EQS,
+        main,
+        make_renderer,
+        render_clip,
+        resolve_soundfont,
+        stem_choices,
+    )
     from training.corpora.synth_compose import vary
 
     out = tmp_path / "stems"
@@ -541,10 +547,7 @@ def test_synth_stem_mix_and_stem_eq_play_each_stem_as_recorded(tmp_path, monkeyp
     try:
         clip = vary(compose(5, i, 2.0), "varied", 5)
         recorded = list(zip(played[rows.index(row)], row["stem_eqs"].split(";"), strict=True))
-        monkeypatch.setattr(
-            synth, "_ARGS", {"seed": 5, "soundfonts": [(fluid[0], ""), ("sonivox", "")], "stem_eq": 1.0}
-        )
-        stems = synth._stem_choices(clip, i)
+        stems = stem_choices(clip, 5, i, [fluid[0], "sonivox"], 1.0)
         assert [(n, eq) for n, (eq, _) in stems] == recorded  # the recorded choices are the drawn ones
         players = [fonts[n] for n, _ in stems]
         as_recorded, _, _ = render_clip(fonts[fluid[0]], clip, 2.0, players, [e for _, e in stems])

@@ -63,6 +63,7 @@ __all__ = [
     "make_renderer",
     "render_clip",
     "resolve_soundfont",
+    "stem_choices",
     "main",
 ]
 
@@ -444,18 +445,19 @@ def _init_worker(args: dict) -> None:
     _R = {name: make_renderer(name, path) for name, path in args["soundfonts"]}
 
 
-def _stem_choices(clip: Clip, index: int) -> list[tuple[str, tuple[str, int]]]:
-    """Per stem: the soundfont that plays it (``--stem-mix``) and its EQ move and seed (``--stem-eq``).
+def stem_choices(
+    clip: Clip, seed: int, index: int, names: list[str], stem_eq: float
+) -> list[tuple[str, tuple[str, int]]]:
+    """Per stem: the soundfont of ``names`` that plays it (``--stem-mix``) and its EQ move and seed
+    (an EQ with probability ``stem_eq``; ``--stem-eq``).
 
-    A pure function of (seed, index), so a resumed render draws the same; with neither option,
-    every stem gets the clip's soundfont and no EQ.
+    A pure function of its arguments, so a resumed render draws the same.
     """
-    rng = np.random.default_rng([_ARGS["seed"], index, 1206])
-    names = [n for n, _ in _ARGS["soundfonts"]]
+    rng = np.random.default_rng([seed, index, 1206])
     out = []
     for _ in clip.midi.instruments:
         name = names[int(rng.integers(len(names)))]
-        eq = str(rng.choice(STEM_EQS)) if rng.random() < _ARGS["stem_eq"] else ""
+        eq = str(rng.choice(STEM_EQS)) if rng.random() < stem_eq else ""
         out.append((name, (eq, int(rng.integers(2**31)))))
     return out
 
@@ -474,7 +476,7 @@ def _work(index: int) -> dict | None:
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
     if _ARGS["composer"] != "default":
         vary(clip, _ARGS["composer"], _ARGS["seed"], frozenset(_ARGS["skip"]))
-    stems = _stem_choices(clip, index)
+    stems = stem_choices(clip, _ARGS["seed"], index, [n for n, _ in _ARGS["soundfonts"]], _ARGS["stem_eq"])
     try:
         audio, tags, info = render_clip(
             _R[sf_name],
