@@ -115,7 +115,8 @@ class ChannelSpec(BaseModel):
     """Degradations of the recording channel, each applied to a window with its own probability
     (0 switches it off): a room (reverb from a synthetic impulse response), a dull speaker (a
     low-pass of random corner), a small speaker or laptop microphone (a high-pass: no lows), an
-    overdriven stage (soft clipping). The window's RMS is kept."""
+    overdriven stage (soft clipping), a lo-fi converter (sample-and-hold rate reduction and few
+    bits, scaled to the window's peak). The window's RMS is kept."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -128,10 +129,13 @@ class ChannelSpec(BaseModel):
     highpass_hz: tuple[float, float] = (100.0, 400.0)
     clip_p: float = Field(0.0, ge=0, le=1)
     clip_drive_db: tuple[float, float] = (3.0, 18.0)
+    crush_p: float = Field(0.0, ge=0, le=1)
+    crush_bits: tuple[float, float] = (5.0, 10.0)  # bits of the quantiser, its full scale at the peak
+    crush_hold: tuple[int, int] = (1, 4)  # each sample held this many samples (1: rate kept)
 
     @property
     def enabled(self) -> bool:
-        return self.reverb_p > 0 or self.lowpass_p > 0 or self.highpass_p > 0 or self.clip_p > 0
+        return any(p > 0 for p in (self.reverb_p, self.lowpass_p, self.highpass_p, self.clip_p, self.crush_p))
 
 
 _IR_SECONDS = 1.5  # impulse responses are cut here (a 2.5-s RT60 is 36 dB down by then)
@@ -174,4 +178,12 @@ def degrade_channel(
         peak = y.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
         clipped = torch.tanh(drive * y / peak) * peak
         y = torch.where(on(spec.clip_p) > 0, clipped, y)
+    if spec.crush_p > 0:
+        lo, hi = spec.crush_hold
+        hold = torch.randint(lo, hi + 1, (n, 1), generator=gen, device=gen.device).to(dev)
+        held = torch.gather(y, 1, torch.arange(t, device=dev)[None, :] // hold * hold)
+        levels = torch.pow(2.0, _uniform(n, *spec.crush_bits, gen)[:, None].to(dev) - 1)
+        peak = held.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
+        crushed = torch.round(held / peak * levels) / levels * peak
+        y = torch.where(on(spec.crush_p) > 0, crushed, y)
     return y * (rms_in / _rms(y))

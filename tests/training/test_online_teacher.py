@@ -304,6 +304,13 @@ def test_channel_degradations_do_what_they_say():
     crest = lambda y: y.abs().amax(1) / y.pow(2).mean(1).sqrt()  # noqa: E731
     assert torch.all(crest(hot) < 0.6 * crest(x))
     assert torch.allclose(hot.pow(2).mean(1).sqrt(), x.pow(2).mean(1).sqrt(), rtol=1e-4)
+    # a lo-fi converter: few levels, each held; RMS kept
+    lofi = ChannelSpec(crush_p=1.0, crush_bits=(3.0, 3.0), crush_hold=(4, 4))
+    crushed = degrade_channel(x, lofi, sr, gen())
+    assert all(len(torch.unique(row)) <= 2 * 4 + 1 for row in crushed)  # 3 bits: 4 levels a side, and 0
+    steps = torch.nonzero(crushed[:, 1:] != crushed[:, :-1])[:, 1] + 1  # where a new value starts
+    assert len(steps) > n and torch.all(steps % 4 == 0)  # sample-and-hold over 4 samples
+    assert torch.allclose(crushed.pow(2).mean(1).sqrt(), x.pow(2).mean(1).sqrt(), rtol=1e-4)
     # each degradation applies to about its share of the windows
     many = torch.from_numpy(rng.standard_normal((400, 2000)).astype(np.float32))
     half = degrade_channel(many, ChannelSpec(clip_p=0.5), sr, gen())
