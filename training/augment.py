@@ -10,7 +10,7 @@ Every random draw uses the caller's generator, so a run is reproducible and resu
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.bank import AudioBank
 from training.views import gather_crops
@@ -132,6 +132,13 @@ class ChannelSpec(BaseModel):
     crush_p: float = Field(0.0, ge=0, le=1)
     crush_bits: tuple[float, float] = (5.0, 10.0)  # bits of the quantiser, its full scale at the peak
     crush_hold: tuple[int, int] = (1, 4)  # each sample held this many samples (1: rate kept)
+
+    @model_validator(mode="after")
+    def _crush_ranges(self) -> ChannelSpec:
+        (b_lo, b_hi), (h_lo, h_hi) = self.crush_bits, self.crush_hold
+        if not (1 <= b_lo <= b_hi and 1 <= h_lo <= h_hi):
+            raise ValueError("crush_bits and crush_hold take (low, high) ranges from 1 up")
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -311,6 +311,9 @@ def test_channel_degradations_do_what_they_say():
     steps = torch.nonzero(crushed[:, 1:] != crushed[:, :-1])[:, 1] + 1  # where a new value starts
     assert len(steps) > n and torch.all(steps % 4 == 0)  # sample-and-hold over 4 samples
     assert torch.allclose(crushed.pow(2).mean(1).sqrt(), x.pow(2).mean(1).sqrt(), rtol=1e-4)
+    for bad in ({"crush_hold": (0, 2)}, {"crush_bits": (8.0, 4.0)}):  # a hold of 0 or a range upside down
+        with pytest.raises(ValueError, match="from 1 up"):
+            ChannelSpec(**bad)
     # each degradation applies to about its share of the windows
     many = torch.from_numpy(rng.standard_normal((400, 2000)).astype(np.float32))
     half = degrade_channel(many, ChannelSpec(clip_p=0.5), sr, gen())
