@@ -29,6 +29,7 @@ from engines.frontend import FrontEndSpec
 from engines.logmel_torch import LogMel
 from engines.model import ModelSpec, ResNetTagger
 from training.augment import AugmentSpec, ChannelSpec, augment_mel, augment_wave, degrade_channel
+from training.grow import grow_state
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
@@ -174,6 +175,8 @@ def load_multitask_recipe(path: str | Path, overrides: list[str] | None = None) 
 def init_backbone(model: ResNetTagger, bundle_path: str, units: list[str] | None = None) -> int:
     """Copy every weight but the tag head from a bundle's model; returns how many tensors. With
     ``units`` (the run's unit names) the head too, when the bundle's tags are exactly those.
+    A recipe model wider than the bundle's starts from it grown (:func:`training.grow.grow_state`:
+    the same outputs at the start, new channels to train).
 
     Reads the weights file directly (checked against the manifest's sha256), so a bundle of
     another manifest format version still serves as a starting point.
@@ -196,6 +199,16 @@ def init_backbone(model: ResNetTagger, bundle_path: str, units: list[str] | None
             f"({len(manifest.get('tags') or [])} against {len(units)}): its head does not fit"
         )
     state = {k: v for k, v in load_file(str(wpath)).items() if units is not None or not k.startswith("head.")}
+    narrow = manifest.get("model", {})
+    if narrow.get("width", model.spec.width) < model.spec.width:  # a wider model starts from it
+        if (tuple(narrow.get("blocks", ())), narrow.get("embed_dim")) != (
+            tuple(model.spec.blocks),
+            model.spec.embed_dim,
+        ):
+            raise MultitaskError(
+                f"init_from {bundle_path}: only the width may grow (its blocks / embed_dim differ from the recipe's)"
+            )
+        state = grow_state(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     stray = [k for k in missing if units is not None or not k.startswith("head.")]  # a new head is expected
     if unexpected or stray:
