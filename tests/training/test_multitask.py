@@ -460,6 +460,43 @@ def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_
     assert e.value.code == 2 and "--windows takes a count" in capsys.readouterr().err
 
 
+def test_objective_cells_scores_the_mean_of_several_bundles(corpora: Path, tmp_path: Path, capsys):
+    """Several --bundle: each clip's probabilities are the mean of the bundles' (an ensemble)."""
+    from engines.logmel_torch import LogMel
+    from training.multitask import data as mt_data
+    from training.multitask.evaluate import objective_metrics
+    from training.multitask.objective_cells import _clip_probs, main
+    from training.multitask.vocab import bundle_units
+
+    shipped, lite = Path("rt_tagger/default_model"), Path("rt_tagger/lite_model")
+    out = tmp_path / "cells.json"
+    assert main(["--bundle", str(shipped), "--bundle", str(lite), "--corpus", f"a={corpora / 'synth_test'}",
+                 "--out", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["bundles"] == [
+        "rt-tagger-multitask-v13",
+        json.loads((lite / "manifest.json").read_text())["name"],
+    ]
+    probs, specs, y = [], None, None
+    for b in (shipped, lite):
+        bundle, specs = bundle_units(b)
+        logmel = LogMel(bundle.manifest.frontend)
+        source = mt_data.clip_source(
+            specs, mt_data.load_corpus(corpora / "synth_test"), logmel.spec.window_samples, True
+        )
+        probs.append(_clip_probs(bundle.build_model().eval(), logmel, source, 1))
+        y = source.target.numpy()
+    assert np.abs(probs[0] - probs[1]).max() > 0.05  # two different models: the mean is not either one
+    obj, ins = objective_metrics(specs, (probs[0] + probs[1]) / 2, y)
+    assert doc["results"]["a"]["objective_macro_roc_auc"] == pytest.approx(obj["roc_auc"], abs=1e-9)
+    assert doc["results"]["a"]["instrument_macro_roc_auc"] == pytest.approx(ins["roc_auc"], abs=1e-9)
+    pretrained = Path("training/teachers")  # not a bundle of these units: one line, nothing written
+    out.unlink()
+    assert main(["--bundle", str(shipped), "--bundle", str(pretrained), "--corpus", f"a={corpora / 'synth_test'}",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.startswith("error: ") and not out.exists()
+
+
 def test_objective_cells_clip_mean_runs_from_the_clips_start_through_its_centre_to_its_end(tmp_path: Path):
     """--windows 3 is the mean of the first, the centred (what --windows 1 scores) and the last window."""
     from engines.logmel_torch import LogMel

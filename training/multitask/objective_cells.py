@@ -11,7 +11,8 @@ ROC-AUC over the objective units and over the instrument units, each clip's cent
 ``--windows K`` scores each clip by the mean of K evenly spaced windows instead (as ``rt-tagger
 tag`` scores a file by its windows' mean). ``--by COLUMN`` adds the same numbers per value of a
 column of the corpus table (``eq``, ``codec``, ``soundfont_name`` …): which variant of a factor
-costs what.
+costs what. ``--bundle`` given several times scores the mean of their probabilities (an ensemble:
+how far several runs together reach; their units must be the same, in order).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m training.multitask.objective_cells", description=__doc__.splitlines()[0]
     )
-    ap.add_argument("--bundle", type=Path, default=Path("rt_tagger/default_model"))
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        action="append",
+        help="a bundle (default: the shipped model); several: the mean of their probabilities",
+    )
     ap.add_argument(
         "--corpus", action="append", required=True, metavar="NAME=PATH", help="a synthetic corpus"
     )
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.windows < 1:
         ap.error("--windows takes a count of at least 1")
+    a.bundle = a.bundle or [Path("rt_tagger/default_model")]
     corpora = [item.partition("=")[::2] for item in a.corpus]
     if not all(name and path for name, path in corpora):
         ap.error("--corpus takes NAME=PATH")
@@ -65,14 +72,24 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from training.multitask import data as mt_data
     from training.multitask.vocab import bundle_units
 
-    bundle, specs = bundle_units(a.bundle)
-    model = bundle.build_model().eval()
+    loaded = [bundle_units(b) for b in a.bundle]
+    bundle, specs = loaded[0]
+    for path, (other, other_specs) in zip(a.bundle[1:], loaded[1:], strict=True):
+        if [s.name for s in other_specs] != [
+            s.name for s in specs
+        ] or other.manifest.frontend != bundle.manifest.frontend:
+            print(
+                f"error: {path}'s units or front end are not {a.bundle[0]}'s: no mean of the two",
+                file=sys.stderr,
+            )
+            return 2
+    models = [b.build_model().eval() for b, _ in loaded]
     logmel = LogMel(bundle.manifest.frontend)
     results = {}
     for name, path in corpora:
         corpus = mt_data.load_corpus(path)
         source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
-        probs = _clip_probs(model, logmel, source, a.windows)
+        probs = np.mean([_clip_probs(model, logmel, source, a.windows) for model in models], axis=0)
         y = source.target.numpy()
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
         for column in a.by:
@@ -84,8 +101,9 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
                 str(v): _cell(specs, probs[values == v], y[values == v], f"  {column}={v or '(none)'}")
                 for v in sorted(set(values))
             }
-    doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
-           "windows_per_clip": a.windows, "results": results}  # fmt: skip
+    names = [b.manifest.name for b, _ in loaded]
+    doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
+           "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
