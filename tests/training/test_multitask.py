@@ -353,9 +353,28 @@ def test_vocals_boost_draws_sung_windows_more_often():
     corpus = mt_data.Corpus("r", ["a"], [np.zeros(SR * 3, np.float32)], [set()], {})
     src = mt_data.real_source(specs, corpus, lab, 1000, vocals_boost=9.0)
     gen = torch.Generator().manual_seed(0)
-    _, target, _ = mt_data.sample_batch([src], [4000], 1000, gen)
+    _, target, _, _ = mt_data.sample_batch([src], [4000], 1000, gen)
     sung = (target[:, [s.name for s in specs].index("vocals")] > 0.5).float().mean()
     assert 0.45 < sung < 0.60  # 20·10 / (20·10 + 180) ≈ 0.53
+
+
+def test_pitch_shifted_windows_move_in_pitch_by_their_rate_and_only_those_of_the_shifted_source():
+    specs = build_vocab([])
+    t = np.arange(SR * 3) / SR
+    sine = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    corpus = mt_data.Corpus("s", ["a", "b"], [sine, sine], [{"bass"}, {"flute"}], {})
+    window = SR // 2
+    src = mt_data.clip_source(specs, corpus, window, True)
+    gen = torch.Generator().manual_seed(0)
+    wave, _, _, rate = mt_data.sample_batch([src, src], [50, 50], window, gen, [(0.0, 0.0), (0.6, 4.0)])
+    assert (rate[:50] == 1).all() and 15 < (rate[50:] != 1).sum() < 45  # p 0.6 of the second source
+    assert rate.min() >= 2 ** (-4 / 12) - 1e-6 and rate.max() <= 2 ** (4 / 12) + 1e-6
+    peak_hz = np.fft.rfft(wave.numpy() * np.hanning(window), axis=1).__abs__().argmax(axis=1) * SR / window
+    np.testing.assert_allclose(peak_hz, 1000 * rate.numpy(), atol=2 * SR / window)  # within two FFT bins
+    assert np.abs(peak_hz[50:][rate[50:].numpy() != 1] - 1000).max() > 100  # the test can fail
+    gen = torch.Generator().manual_seed(0)  # without pitch, the draws are those of before
+    plain = mt_data.sample_batch([src, src], [50, 50], window, gen)
+    assert (plain[3] == 1).all()
 
 
 def test_teacher_ceiling_pairs_each_tracks_windows_in_order():

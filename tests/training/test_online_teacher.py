@@ -140,13 +140,58 @@ def test_recipe_keeps_the_online_teacher_off_unless_asked():
         OnlineTeacher(SPECS, 47000)  # shorter than musicnn's 187 frames
 
 
+def _source(name: str, clips: list[np.ndarray]):
+    from training.multitask.data import WindowSource
+
+    n = len(clips)
+    return WindowSource(
+        name,
+        AudioBank.from_arrays(clips, 16000, WINDOW),
+        torch.arange(n),
+        torch.full((n,), -1),
+        torch.zeros(n, len(SPECS)),
+        torch.ones(n, len(SPECS)),
+    )
+
+
+def test_pitch_shifted_synthetic_windows_train_no_tempo_unit(demo, tmp_path, monkeypatch):
+    """synth_pitch: the shifted synthetic windows' tempo units are out of the loss (a shift moves
+    the tempo), every other label of theirs and every unshifted window's stays in."""
+    from training.loop import LoopSpec
+    from training.multitask import pipeline
+    from training.multitask.pipeline import ModelCfg, MultitaskRecipe, SynthPitch, train
+
+    masks = []
+    loss = pipeline.masked_group_bce
+
+    def loss_spy(logits, target, mask, *rest):
+        masks.append(mask.clone())
+        return loss(logits, target, mask, *rest)
+
+    monkeypatch.setattr(pipeline, "masked_group_bce", loss_spy)
+    clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
+    recipe = MultitaskRecipe(
+        device="cpu",
+        init_from="",
+        model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
+        synth_pitch=SynthPitch(p=1.0, semitones=2.0),
+        loop=LoopSpec(steps=2, batch_size=10, warmup_steps=1, ckpt_every=0, log_every=1),
+    )
+    sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
+    train(recipe, SPECS, sources, tmp_path, progress=False)
+    tempo = torch.tensor([s.group == "tempo" for s in SPECS])
+    assert tempo.any() and len(masks) == 2
+    for mask in masks:  # 10 windows: 5 real, 3 synthetic (all shifted at p 1), 2 non-music
+        assert (mask[5:8][:, tempo] == 0).all() and (mask[5:8][:, ~tempo] == 1).all()
+        assert (mask[:5] == 1).all() and (mask[8:] == 1).all()
+
+
 def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch):
     """pipeline.train with ``online``, ``synth_channel`` and ``real_channel`` on: every step mixes and
     degrades its synthetic rows, hands its real and synthetic rows to the teacher, and only then
     degrades its real rows (the teachers label the clean audio the student hears degraded)."""
     from training.augment import ChannelSpec
     from training.loop import LoopSpec
-    from training.multitask.data import WindowSource
     from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
 
     calls = []
@@ -182,17 +227,6 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
 
     monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
 
-    def source(name: str, clips: list[np.ndarray]) -> WindowSource:
-        n = len(clips)
-        return WindowSource(
-            name,
-            AudioBank.from_arrays(clips, 16000, WINDOW),
-            torch.arange(n),
-            torch.full((n,), -1),
-            torch.zeros(n, len(SPECS)),
-            torch.ones(n, len(SPECS)),
-        )
-
     clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
     recipe = MultitaskRecipe(
         device="cpu",
@@ -203,7 +237,7 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
         real_channel=ChannelSpec(highpass_p=0.5, lowpass_p=0.5),
         loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
     )
-    sources = [source("real", clips[:2]), source("synth", clips[2:]), source("nm", clips[2:])]
+    sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
     train(recipe, SPECS, sources, tmp_path, progress=False)
     # the recipe's mix of 8 windows: 50 % real, 30 % synthetic, 20 % non-music, rounded down,
     # the remainder to the largest share (real)

@@ -384,30 +384,52 @@ def mix_clips(
     return wave, target, mask
 
 
-def window_starts(source: WindowSource, idx: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
-    """Start samples of examples ``idx``: fixed ones as stored, random ones drawn from ``gen``."""
+def window_starts(
+    source: WindowSource,
+    idx: torch.Tensor,
+    window: int,
+    gen: torch.Generator,
+    span: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Start samples of examples ``idx``: fixed ones as stored, random ones drawn from ``gen`` so
+    that ``span`` samples (per example; default ``window``) fit in the track."""
     tracks = source.tracks[idx]
     fixed = source.starts[idx]
-    room = (source.bank.lengths[tracks] - window).clamp(min=0)
+    room = (source.bank.lengths[tracks] - (window if span is None else span)).clamp(min=0)
     drawn = (torch.rand(len(idx), generator=gen, device=gen.device).to(room.device) * (room + 1)).long()
     return torch.where(fixed >= 0, fixed, drawn.clamp(max=room))
 
 
 def sample_batch(
-    sources: list[WindowSource], counts: list[int], window: int, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Waveforms ``(B, window)``, targets and masks ``(B, T)``: ``counts[k]`` examples of source k."""
-    waves, targets, masks = [], [], []
-    for src, k in zip(sources, counts, strict=True):
-        if k == 0:
+    sources: list[WindowSource],
+    counts: list[int],
+    window: int,
+    gen: torch.Generator,
+    pitch: list[tuple[float, float]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Waveforms ``(B, window)``, targets and masks ``(B, T)`` and each window's resampling rate
+    ``(B,)``: ``counts[k]`` examples of source k. ``pitch[k] = (p, semitones)`` shifts a share p of
+    source k's windows by a uniform ±semitones (read at rate 2^(shift/12): pitch and tempo move);
+    the other windows have rate 1."""
+    waves, targets, masks, rates = [], [], [], []
+    for k, (src, n) in enumerate(zip(sources, counts, strict=True)):
+        if n == 0:
             continue
         if src.weight is None:
-            idx = torch.randint(len(src), (k,), generator=gen, device=gen.device)
+            idx = torch.randint(len(src), (n,), generator=gen, device=gen.device)
         else:
-            idx = torch.multinomial(src.weight.to(gen.device), k, replacement=True, generator=gen)
+            idx = torch.multinomial(src.weight.to(gen.device), n, replacement=True, generator=gen)
         idx = idx.to(src.tracks.device)
-        starts = window_starts(src, idx, window, gen)
-        waves.append(gather_crops(src.bank, src.tracks[idx], starts, window))
+        p, semitones = pitch[k] if pitch else (0.0, 0.0)
+        rate = torch.ones(n, device=src.tracks.device)
+        if p > 0:
+            shift = (torch.rand(n, generator=gen, device=gen.device) * 2 - 1) * semitones
+            on = torch.rand(n, generator=gen, device=gen.device) < p
+            rate = torch.where(on, torch.pow(2.0, shift / 12), 1.0).to(rate.device)
+        span = (rate * window).ceil().long() + 1 if p > 0 else None
+        starts = window_starts(src, idx, window, gen, span)
+        waves.append(gather_crops(src.bank, src.tracks[idx], starts, window, rate if p > 0 else None))
         targets.append(src.target[idx])
         masks.append(src.mask[idx])
-    return torch.cat(waves), torch.cat(targets), torch.cat(masks)
+        rates.append(rate)
+    return torch.cat(waves), torch.cat(targets), torch.cat(masks), torch.cat(rates)

@@ -82,6 +82,15 @@ class Mix(_M):
     )
 
 
+class SynthPitch(_M):
+    """Resampling pitch shift of synthetic windows: a small soundfont stretches one sample over many
+    keys, so its timbre (formants, attack) moves with pitch; shifting the rendered mix moves ours.
+    Tempo moves with it, so the tempo units are not trained on a shifted window."""
+
+    p: float = Field(0.0, ge=0, le=1, description="share of synthetic windows shifted (0: off)")
+    semitones: float = Field(3.0, gt=0, le=12, description="shift drawn uniformly in ± this many semitones")
+
+
 class ModelCfg(_M):
     width: int = Field(32, gt=0)
     blocks: tuple[int, ...] = (2, 2, 2, 2)
@@ -129,6 +138,7 @@ class MultitaskRecipe(_M):
         description="room, speaker and overdrive degradations of the synthetic windows (their tags hold "
         "whatever the channel; the teachers' labels of real windows would not)",
     )
+    synth_pitch: SynthPitch = Field(default_factory=SynthPitch)
     real_channel: ChannelSpec = Field(
         default_factory=ChannelSpec,
         description="the same degradations of the real windows, after the teachers labelled them: the "
@@ -292,6 +302,7 @@ def train(
     group_names, unit_group = group_index([s.group for s in specs])
     weights = torch.tensor([recipe.group_weights.get(g, 1.0) for g in group_names], device=dist.device)
     unit_group = unit_group.to(dist.device)
+    tempo_units = torch.tensor([s.group == "tempo" for s in specs], device=dist.device)
     counts = _counts(recipe.mix, recipe.loop.batch_size)
     window = recipe.frontend.window_samples
     bank = sources[0].bank
@@ -303,7 +314,11 @@ def train(
             raise MultitaskError(f"online: {e}") from None
 
     def step_fn(module, gen) -> StepOut:
-        wave, target, mask = mt_data.sample_batch(sources, counts, window, gen)
+        pitch = [(0.0, 0.0), (recipe.synth_pitch.p, recipe.synth_pitch.semitones), (0.0, 0.0)]
+        wave, target, mask, rate = mt_data.sample_batch(sources, counts, window, gen, pitch)
+        if recipe.synth_pitch.p > 0:  # a shifted window's tempo is not its clip's
+            mask = mask.clone()
+            mask[(rate != 1)[:, None] & tempo_units[None, :]] = 0.0
         synth_rows = slice(counts[0], counts[0] + counts[1])
         wave, target, mask = mt_data.mix_clips(
             wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
