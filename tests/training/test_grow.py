@@ -68,3 +68,5 @@ def test_growing_is_refused_where_it_would_not_fit():
     other_blocks = ResNetTagger(ModelSpec(width=48, blocks=(2, 2, 2), n_tags=5))
     with pytest.raises(MultitaskError, match="only the width may grow"):
         init_backbone(other_blocks, str(bundle))
+    with pytest.raises(MultitaskError, match="wider than the recipe's model.width 16"):
+        init_backbone(ResNetTagger(ModelSpec(width=16, n_tags=5)), str(bundle))

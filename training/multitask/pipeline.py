@@ -210,6 +210,11 @@ def init_backbone(model: ResNetTagger, bundle_path: str, units: list[str] | None
         )
     state = {k: v for k, v in load_file(str(wpath)).items() if units is not None or not k.startswith("head.")}
     narrow = manifest.get("model", {})
+    if narrow.get("width", model.spec.width) > model.spec.width:
+        raise MultitaskError(
+            f"init_from {bundle_path}: its width {narrow['width']} is wider than the recipe's "
+            f"model.width {model.spec.width} (a model grows, never shrinks)"
+        )
     if narrow.get("width", model.spec.width) < model.spec.width:  # a wider model starts from it
         if (tuple(narrow.get("blocks", ())), narrow.get("embed_dim")) != (
             tuple(model.spec.blocks),
