@@ -18,14 +18,15 @@ DATA=${DATA:-/work/data}
 mkdir -p "$run"
 # the weights the run's valid split picked (selected.safetensors, or bundle/ in results from before
 # 2026-12-04), else the last step's; WEIGHTS=last takes the last step's
+# (a wide model's come in parts, NAME.part00 …: joined here)
 weights=""
 for w in selected.safetensors bundle/weights.safetensors last.safetensors; do
   [[ ${WEIGHTS:-} == last && $w != last.safetensors ]] && continue
-  if [[ -f $res/$w ]]; then weights=$res/$w; break; fi
+  if [[ -f $res/$w || -f $res/$w.part00 ]]; then weights=$res/$w; break; fi
 done
 [[ -n $weights ]] || { echo "error: no weights in $res" >&2; exit 2; }
 echo "weights: $weights"
-cp "$weights" "$run/model.safetensors"
+if [[ -f $weights ]]; then cp "$weights" "$run/model.safetensors"; else cat "$weights".part* >"$run/model.safetensors"; fi
 if [[ -f $res/vocab.json ]]; then
   cp "$res/vocab.json" "$run/vocab.json"
 else  # result.json holds the vocabulary too

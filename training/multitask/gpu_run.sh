@@ -54,25 +54,47 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
   echo "staged $1: $(ls "$DATA" | tr '\n' ' ')($(du -sh "$DATA" | cut -f1))"
 }
 
-# What a run has so far, into $OUT: at most 5 files, since a device call brings back 8 (two runs
-# side by side fit when their selected step is the last): result.json (metrics, vocabulary),
-# history.json, train.log, last.safetensors (the last step's weights) and selected.safetensors
-# (the step the valid split picked, when it is another); MT_LABELS_OUT=1 adds labels.tgz.
+# What a run has so far, into $OUT (a device call brings back 8 files of at most 16 MiB, 64 MiB
+# in all): result.json (metrics, vocabulary), history.json, train.log, selected.safetensors (the
+# step the valid split picked, when it is not the last) and last.safetensors (the last step's
+# weights); MT_LABELS_OUT=1 adds labels.tgz. A weights file over 15 MiB (a model wider than 32)
+# comes in parts (NAME.part00, .part01 …; eval_original.sh joins them), and the last step's only
+# where they fit beside the selected one's.
 collect() {
   cp "$RUN/result.json" "$RUN/train/history.json" "$OUT"/ 2>/dev/null
+  local last=$RUN/last.safetensors
+  rm -f "$last"
   [[ -f $RUN/train/ckpt.pt ]] && $PY -c "import sys, torch; from safetensors.torch import save_file
 s = torch.load(sys.argv[1], map_location='cpu', weights_only=True)['module']
-save_file({k: v.contiguous() for k, v in s.items()}, sys.argv[2])" "$RUN/train/ckpt.pt" "$OUT/last.safetensors"
-  if [[ -f $RUN/model.safetensors ]] && ! $PY -c "import sys
+save_file({k: v.contiguous() for k, v in s.items()}, sys.argv[2])" "$RUN/train/ckpt.pt" "$last"
+  if [[ -f $RUN/model.safetensors && -f $last ]] && ! $PY -c "import sys
 from safetensors.numpy import load_file
 a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
-sys.exit(0 if a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a) else 1)" "$RUN/model.safetensors" "$OUT/last.safetensors" 2>/dev/null; then
-    cp "$RUN/model.safetensors" "$OUT/selected.safetensors"
+sys.exit(0 if a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a) else 1)" "$RUN/model.safetensors" "$last" 2>/dev/null; then
+    out_weights "$RUN/model.safetensors" selected.safetensors
   fi
+  [[ -f $last ]] && out_weights "$last" last.safetensors
   if [[ ${MT_LABELS_OUT:-0} == 1 ]]; then
     (cd "$RUN" && tar -czf "$OUT/labels.tgz" labels_real_*.npz) 2>/dev/null
   fi
   ls -la "$OUT"
+}
+
+# out_weights FILE NAME: FILE into $OUT as NAME, in 15-MiB parts when larger; left out (said) when
+# it would take $OUT past 8 files or 60 MiB
+out_weights() {
+  local size parts files used
+  size=$(stat -c %s "$1")
+  parts=$(((size + 15 * 1048576 - 1) / (15 * 1048576)))
+  files=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+  used=$(du -sb "$OUT" | cut -f1)
+  if ((files + parts > 8 || used + size > 60 * 1048576)); then
+    echo "collect: $2 left out ($size bytes do not fit beside what \$OUT holds)"
+  elif ((parts == 1)); then
+    cp "$1" "$OUT/$2"
+  else
+    split -b 15M -d "$1" "$OUT/$2.part"
+  fi
 }
 
 case "${1:-}" in
@@ -123,8 +145,13 @@ run | train)
   collect
   exit "$rc"
   ;;
+collect)
+  # what the run in MT_RUN has, into $OUT (a later call, after one the time limit stopped)
+  [[ -d $RUN ]] || { echo "error: no run at $RUN on this machine" >&2; exit 3; }
+  mkdir -p "$OUT" && collect
+  ;;
 *)
-  echo "usage: gpu_run.sh stage mt_N | label SPLIT | run|train [--set KEY=VALUE ...]" >&2
+  echo "usage: gpu_run.sh stage mt_N | label SPLIT | run|train [--set KEY=VALUE ...] | collect" >&2
   exit 2
   ;;
 esac

@@ -1,0 +1,82 @@
+"""``gpu_run.sh collect``: a run's weights come back within what a device call returns (8 files of
+at most 16 MiB, 64 MiB in all), a wide model's in parts that join to the same weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, save_file
+
+from engines.model import ModelSpec, ResNetTagger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state(width: int, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {
+        k: v.contiguous() for k, v in ResNetTagger(ModelSpec(width=width, n_tags=37)).state_dict().items()
+    }
+
+
+def _collect(tmp_path: Path, width: int) -> tuple[Path, subprocess.CompletedProcess, dict, dict]:
+    run, out = tmp_path / "run", tmp_path / "out"
+    (run / "train").mkdir(parents=True)
+    out.mkdir()
+    last, selected = _state(width, 0), _state(width, 1)
+    torch.save({"module": last}, run / "train" / "ckpt.pt")
+    save_file(selected, run / "model.safetensors")
+    (run / "result.json").write_text("{}")
+    (run / "train" / "history.json").write_text("[]")
+    (out / "train.log").write_text("log\n")  # the run's log is already there
+    env = {**os.environ, "MT_RUN": str(run), "OUT": str(out), "MT_PY": sys.executable}
+    p = subprocess.run(["bash", "training/multitask/gpu_run.sh", "collect"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    return out, p, last, selected
+
+
+def _joined(out: Path, name: str) -> dict[str, torch.Tensor]:
+    parts = sorted(out.glob(f"{name}.part*"))  # as eval_original.sh joins them
+    return load(b"".join(p.read_bytes() for p in parts) if parts else (out / name).read_bytes())
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fits_a_call(out: Path) -> bool:
+    files = [f for f in out.iterdir() if f.is_file()]
+    sizes = [f.stat().st_size for f in files]
+    return len(files) <= 8 and max(sizes) <= 16 * 2**20 and sum(sizes) <= 64 * 2**20
+
+
+def test_width_48_comes_back_in_parts_both_steps(tmp_path: Path):
+    out, p, last, selected = _collect(tmp_path, 48)
+    assert p.returncode == 0, p.stderr
+    assert (
+        len(list(out.glob("selected.safetensors.part*"))) == 2 and not (out / "selected.safetensors").exists()
+    )
+    assert _same(_joined(out, "selected.safetensors"), selected) and _same(
+        _joined(out, "last.safetensors"), last
+    )
+    assert not _same(selected, last) and _fits_a_call(out)
+
+
+def test_width_64_keeps_the_selected_step_and_says_what_it_left_out(tmp_path: Path):
+    out, p, _, selected = _collect(tmp_path, 64)
+    assert p.returncode == 0, p.stderr
+    assert _same(_joined(out, "selected.safetensors"), selected) and _fits_a_call(out)
+    assert not list(out.glob("last.safetensors*")) and "collect: last.safetensors left out" in p.stdout
+
+
+def test_width_32_comes_back_whole(tmp_path: Path):
+    out, p, last, selected = _collect(tmp_path, 32)
+    assert p.returncode == 0, p.stderr
+    assert not list(out.glob("*.part*"))
+    assert _same(_joined(out, "selected.safetensors"), selected) and _same(
+        _joined(out, "last.safetensors"), last
+    )
