@@ -516,6 +516,32 @@ def test_objective_cells_scores_the_mean_of_several_bundles(corpora: Path, tmp_p
     assert capsys.readouterr().err.startswith("error: ") and not out.exists()
 
 
+def test_objective_cells_scores_a_single_task_bundle_on_the_units_its_tags_name(
+    corpora: Path, tmp_path: Path
+):
+    """A bundle from before the multi-task model (no vocabulary in its provenance) is scored on the
+    objective units by tag name: the shipped weights so re-labelled score what the shipped model does."""
+    from engines.seal import main as seal
+    from training.multitask.objective_cells import main
+
+    single = tmp_path / "single"
+    shutil.copytree(Path("rt_tagger/default_model"), single, ignore=shutil.ignore_patterns("compiled"))
+    manifest = json.loads((single / "manifest.json").read_text())
+    del manifest["provenance"]["vocabulary"]
+    manifest.pop("artifacts", None)
+    (single / "manifest.json").write_text(json.dumps(manifest))
+    assert seal([str(single)]) == 0
+    args = ["--corpus", f"a={corpora / 'synth_test'}", "--corpus", f"b={corpora / 'synth_calib'}"]
+    assert main(["--bundle", "rt_tagger/default_model", *args, "--out", str(tmp_path / "shipped.json")]) == 0
+    assert main(["--bundle", str(single), *args, "--out", str(tmp_path / "single.json")]) == 0
+    shipped, scored = (
+        json.loads((tmp_path / f).read_text())["results"] for f in ("shipped.json", "single.json")
+    )
+    for corpus in ("a", "b"):
+        for key in ("objective_macro_roc_auc", "instrument_macro_roc_auc", "per_tag"):
+            assert scored[corpus][key] == shipped[corpus][key]
+
+
 def test_objective_cells_clip_mean_runs_from_the_clips_start_through_its_centre_to_its_end(tmp_path: Path):
     """--windows 3 is the mean of the first, the centred (what --windows 1 scores) and the last window."""
     from engines.logmel_torch import LogMel

@@ -12,7 +12,8 @@ ROC-AUC over the objective units and over the instrument units, each clip's cent
 tag`` scores a file by its windows' mean). ``--by COLUMN`` adds the same numbers per value of a
 column of the corpus table (``eq``, ``codec``, ``soundfont_name`` …): which variant of a factor
 costs what. ``--bundle`` given several times scores the mean of their probabilities (an ensemble:
-how far several runs together reach; their units must be the same, in order).
+how far several runs together reach). A single-task bundle from before the multi-task model is
+scored on the objective units its tags name (the same units, by name).
 """
 
 from __future__ import annotations
@@ -68,28 +69,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.atomic import write_atomic
+    from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
-    from training.multitask.vocab import bundle_units
 
-    loaded = [bundle_units(b) for b in a.bundle]
-    bundle, specs = loaded[0]
-    for path, (other, other_specs) in zip(a.bundle[1:], loaded[1:], strict=True):
-        if [s.name for s in other_specs] != [
-            s.name for s in specs
-        ] or other.manifest.frontend != bundle.manifest.frontend:
-            print(
-                f"error: {path}'s units or front end are not {a.bundle[0]}'s: no mean of the two",
-                file=sys.stderr,
-            )
+    bundles = [Bundle.load(b) for b in a.bundle]
+    specs = _units(a.bundle)
+    objective = [s.name for s in specs if s.objective]
+    for path, other in zip(a.bundle, bundles, strict=True):
+        missing = [n for n in objective if n not in other.tags]
+        if missing or other.manifest.frontend != bundles[0].manifest.frontend:
+            why = f"has no {', '.join(missing[:3])} unit" if missing else f"front end is not {a.bundle[0]}'s"
+            print(f"error: {path} {why}: not scored", file=sys.stderr)
             return 2
-    models = [b.build_model().eval() for b, _ in loaded]
-    logmel = LogMel(bundle.manifest.frontend)
+    models = [b.build_model().eval() for b in bundles]
+    logmel = LogMel(bundles[0].manifest.frontend)
     results = {}
     for name, path in corpora:
         corpus = mt_data.load_corpus(path)
-        source = mt_data.clip_source(specs, corpus, bundle.manifest.frontend.window_samples, music=True)
-        probs = np.mean([_clip_probs(model, logmel, source, a.windows) for model in models], axis=0)
+        source = mt_data.clip_source(specs, corpus, logmel.spec.window_samples, music=True)
+        probs = np.mean(
+            [
+                _as_units(_clip_probs(m, logmel, source, a.windows), b.tags, specs)
+                for m, b in zip(models, bundles, strict=True)
+            ],
+            axis=0,
+        )
         y = source.target.numpy()
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
         for column in a.by:
@@ -101,13 +106,36 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
                 str(v): _cell(specs, probs[values == v], y[values == v], f"  {column}={v or '(none)'}")
                 for v in sorted(set(values))
             }
-    names = [b.manifest.name for b, _ in loaded]
+    names = [b.manifest.name for b in bundles]
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
            "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
+
+
+def _units(paths: list[Path]) -> list:
+    """The units scored: the first multi-task bundle's, else the shipped model's (a single-task
+    bundle from before, whose tags name the objective units, is scored on those)."""
+    from engines.errors import UserError
+    from training.multitask.vocab import bundle_units
+
+    for path in [*paths, Path("rt_tagger/default_model")]:
+        try:
+            return bundle_units(path)[1]
+        except UserError:
+            continue
+    raise UserError("no multi-task bundle to take the units from")
+
+
+def _as_units(probs: np.ndarray, tags: list[str], specs: list) -> np.ndarray:
+    """A bundle's probabilities ``(N, its tags)`` as ``(N, units)``, by name (0 where it has none)."""
+    out = np.zeros((len(probs), len(specs)), np.float32)
+    for j, s in enumerate(specs):
+        if s.name in tags:
+            out[:, j] = probs[:, tags.index(s.name)]
+    return out
 
 
 def _clip_probs(model, logmel, source, windows: int) -> np.ndarray:
