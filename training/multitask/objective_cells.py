@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+# the shipped model, by the repository's layout (training sits below the runtime package's layer)
+SHIPPED = Path(__file__).resolve().parents[2] / "rt_tagger" / "default_model"
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -54,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.windows < 1:
         ap.error("--windows takes a count of at least 1")
-    if not a.bundle:
-        from rt_tagger.bundled_model import default_bundle_path
-
-        a.bundle = [default_bundle_path()]
+    a.bundle = a.bundle or [SHIPPED]
     corpora = [item.partition("=")[::2] for item in a.corpus]
     if not all(name and path for name, path in corpora):
         ap.error("--corpus takes NAME=PATH")
@@ -122,10 +122,9 @@ def _units(paths: list[Path]) -> list:
     """The units scored: the first multi-task bundle's, else the shipped model's (a single-task
     bundle from before, whose tags name the objective units, is scored on those)."""
     from engines.errors import UserError
-    from rt_tagger.bundled_model import default_bundle_path
     from training.multitask.vocab import bundle_units
 
-    for path in [*paths, default_bundle_path()]:
+    for path in [*paths, SHIPPED]:
         try:
             return bundle_units(path)[1]
         except UserError:
