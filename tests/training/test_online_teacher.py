@@ -154,12 +154,28 @@ def _source(name: str, clips: list[np.ndarray]):
     )
 
 
+def _train_two_steps(demo, out, batch_size: int, **recipe_fields) -> None:
+    """pipeline.train, two steps of a tiny model on demo crops (real, synthetic, non-music sources)."""
+    from training.loop import LoopSpec
+    from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
+
+    clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
+    recipe = MultitaskRecipe(
+        device="cpu",
+        init_from="",
+        model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
+        loop=LoopSpec(steps=2, batch_size=batch_size, warmup_steps=1, ckpt_every=0, log_every=1),
+        **recipe_fields,
+    )
+    sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
+    train(recipe, SPECS, sources, out, progress=False)
+
+
 def test_pitch_shifted_synthetic_windows_train_no_tempo_unit(demo, tmp_path, monkeypatch):
     """synth_pitch: the shifted synthetic windows' tempo units are out of the loss (a shift moves
     the tempo), every other label of theirs and every unshifted window's stays in."""
-    from training.loop import LoopSpec
     from training.multitask import pipeline
-    from training.multitask.pipeline import ModelCfg, MultitaskRecipe, SynthPitch, train
+    from training.multitask.pipeline import SynthPitch
 
     masks = []
     loss = pipeline.masked_group_bce
@@ -169,16 +185,7 @@ def test_pitch_shifted_synthetic_windows_train_no_tempo_unit(demo, tmp_path, mon
         return loss(logits, target, mask, *rest)
 
     monkeypatch.setattr(pipeline, "masked_group_bce", loss_spy)
-    clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
-    recipe = MultitaskRecipe(
-        device="cpu",
-        init_from="",
-        model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
-        synth_pitch=SynthPitch(p=1.0, semitones=2.0),
-        loop=LoopSpec(steps=2, batch_size=10, warmup_steps=1, ckpt_every=0, log_every=1),
-    )
-    sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
-    train(recipe, SPECS, sources, tmp_path, progress=False)
+    _train_two_steps(demo, tmp_path, batch_size=10, synth_pitch=SynthPitch(p=1.0, semitones=2.0))
     tempo = torch.tensor([s.group == "tempo" for s in SPECS])
     assert tempo.any() and len(masks) == 2
     for mask in masks:  # 10 windows: 5 real, 3 synthetic (all shifted at p 1), 2 non-music
@@ -191,8 +198,6 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
     degrades its synthetic rows, hands its real and synthetic rows to the teacher, and only then
     degrades its real rows (the teachers label the clean audio the student hears degraded)."""
     from training.augment import ChannelSpec
-    from training.loop import LoopSpec
-    from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
 
     calls = []
     relabel = OnlineTeacher.relabel
@@ -227,18 +232,14 @@ def test_training_steps_run_the_teacher_on_the_batch(demo, tmp_path, monkeypatch
 
     monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
 
-    clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
-    recipe = MultitaskRecipe(
-        device="cpu",
-        init_from="",
-        model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
+    _train_two_steps(
+        demo,
+        tmp_path,
+        batch_size=8,
         online=OnlineTeacherSpec(mix_p=1.0, synth=0.5, synth_mix_p=0.5),
         synth_channel=ChannelSpec(reverb_p=0.5),
         real_channel=ChannelSpec(highpass_p=0.5, lowpass_p=0.5),
-        loop=LoopSpec(steps=2, batch_size=8, warmup_steps=1, ckpt_every=0, log_every=1),
     )
-    sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
-    train(recipe, SPECS, sources, tmp_path, progress=False)
     # the recipe's mix of 8 windows: 50 % real, 30 % synthetic, 20 % non-music, rounded down,
     # the remainder to the largest share (real)
     assert calls == [(5, 2, 8), (5, 2, 8)]

@@ -77,7 +77,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from training.multitask import data as mt_data
 
     bundles = [Bundle.load(b) for b in a.bundle]
-    specs = _units(a.bundle)
+    specs = _units(bundles)
     objective = [s.name for s in specs if s.objective]
     for path, other in zip(a.bundle, bundles, strict=True):
         missing = [n for n in objective if n not in other.tags]
@@ -118,18 +118,16 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     return 0
 
 
-def _units(paths: list[Path]) -> list:
+def _units(bundles: list) -> list:
     """The units scored: the first multi-task bundle's, else the shipped model's (a single-task
     bundle from before, whose tags name the objective units, is scored on those)."""
-    from engines.errors import UserError
-    from training.multitask.vocab import bundle_units
+    from training.multitask.vocab import bundle_specs, bundle_units
 
-    for path in [*paths, SHIPPED]:
-        try:
-            return bundle_units(path)[1]
-        except UserError:
-            continue
-    raise UserError("no multi-task bundle to take the units from")
+    for bundle in bundles:
+        specs = bundle_specs(bundle)
+        if specs is not None:
+            return specs
+    return bundle_units(SHIPPED)[1]
 
 
 def _as_units(probs: np.ndarray, tags: list[str], specs: list) -> np.ndarray:

@@ -244,8 +244,14 @@ def bundle_units(path: str | Path) -> tuple[Bundle, list[TagSpec]]:
     from engines.errors import UserError
 
     bundle = Bundle.load(path)
-    kept = bundle.manifest.provenance.get("vocabulary", {}).get("kept")
-    specs = build_vocab(kept) if kept is not None else []
-    if [s.name for s in specs] != bundle.tags:
+    specs = bundle_specs(bundle)
+    if specs is None:
         raise UserError(f"{path}'s tags are not its vocabulary's units (not a multi-task bundle?)")
     return bundle, specs
+
+
+def bundle_specs(bundle: Bundle) -> list[TagSpec] | None:
+    """The units a loaded bundle's manifest vocabulary builds, or None when its tags are not those."""
+    kept = bundle.manifest.provenance.get("vocabulary", {}).get("kept")
+    specs = build_vocab(kept) if kept is not None else []
+    return specs if [s.name for s in specs] == bundle.tags else None
