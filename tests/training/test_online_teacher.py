@@ -354,3 +354,84 @@ def test_channel_degradations_do_what_they_say():
     half = degrade_channel(many, ChannelSpec(clip_p=0.5), sr, gen())
     changed = (half - many).abs().amax(dim=1) > 1e-3
     assert 0.4 < float(changed.float().mean()) < 0.6
+
+
+def test_binary_js_is_zero_for_equal_views_and_bounded():
+    from training.multitask.losses import binary_js
+
+    a = torch.tensor([[-3.0, 0.0, 4.0], [1.0, -1.0, 2.0]])
+    ones = torch.ones_like(a)
+    assert float(binary_js(a, a, ones)) == pytest.approx(0.0, abs=1e-7)
+    far = binary_js(torch.full((1, 1), -30.0), torch.full((1, 1), 30.0), torch.ones(1, 1))
+    assert float(far) == pytest.approx(np.log(2), rel=1e-4)  # two certain, opposite views: ln 2
+    b = a.clone()
+    b[0, 0] = 3.0  # one pair differs: the mean is over the masked pairs only
+    only = torch.zeros_like(a)
+    only[0, 0] = 1.0
+    assert float(binary_js(a, b, only)) == pytest.approx(float(binary_js(a[:1, :1], b[:1, :1], only[:1, :1])))
+    assert float(binary_js(a, b, only)) > 0 and float(binary_js(a, b, ones - only)) == pytest.approx(
+        0.0, abs=1e-7
+    )
+    assert float(binary_js(a, b, torch.zeros_like(a))) == 0.0
+
+
+def test_consistency_adds_a_second_view_of_the_synthetic_windows(demo, tmp_path, monkeypatch):
+    """consistency.weight > 0: each step appends the synthetic rows again, through their own draw of
+    consistency.channel from the clean (undegraded) windows, with their labels; the loss adds
+    weight × the JS between the two views' outputs."""
+    from training.augment import ChannelSpec
+    from training.multitask import pipeline
+    from training.multitask.pipeline import ChannelConsistency
+
+    seen, inputs = [], []
+    loss = pipeline.masked_group_bce
+    degrade = pipeline.degrade_channel
+
+    def loss_spy(logits, target, mask, *rest):
+        seen.append((target.clone(), mask.clone()))
+        return loss(logits, target, mask, *rest)
+
+    def degrade_spy(x, spec, sample_rate, gen):
+        inputs.append((x.clone(), spec))
+        return degrade(x, spec, sample_rate, gen)
+
+    js_seen = []
+    js = pipeline.binary_js
+
+    def js_spy(a, b, mask):
+        out = js(a, b, mask)
+        js_seen.append((a.shape, b.shape, float(out.detach())))
+        return out
+
+    monkeypatch.setattr(pipeline, "masked_group_bce", loss_spy)
+    monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
+    monkeypatch.setattr(pipeline, "binary_js", js_spy)
+    second = ChannelSpec(crush_p=1.0, crush_bits=(3.0, 3.0))
+    _train_two_steps(
+        demo,
+        tmp_path,
+        batch_size=10,
+        synth_channel=ChannelSpec(highpass_p=1.0),
+        consistency=ChannelConsistency(weight=5.0, channel=second),
+    )
+    assert len(seen) == 2 and len(js_seen) == 2
+    for (target, mask), (a, b, value) in zip(seen, js_seen, strict=True):
+        # 10 windows: 5 real, 3 synthetic, 2 non-music, then the 3 synthetic again
+        assert (
+            target.shape[0] == 13
+            and torch.equal(target[10:], target[5:8])
+            and torch.equal(mask[10:], mask[5:8])
+        )
+        assert a == b == (3, len(SPECS)) and 0 < value < np.log(2)
+    # per step: the recipe's channel on the synthetic rows, then the second view's from the same clean rows
+    assert [spec for _, spec in inputs] == [ChannelSpec(highpass_p=1.0), second] * 2
+    for k in (0, 2):
+        assert torch.equal(inputs[k][0], inputs[k + 1][0])
+
+
+def test_consistency_needs_a_channel():
+    from training.multitask.pipeline import ChannelConsistency
+
+    with pytest.raises(ValueError, match="needs a consistency.channel"):
+        ChannelConsistency(weight=1.0)
+    assert ChannelConsistency().weight == 0.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_index", "masked_group_bce", "SOFT_EPS"]
+__all__ = ["group_index", "masked_group_bce", "binary_js", "SOFT_EPS"]
 
 SOFT_EPS = 1e-3  # soft targets are clamped to [SOFT_EPS, 1 - SOFT_EPS] before their log-odds
 
@@ -63,3 +63,21 @@ def masked_group_bce(
     present = count > 0
     total = (mean * group_weight.to(mean.device) * present).sum()
     return total, torch.where(present, mean, torch.full_like(mean, float("nan")))
+
+
+def binary_js(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence (nats, at most ln 2) between the per-unit Bernoulli outputs
+    of two views of the same windows, over the pairs where ``mask`` is 1; 0 without any.
+
+    Both views take gradients (as AugMix's consistency term, Hendrycks et al. 2020): each is pulled
+    to their mixture, so what a channel changes in a window stops changing the tags."""
+    a, b = logits_a.float(), logits_b.float()
+    p, q = torch.sigmoid(a), torch.sigmoid(b)
+    m = 0.5 * (p + q)
+    log_m, log_1m = torch.log(m.clamp_min(1e-7)), torch.log((1 - m).clamp_min(1e-7))
+
+    def kl_to_m(z: torch.Tensor, pz: torch.Tensor) -> torch.Tensor:  # KL(Bernoulli(pz) || Bernoulli(m))
+        return pz * (F.logsigmoid(z) - log_m) + (1 - pz) * (F.logsigmoid(-z) - log_1m)
+
+    js = 0.5 * (kl_to_m(a, p) + kl_to_m(b, q))
+    return (js * mask).sum() / mask.sum().clamp_min(1.0)

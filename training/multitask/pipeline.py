@@ -33,7 +33,7 @@ from training.grow import grow_state
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
-from training.multitask.losses import group_index, masked_group_bce
+from training.multitask.losses import binary_js, group_index, masked_group_bce
 from training.multitask.online_teacher import OnlineTeacher, OnlineTeacherSpec
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
 from training.recipe import RecipeError, apply_overrides
@@ -91,6 +91,23 @@ class SynthPitch(_M):
     semitones: float = Field(3.0, gt=0, le=12, description="shift drawn uniformly in ± this many semitones")
 
 
+class ChannelConsistency(_M):
+    """A second view of every synthetic window through its own channel draw (``channel``), trained
+    on the same labels, and the two views' tag outputs pulled together (``weight`` × their mean
+    Jensen-Shannon divergence over the units the synthetic windows label). Training on degraded
+    windows teaches the tags through the channels drawn; the consistency term asks the network to
+    ignore the channel altogether, which is what should carry to channels never drawn. 0: off."""
+
+    weight: float = Field(0.0, ge=0, description="weight of the consistency term (0: off, no second view)")
+    channel: ChannelSpec = Field(default_factory=ChannelSpec, description="the second view's channel")
+
+    @model_validator(mode="after")
+    def _needs_a_channel(self) -> ChannelConsistency:
+        if self.weight > 0 and not self.channel.enabled:
+            raise ValueError("consistency.weight > 0 needs a consistency.channel degradation with p > 0")
+        return self
+
+
 class ModelCfg(_M):
     width: int = Field(32, gt=0)
     blocks: tuple[int, ...] = (2, 2, 2, 2)
@@ -139,6 +156,7 @@ class MultitaskRecipe(_M):
         "whatever the channel; the teachers' labels of real windows would not)",
     )
     synth_pitch: SynthPitch = Field(default_factory=SynthPitch)
+    consistency: ChannelConsistency = Field(default_factory=ChannelConsistency)
     real_channel: ChannelSpec = Field(
         default_factory=ChannelSpec,
         description="the same degradations of the real windows, after the teachers labelled them: the "
@@ -329,6 +347,7 @@ def train(
             wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
             recipe.online.mix_snr_db, gen,
         )  # fmt: skip
+        clean_synth = wave[synth_rows].clone()
         if recipe.synth_channel.enabled:
             wave = wave.clone()
             wave[synth_rows] = degrade_channel(
@@ -343,6 +362,14 @@ def train(
             wave[: counts[0]] = degrade_channel(
                 wave[: counts[0]], recipe.real_channel, recipe.frontend.sample_rate, gen
             )
+        n = len(wave)
+        if recipe.consistency.weight > 0:  # the second view: appended, trained on the same labels
+            second = degrade_channel(
+                clean_synth, recipe.consistency.channel, recipe.frontend.sample_rate, gen
+            )
+            wave = torch.cat([wave, second])
+            target = torch.cat([target, target[synth_rows]])
+            mask = torch.cat([mask, mask[synth_rows]])
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
         logits, emb = module(mel)
@@ -352,6 +379,11 @@ def train(
         extra = {
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
+        if recipe.consistency.weight > 0:
+            js = binary_js(logits[synth_rows], logits[n:], mask[synth_rows])
+            loss = loss + recipe.consistency.weight * js
+            extra["js_channel"] = float(js)
+            emb = emb[:n]
         return StepOut(loss, emb, len(wave), extra)
 
     loop = recipe.loop.model_copy(update={"seed": recipe.seed})
