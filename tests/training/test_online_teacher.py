@@ -435,3 +435,37 @@ def test_consistency_needs_a_channel():
     with pytest.raises(ValueError, match="needs a consistency.channel"):
         ChannelConsistency(weight=1.0)
     assert ChannelConsistency().weight == 0.0
+
+
+def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, tmp_path, monkeypatch):
+    """consistency.real: the real rows get a second view too, drawn from their audio before
+    real_channel (what the teachers labelled), with their targets; the term spans both row sets."""
+    from training.augment import ChannelSpec
+    from training.multitask import pipeline
+    from training.multitask.pipeline import ChannelConsistency
+
+    inputs, shapes = [], []
+    degrade, js = pipeline.degrade_channel, pipeline.binary_js
+
+    def degrade_spy(x, spec, sample_rate, gen):
+        inputs.append(x.clone())
+        return degrade(x, spec, sample_rate, gen)
+
+    def js_spy(a, b, mask):
+        shapes.append((a.shape, b.shape))
+        return js(a, b, mask)
+
+    monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
+    monkeypatch.setattr(pipeline, "binary_js", js_spy)
+    _train_two_steps(
+        demo,
+        tmp_path,
+        batch_size=10,
+        synth_channel=ChannelSpec(lowpass_p=1.0),
+        real_channel=ChannelSpec(highpass_p=1.0),
+        consistency=ChannelConsistency(weight=5.0, channel=ChannelSpec(crush_p=1.0), real=True),
+    )
+    assert shapes == [((8, len(SPECS)), (8, len(SPECS)))] * 2  # 5 real + 3 synthetic rows, twice
+    for step in range(2):  # per step: synthetic channel, real channel, then the second view
+        synth_in, real_in, second_in = inputs[3 * step : 3 * step + 3]
+        assert torch.equal(second_in[:5], real_in) and torch.equal(second_in[5:], synth_in)

@@ -100,6 +100,11 @@ class ChannelConsistency(_M):
 
     weight: float = Field(0.0, ge=0, description="weight of the consistency term (0: off, no second view)")
     channel: ChannelSpec = Field(default_factory=ChannelSpec, description="the second view's channel")
+    real: bool = Field(
+        False,
+        description="the real windows too: their second view from the audio the teachers labelled (before "
+        "real_channel), same teacher targets, the term over the units they label",
+    )
 
     @model_validator(mode="after")
     def _needs_a_channel(self) -> ChannelConsistency:
@@ -347,7 +352,7 @@ def train(
             wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
             recipe.online.mix_snr_db, gen,
         )  # fmt: skip
-        clean_synth = wave[synth_rows].clone()
+        clean = wave.clone()  # what the channels start from: the second view's source
         if recipe.synth_channel.enabled:
             wave = wave.clone()
             wave[synth_rows] = degrade_channel(
@@ -357,19 +362,21 @@ def train(
             wave, target, mask = teacher.relabel(
                 recipe.online, wave, target, mask, counts[0], counts[1], bank, gen
             )
+        clean[: counts[0]] = wave[: counts[0]]  # the real windows as the teachers heard them
         if recipe.real_channel.enabled:
             wave = wave.clone()
             wave[: counts[0]] = degrade_channel(
                 wave[: counts[0]], recipe.real_channel, recipe.frontend.sample_rate, gen
             )
         n = len(wave)
+        twin = slice(0 if recipe.consistency.real else counts[0], counts[0] + counts[1])  # rows seen twice
         if recipe.consistency.weight > 0:  # the second view: appended, trained on the same labels
             second = degrade_channel(
-                clean_synth, recipe.consistency.channel, recipe.frontend.sample_rate, gen
+                clean[twin], recipe.consistency.channel, recipe.frontend.sample_rate, gen
             )
             wave = torch.cat([wave, second])
-            target = torch.cat([target, target[synth_rows]])
-            mask = torch.cat([mask, mask[synth_rows]])
+            target = torch.cat([target, target[twin]])
+            mask = torch.cat([mask, mask[twin]])
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
         logits, emb = module(mel)
@@ -380,7 +387,7 @@ def train(
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
         if recipe.consistency.weight > 0:
-            js = binary_js(logits[synth_rows], logits[n:], mask[synth_rows])
+            js = binary_js(logits[twin], logits[n:], mask[twin])
             loss = loss + recipe.consistency.weight * js
             extra["js_channel"] = float(js)
             emb = emb[:n]
