@@ -389,7 +389,7 @@ def train(
         if recipe.consistency.weight > 0:
             js = binary_js(logits[twin], logits[n:], mask[twin])
             loss = loss + recipe.consistency.weight * js
-            extra["js_channel"] = float(js)
+            extra["js_channel"] = float(js.detach())
             emb = emb[:n]
         return StepOut(loss, emb, len(wave), extra)
 
