@@ -94,9 +94,10 @@ class SynthPitch(_M):
 class ChannelConsistency(_M):
     """A second view of every synthetic window through its own channel draw (``channel``), trained
     on the same labels, and the two views' tag outputs pulled together (``weight`` × their mean
-    Jensen-Shannon divergence over the units the synthetic windows label). Training on degraded
-    windows teaches the tags through the channels drawn; the consistency term asks the network to
-    ignore the channel altogether, which is what should carry to channels never drawn. 0: off."""
+    Jensen-Shannon divergence over the units the synthetic windows label; with ``real``, the real
+    windows too). Training on degraded windows teaches the tags through the channels drawn; the
+    consistency term asks the network to ignore the channel altogether, which is what should carry
+    to channels never drawn. 0: off."""
 
     weight: float = Field(0.0, ge=0, description="weight of the consistency term (0: off, no second view)")
     channel: ChannelSpec = Field(default_factory=ChannelSpec, description="the second view's channel")
@@ -352,7 +353,8 @@ def train(
             wave, target, mask, specs, synth_rows, sources[1], recipe.online.synth_mix_p,
             recipe.online.mix_snr_db, gen,
         )  # fmt: skip
-        clean = wave.clone()  # what the channels start from: the second view's source
+        consistent = recipe.consistency.weight > 0
+        clean = wave.clone() if consistent else None  # what the channels start from: the second view's
         if recipe.synth_channel.enabled:
             wave = wave.clone()
             wave[synth_rows] = degrade_channel(
@@ -362,7 +364,8 @@ def train(
             wave, target, mask = teacher.relabel(
                 recipe.online, wave, target, mask, counts[0], counts[1], bank, gen
             )
-        clean[: counts[0]] = wave[: counts[0]]  # the real windows as the teachers heard them
+        if consistent:
+            clean[: counts[0]] = wave[: counts[0]]  # the real windows as the teachers heard them
         if recipe.real_channel.enabled:
             wave = wave.clone()
             wave[: counts[0]] = degrade_channel(
@@ -370,7 +373,7 @@ def train(
             )
         n = len(wave)
         twin = slice(0 if recipe.consistency.real else counts[0], counts[0] + counts[1])  # rows seen twice
-        if recipe.consistency.weight > 0:  # the second view: appended, trained on the same labels
+        if consistent:  # the second view: appended, trained on the same labels
             second = degrade_channel(
                 clean[twin], recipe.consistency.channel, recipe.frontend.sample_rate, gen
             )
@@ -386,7 +389,7 @@ def train(
         extra = {
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
-        if recipe.consistency.weight > 0:
+        if consistent:
             js = binary_js(logits[twin], logits[n:], mask[twin])
             loss = loss + recipe.consistency.weight * js
             extra["js_channel"] = float(js.detach())
