@@ -375,6 +375,23 @@ def test_binary_js_is_zero_for_equal_views_and_bounded():
     assert float(binary_js(a, b, torch.zeros_like(a))) == 0.0
 
 
+def _record(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` so that each call's (arguments, result), tensors detached and copied,
+    goes to the list returned; the call itself is unchanged."""
+    calls, real = [], getattr(module, name)
+
+    def keep(x):
+        return x.detach().clone() if isinstance(x, torch.Tensor) else x
+
+    def spy(*args):
+        out = real(*args)
+        calls.append(([keep(a) for a in args], keep(out)))
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 def test_consistency_adds_a_second_view_of_the_synthetic_windows(demo, tmp_path, monkeypatch):
     """consistency.weight > 0: each step appends the synthetic rows again, through their own draw of
     consistency.channel from the clean (undegraded) windows, with their labels; the loss adds
@@ -383,29 +400,9 @@ def test_consistency_adds_a_second_view_of_the_synthetic_windows(demo, tmp_path,
     from training.multitask import pipeline
     from training.multitask.pipeline import ChannelConsistency
 
-    seen, inputs = [], []
-    loss = pipeline.masked_group_bce
-    degrade = pipeline.degrade_channel
-
-    def loss_spy(logits, target, mask, *rest):
-        seen.append((target.clone(), mask.clone()))
-        return loss(logits, target, mask, *rest)
-
-    def degrade_spy(x, spec, sample_rate, gen):
-        inputs.append((x.clone(), spec))
-        return degrade(x, spec, sample_rate, gen)
-
-    js_seen = []
-    js = pipeline.binary_js
-
-    def js_spy(a, b, mask):
-        out = js(a, b, mask)
-        js_seen.append((a.shape, b.shape, float(out.detach())))
-        return out
-
-    monkeypatch.setattr(pipeline, "masked_group_bce", loss_spy)
-    monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
-    monkeypatch.setattr(pipeline, "binary_js", js_spy)
+    seen = _record(monkeypatch, pipeline, "masked_group_bce")
+    inputs = _record(monkeypatch, pipeline, "degrade_channel")
+    js_seen = _record(monkeypatch, pipeline, "binary_js")
     second = ChannelSpec(crush_p=1.0, crush_bits=(3.0, 3.0))
     _train_two_steps(
         demo,
@@ -415,18 +412,18 @@ def test_consistency_adds_a_second_view_of_the_synthetic_windows(demo, tmp_path,
         consistency=ChannelConsistency(weight=5.0, channel=second),
     )
     assert len(seen) == 2 and len(js_seen) == 2
-    for (target, mask), (a, b, value) in zip(seen, js_seen, strict=True):
+    for ((_, target, mask, *_), _), ((a, b, _), value) in zip(seen, js_seen, strict=True):
         # 10 windows: 5 real, 3 synthetic, 2 non-music, then the 3 synthetic again
         assert (
             target.shape[0] == 13
             and torch.equal(target[10:], target[5:8])
             and torch.equal(mask[10:], mask[5:8])
         )
-        assert a == b == (3, len(SPECS)) and 0 < value < np.log(2)
+        assert a.shape == b.shape == (3, len(SPECS)) and 0 < float(value) < np.log(2)
     # per step: the recipe's channel on the synthetic rows, then the second view's from the same clean rows
-    assert [spec for _, spec in inputs] == [ChannelSpec(highpass_p=1.0), second] * 2
+    assert [args[1] for args, _ in inputs] == [ChannelSpec(highpass_p=1.0), second] * 2
     for k in (0, 2):
-        assert torch.equal(inputs[k][0], inputs[k + 1][0])
+        assert torch.equal(inputs[k][0][0], inputs[k + 1][0][0])
 
 
 def test_consistency_needs_a_channel():
@@ -444,19 +441,8 @@ def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, t
     from training.multitask import pipeline
     from training.multitask.pipeline import ChannelConsistency
 
-    inputs, shapes = [], []
-    degrade, js = pipeline.degrade_channel, pipeline.binary_js
-
-    def degrade_spy(x, spec, sample_rate, gen):
-        inputs.append(x.clone())
-        return degrade(x, spec, sample_rate, gen)
-
-    def js_spy(a, b, mask):
-        shapes.append((a.shape, b.shape))
-        return js(a, b, mask)
-
-    monkeypatch.setattr(pipeline, "degrade_channel", degrade_spy)
-    monkeypatch.setattr(pipeline, "binary_js", js_spy)
+    inputs = _record(monkeypatch, pipeline, "degrade_channel")
+    js_seen = _record(monkeypatch, pipeline, "binary_js")
     _train_two_steps(
         demo,
         tmp_path,
@@ -465,7 +451,8 @@ def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, t
         real_channel=ChannelSpec(highpass_p=1.0),
         consistency=ChannelConsistency(weight=5.0, channel=ChannelSpec(crush_p=1.0), real=True),
     )
+    shapes = [(a.shape, b.shape) for (a, b, _), _ in js_seen]
     assert shapes == [((8, len(SPECS)), (8, len(SPECS)))] * 2  # 5 real + 3 synthetic rows, twice
     for step in range(2):  # per step: synthetic channel, real channel, then the second view
-        synth_in, real_in, second_in = inputs[3 * step : 3 * step + 3]
+        synth_in, real_in, second_in = (args[0] for args, _ in inputs[3 * step : 3 * step + 3])
         assert torch.equal(second_in[:5], real_in) and torch.equal(second_in[5:], synth_in)
