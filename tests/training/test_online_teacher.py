@@ -154,8 +154,9 @@ def _source(name: str, clips: list[np.ndarray]):
     )
 
 
-def _train_two_steps(demo, out, batch_size: int, **recipe_fields) -> None:
-    """pipeline.train, two steps of a tiny model on demo crops (real, synthetic, non-music sources)."""
+def _train_two_steps(demo, out, batch_size: int, twin_bank=None, **recipe_fields) -> None:
+    """pipeline.train, two steps of a tiny model on demo crops (real, synthetic, non-music sources);
+    ``twin_bank``: the synthetic clip as another source plays it."""
     from training.loop import LoopSpec
     from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
 
@@ -168,7 +169,7 @@ def _train_two_steps(demo, out, batch_size: int, **recipe_fields) -> None:
         **recipe_fields,
     )
     sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
-    train(recipe, SPECS, sources, out, progress=False)
+    train(recipe, SPECS, sources, out, progress=False, twin_bank=twin_bank)
 
 
 def test_pitch_shifted_synthetic_windows_train_no_tempo_unit(demo, tmp_path, monkeypatch):
@@ -427,11 +428,53 @@ def test_consistency_adds_a_second_view_of_the_synthetic_windows(demo, tmp_path,
 
 
 def test_consistency_needs_a_channel():
-    from training.multitask.pipeline import ChannelConsistency
+    from training.multitask.pipeline import ChannelConsistency, MultitaskRecipe
 
-    with pytest.raises(ValueError, match="needs a consistency.channel"):
+    with pytest.raises(ValueError, match="needs consistency.twin or a consistency.channel"):
         ChannelConsistency(weight=1.0)
     assert ChannelConsistency().weight == 0.0
+    with pytest.raises(ValueError, match="needs data.synth_twin"):
+        MultitaskRecipe(consistency=ChannelConsistency(weight=1.0, twin=True))
+
+
+def test_consistency_twin_views_are_the_other_sources_crops(demo, tmp_path, monkeypatch):
+    """consistency.twin: the synthetic rows' second view is the same crop of the twin rendering (here
+    the clip negated), then through consistency.channel; the real rows keep theirs."""
+    from training.augment import ChannelSpec
+    from training.multitask import pipeline
+    from training.multitask.pipeline import ChannelConsistency, DataPaths
+
+    inputs = _record(monkeypatch, pipeline, "degrade_channel")
+    js_seen = _record(monkeypatch, pipeline, "binary_js")
+    synth = demo[2 * 16000 * 4 : 3 * 16000 * 4]
+    _train_two_steps(
+        demo,
+        tmp_path,
+        batch_size=10,
+        twin_bank=AudioBank.from_arrays([-synth], 16000, WINDOW),
+        data=DataPaths(synth_twin="the twin clips"),
+        synth_channel=ChannelSpec(lowpass_p=1.0),
+        real_channel=ChannelSpec(highpass_p=1.0),
+        consistency=ChannelConsistency(weight=5.0, channel=ChannelSpec(crush_p=1.0), real=True, twin=True),
+    )
+    assert [(a.shape, b.shape) for (a, b, _), _ in js_seen] == [((8, len(SPECS)), (8, len(SPECS)))] * 2
+    for step in range(2):  # per step: synthetic channel, real channel, then the second view
+        synth_in, real_in, second_in = (args[0] for args, _ in inputs[3 * step : 3 * step + 3])
+        assert torch.equal(second_in[:5], real_in) and torch.equal(second_in[5:], -synth_in)
+        assert synth_in.abs().max() > 0  # the test can fail
+
+
+def test_consistency_twin_without_its_clips_is_refused(demo, tmp_path):
+    from training.multitask.pipeline import ChannelConsistency, DataPaths, MultitaskError
+
+    with pytest.raises(MultitaskError, match="no twin clips"):
+        _train_two_steps(
+            demo,
+            tmp_path,
+            batch_size=10,
+            data=DataPaths(synth_twin="somewhere"),
+            consistency=ChannelConsistency(weight=5.0, twin=True),
+        )
 
 
 def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, tmp_path, monkeypatch):

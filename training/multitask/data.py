@@ -42,6 +42,8 @@ __all__ = [
     "reuse_labels",
     "real_source",
     "clip_source",
+    "twin_bank",
+    "Batch",
     "sample_batch",
     "mix_clips",
     "window_starts",
@@ -334,6 +336,41 @@ def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) 
     )
 
 
+def twin_bank(corpus: Corpus, twin: Corpus, window: int) -> AudioBank:
+    """The clips of ``corpus`` as ``twin`` has them, in ``corpus``'s order: the same compositions
+    rendered by other sound sources (``training.corpora.synth`` with the same seed, composer and
+    clip indices, another ``--soundfont`` list). Track i of the bank is clip i of ``corpus``, so a
+    crop of one lines up with the same crop of the other (the same notes, other samples).
+
+    A clip that ``twin`` has with other tags (a stem that source could not play) is its own twin:
+    its label would not hold for both renderings, so its second view is the channel's only.
+    Refused in one line when a clip is missing from ``twin`` or its length differs."""
+    where = {name: i for i, name in enumerate(twin.names)}
+    missing = [n for n in corpus.names if n not in where]
+    if missing:
+        raise ValueError(f"{twin.name} lacks {len(missing)} clip(s) of {corpus.name} (first: {missing[0]})")
+    order = [where[n] for n in corpus.names]
+    longer = [
+        n
+        for n, w, j in zip(corpus.names, corpus.waves, order, strict=True)
+        if abs(len(w) - len(twin.waves[j])) > window // 4
+    ]
+    if longer:
+        raise ValueError(
+            f"{len(longer)} clip(s) of {twin.name} have another length than in {corpus.name} (first: {longer[0]})"
+        )
+    same = [twin.tags[j] == t for t, j in zip(corpus.tags, order, strict=True)]
+    if not all(same):
+        log.info(
+            "%s: %d clip(s) with other tags than in %s are their own twins",
+            twin.name,
+            same.count(False),
+            corpus.name,
+        )
+    waves = [twin.waves[j] if ok else w for w, j, ok in zip(corpus.waves, order, same, strict=True)]
+    return AudioBank.from_arrays(waves, SAMPLE_RATE, window, names=corpus.names)
+
+
 @functools.lru_cache(maxsize=8)
 def _mix_rules(specs: tuple[TagSpec, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per unit, how :func:`mix_clips` labels a mix of two clips: present when either clip has it;
@@ -400,18 +437,33 @@ def window_starts(
     return torch.where(fixed >= 0, fixed, drawn.clamp(max=room))
 
 
+@dataclass
+class Batch:
+    """One training batch as drawn: waveforms ``(B, window)``, targets and masks ``(B, T)``, each
+    window's resampling rate ``(B,)``, and with a twin the same crops of one source from its twin
+    bank ``(n_k, window)`` (else None)."""
+
+    wave: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    rate: torch.Tensor
+    twin: torch.Tensor | None = None
+
+
 def sample_batch(
     sources: list[WindowSource],
     counts: list[int],
     window: int,
     gen: torch.Generator,
     pitch: list[tuple[float, float]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Waveforms ``(B, window)``, targets and masks ``(B, T)`` and each window's resampling rate
-    ``(B,)``: ``counts[k]`` examples of source k. ``pitch[k] = (p, semitones)`` shifts a share p of
+    twin: tuple[int, AudioBank] | None = None,
+) -> Batch:
+    """``counts[k]`` examples of source k. ``pitch[k] = (p, semitones)`` shifts a share p of
     source k's windows by a uniform ±semitones (read at rate 2^(shift/12): pitch and tempo move);
-    the other windows have rate 1."""
+    the other windows have rate 1. ``twin = (k, bank)``: source k's windows are also cut from
+    ``bank`` (:func:`twin_bank`) at the same tracks, starts and rates."""
     waves, targets, masks, rates = [], [], [], []
+    twin_wave = None
     for k, (src, n) in enumerate(zip(sources, counts, strict=True)):
         if n == 0:
             continue
@@ -429,7 +481,11 @@ def sample_batch(
         span = (rate * window).ceil().long() + 1 if p > 0 else None
         starts = window_starts(src, idx, window, gen, span)
         waves.append(gather_crops(src.bank, src.tracks[idx], starts, window, rate if p > 0 else None))
+        if twin is not None and twin[0] == k:
+            bank, tracks = twin[1], src.tracks[idx]
+            room = (bank.lengths[tracks] - (window if span is None else span)).clamp(min=0)
+            twin_wave = gather_crops(bank, tracks, starts.clamp(max=room), window, rate if p > 0 else None)
         targets.append(src.target[idx])
         masks.append(src.mask[idx])
         rates.append(rate)
-    return torch.cat(waves), torch.cat(targets), torch.cat(masks), torch.cat(rates)
+    return Batch(torch.cat(waves), torch.cat(targets), torch.cat(masks), torch.cat(rates), twin_wave)

@@ -29,6 +29,7 @@ from engines.frontend import FrontEndSpec
 from engines.logmel_torch import LogMel
 from engines.model import ModelSpec, ResNetTagger
 from training.augment import AugmentSpec, ChannelSpec, augment_mel, augment_wave, degrade_channel
+from training.bank import AudioBank
 from training.grow import grow_state
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
@@ -57,6 +58,11 @@ class DataPaths(_M):
     real_valid: str = "data/real_valid"
     real_test: str = "data/real_test"
     synth_train: str = "data/synth_train"
+    synth_twin: str = Field(
+        "",
+        description="synth_train's clips rendered by other sound sources (same seed, composer, clip "
+        "indices; training.corpora.synth): the second views of consistency.twin ('' = none)",
+    )
     synth_calib: str = Field(
         "data/synth_calib", description="held-out soundfont: thresholds of objective units"
     )
@@ -106,11 +112,19 @@ class ChannelConsistency(_M):
         description="the real windows too: their second view from the audio the teachers labelled (before "
         "real_channel), same teacher targets, the term over the units they label",
     )
+    twin: bool = Field(
+        False,
+        description="a synthetic window's second view is the same crop of the same composition played by "
+        "another sound source (data.synth_twin), then through the channel draw if any: the tags asked to "
+        "hold across sample sets, not only across channels",
+    )
 
     @model_validator(mode="after")
-    def _needs_a_channel(self) -> ChannelConsistency:
-        if self.weight > 0 and not self.channel.enabled:
-            raise ValueError("consistency.weight > 0 needs a consistency.channel degradation with p > 0")
+    def _needs_a_second_view(self) -> ChannelConsistency:
+        if self.weight > 0 and not (self.channel.enabled or self.twin):
+            raise ValueError(
+                "consistency.weight > 0 needs consistency.twin or a consistency.channel degradation with p > 0"
+            )
         return self
 
 
@@ -184,6 +198,19 @@ class MultitaskRecipe(_M):
     def _head_needs_a_bundle(self) -> MultitaskRecipe:
         if self.init_head and not self.init_from:
             raise ValueError("init_head needs init_from (the bundle whose head to start from)")
+        return self
+
+    @model_validator(mode="after")
+    def _twin_needs_its_clips(self) -> MultitaskRecipe:
+        c = self.consistency
+        if c.twin and c.weight > 0 and not self.data.synth_twin:
+            raise ValueError(
+                "consistency.twin needs data.synth_twin (the training clips played by another source)"
+            )
+        if c.twin and c.weight > 0 and self.online.synth_mix_p > 0:
+            raise ValueError(
+                "consistency.twin needs online.synth_mix_p = 0 (a twin has no second clip mixed in)"
+            )
         return self
 
 
@@ -294,6 +321,17 @@ def _specs(run_dir: Path, valid_labels: dict) -> tuple[list[TagSpec], dict]:
     return build_vocab(info["kept"]), info
 
 
+def _twin_bank(recipe: MultitaskRecipe, synth: mt_data.Corpus) -> AudioBank | None:
+    """``data.synth_twin`` lined up with the synthetic training clips, when consistency.twin uses it."""
+    if not (recipe.consistency.twin and recipe.consistency.weight > 0):
+        return None
+    twin = mt_data.load_corpus(recipe.data.synth_twin)
+    try:
+        return mt_data.twin_bank(synth, twin, recipe.frontend.window_samples)
+    except ValueError as e:
+        raise MultitaskError(f"data.synth_twin: {e}") from None
+
+
 def _model(recipe: MultitaskRecipe, n_tags: int) -> ResNetTagger:
     m = recipe.model
     return ResNetTagger(ModelSpec(width=m.width, blocks=m.blocks, embed_dim=m.embed_dim, n_tags=n_tags))
@@ -315,10 +353,12 @@ def train(
     out: Path,
     progress: bool,
     select: tuple[mt_data.WindowSource, dict, mt_data.WindowSource] | None = None,
+    twin_bank: AudioBank | None = None,
 ) -> ResNetTagger:
     """Train the multi-task model on ``sources`` (real, synthetic, non-music). With ``select``
     (the valid real source, its teacher labels and the calibration source) and
-    ``recipe.select_on_valid``, the weights of the best-scoring evaluation are returned."""
+    ``recipe.select_on_valid``, the weights of the best-scoring evaluation are returned. ``twin_bank``
+    (:func:`mt_data.twin_bank` of the synthetic source) gives ``consistency.twin`` its views."""
     dist = setup_distributed(recipe.device)
     torch.manual_seed(recipe.seed)
     model = _model(recipe, len(specs))
@@ -335,6 +375,10 @@ def train(
     counts = _counts(recipe.mix, recipe.loop.batch_size)
     window = recipe.frontend.window_samples
     bank = sources[0].bank
+    twin_views = recipe.consistency.weight > 0 and recipe.consistency.twin
+    if twin_views and twin_bank is None:
+        raise MultitaskError("consistency.twin: no twin clips given (data.synth_twin)")
+    twin_bank = twin_bank.to(dist.device) if twin_views else None
     teacher = None
     if recipe.online.enabled:
         try:
@@ -344,7 +388,10 @@ def train(
 
     def step_fn(module, gen) -> StepOut:
         pitch = [(0.0, 0.0), (recipe.synth_pitch.p, recipe.synth_pitch.semitones), (0.0, 0.0)]
-        wave, target, mask, rate = mt_data.sample_batch(sources, counts, window, gen, pitch)
+        batch = mt_data.sample_batch(
+            sources, counts, window, gen, pitch, (1, twin_bank) if twin_views else None
+        )
+        wave, target, mask, rate = batch.wave, batch.target, batch.mask, batch.rate
         if recipe.synth_pitch.p > 0:  # a shifted window's tempo is not its clip's
             mask = mask.clone()
             mask[(rate != 1)[:, None] & tempo_units[None, :]] = 0.0
@@ -372,14 +419,16 @@ def train(
                 wave[: counts[0]], recipe.real_channel, recipe.frontend.sample_rate, gen
             )
         n = len(wave)
-        twin = slice(0 if recipe.consistency.real else counts[0], counts[0] + counts[1])  # rows seen twice
+        twice = slice(0 if recipe.consistency.real else counts[0], counts[0] + counts[1])  # rows seen twice
         if consistent:  # the second view: appended, trained on the same labels
-            second = degrade_channel(
-                clean[twin], recipe.consistency.channel, recipe.frontend.sample_rate, gen
-            )
+            second = clean[twice].clone()
+            if twin_views:  # the synthetic rows as another source plays them
+                second[counts[0] - twice.start :] = batch.twin
+            if recipe.consistency.channel.enabled:
+                second = degrade_channel(second, recipe.consistency.channel, recipe.frontend.sample_rate, gen)
             wave = torch.cat([wave, second])
-            target = torch.cat([target, target[twin]])
-            mask = torch.cat([mask, mask[twin]])
+            target = torch.cat([target, target[twice]])
+            mask = torch.cat([mask, mask[twice]])
         wave = augment_wave(wave, bank, recipe.augment, gen)
         mel = augment_mel(logmel(wave), recipe.augment, gen)
         logits, emb = module(mel)
@@ -390,7 +439,7 @@ def train(
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
         if consistent:
-            js = binary_js(logits[twin], logits[n:], mask[twin])
+            js = binary_js(logits[twice], logits[n:], mask[twice])
             loss = loss + recipe.consistency.weight * js
             extra["js_channel"] = float(js.detach())
             emb = emb[:n]
@@ -477,7 +526,7 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     window = recipe.frontend.window_samples
     wpath = run_dir / "model.safetensors"
     trained = wpath.is_file()
-    paths = [k for k in DataPaths.model_fields if not k.endswith("_seconds")]
+    paths = [k for k in DataPaths.model_fields if not k.endswith("_seconds") and k != "synth_twin"]
     needed = [k for k in paths if not (trained and k in _TRAIN_ONLY)]
     seconds = {
         "real_train": d.real_train_seconds,
@@ -520,6 +569,7 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
             run_dir / "train",
             progress,
             select=(src["real_valid"], labels["real_valid"], src["synth_calib"]),
+            twin_bank=_twin_bank(recipe, corpora["synth_train"]),
         )
         log.info("trained in %.1f s", time.perf_counter() - t0)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(wpath))

@@ -14,7 +14,7 @@
 # extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
 # N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10), N_SONIVOX (Sonivox EAS
-# clips after those, a fourth family: 0 up to v11),
+# clips after those, a fourth family: 0 up to v11), SYNTH_TWIN (1: synth_twin too, for consistency.twin),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -24,6 +24,9 @@
 #   synth_train      FluidR3_GM, MuseScore_General, OPL-3 in turn, composer varied, 6-s clips, seed 10;
 #                    then N_FREEPATS clips of freepats (TiMidity++), then N_SONIVOX of Sonivox EAS,
 #                    same composer and seed
+#   synth_twin       (SYNTH_TWIN=1) synth_train's first N_SYNTH clips played by other sources: Sonivox
+#                    EAS for the FluidR3 and OPL-3 clips, OPL-3 for the MuseScore ones (a sample family
+#                    other than the clip's own); the second views of the recipe's consistency.twin
 #   synth_calib      csound sf_GMbank (held out), composer heldout, 96 clips, seed 12
 #   synth_heldout    TimGM6mb (held out), composer heldout, 160 clips, seed 11
 #   not_music        600 clips of 4 s, seed 0;  not_music_test  240 clips of 4 s, seed 1
@@ -36,6 +39,7 @@ NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
 N_FREEPATS=${N_FREEPATS:-0}
 N_SONIVOX=${N_SONIVOX:-0}
+SYNTH_TWIN=${SYNTH_TWIN:-0}
 # Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
 # by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
 # v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
@@ -89,6 +93,11 @@ corpora() {
     say "synth_train: clips $s0..$((s0 + N_SONIVOX - 1)): Sonivox EAS (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont sonivox \
       --composer varied --n "$N_SONIVOX" --start "$s0" --seconds 6 --seed 10
+  fi
+  if ((SYNTH_TWIN)); then  # clip i in turn: Sonivox, OPL-3, Sonivox (synth_train's: FluidR3, MuseScore, OPL-3)
+    say "synth_twin: the $N_SYNTH clips by other sample families (resumable)"
+    $RUN -m training.corpora.synth --out "$DATA/synth_twin" --data "$DATA" --soundfont sonivox \
+      --soundfont opl3 --soundfont sonivox --composer varied --n "$N_SYNTH" --seconds 6 --seed 10
   fi
 }
 
@@ -178,6 +187,7 @@ pack() {
   pack1 "$CARRY/mt_1/packs" 45 12 "$DATA/real_valid" "$DATA/real_test"
   pack_split real "$DATA/real" 60 "$REAL_KBPS" mt_2
   pack_split synth_train "$DATA/synth_train" 0 "$SYNTH_KBPS" mt_3
+  if ((SYNTH_TWIN)); then pack_split synth_twin "$DATA/synth_twin" 0 "$SYNTH_KBPS" mt_5; fi
   pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music_test"
   pack1 "$CARRY/mt_4/packs" 0 "$NM_KBPS" "$DATA/not_music"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
