@@ -119,6 +119,11 @@ class ChannelConsistency(_M):
         "hold across sample sets, not only across channels",
     )
 
+    @property
+    def uses_twin(self) -> bool:
+        """The term is on and its synthetic second views come from ``data.synth_twin``."""
+        return self.weight > 0 and self.twin
+
     @model_validator(mode="after")
     def _needs_a_second_view(self) -> ChannelConsistency:
         if self.weight > 0 and not (self.channel.enabled or self.twin):
@@ -202,12 +207,11 @@ class MultitaskRecipe(_M):
 
     @model_validator(mode="after")
     def _twin_needs_its_clips(self) -> MultitaskRecipe:
-        c = self.consistency
-        if c.twin and c.weight > 0 and not self.data.synth_twin:
+        if self.consistency.uses_twin and not self.data.synth_twin:
             raise ValueError(
                 "consistency.twin needs data.synth_twin (the training clips played by another source)"
             )
-        if c.twin and c.weight > 0 and self.online.synth_mix_p > 0:
+        if self.consistency.uses_twin and self.online.synth_mix_p > 0:
             raise ValueError(
                 "consistency.twin needs online.synth_mix_p = 0 (a twin has no second clip mixed in)"
             )
@@ -323,7 +327,7 @@ def _specs(run_dir: Path, valid_labels: dict) -> tuple[list[TagSpec], dict]:
 
 def _twin_bank(recipe: MultitaskRecipe, synth: mt_data.Corpus) -> AudioBank | None:
     """``data.synth_twin`` lined up with the synthetic training clips, when consistency.twin uses it."""
-    if not (recipe.consistency.twin and recipe.consistency.weight > 0):
+    if not recipe.consistency.uses_twin:
         return None
     twin = mt_data.load_corpus(recipe.data.synth_twin)
     try:
@@ -375,7 +379,7 @@ def train(
     counts = _counts(recipe.mix, recipe.loop.batch_size)
     window = recipe.frontend.window_samples
     bank = sources[0].bank
-    twin_views = recipe.consistency.weight > 0 and recipe.consistency.twin
+    twin_views = recipe.consistency.uses_twin
     if twin_views and twin_bank is None:
         raise MultitaskError("consistency.twin: no twin clips given (data.synth_twin)")
     twin_bank = twin_bank.to(dist.device) if twin_views else None
@@ -421,8 +425,9 @@ def train(
         n = len(wave)
         twice = slice(0 if recipe.consistency.real else counts[0], counts[0] + counts[1])  # rows seen twice
         if consistent:  # the second view: appended, trained on the same labels
-            second = clean[twice].clone()
+            second = clean[twice]
             if twin_views:  # the synthetic rows as another source plays them
+                second = second.clone()
                 second[counts[0] - twice.start :] = batch.twin
             if recipe.consistency.channel.enabled:
                 second = degrade_channel(second, recipe.consistency.channel, recipe.frontend.sample_rate, gen)
