@@ -376,6 +376,43 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
         lo, hi = LEVELS[r["level"]][1]
         assert lo - 1.5 <= 10 * np.log10(np.mean(audio.astype(np.float64) ** 2)) <= hi + 0.5
     assert len(load_table(out)) == 4
+    # --vary-seed re-arranges the same compositions (arrangement twins): same notes' onsets and tags
+    assert main(["--out", str(tmp_path / "x"), "--soundfont", str(SF2), "--vary-seed", "4"]) == 2
+    assert "give --composer" in capsys.readouterr().err
+    again = tmp_path / "rearranged"
+    assert (
+        main(
+            [
+                *args[:1],
+                str(again),
+                *args[2:],
+                "--n",
+                "4",
+                "--seconds",
+                "2",
+                "--seed",
+                "3",
+                "--vary-seed",
+                "4",
+            ]
+        )
+        == 0
+    )
+    twins = list(csv.DictReader((again / "tags.csv").open()))
+    assert [r["tags"] for r in twins] == [r["tags"] for r in rows]
+    assert [r["vary_seed"] for r in twins] == ["4"] * 4 and [r["vary_seed"] for r in rows] == ["3"] * 4
+    keys = ("voicing", "octave_shifts", "articulation", "mix", "reverb", "eq", "codec")
+    assert all(any(a[k] != b[k] for k in keys) for a, b in zip(rows, twins, strict=True))
+
+    def onsets(folder, row):
+        import pretty_midi
+
+        midi = pretty_midi.PrettyMIDI(
+            str(folder / row["path"].replace("audio/", "midi/").replace(".flac", ".mid"))
+        )
+        return sorted(round(n.start, 3) for t in midi.instruments for n in t.notes)
+
+    assert all(onsets(out, a) == onsets(again, b) for a, b in zip(rows, twins, strict=True))
 
 
 FREEPATS = Path("/etc/timidity/freepats.cfg")

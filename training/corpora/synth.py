@@ -10,6 +10,10 @@ Usage::
     # the held-out test: a soundfont family and a composer configuration training never uses
     python -m training.corpora.synth --out data/synth_heldout --soundfont timgm6mb \\
         --composer heldout --n 600 --seed 11 --test
+    # the same compositions re-arranged (the varied composer's draws from another seed): the
+    # arrangement twins of consistency.twin (training/multitask)
+    python -m training.corpora.synth --out data/synth_rearranged --soundfont fluidr3_gm \\
+        --soundfont musescore_general --soundfont opl3 --composer varied --n 7200 --seed 10 --vary-seed 20
 
 Soundfonts are named in :data:`SOUNDFONTS` (fetched from Debian with apt-get download when their
 package is not installed) or given as files. Held-out soundfonts and the ``heldout`` composer are
@@ -475,7 +479,7 @@ def _work(index: int) -> dict | None:
     t0 = time.perf_counter()
     clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
     if _ARGS["composer"] != "default":
-        vary(clip, _ARGS["composer"], _ARGS["seed"], frozenset(_ARGS["skip"]))
+        vary(clip, _ARGS["composer"], _ARGS["vary_seed"], frozenset(_ARGS["skip"]))
     stems = stem_choices(clip, _ARGS["seed"], index, [n for n, _ in _ARGS["soundfonts"]], _ARGS["stem_eq"])
     try:
         audio, tags, info = render_clip(
@@ -500,6 +504,7 @@ def _work(index: int) -> dict | None:
         "soundfont_name": "stem_mix" if _ARGS["stem_mix"] else sf_name,  # per stem: stem_soundfonts
         "composer": _ARGS["composer"],
         "seed": str(_ARGS["seed"]),
+        "vary_seed": str(_ARGS["vary_seed"]),
         "index": str(index),
         **clip.meta,
         "silent_stems": ";".join(info["silent"]),
@@ -550,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=0, help="first clip index")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--vary-seed",
+        type=int,
+        default=None,
+        help="seed of the composer configuration's draws (voicings, octaves, articulation, mix, reverb, "
+        "EQ, codec; default --seed): another value re-arranges --seed's compositions, tags unchanged",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--nice", type=int, default=0, help="niceness increment for worker processes")
     p.add_argument("--test", action="store_true", help="mark every clip split=test (held-out set)")
@@ -585,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.skip and a.composer == "default":
         print("error: --skip ablates a composer configuration: give --composer", file=sys.stderr)
         return 2
+    if a.vary_seed is not None and a.composer == "default":
+        print("error: --vary-seed draws a composer configuration's choices: give --composer", file=sys.stderr)
+        return 2
     if not a.test and _held_out(a.soundfont, a.composer):  # before any download
         print(f"error: {_held_out(a.soundfont, a.composer)}", file=sys.stderr)
         return 2
@@ -607,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         "composer": a.composer,
         "skip": sorted(a.skip),
         "seed": a.seed,
+        "vary_seed": a.seed if a.vary_seed is None else a.vary_seed,
         "seconds": a.seconds,
         "test": a.test,
         "nice": a.nice,

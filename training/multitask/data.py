@@ -338,9 +338,10 @@ def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) 
 
 def twin_bank(corpus: Corpus, twin: Corpus, window: int) -> AudioBank:
     """The clips of ``corpus`` as ``twin`` has them, in ``corpus``'s order: the same compositions
-    rendered by other sound sources (``training.corpora.synth`` with the same seed, composer and
-    clip indices, another ``--soundfont`` list). Track i of the bank is clip i of ``corpus``, so a
-    crop of one lines up with the same crop of the other (the same notes, other samples).
+    rendered another way (``training.corpora.synth`` with the same seed, composer and clip indices,
+    and another ``--soundfont`` list or ``--vary-seed``). Track i of the bank is clip i of
+    ``corpus``, so a crop of one lines up with the same crop of the other (the same notes played by
+    other samples, or the same composition re-voiced, shifted, re-articulated and mixed otherwise).
 
     A clip that ``twin`` has with other tags (a stem that source could not play) is its own twin:
     its label would not hold for both renderings, so its second view is the channel's only.

@@ -60,8 +60,9 @@ class DataPaths(_M):
     synth_train: str = "data/synth_train"
     synth_twin: str = Field(
         "",
-        description="synth_train's clips rendered by other sound sources (same seed, composer, clip "
-        "indices; training.corpora.synth): the second views of consistency.twin ('' = none)",
+        description="synth_train's clips rendered another way (same seed, composer, clip indices; "
+        "training.corpora.synth): by other sound sources, or re-arranged (--vary-seed); the second "
+        "views of consistency.twin ('' = none)",
     )
     synth_calib: str = Field(
         "data/synth_calib", description="held-out soundfont: thresholds of objective units"
@@ -114,9 +115,9 @@ class ChannelConsistency(_M):
     )
     twin: bool = Field(
         False,
-        description="a synthetic window's second view is the same crop of the same composition played by "
-        "another sound source (data.synth_twin), then through the channel draw if any: the tags asked to "
-        "hold across sample sets, not only across channels",
+        description="a synthetic window's second view is the same crop of the same composition as "
+        "data.synth_twin renders it (another sound source, or another arrangement), then through the "
+        "channel draw if any: the tags asked to hold across sample sets or arrangements, not only channels",
     )
 
     @property

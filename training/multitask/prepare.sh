@@ -15,6 +15,7 @@
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
 # N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10), N_SONIVOX (Sonivox EAS
 # clips after those, a fourth family: 0 up to v11), SYNTH_TWIN (1: synth_twin too, for consistency.twin),
+# SYNTH_REARRANGED (1: synth_rearranged too, the arrangement twins for consistency.twin),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -27,6 +28,9 @@
 #   synth_twin       (SYNTH_TWIN=1) synth_train's first N_SYNTH clips played by other sources: Sonivox
 #                    EAS for the FluidR3 and OPL-3 clips, OPL-3 for the MuseScore ones (a sample family
 #                    other than the clip's own); the second views of the recipe's consistency.twin
+#   synth_rearranged (SYNTH_REARRANGED=1) synth_train's first N_SYNTH clips by the same sources, the
+#                    varied composer's draws from seed 20: the same notes, tags and sample family,
+#                    another arrangement (voicings, octaves, articulation, mix, reverb, EQ, codec)
 #   synth_calib      csound sf_GMbank (held out), composer heldout, 96 clips, seed 12
 #   synth_heldout    TimGM6mb (held out), composer heldout, 160 clips, seed 11
 #   not_music        600 clips of 4 s, seed 0;  not_music_test  240 clips of 4 s, seed 1
@@ -40,6 +44,7 @@ N_SYNTH=${N_SYNTH:-2400}
 N_FREEPATS=${N_FREEPATS:-0}
 N_SONIVOX=${N_SONIVOX:-0}
 SYNTH_TWIN=${SYNTH_TWIN:-0}
+SYNTH_REARRANGED=${SYNTH_REARRANGED:-0}
 # Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
 # by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
 # v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
@@ -98,6 +103,12 @@ corpora() {
     say "synth_twin: the $N_SYNTH clips by other sample families (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_twin" --data "$DATA" --soundfont sonivox \
       --soundfont opl3 --soundfont sonivox --composer varied --n "$N_SYNTH" --seconds 6 --seed 10
+  fi
+  if ((SYNTH_REARRANGED)); then
+    say "synth_rearranged: the $N_SYNTH clips re-arranged, same sources (resumable)"
+    $RUN -m training.corpora.synth --out "$DATA/synth_rearranged" --data "$DATA" --soundfont fluidr3_gm \
+      --soundfont musescore_general --soundfont opl3 --composer varied --n "$N_SYNTH" --seconds 6 \
+      --seed 10 --vary-seed 20
   fi
 }
 
@@ -188,6 +199,7 @@ pack() {
   pack_split real "$DATA/real" 60 "$REAL_KBPS" mt_2
   pack_split synth_train "$DATA/synth_train" 0 "$SYNTH_KBPS" mt_3
   if ((SYNTH_TWIN)); then pack_split synth_twin "$DATA/synth_twin" 0 "$SYNTH_KBPS" mt_5; fi
+  if ((SYNTH_REARRANGED)); then pack_split synth_rearranged "$DATA/synth_rearranged" 0 "$SYNTH_KBPS" mt_6; fi
   pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music_test"
   pack1 "$CARRY/mt_4/packs" 0 "$NM_KBPS" "$DATA/not_music"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
