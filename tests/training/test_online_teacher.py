@@ -161,12 +161,12 @@ def _train_two_steps(demo, out, batch_size: int, twin_bank=None, **recipe_fields
     from training.multitask.pipeline import ModelCfg, MultitaskRecipe, train
 
     clips = [demo[i * 16000 * 4 : (i + 1) * 16000 * 4] for i in range(3)]
+    loop = LoopSpec(steps=2, batch_size=batch_size, warmup_steps=1, ckpt_every=0, log_every=1)
     recipe = MultitaskRecipe(
         device="cpu",
         init_from="",
         model=ModelCfg(width=4, blocks=(1, 1), embed_dim=16),
-        loop=LoopSpec(steps=2, batch_size=batch_size, warmup_steps=1, ckpt_every=0, log_every=1),
-        **recipe_fields,
+        **{"loop": loop, **recipe_fields},
     )
     sources = [_source("real", clips[:2]), _source("synth", clips[2:]), _source("nm", clips[2:])]
     train(recipe, SPECS, sources, out, progress=False, twin_bank=twin_bank)
@@ -499,3 +499,68 @@ def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, t
     for step in range(2):  # per step: synthetic channel, real channel, then the second view
         synth_in, real_in, second_in = (args[0] for args, _ in inputs[3 * step : 3 * step + 3])
         assert torch.equal(second_in[:5], real_in) and torch.equal(second_in[5:], synth_in)
+
+
+def _teacher_bundle(path, tags):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_random_bundle
+
+    from engines.frontend import FrontEndSpec
+
+    return make_random_bundle(path, tags=tags, seed=3, width=8, window_frames=FrontEndSpec().window_frames)
+
+
+def test_distill_pulls_the_student_toward_a_teacher_models_outputs(demo, tmp_path, monkeypatch):
+    """distill.weight > 0: every row of every step (both views) is scored against the teacher
+    model's outputs on the same input; with the labels' weights at 0 the student moves toward it."""
+    from training.augment import ChannelSpec
+    from training.loop import LoopSpec
+    from training.multitask import pipeline
+    from training.multitask.pipeline import ChannelConsistency, ModelDistill
+
+    teacher = _teacher_bundle(tmp_path / "teacher", [s.name for s in SPECS])
+    seen = _record(monkeypatch, pipeline, "soft_bce")
+    _train_two_steps(
+        demo,
+        tmp_path / "run",
+        batch_size=10,
+        consistency=ChannelConsistency(weight=1.0, channel=ChannelSpec(crush_p=1.0)),
+        distill=ModelDistill(bundle=str(teacher.path), weight=2.0),
+    )
+    assert len(seen) == 2
+    for (student, taught), value in seen:
+        assert student.shape == taught.shape == (13, len(SPECS))  # 10 rows + 3 synthetic second views
+        assert not torch.allclose(student, taught) and value > 0
+    # only the teacher's term: the student's outputs come toward the teacher's
+    seen.clear()
+    _train_two_steps(
+        demo,
+        tmp_path / "run2",
+        batch_size=10,
+        group_weights={g: 0.0 for g in {s.group for s in SPECS}},
+        distill=ModelDistill(bundle=str(teacher.path), weight=1.0),
+        loop=LoopSpec(steps=40, batch_size=10, warmup_steps=1, ckpt_every=0, log_every=1, lr=3e-3),
+    )
+    gaps = [float((torch.sigmoid(a) - torch.sigmoid(b)).abs().mean()) for (a, b), _ in seen]
+    assert len(gaps) == 40 and np.mean(gaps[-5:]) < 0.7 * np.mean(gaps[:5]), gaps
+
+
+def test_distill_refuses_a_teacher_of_other_units(demo, tmp_path):
+    from training.multitask.pipeline import ModelDistill, MultitaskError, MultitaskRecipe
+
+    with pytest.raises(ValueError, match="needs distill.bundle"):
+        MultitaskRecipe(distill=ModelDistill(weight=1.0))
+    other = _teacher_bundle(tmp_path / "other", [s.name for s in SPECS][::-1])
+    with pytest.raises(MultitaskError, match="not this run's units in order"):
+        _train_two_steps(
+            demo, tmp_path / "run", batch_size=10, distill=ModelDistill(bundle=str(other.path), weight=1.0)
+        )
+    with pytest.raises(MultitaskError, match="distill.bundle"):
+        _train_two_steps(
+            demo,
+            tmp_path / "run",
+            batch_size=10,
+            distill=ModelDistill(bundle=str(tmp_path / "nope"), weight=1.0),
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_index", "masked_group_bce", "binary_js", "SOFT_EPS"]
+__all__ = ["group_index", "masked_group_bce", "binary_js", "soft_bce", "SOFT_EPS"]
 
 SOFT_EPS = 1e-3  # soft targets are clamped to [SOFT_EPS, 1 - SOFT_EPS] before their log-odds
 
@@ -81,3 +81,10 @@ def binary_js(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor
 
     js = 0.5 * (kl_to_m(a, p) + kl_to_m(b, q))
     return (js * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def soft_bce(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of the student's outputs against a teacher model's probabilities on
+    the same inputs, over every window and unit (knowledge distillation at temperature 1, Hinton et
+    al. 2015); its gradient is ``sigmoid(z) - sigmoid(t)``, 0 where the two agree."""
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.sigmoid(teacher_logits.float()))

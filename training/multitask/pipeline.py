@@ -34,7 +34,7 @@ from training.grow import grow_state
 from training.loop import LoopSpec, StepOut, run_loop, setup_distributed
 from training.multitask import data as mt_data
 from training.multitask.evaluate import calibrate, evaluate, predict, selection_score
-from training.multitask.losses import binary_js, group_index, masked_group_bce
+from training.multitask.losses import binary_js, group_index, masked_group_bce, soft_bce
 from training.multitask.online_teacher import OnlineTeacher, OnlineTeacherSpec
 from training.multitask.vocab import TagSpec, build_vocab, select_distilled
 from training.recipe import RecipeError, apply_overrides
@@ -134,6 +134,23 @@ class ChannelConsistency(_M):
         return self
 
 
+class ModelDistill(_M):
+    """A trained model of the same units as a teacher of every output: on every training window
+    (both views, after augmentation) the student's outputs are pulled toward that model's
+    probabilities on the same input, ``weight`` × their mean binary cross-entropy, beside the labels.
+    Why: a wider model (width 48) holds more of what the labels teach than a width-32 student learns
+    from them alone; its outputs on the same windows carry that to the shipped width. 0: off."""
+
+    bundle: str = Field("", description="the teacher model's bundle (same units in order, same front end)")
+    weight: float = Field(0.0, ge=0, description="weight of the term (0: off, no teacher loaded)")
+
+    @model_validator(mode="after")
+    def _needs_a_bundle(self) -> ModelDistill:
+        if self.weight > 0 and not self.bundle:
+            raise ValueError("distill.weight > 0 needs distill.bundle (the teacher model)")
+        return self
+
+
 class ModelCfg(_M):
     width: int = Field(32, gt=0)
     blocks: tuple[int, ...] = (2, 2, 2, 2)
@@ -183,6 +200,7 @@ class MultitaskRecipe(_M):
     )
     synth_pitch: SynthPitch = Field(default_factory=SynthPitch)
     consistency: ChannelConsistency = Field(default_factory=ChannelConsistency)
+    distill: ModelDistill = Field(default_factory=ModelDistill)
     real_channel: ChannelSpec = Field(
         default_factory=ChannelSpec,
         description="the same degradations of the real windows, after the teachers labelled them: the "
@@ -337,6 +355,28 @@ def _twin_bank(recipe: MultitaskRecipe, synth: mt_data.Corpus) -> AudioBank | No
         raise MultitaskError(f"data.synth_twin: {e}") from None
 
 
+def _distill_teacher(recipe: MultitaskRecipe, specs: list[TagSpec]) -> ResNetTagger | None:
+    """``distill.bundle``'s network, frozen, when the term is on; refused in one line when its units
+    or front end are not the run's."""
+    if recipe.distill.weight <= 0:
+        return None
+    from engines.bundle import Bundle, BundleError
+
+    try:
+        bundle = Bundle.load(recipe.distill.bundle)
+        model = bundle.build_model()
+    except BundleError as e:
+        raise MultitaskError(f"distill.bundle: {e}") from None
+    if bundle.tags != [s.name for s in specs]:
+        raise MultitaskError(
+            f"distill.bundle {recipe.distill.bundle}: its tags are not this run's units in order "
+            f"({len(bundle.tags)} against {len(specs)})"
+        )
+    if bundle.frontend != recipe.frontend:
+        raise MultitaskError(f"distill.bundle {recipe.distill.bundle}: another front end than the recipe's")
+    return model.requires_grad_(False)
+
+
 def _model(recipe: MultitaskRecipe, n_tags: int) -> ResNetTagger:
     m = recipe.model
     return ResNetTagger(ModelSpec(width=m.width, blocks=m.blocks, embed_dim=m.embed_dim, n_tags=n_tags))
@@ -384,6 +424,8 @@ def train(
     if twin_views and twin_bank is None:
         raise MultitaskError("consistency.twin: no twin clips given (data.synth_twin)")
     twin_bank = twin_bank.to(dist.device) if twin_views else None
+    distiller = _distill_teacher(recipe, specs)
+    distiller = distiller.to(dist.device) if distiller is not None else None
     teacher = None
     if recipe.online.enabled:
         try:
@@ -444,6 +486,12 @@ def train(
         extra = {
             f"loss_{g}": float(v) for g, v in zip(group_names, per_group.tolist(), strict=True) if v == v
         }
+        if distiller is not None:
+            with torch.no_grad():
+                teacher_logits, _ = distiller(mel)
+            kd = soft_bce(logits, teacher_logits)
+            loss = loss + recipe.distill.weight * kd
+            extra["kd_model"] = float(kd.detach())
         if consistent:
             js = binary_js(logits[twice], logits[n:], mask[twice])
             loss = loss + recipe.consistency.weight * js
