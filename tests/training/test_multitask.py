@@ -717,3 +717,29 @@ def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, cap
     capsys.readouterr()
     assert main([*args[:2], "--labels", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: labels not found") and not out.exists()
+
+
+def test_carry_bundle_rounds_the_weights_to_fp16_and_unpacks_as_a_bundle(tmp_path: Path):
+    """prepare.sh teacher: the bundle for distill.bundle, weights rounded to float16, as a .tgz that
+    gpu_run.sh stage unpacks; a plain bundle again, the same tags, each weight within fp16 rounding."""
+    from engines.bundle import Bundle
+    from training.multitask.carry_bundle import main
+
+    src = Bundle.load("rt_tagger/lite_model")
+    out = tmp_path / ".carry" / "mt_7" / "bundles" / "teacher.tgz"
+    assert main([str(src.path), str(out)]) == 0
+    env = {**os.environ, "MT_DATA": str(tmp_path / "data"), "MT_SITE": str(tmp_path / "site")}
+    stage = subprocess.run(["bash", str(Path("training/multitask/gpu_run.sh").resolve()), "stage", "mt_7"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert stage.returncode == 0, stage.stderr
+    got = Bundle.load(tmp_path / "data" / "bundles" / "teacher")
+    assert got.tags == src.tags and got.manifest.model == src.manifest.model
+    a, b = src.state_dict(), got.state_dict()
+    moved = 0
+    for k, w in a.items():
+        if w.is_floating_point():
+            assert torch.equal(b[k], w.half().float()), k
+            moved += int(not torch.equal(b[k], w))
+    assert moved > 0  # the rounding did happen: the test can fail
+    assert main([str(tmp_path / "nope"), str(tmp_path / "x.tgz")]) == 2
+    assert main([str(src.path), str(tmp_path / "x.tar")]) == 2

@@ -42,6 +42,12 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
   fi
   if [[ -d $dir/packs ]]; then cp -r "$dir"/packs/* "$DATA"/ || return 1; fi
   if [[ -d $dir/init ]]; then rm -rf "$DATA/init" && cp -r "$dir/init" "$DATA/init" || return 1; fi
+  # a model for the recipe's distill.bundle (prepare.sh teacher): $DATA/bundles/NAME
+  local t
+  for t in "$dir"/bundles/*.tgz; do
+    [[ -f $t ]] || continue
+    mkdir -p "$DATA/bundles" && tar -xzf "$t" -C "$DATA/bundles" || return 1
+  done
   # a pack carried in parts (prepare.sh pack_split): joined once every part is here
   local p
   for p in "$DATA"/*/parts; do

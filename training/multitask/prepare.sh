@@ -6,6 +6,7 @@
 #   bash training/multitask/prepare.sh labels    # teachers on the original audio (CPU, ~75 min on 2 cores)
 #   bash training/multitask/prepare.sh pack      # Opus packs, labels + this checkout's code -> $CARRY/mt_1..mt_4
 #   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders
+#   bash training/multitask/prepare.sh teacher B # bundle B for distill.bundle (fp16-rounded) -> $CARRY/mt_7
 #   bash training/multitask/prepare.sh all
 #
 # Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
@@ -218,6 +219,16 @@ pack() {
   du -sh --apparent-size "$CARRY"/mt_*
 }
 
+# teacher BUNDLE: a trained model for the recipe's distill.bundle (the width-48 run that taught v17),
+# its weights rounded to float16 to fit a device call, as mt_7/bundles/teacher.tgz; on the GPU
+# machine it is /root/mtdata/bundles/teacher after "stage mt_7"
+teacher() {
+  local src=${1:?usage: prepare.sh teacher BUNDLE}
+  rm -rf "$CARRY/mt_7" && mkdir -p "$CARRY/mt_7/bundles"
+  $PY -m training.multitask.carry_bundle "$src" "$CARRY/mt_7/bundles/teacher.tgz"
+  cp training/multitask/gpu_run.sh "$CARRY/mt_7/"
+}
+
 # The device calls that stage the carry folders, back to back (a machine stays warm 30 s): each
 # call carries the tracked tree plus folders, 64 MiB in all. Folders are grouped largest first;
 # one too large for a call goes as its sub-folders (mt_1: whl/ and packs/); mt_4 goes last, with
@@ -261,7 +272,8 @@ wheels) wheels ;;
 labels) labels ;;
 pack) pack ;;
 calls) calls ;;
+teacher) teacher "${2:-}" ;;
 all) corpora && wheels && labels && pack ;;
-*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all" >&2; exit 2 ;;
+*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all|teacher BUNDLE" >&2; exit 2 ;;
 esac
 say done
