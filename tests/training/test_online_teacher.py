@@ -533,6 +533,16 @@ def test_distill_pulls_the_student_toward_a_teacher_models_outputs(demo, tmp_pat
     for (student, taught), value in seen:
         assert student.shape == taught.shape == (13, len(SPECS))  # 10 rows + 3 synthetic second views
         assert not torch.allclose(student, taught) and value > 0
+    # skip_groups: those groups' units are out of the term
+    seen.clear()
+    _train_two_steps(
+        demo,
+        tmp_path / "run_skip",
+        batch_size=10,
+        distill=ModelDistill(bundle=str(teacher.path), weight=2.0, skip_groups=("tempo", "genre")),
+    )
+    kept = [s.group not in ("tempo", "genre") for s in SPECS]
+    assert 0 < sum(kept) < len(SPECS) and all(a.shape == (10, sum(kept)) for (a, _), _ in seen)
     # only the teacher's term: the student's outputs come toward the teacher's
     seen.clear()
     _train_two_steps(
@@ -557,6 +567,12 @@ def test_distill_refuses_a_teacher_of_other_units(demo, tmp_path):
         _train_two_steps(
             demo, tmp_path / "run", batch_size=10, distill=ModelDistill(bundle=str(other.path), weight=1.0)
         )
+    teacher = _teacher_bundle(tmp_path / "teacher", [s.name for s in SPECS])
+    with pytest.raises(MultitaskError, match="no group 'singing'"):
+        _train_two_steps(
+            demo, tmp_path / "run", batch_size=10,
+            distill=ModelDistill(bundle=str(teacher.path), weight=1.0, skip_groups=("singing",)),
+        )  # fmt: skip
     with pytest.raises(MultitaskError, match="distill.bundle"):
         _train_two_steps(
             demo,

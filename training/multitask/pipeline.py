@@ -143,6 +143,11 @@ class ModelDistill(_M):
 
     bundle: str = Field("", description="the teacher model's bundle (same units in order, same front end)")
     weight: float = Field(0.0, ge=0, description="weight of the term (0: off, no teacher loaded)")
+    skip_groups: tuple[str, ...] = Field(
+        (),
+        description="groups whose units the term leaves out (their labels alone teach them): e.g. "
+        '["vocals"], where the width-48 teacher hears vocals through a small speaker',
+    )
 
     @model_validator(mode="after")
     def _needs_a_bundle(self) -> ModelDistill:
@@ -374,6 +379,10 @@ def _distill_teacher(recipe: MultitaskRecipe, specs: list[TagSpec]) -> ResNetTag
         )
     if bundle.frontend != recipe.frontend:
         raise MultitaskError(f"distill.bundle {recipe.distill.bundle}: another front end than the recipe's")
+    groups = sorted({s.group for s in specs})
+    unknown = [g for g in recipe.distill.skip_groups if g not in groups]
+    if unknown:
+        raise MultitaskError(f"distill.skip_groups: no group {unknown[0]!r} (groups: {', '.join(groups)})")
     return model.requires_grad_(False)
 
 
@@ -426,6 +435,7 @@ def train(
     twin_bank = twin_bank.to(dist.device) if twin_views else None
     distiller = _distill_teacher(recipe, specs)
     distiller = distiller.to(dist.device) if distiller is not None else None
+    distilled = torch.tensor([s.group not in recipe.distill.skip_groups for s in specs], device=dist.device)
     teacher = None
     if recipe.online.enabled:
         try:
@@ -489,7 +499,7 @@ def train(
         if distiller is not None:
             with torch.no_grad():
                 teacher_logits, _ = distiller(mel)
-            kd = soft_bce(logits, teacher_logits)
+            kd = soft_bce(logits[:, distilled], teacher_logits[:, distilled])
             loss = loss + recipe.distill.weight * kd
             extra["kd_model"] = float(kd.detach())
         if consistent:
