@@ -573,6 +573,12 @@ def test_distill_refuses_a_teacher_of_other_units(demo, tmp_path):
             demo, tmp_path / "run", batch_size=10,
             distill=ModelDistill(bundle=str(teacher.path), weight=1.0, skip_groups=("singing",)),
         )  # fmt: skip
+    every = tuple({s.group for s in SPECS})
+    with pytest.raises(MultitaskError, match="leaves no unit"):
+        _train_two_steps(
+            demo, tmp_path / "run", batch_size=10,
+            distill=ModelDistill(bundle=str(teacher.path), weight=1.0, skip_groups=every),
+        )  # fmt: skip
     with pytest.raises(MultitaskError, match="distill.bundle"):
         _train_two_steps(
             demo,

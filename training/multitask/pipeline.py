@@ -383,6 +383,8 @@ def _distill_teacher(recipe: MultitaskRecipe, specs: list[TagSpec]) -> ResNetTag
     unknown = [g for g in recipe.distill.skip_groups if g not in groups]
     if unknown:
         raise MultitaskError(f"distill.skip_groups: no group {unknown[0]!r} (groups: {', '.join(groups)})")
+    if set(groups) <= set(recipe.distill.skip_groups):
+        raise MultitaskError("distill.skip_groups leaves no unit to distil: set distill.weight = 0 instead")
     return model.requires_grad_(False)
 
 
