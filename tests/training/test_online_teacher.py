@@ -502,12 +502,8 @@ def test_consistency_on_real_windows_starts_from_what_the_teachers_heard(demo, t
 
 
 def _teacher_bundle(path, tags):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_random_bundle
-
     from engines.frontend import FrontEndSpec
+    from tests.conftest import make_random_bundle
 
     return make_random_bundle(path, tags=tags, seed=3, width=8, window_frames=FrontEndSpec().window_frames)
 

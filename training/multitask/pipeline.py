@@ -436,8 +436,11 @@ def train(
         raise MultitaskError("consistency.twin: no twin clips given (data.synth_twin)")
     twin_bank = twin_bank.to(dist.device) if twin_views else None
     distiller = _distill_teacher(recipe, specs)
-    distiller = distiller.to(dist.device) if distiller is not None else None
-    distilled = torch.tensor([s.group not in recipe.distill.skip_groups for s in specs], device=dist.device)
+    if distiller is not None:
+        distiller = distiller.to(dist.device)
+        distilled = torch.tensor(
+            [s.group not in recipe.distill.skip_groups for s in specs], device=dist.device
+        )
     teacher = None
     if recipe.online.enabled:
         try:
