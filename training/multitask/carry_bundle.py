@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from engines.atomic import atomic_path
 from engines.bundle import Bundle, BundleError, save_bundle
 
 __all__ = ["rounded_to_fp16", "main"]
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rounded_to_fp16(a.bundle, Path(tmp) / name)
             a.out.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(a.out, "w:gz") as tar:
+            with atomic_path(a.out) as part, tarfile.open(part, "w:gz") as tar:  # never a half-written .tgz
                 tar.add(Path(tmp) / name, arcname=name)
     except BundleError as e:
         print(f"error: {a.bundle}: {e}", file=sys.stderr)
