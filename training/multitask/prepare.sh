@@ -219,7 +219,7 @@ pack() {
   du -sh --apparent-size "$CARRY"/mt_*
 }
 
-# teacher BUNDLE: a trained model for the recipe's distill.bundle (the width-48 run that taught v17),
+# teacher BUNDLE: a trained model for the recipe's distill.bundle (the width-48 run, or the shipped v13),
 # its weights rounded to float16 to fit a device call, as mt_7/bundles/teacher.tgz; on the GPU
 # machine it is /root/mtdata/bundles/teacher after "stage mt_7"
 teacher() {
@@ -241,7 +241,7 @@ import subprocess, sys
 from pathlib import Path
 
 carry, tree = Path(sys.argv[1]), int(sys.argv[2])
-room = 64 * 1048576 - tree
+room = (64 - 2) * 1048576 - tree  # 2 MiB spare, as PART_MIB: results committed between planning and staging grow the tree
 size = lambda p: int(subprocess.run(["du", "-sb", str(p)], capture_output=True, text=True).stdout.split()[0])
 units = []
 for d in sorted(carry.glob("mt_*")):
