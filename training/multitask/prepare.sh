@@ -241,7 +241,7 @@ import subprocess, sys
 from pathlib import Path
 
 carry, tree = Path(sys.argv[1]), int(sys.argv[2])
-room = (64 - 2) * 1048576 - tree  # 2 MiB spare, as PART_MIB: results committed between planning and staging grow the tree
+room = (64 - 1) * 1048576 - tree  # 1 MiB spare: results committed between planning and staging grow the tree
 size = lambda p: int(subprocess.run(["du", "-sb", str(p)], capture_output=True, text=True).stdout.split()[0])
 units = []
 for d in sorted(carry.glob("mt_*")):
