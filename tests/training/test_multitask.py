@@ -220,6 +220,15 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     assert set(metrics["on_rates"]) == set(tags)
     assert 0 <= metrics["not_music"]["generated_flagged"] <= 1
 
+    # scored again from the kept weights, as eval_original.sh does: the training split is not labelled
+    # again (its windows only hold the capped units' on-rate), and the thresholds come out the same
+    (run_dir / "labels_real_train.npz").unlink()
+    (run_dir / "result.json").unlink()
+    again = run(recipe, run_dir, progress=False)
+    assert not (run_dir / "labels_real_train.npz").exists()
+    assert json.loads((run_dir / "result.json").read_text())["thresholds"] == result["thresholds"]
+    assert repr(again["selection"]) == repr(metrics["selection"])  # nan where the tiny valid split has no positives
+
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.tags == tags and bundle.manifest.model.n_tags == len(tags)
     got_groups = getattr(bundle.manifest, "groups", None) or [
@@ -326,6 +335,13 @@ def test_calibration_caps_objective_units_on_real_music():
     assert (probs_real[:, j] >= thr[j]).mean() <= MAX_REAL_ON_RATE + 1 / n
     assert "raised" in how["bass"]
     assert all(0 < t < 1 for t in thr)
+    # with the training split's windows as well, the cap is held on all of them, not on valid's
+    more = np.concatenate([probs_real, rng.uniform(0.9, 1.0, (n, len(specs))).astype(np.float32)])
+    thr2, how2 = calibrate(specs, (probs_real, lab), (probs_s, src), real_cap=more)
+    assert (more[:, j] >= thr2[j]).mean() <= MAX_REAL_ON_RATE + 1 / (2 * n)
+    assert thr2[j] > thr[j] and f"{2 * n} real windows" in how2["bass"]
+    e = names.index("electronic")  # a distilled unit: F1-max on valid, whatever the cap's windows
+    assert thr2[e] == thr[e]
 
 
 def test_objective_units_get_weak_teacher_targets_on_real_music():

@@ -323,6 +323,20 @@ def real_source(
     )
 
 
+def grid_source(n_units: int, corpus: Corpus, grid: WindowGrid) -> WindowSource:
+    """Every window of ``grid`` over ``corpus``, unlabelled (for on-rates: no teacher has to run)."""
+    track, start = window_index(corpus, grid)
+    n = len(track)
+    return WindowSource(
+        corpus.name,
+        _bank(corpus, grid.length),
+        torch.from_numpy(track.astype(np.int64)),
+        torch.from_numpy(start),
+        torch.zeros(n, n_units),
+        torch.zeros(n, n_units),
+    )
+
+
 def clip_source(specs: list[TagSpec], corpus: Corpus, window: int, music: bool) -> WindowSource:
     target, mask = clip_targets(specs, corpus, music)
     n = len(corpus.waves)

@@ -7,7 +7,8 @@
 # On the GPU machine the student is scored on the Opus packs it trained on; a user runs it on
 # the original audio, so the numbers that count are computed here: the run's weights, its
 # vocabulary, the teachers' labels of the original audio (prepare.sh labels), and the corpora as
-# built (real_valid / real_test cropped to the centre 45 s as the packs were). Thresholds are
+# built (real_valid / real_test cropped to the centre 45 s as the packs were; the training split at 60 s,
+# unlabelled: the capped units' on-rate is held on its windows too). Thresholds are
 # calibrated again on the original valid audio. Writes RUN_DIR/result.json and metrics.json.
 set -euo pipefail
 res=${1:?usage: eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]}
@@ -36,6 +37,7 @@ fi
 cp "$DATA"/labels_orig/labels_real_valid.npz "$DATA"/labels_orig/labels_real_test.npz "$run/"
 rm -f "$run/result.json" "$run/metrics.json"
 $PY -m training.multitask --recipe configs/train_multitask.toml --out "$run" --no-progress --set device=\"cpu\" \
+  --set "data.real_train=\"$DATA/real\"" --set data.real_train_seconds=60 \
   --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" --set data.real_eval_seconds=45 \
   --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
   --set "data.not_music_test=\"$DATA/not_music_test\"" "$@"

@@ -581,7 +581,8 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
     return save_bundle(out, model.eval(), Manifest(**fields), overwrite=overwrite)
 
 
-_TRAIN_ONLY = ("real_train", "synth_train", "not_music")  # not loaded when the model exists
+# not loaded when the model exists (real_train is: the capped units' on-rate is held on its windows)
+_TRAIN_ONLY = ("synth_train", "not_music")
 
 
 def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, progress: bool = True) -> dict:
@@ -603,7 +604,8 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         "real_test": d.real_eval_seconds,
     }
     corpora = {k: mt_data.load_corpus(getattr(d, k), centre_seconds=seconds.get(k, 0.0)) for k in needed}
-    real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora]
+    # the training split's teacher labels only to train (never labelled again for calibration)
+    real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora and not (trained and k == "real_train")]
     labels = {k: _labels(run_dir, k, corpora[k], recipe, device) for k in real}
     specs, vocab = _specs(run_dir, labels["real_valid"])
     names = [s.name for s in specs]
@@ -650,8 +652,12 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         for k, s in src.items()
         if k not in ("real_train", "synth_train", "not_music")
     }
+    cap = mt_data.grid_source(len(specs), corpora["real_train"], label_grid(recipe))
     thresholds, how = calibrate(
-        specs, (probs["real_valid"], labels["real_valid"]), (probs["synth_calib"], src["synth_calib"])
+        specs,
+        (probs["real_valid"], labels["real_valid"]),
+        (probs["synth_calib"], src["synth_calib"]),
+        real_cap=np.concatenate([probs["real_valid"], predict(model, logmel, cap)]),
     )
     metrics = evaluate(
         specs,
