@@ -227,7 +227,8 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     again = run(recipe, run_dir, progress=False)
     assert not (run_dir / "labels_real_train.npz").exists()
     assert json.loads((run_dir / "result.json").read_text())["thresholds"] == result["thresholds"]
-    assert repr(again["selection"]) == repr(metrics["selection"])  # nan where the tiny valid split has no positives
+    # (repr: nan where the tiny valid split has no positives)
+    assert repr(again["selection"]) == repr(metrics["selection"])
 
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.tags == tags and bundle.manifest.model.n_tags == len(tags)

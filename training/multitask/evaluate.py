@@ -135,7 +135,9 @@ def calibrate(
                 "" if y.any() else " (no positives: 0.5)"
             )
             if t_real > t_synth:
-                how[s.name] += f", raised to be on in at most {MAX_REAL_ON_RATE:.0%} of {len(cap)} real windows"
+                how[s.name] += (
+                    f", raised to be on in at most {MAX_REAL_ON_RATE:.0%} of {len(cap)} real windows"
+                )
     return [_clip(t) for t in thresholds], how
 
 

@@ -605,7 +605,11 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     }
     corpora = {k: mt_data.load_corpus(getattr(d, k), centre_seconds=seconds.get(k, 0.0)) for k in needed}
     # the training split's teacher labels only to train (never labelled again for calibration)
-    real = [k for k in ("real_valid", "real_test", "real_train") if k in corpora and not (trained and k == "real_train")]
+    real = [
+        k
+        for k in ("real_valid", "real_test", "real_train")
+        if k in corpora and not (trained and k == "real_train")
+    ]
     labels = {k: _labels(run_dir, k, corpora[k], recipe, device) for k in real}
     specs, vocab = _specs(run_dir, labels["real_valid"])
     names = [s.name for s in specs]
