@@ -760,3 +760,19 @@ def test_carry_bundle_rounds_the_weights_to_fp16_and_unpacks_as_a_bundle(tmp_pat
     assert moved > 0  # the rounding did happen: the test can fail
     assert main([str(tmp_path / "nope"), str(tmp_path / "x.tgz")]) == 2
     assert main([str(src.path), str(tmp_path / "x.tar")]) == 2
+
+
+def test_cap_check_reads_the_rate_on_packages_the_cap_never_saw():
+    from training.multitask.cap_check import simulate
+
+    rng = np.random.default_rng(0)
+    package = np.repeat([f"p{i}" for i in range(20)], 50)
+    same = rng.uniform(0, 1, len(package))  # every package alike: the cap holds where it is read
+    alike = simulate(same, package, k=10, draws=50)
+    assert abs(alike["median"] - 0.4) < 0.08 and alike["share_over_60pct"] == 0
+    # each package shifted: a cap set on few packages misses more often than one set on many
+    shifted = np.clip(same * 0.3 + rng.uniform(0, 0.7, 20).repeat(50), 0, 1)
+    few, many = simulate(shifted, package, k=2, draws=200), simulate(shifted, package, k=12, draws=200)
+    assert few["p90"] > many["p90"] and few["share_over_60pct"] >= many["share_over_60pct"]
+    with pytest.raises(ValueError, match="packages"):
+        simulate(same, package, k=13, draws=1)
