@@ -8,7 +8,7 @@ Thresholds (fixed rules, see training/multitask/vocab.py for the binarisations):
 - objective-only units: F1-max on synthetic clips rendered with a held-out soundfont and the
   held-out composer configuration (never used in training);
   then raised, where needed, so that the unit is on in at most ``MAX_REAL_ON_RATE`` of the real
-  windows of the training and valid splits (32 packages; :func:`calibrate`'s ``real_cap``): the
+  windows of the training and valid splits (:func:`calibrate`'s ``real_cap``): the
   synthetic calibration says nothing about real music, and without the cap the first run's F1-max
   thresholds (≈0.002 for bass, cello, choir) were on in every real window;
 - ``music``: the highest threshold that flags (p < threshold) at most ``MUSIC_FLAG_RATE`` of the
@@ -49,8 +49,8 @@ MUSIC_FLAG_RATE = 0.01
 MAX_REAL_ON_RATE = 0.4
 # The cap is held on the training split's windows too, not on the valid split's 5 packages alone:
 # these units have no real-music target, so their outputs there are as unseen as on valid, and in
-# simulations over the 32 non-test packages (cap set on some, read on 8 others; v13) a cap set on 5
-# packages left organ over 60 % in 6 % of draws, one set on 24 packages in 1.5 %.
+# simulations over the 32 non-test packages (training.multitask.cap_check: cap set on some, read on
+# 8 others; v13) a cap set on 5 packages left organ over 60 % in 5.8 % of draws, on 24 in 0.8 %.
 BOOTSTRAP_REPS = 200
 _EPS = 1e-4
 
