@@ -776,3 +776,48 @@ def test_cap_check_reads_the_rate_on_packages_the_cap_never_saw():
     assert few["p90"] > many["p90"] and few["share_over_60pct"] >= many["share_over_60pct"]
     with pytest.raises(ValueError, match="packages"):
         simulate(same, package, k=13, draws=1)
+
+
+def test_cap_check_end_to_end_on_packaged_corpora(tmp_path: Path, capsys):
+    """The command on real audio of four packages: per-package on-rates, draws, and one line for a
+    corpus without packages (nothing written)."""
+    from training.multitask.cap_check import main
+
+    demo, _ = sf.read(DEMO, dtype="float32")
+    folder = tmp_path / "real"
+    (folder / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(4):  # four 4-s excerpts, one package each: one window per second of hop
+        sf.write(folder / "audio" / f"c{i}.flac", demo[i * 4 * SR : (i + 1) * 4 * SR], SR)
+        rows.append({"path": f"audio/c{i}.flac", "source_package": f"pkg{i}"})
+    with open(folder / "tracks.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "cap.json"
+    args = [
+        "--bundle",
+        "rt_tagger/lite_model",
+        "--corpus",
+        str(folder),
+        "--held-packages",
+        "1",
+        "--draws",
+        "20",
+    ]
+    assert main([*args, "--cap-packages", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert (
+        doc["settings"]["packages"] == 4 and doc["settings"]["windows"] == 4 * 1
+    )  # 4 s, 3.07-s window, 1-s hop
+    organ = doc["units"]["organ"]
+    assert set(organ["on_rate_by_package"]) == {"pkg0", "pkg1", "pkg2", "pkg3"}
+    assert organ["draws"][0]["cap_packages"] == 2 and organ["draws"][0]["held_packages"] == 1
+    assert (
+        "rock" not in doc["units"] and "music" not in doc["units"]
+    )  # distilled and music units are not capped
+    bare = tmp_path / "bare"
+    _write(bare, [demo[: 4 * SR]], None)
+    out.unlink()
+    assert main(["--bundle", "rt_tagger/lite_model", "--corpus", str(bare), "--out", str(out)]) == 2
+    assert "no source_package column" in capsys.readouterr().err and not out.exists()

@@ -26,23 +26,23 @@ OVER = 0.6
 
 
 def simulate(
-    probs: np.ndarray, package: np.ndarray, k: int, draws: int, seed: int = 0
+    probs: np.ndarray, package: np.ndarray, k: int, draws: int, seed: int = 0, held: int = HELD_PACKAGES
 ) -> dict[str, float | int]:
-    """On-rates over ``draws`` of (cap on ``k`` packages, rate on ``HELD_PACKAGES`` others) of one unit."""
+    """On-rates over ``draws`` of (cap on ``k`` packages, rate on ``held`` others) of one unit."""
     from training.multitask.evaluate import MAX_REAL_ON_RATE
 
     names = np.unique(package)
-    if k + HELD_PACKAGES > len(names):
-        raise ValueError(f"{k} + {HELD_PACKAGES} packages asked, {len(names)} given")
+    if k + held > len(names):
+        raise ValueError(f"{k} + {held} packages asked, {len(names)} given")
     rng = np.random.default_rng(seed)
-    held = np.empty(draws)
+    rates = np.empty(draws)
     for i in range(draws):
         order = rng.permutation(names)
         cap = np.quantile(probs[np.isin(package, order[:k])], 1 - MAX_REAL_ON_RATE)
-        held[i] = np.mean(probs[np.isin(package, order[k : k + HELD_PACKAGES])] >= cap)
+        rates[i] = np.mean(probs[np.isin(package, order[k : k + held])] >= cap)
     return {
-        "cap_packages": k, "draws": draws, "median": float(np.median(held)),
-        "p90": float(np.quantile(held, 0.9)), "share_over_60pct": float(np.mean(held > OVER)),
+        "cap_packages": k, "held_packages": held, "draws": draws, "median": float(np.median(rates)),
+        "p90": float(np.quantile(rates, 0.9)), "share_over_60pct": float(np.mean(rates > OVER)),
     }  # fmt: skip
 
 
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="PATH[:CENTRE_SECONDS], a non-test real split; repeatable",
     )
-    ap.add_argument("--cap-packages", type=int, action="append", help="K (default: 5 and all but 8)")
+    ap.add_argument("--held-packages", type=int, default=HELD_PACKAGES, help="packages the rate is read on")
+    ap.add_argument(
+        "--cap-packages", type=int, action="append", help="K (default: 5 and all but the held ones)"
+    )
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -97,22 +100,24 @@ def _run(a: argparse.Namespace) -> int:
         print(f"{path}: {len(source)} windows", flush=True)
     p, pk = np.concatenate(probs), np.asarray(package)
     n_pk = len(np.unique(pk))
-    ks = a.cap_packages or [5, n_pk - HELD_PACKAGES]
+    ks = a.cap_packages or [5, n_pk - a.held_packages]
     thr = np.asarray(bundle.manifest.thresholds)
     units = {}
     for j, s in enumerate(specs):
         if s.music or s.distilled:  # only the capped units (as calibrate decides)
             continue
+        on = p[:, j] >= thr[j]
         units[s.name] = {
-            "on_rate_at_bundle_threshold": float(np.mean(p[:, j] >= thr[j])),
-            "draws": [simulate(p[:, j], pk, k, a.draws) for k in ks],
+            "on_rate_at_bundle_threshold": float(np.mean(on)),
+            "on_rate_by_package": {k: round(float(np.mean(on[pk == k])), 4) for k in np.unique(pk).tolist()},
+            "draws": [simulate(p[:, j], pk, k, a.draws, held=a.held_packages) for k in ks],
         }
         row = "; ".join(f"K={d['cap_packages']}: p90 {d['p90']:.2f}, >60 % in {d['share_over_60pct']:.1%}"
                         for d in units[s.name]["draws"])  # fmt: skip
         print(f"{s.name}: {row}")
     doc = {
         "mode": "cap_check", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
-        "settings": {"corpora": a.corpus, "packages": n_pk, "windows": len(p), "held_packages": HELD_PACKAGES,
+        "settings": {"corpora": a.corpus, "packages": n_pk, "windows": len(p), "held_packages": a.held_packages,
                      "torch_threads": torch.get_num_threads()},
         "units": units,
     }  # fmt: skip
