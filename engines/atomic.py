@@ -6,13 +6,14 @@ leaves the old file (or none), never a half-written one. No project imports: eve
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "write_atomic", "write_json"]
 
 
 @contextmanager
@@ -40,3 +41,10 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def write_json(path: Path, obj: object, indent: int = 1) -> None:
+    """``obj`` as JSON (and a newline) to ``path`` through :func:`write_atomic`, its folder made first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n")

@@ -14,7 +14,6 @@ size); per unit and K: the median and 90th percentile of that rate and the share
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(a: argparse.Namespace) -> int:
     import torch
 
-    from engines.atomic import write_atomic
+    from engines.atomic import write_json
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import predict
@@ -121,8 +120,7 @@ def _run(a: argparse.Namespace) -> int:
                      "torch_threads": torch.get_num_threads()},
         "units": units,
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
+    write_json(a.out, doc)
     print(f"wrote {a.out}")
     return 0
 

@@ -19,7 +19,6 @@ scored on the objective units its tags name (the same units, by name).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
-    from engines.atomic import write_atomic
+    from engines.atomic import write_json
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
@@ -112,8 +111,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     names = [b.manifest.name for b in bundles]
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
            "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
+    write_json(a.out, doc)
     print(f"wrote {a.out}")
     return 0
 

@@ -20,7 +20,6 @@ student could hear) rather than the student's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(a: argparse.Namespace, channels: list[str]) -> int:
     import torch
 
-    from engines.atomic import write_atomic
+    from engines.atomic import write_json
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import _teacher_agreement, _vocals_auc, predict
@@ -168,8 +167,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
                      "torch_threads": torch.get_num_threads()},
         "results": results,
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(a.out, json.dumps(doc, indent=1) + "\n")
+    write_json(a.out, doc)
     print(f"wrote {a.out}")
     return 0
 
