@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from sklearn.metrics import roc_auc_score
 
 from training.multitask import data as mt_data
 from training.multitask.losses import group_index, masked_group_bce
@@ -579,6 +580,63 @@ def test_objective_cells_scores_the_mean_of_several_bundles(corpora: Path, tmp_p
     assert main(["--bundle", str(shipped), "--bundle", str(pretrained), "--corpus", f"a={corpora / 'synth_test'}",
                  "--out", str(out)]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: ") and not out.exists()
+
+
+def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: Path, capsys):
+    """--probe-folds / --refit-on: heads fitted on the bundle's embeddings, out of fold or on another
+    corpus; the fitting itself finds a unit that the embedding separates, and misses one it does not."""
+    from engines.logmel_torch import LogMel
+    from training.multitask import data as mt_data
+    from training.multitask.evaluate import predict
+    from training.multitask.objective_cells import _cv_probe, _fit_head, main
+    from training.multitask.vocab import TagSpec, bundle_units
+
+    bundle, specs = bundle_units(Path("rt_tagger/default_model"))
+    logmel = LogMel(bundle.manifest.frontend)
+    source = mt_data.clip_source(
+        specs, mt_data.load_corpus(corpora / "synth_test"), logmel.spec.window_samples, True
+    )
+    model = bundle.build_model().eval()
+    probs, emb = predict(model, logmel, source, embeddings=True)
+    np.testing.assert_array_equal(probs, predict(model, logmel, source))  # the same probabilities
+    assert emb.shape == (len(source), model.spec.embed_dim) and emb.std() > 0
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    units = [
+        TagSpec("a", "instrument", True),
+        TagSpec("b", "instrument", True),
+        TagSpec("v", "vocals", False),
+    ]
+    y = np.stack([x[:, 0] > 0, rng.random(120) > 0.5, x[:, 1] > 0], axis=1).astype(np.float32)
+    oof = _cv_probe(units, x, y, 4)
+    assert roc_auc_score(y[:, 0], oof[:, 0]) > 0.97  # separable by the embedding: found out of fold
+    assert abs(roc_auc_score(y[:, 1], oof[:, 1]) - 0.5) < 0.15  # a coin: nothing to find
+    assert (oof[:, 2] == 0).all()  # only the objective units get a head
+    assert (_fit_head(units, x[:, :2], np.zeros_like(y))(x[:, :2])[:, 0] == 0.5).all()  # one class: no head
+
+    out = tmp_path / "cells.json"
+    args = [
+        "--corpus",
+        f"a={corpora / 'synth_test'}",
+        "--corpus",
+        f"b={corpora / 'synth_calib'}",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--probe-folds", "2", "--refit-on", "b"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["probe_folds"] == 2 and doc["refit_on"] == "b"
+    assert {"probe", "refit"} <= set(doc["results"]["a"]) and "refit" not in doc["results"]["b"]
+    assert 0 <= doc["results"]["a"]["refit"]["objective_macro_roc_auc"] <= 1
+    out.unlink()
+    for bad, why in (
+        (["--refit-on", "c"], "--refit-on names one --corpus"),
+        (["--probe-folds", "1"], "at least 2"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main([*args, *bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err and not out.exists()
 
 
 def test_objective_cells_scores_a_single_task_bundle_on_the_units_its_tags_name(

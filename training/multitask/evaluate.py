@@ -62,8 +62,10 @@ def predict(
     source: WindowSource,
     batch: int = 512,
     starts: torch.Tensor | None = None,
-) -> np.ndarray:
-    """Probabilities ``(N, T)`` for every example of ``source`` (random-start examples use ``starts``)."""
+    embeddings: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(N, T)`` for every example of ``source`` (random-start examples use ``starts``);
+    with ``embeddings``, ``(probabilities, embeddings (N, embed_dim))``."""
     from training.views import gather_crops
 
     model.eval()
@@ -71,14 +73,17 @@ def predict(
     if starts is None:
         starts = clip_windows(source, window)
     dev = next(model.parameters()).device
-    out = []
+    out, emb = [torch.zeros(0, source.target.shape[1])], [torch.zeros(0, model.spec.embed_dim)]
     for a in range(0, len(source), batch):
         t, s = source.tracks[a : a + batch], starts[a : a + batch]
         mel = logmel(
             gather_crops(source.bank, t.to(source.bank.device), s.to(source.bank.device), window).to(dev)
         )
-        out.append(torch.sigmoid(model(mel)[0].float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, source.target.shape[1]), np.float32)
+        logits, e = model(mel)
+        out.append(torch.sigmoid(logits.float()).cpu())
+        emb.append(e.float().cpu())
+    probs = torch.cat(out).numpy()
+    return (probs, torch.cat(emb).numpy()) if embeddings else probs
 
 
 def clip_windows(source: WindowSource, window: int) -> torch.Tensor:

@@ -14,6 +14,12 @@ column of the corpus table (``eq``, ``codec``, ``soundfont_name`` …): which va
 costs what. ``--bundle`` given several times scores the mean of their probabilities (an ensemble:
 how far several runs together reach). A single-task bundle from before the multi-task model is
 scored on the objective units its tags name (the same units, by name).
+
+Is it the head or the embedding? ``--probe-folds K`` adds, per corpus, a K-fold cross-validated
+logistic probe per unit on the first bundle's embeddings of that corpus's centred windows: what a
+linear head fitted on the test soundfont itself would reach (a ceiling, never a model to ship).
+``--refit-on NAME`` fits that head on corpus NAME's embeddings instead (a training-soundfont
+corpus) and scores it on every other corpus: a head re-fitted with no access to the test sounds.
 """
 
 from __future__ import annotations
@@ -53,13 +59,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="mean of K evenly spaced windows per clip (1: the centred one)",
     )
+    ap.add_argument(
+        "--probe-folds", type=int, default=0, metavar="K", help="add a K-fold linear probe per corpus"
+    )
+    ap.add_argument("--refit-on", metavar="NAME", help="add a linear head fitted on corpus NAME")
     a = ap.parse_args(argv)
     if a.windows < 1:
         ap.error("--windows takes a count of at least 1")
+    if a.probe_folds == 1 or a.probe_folds < 0:
+        ap.error("--probe-folds takes 0 (none) or at least 2 folds")
     a.bundle = a.bundle or [SHIPPED]
     corpora = [item.partition("=")[::2] for item in a.corpus]
     if not all(name and path for name, path in corpora):
         ap.error("--corpus takes NAME=PATH")
+    if a.refit_on and (a.refit_on not in dict(corpora) or len(corpora) < 2):
+        ap.error("--refit-on names one --corpus, and another corpus is needed to score the head on")
     from engines.errors import UserError
 
     try:
@@ -74,6 +88,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
+    from training.multitask.evaluate import predict
 
     bundles = [Bundle.load(b) for b in a.bundle]
     specs = _units(bundles)
@@ -87,6 +102,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     models = [b.build_model().eval() for b in bundles]
     logmel = LogMel(bundles[0].manifest.frontend)
     results = {}
+    embedded = {}  # corpus name → (first bundle's embeddings of the centred windows, targets)
     for name, path in corpora:
         corpus = mt_data.load_corpus(path)
         source = mt_data.clip_source(specs, corpus, logmel.spec.window_samples, music=True)
@@ -99,6 +115,11 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
         )
         y = source.target.numpy()
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
+        if a.probe_folds or a.refit_on:
+            embedded[name] = (predict(models[0], logmel, source, embeddings=True)[1], y)
+        if a.probe_folds:
+            label = f"  {name}, linear probe ({a.probe_folds} folds)"
+            results[name]["probe"] = _cell(specs, _cv_probe(specs, *embedded[name], a.probe_folds), y, label)
         for column in a.by:
             if column not in corpus.meta:
                 print(f"error: {path} has no column {column!r}", file=sys.stderr)
@@ -108,9 +129,15 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
                 str(v): _cell(specs, probs[values == v], y[values == v], f"  {column}={v or '(none)'}")
                 for v in sorted(set(values))
             }
+    if a.refit_on:
+        head = _fit_head(specs, *embedded[a.refit_on])
+        for name, (emb, y) in embedded.items():
+            if name != a.refit_on:
+                results[name]["refit"] = _cell(specs, head(emb), y, f"  {name}, head re-fit on {a.refit_on}")
     names = [b.manifest.name for b in bundles]
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
            "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
+    doc |= {"probe_folds": a.probe_folds, "refit_on": a.refit_on}
     write_json(a.out, doc)
     print(f"wrote {a.out}")
     return 0
@@ -148,6 +175,43 @@ def _clip_probs(model, logmel, source, windows: int) -> np.ndarray:
     room = (source.bank.lengths[source.tracks] - logmel.spec.window_samples).clamp(min=0).cpu()
     fractions = np.linspace(0.0, 1.0, windows)
     return np.mean([predict(model, logmel, source, starts=(room * f).long()) for f in fractions], axis=0)
+
+
+def _fit_head(specs: list, emb: np.ndarray, y: np.ndarray):
+    """One logistic regression per objective unit on ``emb`` (its strength by 3-fold CV on ``emb``
+    alone); returns ``emb → (N, units)`` probabilities (0 for the other units, 0.5 for a unit with
+    one class only in ``y``)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fits = {}
+    for j, s in enumerate(specs):
+        yes = y[:, j] > 0.5
+        if s.objective and 3 <= yes.sum() <= len(yes) - 3:
+            fits[j] = make_pipeline(
+                StandardScaler(), LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=3, max_iter=1000)
+            )
+            fits[j].fit(emb, yes)
+
+    def head(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), len(specs)), np.float32)
+        for j, s in enumerate(specs):
+            if s.objective:
+                out[:, j] = fits[j].predict_proba(x)[:, 1] if j in fits else 0.5
+        return out
+
+    return head
+
+
+def _cv_probe(specs: list, emb: np.ndarray, y: np.ndarray, folds: int) -> np.ndarray:
+    """Out-of-fold probabilities of heads fitted by :func:`_fit_head` on the other folds."""
+    from sklearn.model_selection import KFold
+
+    out = np.zeros((len(emb), len(specs)), np.float32)
+    for fit, held in KFold(folds, shuffle=True, random_state=0).split(emb):
+        out[held] = _fit_head(specs, emb[fit], y[fit])(emb[held])
+    return out
 
 
 def _cell(specs: list, probs: np.ndarray, y: np.ndarray, label: str) -> dict:
