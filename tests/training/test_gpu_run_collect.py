@@ -80,3 +80,25 @@ def test_width_32_comes_back_whole(tmp_path: Path):
     assert _same(_joined(out, "selected.safetensors"), selected) and _same(
         _joined(out, "last.safetensors"), last
     )
+
+
+def test_train_labels_are_carried_and_staged_for_the_run(tmp_path: Path):
+    """``prepare.sh train-labels F`` carries an earlier GPU "label real_train" file as mt_8;
+    ``gpu_run.sh stage mt_8`` puts it where ``train`` copies labels into the run folder from."""
+    import numpy as np
+
+    labels = tmp_path / "labels_real_train.npz"
+    np.savez(labels, track=np.arange(3), start=np.zeros(3, np.int64))
+    carry, data = tmp_path / "work" / ".carry", tmp_path / "mtdata"
+    env = {**os.environ, "CARRY": str(carry)}
+    prepare = ["bash", "training/multitask/prepare.sh", "train-labels"]
+    p = subprocess.run([*prepare, str(ROOT / "README.md")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "is not a labels_real_train.npz file" in p.stderr and not carry.exists()
+    p = subprocess.run([*prepare, str(labels)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (carry / "mt_8" / "labels" / labels.name).read_bytes() == labels.read_bytes()
+    env = {**os.environ, "MT_DATA": str(data), "MT_SITE": str(tmp_path / "site")}
+    p = subprocess.run(["bash", str(carry / "mt_8" / "gpu_run.sh"), "stage", "mt_8"], cwd=carry.parent, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert (data / "labels" / labels.name).read_bytes() == labels.read_bytes()

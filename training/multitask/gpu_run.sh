@@ -21,7 +21,8 @@
 # start again at call 1. What comes back into $OUT: see collect() below.
 # When .carry/mt_4/labels/ holds labels_<split>.npz (teacher labels of the original audio,
 # training/multitask/label.py; prepare.sh labels, or "label" here), they are used instead of
-# labelling the packs.
+# labelling the packs. The labels a "label" call brings back ($OUT/labels_real_train.npz) can be
+# carried to the next machine instead of labelling again (prepare.sh train-labels FILE -> mt_8).
 set -uo pipefail
 ROOT="$PWD"
 DATA=${MT_DATA:-/root/mtdata}  # MT_* only for a rehearsal off the GPU machine
@@ -42,6 +43,8 @@ stage() {  # stage FOLDER: install its wheels, copy its packs
   fi
   if [[ -d $dir/packs ]]; then cp -r "$dir"/packs/* "$DATA"/ || return 1; fi
   if [[ -d $dir/init ]]; then rm -rf "$DATA/init" && cp -r "$dir/init" "$DATA/init" || return 1; fi
+  # teacher labels of a staged pack made by an earlier "label" call (prepare.sh train-labels)
+  if compgen -G "$dir/labels/*.npz" >/dev/null; then mkdir -p "$DATA/labels" && cp "$dir"/labels/*.npz "$DATA/labels/" || return 1; fi
   # a model for the recipe's distill.bundle (prepare.sh teacher): $DATA/bundles/NAME
   local t
   for t in "$dir"/bundles/*.tgz; do
@@ -135,6 +138,8 @@ run | train)
   trap 'collect; exit 124' TERM
   # teacher labels made on the original audio before packing (training/multitask/label.py)
   if compgen -G ".carry/mt_4/labels/*.npz" >/dev/null; then cp -n .carry/mt_4/labels/*.npz "$RUN"/; fi
+  # and an earlier "label" call's, carried back (prepare.sh train-labels): no teacher runs again
+  if compgen -G "$DATA/labels/*.npz" >/dev/null; then cp -n "$DATA"/labels/*.npz "$RUN"/; fi
   export RT_TAGGER_COMMIT="$(cat .carry/mt_4/COMMIT)"
   cd .carry/mt_4/code || exit 1
   mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/  # from the tree

@@ -7,6 +7,7 @@
 #   bash training/multitask/prepare.sh pack      # Opus packs, labels + this checkout's code -> $CARRY/mt_1..mt_4
 #   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders
 #   bash training/multitask/prepare.sh teacher B # bundle B for distill.bundle (fp16-rounded) -> $CARRY/mt_7
+#   bash training/multitask/prepare.sh train-labels F # an earlier GPU "label real_train" file -> $CARRY/mt_8
 #   bash training/multitask/prepare.sh all
 #
 # Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
@@ -229,6 +230,18 @@ teacher() {
   cp training/multitask/gpu_run.sh "$CARRY/mt_7/"
 }
 
+# train-labels FILE: the teacher labels of the packed training split that an earlier device call's
+# "gpu_run.sh label real_train" brought back, carried as mt_8 so the next machine skips that step
+# (≈ 100 s of device time). The run checks them against the pack and stops at its start, saying
+# so, when they do not fit it (a file from another pack: label again), so they are never misused.
+train_labels() {
+  local src=${1:?usage: prepare.sh train-labels labels_real_train.npz}
+  [[ -f $src && $(basename "$src") == labels_real_train.npz ]] ||
+    { echo "error: $src is not a labels_real_train.npz file" >&2; exit 2; }
+  rm -rf "$CARRY/mt_8" && mkdir -p "$CARRY/mt_8/labels"
+  cp "$src" "$CARRY/mt_8/labels/" && cp training/multitask/gpu_run.sh "$CARRY/mt_8/"
+}
+
 # The device calls that stage the carry folders, back to back (a machine stays warm 30 s): each
 # call carries the tracked tree plus folders, 64 MiB in all. Folders are grouped largest first;
 # one too large for a call goes as its sub-folders (mt_1: whl/ and packs/); mt_4 goes last, with
@@ -261,7 +274,9 @@ for i, (s, paths) in enumerate(calls, 1):
     rel = [str(p.relative_to(carry.parent)) for p in paths]
     names = sorted({p.relative_to(carry).parts[0] for p in paths}, key=lambda n: (n == "mt_4", n))
     stage = " && ".join(f"bash training/multitask/gpu_run.sh stage {n}" for n in names)
-    what = "then label / train (see the report)" if i == len(calls) else ""
+    labelled = (carry / "mt_8" / "labels" / "labels_real_train.npz").is_file()  # prepare.sh train-labels
+    then = "then train (mt_8 holds real_train's labels)" if labelled else "then label / train (see the report)"
+    what = then if i == len(calls) else ""
     print(f"call {i}: {(s + tree) / 1048576:.1f} MiB  carry {rel}\n  {stage} {what}".rstrip())
 PYEOF
 }
@@ -273,7 +288,8 @@ labels) labels ;;
 pack) pack ;;
 calls) calls ;;
 teacher) teacher "${2:-}" ;;
+train-labels) train_labels "${2:-}" ;;
 all) corpora && wheels && labels && pack ;;
-*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all|teacher BUNDLE" >&2; exit 2 ;;
+*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all|teacher BUNDLE|train-labels FILE" >&2; exit 2 ;;
 esac
 say done
