@@ -20,7 +20,7 @@ from engines.cache import write_atomic
 from engines.errors import UserError
 from rt_tagger.commands.settings_from_args import settings_from_args
 
-__all__ = ["cmd_tag", "file_state", "file_top", "result_document", "taggram_path"]
+__all__ = ["cmd_tag", "file_on", "file_state", "file_top", "result_document", "taggram_path"]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -54,6 +54,22 @@ def file_top(res, bundle, state: str | None, k: int) -> list[tuple[str, float]]:
     return [(t, s) for t, s in res.clip_top(k + 1) if t != gate][:k]
 
 
+def file_on(res, bundle, state: str | None) -> list[dict]:
+    """The tags on over the whole file: those whose mean score reaches the tag's calibrated
+    threshold (where a live stream turns it on), furthest past it first; none for silence or not
+    music. Raw scores are not comparable across tags (each has its own threshold): this is the
+    file's answer, ``top`` the largest scores."""
+    if state in ("silence", "not_music"):
+        return []
+    scores, thresholds, groups = res.clip_scores, bundle.manifest.thresholds, bundle.manifest.tag_groups
+    on = [i for i in range(len(scores)) if groups[i] != "music" and scores[i] >= thresholds[i]]
+    on.sort(key=lambda i: -scores[i] / thresholds[i])
+    return [
+        {"tag": res.tags[i], "group": groups[i], "score": float(scores[i]), "threshold": float(thresholds[i])}
+        for i in on
+    ]
+
+
 def _window_rows(res) -> list[tuple[float, float, str | None, object]]:
     """``(start_s, end_s, state, window)`` for every window in stream order, silent ones included."""
     rows = [(w.start_s, w.end_s, w.state, w) for w in res.windows]
@@ -78,6 +94,7 @@ def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_w
         "windows": len(res.windows),
         "silent_windows": len(res.silent_windows),
         "window_states": {s: sum(1 for r in rows if r[2] == s) for s in ("music", "not_music", "silence")},
+        "on": file_on(res, bundle, state),
         "top": [{"tag": t, "score": s} for t, s in file_top(res, bundle, state, top_k)],
         "scores": dict(zip(res.tags, map(float, res.clip_scores), strict=True)) if res.windows else {},
         "events": [e.model_dump() for e in res.events],
@@ -100,13 +117,17 @@ def result_document(f: Path, res, processing_s: float, bundle, top_k: int, per_w
     return doc
 
 
-def _state_text(state: str | None, top: list[tuple[str, float]]) -> str:
-    """What one line says: "silence", "not music", or the tags with their scores."""
+def _state_text(state: str | None, top: list[tuple[str, float]], on: list[dict] | None = None) -> str:
+    """What one line says: "silence", "not music", or the tags with their scores (a whole file's
+    line names the tags on over the file first)."""
     if state == "silence":
         return "silence"
     if state == "not_music":
         return "not music"
-    return "  ".join(f"{t} {s:.3f}" for t, s in top) or "(no tags)"
+    text = "  ".join(f"{t} {s:.3f}" for t, s in top) or "(no tags)"
+    if on is None:
+        return text
+    return f"on: {', '.join(t['tag'] for t in on) or 'none'} | top: {text}"
 
 
 def taggram_path(taggram: Path, index: int, f: Path, n_files: int) -> Path:
@@ -166,7 +187,7 @@ def cmd_tag(args) -> int:
     if args.json != "-":
         for doc, (f, res, _) in zip(docs, results, strict=True):
             top = [(t["tag"], t["score"]) for t in doc["top"]]
-            print(f"{f}: {_state_text(doc['state'], top)}")
+            print(f"{f}: {_state_text(doc['state'], top, doc['on'])}")
             if args.per_window:
                 for start, end, state, w in _window_rows(res):
                     print(f"  {start:8.2f}-{end:8.2f}s  {_state_text(state, w.top if w else [])}")

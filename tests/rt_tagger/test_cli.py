@@ -40,6 +40,14 @@ def test_tag_json_equals_pipeline(sensitive_bundle, short_wav, reference, tmp_pa
     np.testing.assert_allclose(got, [w.probabilities for w in reference.windows], atol=1e-4)
     np.testing.assert_allclose([doc["scores"][t] for t in reference.tags], reference.clip_scores, atol=1e-4)
     assert [t["tag"] for t in doc["top"]][:3] == [t for t, _ in reference.clip_top(3)]
+    # "on": every tag whose file mean reaches its threshold, furthest past it first; no other tag
+    thr = dict(zip(reference.tags, sensitive_bundle.manifest.thresholds, strict=True))
+    want = sorted(
+        (t for t, v in doc["scores"].items() if v >= thr[t]), key=lambda t: -doc["scores"][t] / thr[t]
+    )
+    assert want and [t["tag"] for t in doc["on"]] == want
+    assert all(t["threshold"] == pytest.approx(thr[t["tag"]]) for t in doc["on"])
+    assert f"{short_wav}: on: {', '.join(want)} | top: " in p.stdout_text
     png = (tmp_path / "t.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(short_wav) in p.stdout_text  # the human-readable summary too

@@ -81,7 +81,7 @@ def test_tag_says_not_music(music_off, short_wav, tmp_path):
     p = run_cli("tag", str(short_wav), *torch_cpu(music_off), "--per-window", "--json", str(out))
     assert p.returncode == 0, p.stderr_text
     doc = json.loads(out.read_text())
-    assert doc["state"] == "not_music" and doc["top"] == [] and doc["events"] == []
+    assert doc["state"] == "not_music" and doc["top"] == [] and doc["events"] == [] and doc["on"] == []
     assert doc["windows"] > 0 and {w["state"] for w in doc["per_window"]} == {"not_music"}
     assert all(w["top"] == [] for w in doc["per_window"])
     assert doc["scores"]["music"] == pytest.approx(1 / (1 + np.exp(4.0)), abs=1e-4)
@@ -97,6 +97,7 @@ def test_tag_lists_tags_when_music(music_on, short_wav):
     assert doc["state"] == "music" and doc["window_states"]["music"] == doc["windows"] > 0
     top = [t["tag"] for t in doc["top"]]
     assert len(top) == min(5, len(TAGS)) and "music" not in top
+    assert "music" not in [t["tag"] for t in doc["on"]]  # the gate is the state, never a tag on
 
 
 def test_tag_of_digital_silence_says_silence(tmp_path):
@@ -109,7 +110,7 @@ def test_tag_of_digital_silence_says_silence(tmp_path):
     assert p.returncode == 0, p.stderr_text
     assert p.stdout_text == f"{wav}: silence\n"
     doc = json.loads((tmp_path / "t.json").read_text())
-    assert doc["state"] == "silence" and doc["top"] == [] and doc["scores"] == {}
+    assert doc["state"] == "silence" and doc["top"] == [] and doc["scores"] == {} and doc["on"] == []
     assert doc["windows"] == 0 and doc["silent_windows"] == doc["window_states"]["silence"] > 100
 
 
