@@ -71,11 +71,12 @@ def cmd_demo(args) -> int:
             except subprocess.TimeoutExpired:
                 sub.kill()
             echo.join(5)
-    from rt_tagger.commands.tag import file_state, file_top
+    from rt_tagger.commands.tag import file_summary
 
-    state = file_state(res, bundle)
-    tops = "  ".join(f"{t} {s:.2f}" for t, s in file_top(res, bundle, state, 5)) or state
-    print(f"rt-tagger demo: {res.messages} messages published; whole clip: {tops}", flush=True)
+    print(
+        f"rt-tagger demo: {res.messages} messages published; whole clip: {file_summary(res, bundle, 5)}",
+        flush=True,
+    )
     if counts["messages"] == 0:
         raise UserError(f"the demo subscriber received none of the {res.messages} messages published")
     return 0

@@ -20,7 +20,7 @@ from engines.cache import write_atomic
 from engines.errors import UserError
 from rt_tagger.commands.settings_from_args import settings_from_args
 
-__all__ = ["cmd_tag", "file_on", "file_state", "file_top", "result_document", "taggram_path"]
+__all__ = ["cmd_tag", "file_on", "file_state", "file_summary", "file_top", "result_document", "taggram_path"]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -128,6 +128,12 @@ def _state_text(state: str | None, top: list[tuple[str, float]], on: list[dict] 
     if on is None:
         return text
     return f"on: {', '.join(t['tag'] for t in on) or 'none'} | top: {text}"
+
+
+def file_summary(res, bundle, top_k: int) -> str:
+    """A whole file's line: silence, not music, or the tags on over it and the largest scores."""
+    state = file_state(res, bundle)
+    return _state_text(state, file_top(res, bundle, state, top_k), file_on(res, bundle, state))
 
 
 def taggram_path(taggram: Path, index: int, f: Path, n_files: int) -> Path:
