@@ -121,7 +121,9 @@ def test_installed_commands_run_outside_checkout(wheel_venv, tmp_path):
     assert "messages published" in demo.stdout + demo.stderr
     whole = (demo.stdout + demo.stderr).split("whole clip:")[1].splitlines()[0]
     assert whole.strip() and not re.search(r"(^|\s)music \d", whole), whole  # the music gate is not a tag
-    assert whole.strip().startswith("on: ") and " | top: " in whole, whole  # tags on over the clip, then scores
+    assert whole.strip().startswith("on: ") and " | top: " in whole, (
+        whole
+    )  # tags on over the clip, then scores
     shutil.copy(package / "demo" / "demo.ogg", outside / "clip.ogg")
     tag = _run([cli, "tag", "clip.ogg"], cwd=outside, env=_env())
     assert tag.stdout.startswith("clip.ogg: "), tag.stdout

@@ -1,5 +1,6 @@
 """``gpu_run.sh collect``: a run's weights come back within what a device call returns (8 files of
-at most 16 MiB, 64 MiB in all), a wide model's in parts that join to the same weights."""
+at most 16 MiB, 64 MiB in all), a wide model's in parts that join to the same weights; and
+``stage`` of carried training labels (``prepare.sh train-labels``)."""
 
 from __future__ import annotations
 

@@ -630,6 +630,8 @@ def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: 
     assert {"probe", "refit"} <= set(doc["results"]["a"]) and "refit" not in doc["results"]["b"]
     assert 0 <= doc["results"]["a"]["refit"]["objective_macro_roc_auc"] <= 1
     out.unlink()
+    assert main([*args, "--probe-folds", "9"]) == 2  # more folds than the 8 clips: one line, nothing written
+    assert "fewer than --probe-folds 9" in capsys.readouterr().err and not out.exists()
     for bad, why in (
         (["--refit-on", "c"], "--refit-on names one --corpus"),
         (["--probe-folds", "1"], "at least 2"),

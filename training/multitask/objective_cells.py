@@ -117,6 +117,11 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
         if a.probe_folds or a.refit_on:
             embedded[name] = (predict(models[0], logmel, source, embeddings=True)[1], y)
+        if a.probe_folds > len(y):
+            print(
+                f"error: {path} has {len(y)} clips, fewer than --probe-folds {a.probe_folds}", file=sys.stderr
+            )
+            return 2
         if a.probe_folds:
             label = f"  {name}, linear probe ({a.probe_folds} folds)"
             results[name]["probe"] = _cell(specs, _cv_probe(specs, *embedded[name], a.probe_folds), y, label)
