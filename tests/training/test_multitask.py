@@ -268,6 +268,33 @@ def test_track_bootstrap_intervals_follow_the_agreement():
     assert track_bootstrap(specs, target, target, tracks, reps=50) == same  # seeded: reproducible
 
 
+def test_track_decisions_call_a_track_by_its_mean_as_tag_does():
+    """A track's tag is on when its windows' mean reaches the threshold (the teacher's at the
+    binarisation): counted per unit, with precision / recall / F1 of the model's calls."""
+    from training.multitask.evaluate import track_decisions
+
+    specs = build_vocab(["rock", "jazz"])
+    names = [s.name for s in specs]
+    rock, jazz, vocals = (names.index(n) for n in ("rock", "jazz", "vocals"))
+    tracks = np.repeat([7, 3, 5], 2)  # three tracks of two windows, ids in any order
+    probs = np.zeros((6, len(specs)), np.float32)
+    target = np.zeros_like(probs)
+    thresholds = np.full(len(specs), 0.5, np.float32)
+    probs[:, rock] = [0.9, 0.2, 0.6, 0.5, 0.1, 0.2]  # means 0.55, 0.55, 0.15: tracks 7 and 3 on
+    target[:, rock] = [0.4, 0.4, 0.0, 0.1, 0.9, 0.0]  # means 0.4, 0.05, 0.45: tracks 7 and 5 (>= 0.3)
+    probs[:, vocals] = [0.6, 0.6, 0.0, 0.0, 0.0, 0.0]  # track 7 on
+    target[:, vocals] = [0.6, 0.5, 0.0, 0.0, 0.0, 0.0]  # track 7 (mean 0.55 >= 0.5)
+    out = track_decisions(specs, thresholds, probs, target, tracks)
+    r = out["per_unit"]["rock"]
+    assert out["tracks"] == 3 and (r["model_tracks"], r["teacher_tracks"]) == (2, 2)
+    assert r["precision"] == r["recall"] == r["f1"] == 0.5
+    assert out["per_unit"]["vocals"]["f1"] == 1.0
+    j = out["per_unit"]["jazz"]  # no positive on either side: nothing to score
+    assert j["precision"] is None and j["recall"] is None and j["f1"] is None
+    assert out["macro_f1"] == 0.75  # rock and vocals; jazz has no teacher positives
+    assert "bass" not in out["per_unit"]  # objective units have no teacher on real music
+
+
 def test_labels_must_fit_the_corpus_they_train_on(corpora: Path):
     from training.teachers.base import WindowGrid
 
@@ -774,6 +801,8 @@ def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, cap
     assert res["clean"]["on_rates"] != res["band_limit"]["on_rates"]
     assert res["clean"]["self_spearman"] == pytest.approx(1.0) and res["band_limit"]["self_spearman"] < 0.999
     assert 0 <= res["band_limit"]["not_music_flagged"] <= 1 and "music" not in res["clean"]["on_rates"]
+    decided = res["clean"]["track_decisions"]  # the two tracks' whole-track tags against the teachers'
+    assert decided["tracks"] == 2 and "vocals" in decided["per_unit"] and "music" not in decided["per_unit"]
     # a channel keeps the length and the RMS; the small speaker's band takes the highs away
     x = demo[: 4 * SR]
     y = degrade(x, "band_limit", 0, SR)

