@@ -910,3 +910,45 @@ def test_cap_check_end_to_end_on_packaged_corpora(tmp_path: Path, capsys):
     out.unlink()
     assert main(["--bundle", "rt_tagger/lite_model", "--corpus", str(bare), "--out", str(out)]) == 2
     assert "no source_package column" in capsys.readouterr().err and not out.exists()
+
+
+def test_data_seed_draws_other_batches_from_the_same_start(tmp_path: Path):
+    """``data_seed`` moves the batches, not the initial weights: runs with one seed and other data
+    seeds start alike (so ``training.multitask.soup`` may average them); ``None`` is ``seed``."""
+    from training.multitask.pipeline import MultitaskRecipe, train
+
+    rng = np.random.default_rng(0)
+    specs = build_vocab([])
+    n = 40
+    lab = _labels(n, rng, electronic=rng.uniform(0, 1, n).astype(np.float32))
+    waves = [rng.normal(0, 0.1, SR * 3).astype(np.float32) for _ in range(10)]
+    real = mt_data.Corpus("r", [f"t{i}" for i in range(10)], waves, [set()] * 10, {})
+    synth = mt_data.Corpus("s", ["a", "b"], waves[:2], [{"bass"}, {"flute"}], {})
+    window = 32 * 256
+    sources = [
+        mt_data.real_source(specs, real, lab, window),
+        mt_data.clip_source(specs, synth, window, True),
+        mt_data.clip_source(specs, synth, window, False),
+    ]
+
+    def params(i: int, lr: float, **seeds) -> dict[str, torch.Tensor]:
+        recipe = MultitaskRecipe.model_validate({
+            "device": "cpu", "init_from": "", "frontend": {"window_frames": 32},
+            "model": {"width": 4, "blocks": [1, 1], "embed_dim": 16},
+            "loop": {"steps": 2, "batch_size": 12, "warmup_steps": 0, "ckpt_every": 0, "lr": lr},
+            **seeds,
+        })  # fmt: skip
+        model = train(recipe, specs, sources, tmp_path / f"run{i}", progress=False)
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def gap(a: dict, b: dict) -> float:
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+    base = params(0, 1e-2, seed=0)
+    assert gap(base, params(1, 1e-2, seed=0, data_seed=0)) == 0  # None is the seed itself
+    assert gap(base, params(2, 1e-2, seed=0, data_seed=7)) > 1e-4  # other batches, other weights
+    # with a step too small to move them, the weights are the start: the same for another data seed,
+    # another for another seed
+    still = params(3, 1e-9, seed=0, data_seed=7)
+    assert gap(still, params(4, 1e-9, seed=0)) < 1e-6
+    assert gap(still, params(5, 1e-9, seed=1)) > 1e-2

@@ -53,10 +53,31 @@ def test_soup_refuses_other_seeds_vocabularies_and_missing_files(tmp_path, capsy
     for other, said in [
         ("s1", "seed 1"),
         ("v", "another vocabulary"),
-        ("empty", "no bundle/weights.safetensors"),
+        ("empty", "no selected.safetensors or bundle/weights.safetensors or last.safetensors"),
     ]:
         assert main([str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / other)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and said in err and len(err.strip().splitlines()) == 1
     assert main([str(tmp_path / "out"), str(tmp_path / "a")]) == 2
     assert not (tmp_path / "out").exists()  # nothing written on a refusal
+
+
+def test_soup_reads_results_as_gpu_run_now_brings_them(tmp_path, capsys):
+    """selected.safetensors before last.safetensors, the vocabulary from result.json."""
+    a = _run_folder(tmp_path / "a", 0, 1, ["x", "y"])
+    b = _run_folder(tmp_path / "b", 0, 2, ["x", "y"])
+    other = _run_folder(tmp_path / "other", 0, 3, ["x", "y"])
+    new = tmp_path / "new"
+    new.mkdir()
+    save_file(b, new / "selected.safetensors")
+    save_file(other, new / "last.safetensors")  # not the weights the valid split picked
+    recipe = json.loads((tmp_path / "b" / "result.json").read_text())["recipe"]
+    (new / "result.json").write_text(json.dumps({"recipe": recipe, "vocab": {"tags": ["x", "y"]}}))
+    assert main([str(tmp_path / "soup"), str(tmp_path / "a"), str(new)]) == 0
+    soup = load_file(tmp_path / "soup" / "bundle" / "weights.safetensors")
+    for k, v in soup.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a[k] + b[k]) / 2, rtol=0, atol=1e-6)
+    (new / "result.json").write_text(json.dumps({"recipe": recipe}))  # no vocabulary anywhere
+    assert main([str(tmp_path / "soup2"), str(tmp_path / "a"), str(new)]) == 2
+    assert "no vocab.json and no vocabulary" in capsys.readouterr().err

@@ -164,7 +164,12 @@ class ModelCfg(_M):
 
 class MultitaskRecipe(_M):
     name: str = "rt-tagger-multitask"
-    seed: int = 0
+    seed: int = Field(0, description="seed of the head's initialisation (and of the data, unless data_seed)")
+    data_seed: int | None = Field(
+        None,
+        description="seed of the batches, crops and augmentations (None = seed): runs with one seed and "
+        "other data seeds start from the same weights, so their weights average (training.multitask.soup)",
+    )
     device: str = "auto"
     init_from: str = Field("", description="bundle whose backbone starts training ('' = random init)")
     init_head: bool = Field(
@@ -514,7 +519,8 @@ def train(
             emb = emb[:n]
         return StepOut(loss, emb, len(wave), extra)
 
-    loop = recipe.loop.model_copy(update={"seed": recipe.seed})
+    data_seed = recipe.seed if recipe.data_seed is None else recipe.data_seed
+    loop = recipe.loop.model_copy(update={"seed": data_seed})
     eval_fn = None
     best_path = out / "best.safetensors"
     if recipe.select_on_valid and select is not None and loop.eval_every:

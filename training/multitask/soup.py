@@ -1,15 +1,18 @@
 """``python -m training.multitask.soup OUT RUN…``: average the weights of runs that share a start.
 
 A "uniform soup" (Wortsman et al., 2022): runs fine-tuned from the same backbone with the same
-seed (so the same head initialisation) but different recipe options stay in one basin of the
-loss, and the mean of their weights is a model too, scoring about as well as the runs or better.
+seed (so the same head initialisation) but different recipe options or data seeds (``data_seed``:
+other batches from the same start) stay in one basin of the loss, and the mean of their weights is
+a model too, scoring about as well as the runs or better.
 Here (reports/default_model.md, "Freepats, seeds and soups"): the soup of four seed-0 runs scored
 above each of them on the valid and the test packages; the soup of three seed-1 runs, near their
 mean. Runs with different seeds start their heads elsewhere and their mean lost 0.12 Spearman, so
 they are refused.
 
-Each RUN is a result folder as ``gpu_run.sh`` brings back (``bundle/weights.safetensors``,
-``vocab.json``, ``result.json``); OUT gets the same layout (``result.json`` lists the ingredients),
+Each RUN is a result folder as ``gpu_run.sh`` brings back (``selected.safetensors``, else
+``bundle/weights.safetensors`` or ``last.safetensors``; ``result.json``, with the vocabulary or
+beside ``vocab.json``); OUT gets ``bundle/weights.safetensors``, ``vocab.json`` and ``result.json``
+(which lists the ingredients),
 ready for ``eval_original.sh OUT RUN_DIR --export BUNDLE``, which calibrates and scores the soup.
 """
 
@@ -25,23 +28,27 @@ from engines.errors import UserError
 __all__ = ["average_weights", "main"]
 
 
+# the weights a result folder holds, in the order eval_original.sh takes them: those the valid split
+# picked, a bundle (results from before 2026-12-04), else the last step's
+WEIGHTS = ("selected.safetensors", "bundle/weights.safetensors", "last.safetensors")
+
+
 def _read_run(folder: Path) -> tuple[dict, dict, dict]:
-    """``(weights, vocab, recipe)`` of one result folder."""
+    """``(weights, vocab, recipe)`` of one result folder (the vocabulary from ``vocab.json``, else
+    ``result.json``'s, as ``gpu_run.sh`` now brings it)."""
     from safetensors.torch import load_file
 
-    weights_path, vocab_path, result_path = (
-        folder / "bundle" / "weights.safetensors",
-        folder / "vocab.json",
-        folder / "result.json",
-    )
-    for p in (weights_path, vocab_path, result_path):
-        if not p.is_file():
-            raise UserError(f"{folder}: no {p.relative_to(folder)} (a result folder of gpu_run.sh?)")
-    return (
-        load_file(weights_path),
-        json.loads(vocab_path.read_text()),
-        json.loads(result_path.read_text())["recipe"],
-    )
+    result_path = folder / "result.json"
+    weights = next((folder / w for w in WEIGHTS if (folder / w).is_file()), None)
+    if weights is None or not result_path.is_file():
+        missing = "result.json" if weights else " or ".join(WEIGHTS)
+        raise UserError(f"{folder}: no {missing} (a result folder of gpu_run.sh?)")
+    result = json.loads(result_path.read_text())
+    vocab_path = folder / "vocab.json"
+    vocab = json.loads(vocab_path.read_text()) if vocab_path.is_file() else result.get("vocab")
+    if vocab is None:
+        raise UserError(f"{folder}: no vocab.json and no vocabulary in result.json")
+    return load_file(weights), vocab, result["recipe"]
 
 
 def average_weights(states: list[dict]) -> dict:
