@@ -225,7 +225,11 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     # again (its windows only hold the capped units' on-rate), and the thresholds come out the same
     (run_dir / "labels_real_train.npz").unlink()
     (run_dir / "result.json").unlink()
-    again = run(recipe, run_dir, progress=False)
+    # (eval_original.sh says where the weights came from; the bundle's provenance keeps it)
+    came_from = {"weights": "somewhere/selected.safetensors", "run": "tiny", "soup_of": None}
+    (run_dir / "weights_from.json").write_text(json.dumps(came_from))
+    again = run(recipe, run_dir, tmp_path / "bundle_again", progress=False)
+    assert Bundle.load(tmp_path / "bundle_again").manifest.provenance["weights_from"] == came_from
     assert not (run_dir / "labels_real_train.npz").exists()
     assert json.loads((run_dir / "result.json").read_text())["thresholds"] == result["thresholds"]
     # (repr: nan where the tiny valid split has no positives)

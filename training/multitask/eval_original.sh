@@ -28,6 +28,9 @@ done
 [[ -n $weights ]] || { echo "error: no weights in $res" >&2; exit 2; }
 echo "weights: $weights"
 if [[ -f $weights ]]; then cp "$weights" "$run/model.safetensors"; else cat "$weights".part* >"$run/model.safetensors"; fi
+# where the weights came from, for the bundle's provenance (with the runs a soup averaged)
+$PY -c "import json, sys; r = json.load(open(sys.argv[2])); json.dump({'weights': sys.argv[1], 'run': r['recipe'].get('name'), 'soup_of': r.get('soup_of')}, open(sys.argv[3], 'w'), indent=1)" \
+  "$weights" "$res/result.json" "$run/weights_from.json"
 if [[ -f $res/vocab.json ]]; then
   cp "$res/vocab.json" "$run/vocab.json"
 else  # result.json holds the vocabulary too

@@ -554,7 +554,8 @@ def train(
 
 
 def export(run_dir: Path, out: Path, overwrite: bool = False):
-    """The bundle of a finished run (model.safetensors + result.json) at ``out``."""
+    """The bundle of a finished run (model.safetensors + result.json) at ``out``; where the weights
+    came from (``weights_from.json``, as ``eval_original.sh`` writes it) goes into its provenance."""
     from safetensors.torch import load_file
 
     from engines.bundle import Manifest, save_bundle
@@ -580,6 +581,9 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
             "machine": platform.node() or "unknown",
         },
     }
+    weights_from = run_dir / "weights_from.json"  # eval_original.sh: the result folder and runs averaged
+    if weights_from.is_file():
+        fields["provenance"]["weights_from"] = json.loads(weights_from.read_text())
     if "groups" in Manifest.model_fields:  # the runtime reads groups (music gate, states)
         fields["groups"] = result["groups"]
     else:
