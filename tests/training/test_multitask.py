@@ -590,7 +590,7 @@ def test_objective_cells_scores_the_mean_of_several_bundles(corpora: Path, tmp_p
                  "--out", str(out)]) == 0  # fmt: skip
     doc = json.loads(out.read_text())
     assert doc["bundles"] == [
-        "rt-tagger-multitask-v15",
+        "rt-tagger-multitask-v19",
         json.loads((lite / "manifest.json").read_text())["name"],
     ]
     probs, specs, y = [], None, None
