@@ -29,8 +29,11 @@ done
 echo "weights: $weights"
 if [[ -f $weights ]]; then cp "$weights" "$run/model.safetensors"; else cat "$weights".part* >"$run/model.safetensors"; fi
 # where the weights came from, for the bundle's provenance (with the runs a soup averaged)
-$PY -c "import json, sys; r = json.load(open(sys.argv[2])); json.dump({'weights': sys.argv[1], 'run': r['recipe'].get('name'), 'soup_of': r.get('soup_of')}, open(sys.argv[3], 'w'), indent=1)" \
-  "$weights" "$res/result.json" "$run/weights_from.json"
+rm -f "$run/weights_from.json"
+if [[ -f $res/result.json ]]; then
+  $PY -c "import json, sys; r = json.load(open(sys.argv[2])); json.dump({'weights': sys.argv[1], 'run': r['recipe'].get('name'), 'soup_of': r.get('soup_of')}, open(sys.argv[3], 'w'), indent=1)" \
+    "$weights" "$res/result.json" "$run/weights_from.json"
+fi
 if [[ -f $res/vocab.json ]]; then
   cp "$res/vocab.json" "$run/vocab.json"
 else  # result.json holds the vocabulary too
