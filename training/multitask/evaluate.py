@@ -73,7 +73,8 @@ def predict(
     if starts is None:
         starts = clip_windows(source, window)
     dev = next(model.parameters()).device
-    out, emb = [torch.zeros(0, source.target.shape[1])], [torch.zeros(0, model.spec.embed_dim)]
+    # sized by the network, not the corpus: a single-task bundle has fewer outputs than the units
+    out, emb = [torch.zeros(0, model.spec.n_tags)], [torch.zeros(0, model.spec.embed_dim)]
     for a in range(0, len(source), batch):
         t, s = source.tracks[a : a + batch], starts[a : a + batch]
         mel = logmel(
