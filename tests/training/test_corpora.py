@@ -34,6 +34,29 @@ def test_compose_is_deterministic():
     assert notes(a) != notes(c)
 
 
+def test_any_pool_takes_instruments_out_of_their_styles_and_leaves_other_clips_alone():
+    """--any-pool: distorted guitar leaves rock, organ stops following it; a clip that keeps its
+    style's pool is note for note the clip composed without the option."""
+    notes = lambda clip: [(n.start, n.pitch, n.velocity) for i in clip.midi.instruments for n in i.notes]  # noqa: E731
+    plain = [compose(4, i, 4.0) for i in range(400)]
+    mixed = [compose(4, i, 4.0, any_pool=0.5) for i in range(400)]
+    kept = [(a, b) for a, b in zip(plain, mixed, strict=True) if b.meta["pool"] == "style"]
+    assert 150 < len(kept) < 250 and {a.meta["pool"] for a in plain} == {"style"}
+    assert all(notes(a) == notes(b) and a.tags == b.tags for a, b in kept)
+
+    def organ_given_guitar(clips):
+        dg = [c for c in clips if "distorted_guitar" in c.instruments]
+        rest = [c for c in clips if "distorted_guitar" not in c.instruments]
+        rate = lambda cs: np.mean(["organ" in c.instruments for c in cs])  # noqa: E731
+        return {c.style for c in dg}, rate(dg), rate(rest)
+
+    styles, with_dg, without_dg = organ_given_guitar(plain)
+    assert styles == {"rock"} and with_dg > 3 * without_dg  # the correlation the option breaks
+    anywhere = [compose(4, i, 4.0, any_pool=1.0) for i in range(400)]
+    styles, with_dg, without_dg = organ_given_guitar(anywhere)
+    assert len(styles) >= 5 and abs(with_dg - without_dg) < 0.1
+
+
 def test_tags_follow_construction():
     assert len(TAGS) <= 40 and len(set(TAGS)) == len(TAGS)
     program_to_tag = {}
@@ -360,6 +383,8 @@ def test_synth_cli_soundfonts_composers_and_heldout_guard(tmp_path, capsys):
     # --skip ablates a composer configuration: none given, nothing to ablate
     assert main(["--out", str(out), "--soundfont", str(SF2), "--skip", "eq"]) == 2
     assert "give --composer" in capsys.readouterr().err and not out.exists()
+    assert main(["--out", str(out), "--soundfont", str(SF2), "--any-pool", "1.5"]) == 2
+    assert "--any-pool is a probability" in capsys.readouterr().err and not out.exists()
     assert {v.family for v in SOUNDFONTS.values() if v.use == "test"}.isdisjoint(
         {v.family for v in SOUNDFONTS.values() if v.use == "train"}
     )

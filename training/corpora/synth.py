@@ -477,7 +477,7 @@ def _work(index: int) -> dict | None:
     if audio_path.exists() and meta_path.exists():
         return json.loads(meta_path.read_text())
     t0 = time.perf_counter()
-    clip = compose(_ARGS["seed"], index, _ARGS["seconds"])
+    clip = compose(_ARGS["seed"], index, _ARGS["seconds"], any_pool=_ARGS["any_pool"])
     if _ARGS["composer"] != "default":
         vary(clip, _ARGS["composer"], _ARGS["vary_seed"], frozenset(_ARGS["skip"]))
     stems = stem_choices(clip, _ARGS["seed"], index, [n for n, _ in _ARGS["soundfonts"]], _ARGS["stem_eq"])
@@ -578,6 +578,14 @@ def main(argv: list[str] | None = None) -> int:
         help="each stem gets a random EQ move (" + ", ".join(STEM_EQS) + ") with probability P",
     )
     p.add_argument(
+        "--any-pool",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="a clip's melodic instruments come from every instrument, not its style's pool, with "
+        "probability P (the table's pool column): instrument units cannot lean on the style",
+    )
+    p.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -593,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0.0 <= a.stem_eq <= 1.0:
         print(f"error: --stem-eq is a probability, got {a.stem_eq}", file=sys.stderr)
+        return 2
+    if not 0.0 <= a.any_pool <= 1.0:
+        print(f"error: --any-pool is a probability, got {a.any_pool}", file=sys.stderr)
         return 2
     if a.skip and a.composer == "default":
         print("error: --skip ablates a composer configuration: give --composer", file=sys.stderr)
@@ -628,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "nice": a.nice,
         "stem_mix": a.stem_mix,
         "stem_eq": a.stem_eq,
+        "any_pool": a.any_pool,
     }
     indices = list(range(a.start, a.start + a.n))
     rows: list[dict] = []

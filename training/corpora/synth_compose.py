@@ -404,7 +404,13 @@ def _add(
     )
 
 
-def compose(seed: int, index: int, seconds: float = 10.0, style: str | None = None) -> Clip:
+# Every melodic instrument at one weight: the pool of a clip that ignores its style's (``any_pool``).
+ANY_POOL: dict[str, float] = {name: 1.0 for name in INSTRUMENTS if name != "bass"}
+
+
+def compose(
+    seed: int, index: int, seconds: float = 10.0, style: str | None = None, any_pool: float = 0.0
+) -> Clip:
     """Compose clip ``index`` of the corpus with ``seed``; deterministic.
 
     Args:
@@ -412,7 +418,13 @@ def compose(seed: int, index: int, seconds: float = 10.0, style: str | None = No
         index: clip number within the corpus.
         seconds: clip duration.
         style: force a style (default: drawn uniformly).
+        any_pool: probability that the clip's melodic instruments come from every instrument
+            (:data:`ANY_POOL`) instead of its style's pool, keeping the style's tempo, harmony and
+            drums. Why: with style pools, distorted guitar plays only in rock and organ comes with
+            it, so an instrument unit can learn the style instead of the sound. The draw uses its
+            own generator, so a clip that keeps its style's pool is note for note what it was.
     """
+    any_instruments = bool(np.random.default_rng([seed, index, 1]).random() < any_pool)
     rng = np.random.default_rng([seed, index])
     style = style or str(rng.choice(list(STYLES)))
     st = STYLES[style]
@@ -436,7 +448,7 @@ def compose(seed: int, index: int, seconds: float = 10.0, style: str | None = No
     names: list[str] = []
     if rng.random() < st.bass_prob:
         names.append("bass")
-    names += _weighted_choice(rng, st.pool, n_inst - len(names))
+    names += _weighted_choice(rng, ANY_POOL if any_instruments else st.pool, n_inst - len(names))
     has_drums = bool(rng.random() < st.drum_prob) and beats == 4
 
     pm = pretty_midi.PrettyMIDI(initial_tempo=bpm)
@@ -498,6 +510,7 @@ def compose(seed: int, index: int, seconds: float = 10.0, style: str | None = No
         has_drums=has_drums,
     )
     clip.meta = {"mode": mode, "key": str(key), "meter": f"{beats}/4", "roles": "|".join(roles)}
+    clip.meta["pool"] = "any" if any_instruments else "style"
     return clip
 
 

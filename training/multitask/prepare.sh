@@ -18,6 +18,8 @@
 # N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10), N_SONIVOX (Sonivox EAS
 # clips after those, a fourth family: 0 up to v11), SYNTH_TWIN (1: synth_twin too, for consistency.twin),
 # SYNTH_REARRANGED (1: synth_rearranged too, the arrangement twins for consistency.twin),
+# ANY_POOL (a training clip's melodic instruments from every instrument, not its style's pool, with
+# this probability: 0 up to v19; synth_train is kept when its table exists, so render it afresh),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -47,6 +49,7 @@ N_FREEPATS=${N_FREEPATS:-0}
 N_SONIVOX=${N_SONIVOX:-0}
 SYNTH_TWIN=${SYNTH_TWIN:-0}
 SYNTH_REARRANGED=${SYNTH_REARRANGED:-0}
+ANY_POOL=${ANY_POOL:-0}
 # Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
 # by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
 # v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
@@ -88,29 +91,30 @@ corpora() {
     say "synth_train: clips $s..$((s + n - 1)) of $N_SYNTH (3 soundfonts, composer varied; resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont fluidr3_gm \
       --soundfont musescore_general --soundfont opl3 --composer varied --n "$n" --start "$s" \
-      --seconds 6 --seed 10
+      --seconds 6 --seed 10 --any-pool "$ANY_POOL"
   done
   if ((N_FREEPATS > 0)); then
     say "synth_train: clips $N_SYNTH..$((N_SYNTH + N_FREEPATS - 1)): freepats (TiMidity++; resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont freepats \
-      --composer varied --n "$N_FREEPATS" --start "$N_SYNTH" --seconds 6 --seed 10
+      --composer varied --n "$N_FREEPATS" --start "$N_SYNTH" --seconds 6 --seed 10 --any-pool "$ANY_POOL"
   fi
   if ((N_SONIVOX > 0)); then
     local s0=$((N_SYNTH + N_FREEPATS))
     say "synth_train: clips $s0..$((s0 + N_SONIVOX - 1)): Sonivox EAS (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont sonivox \
-      --composer varied --n "$N_SONIVOX" --start "$s0" --seconds 6 --seed 10
+      --composer varied --n "$N_SONIVOX" --start "$s0" --seconds 6 --seed 10 --any-pool "$ANY_POOL"
   fi
   if ((SYNTH_TWIN)); then  # clip i in turn: Sonivox, OPL-3, Sonivox (synth_train's: FluidR3, MuseScore, OPL-3)
     say "synth_twin: the $N_SYNTH clips by other sample families (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_twin" --data "$DATA" --soundfont sonivox \
-      --soundfont opl3 --soundfont sonivox --composer varied --n "$N_SYNTH" --seconds 6 --seed 10
+      --soundfont opl3 --soundfont sonivox --composer varied --n "$N_SYNTH" --seconds 6 --seed 10 \
+      --any-pool "$ANY_POOL"
   fi
   if ((SYNTH_REARRANGED)); then
     say "synth_rearranged: the $N_SYNTH clips re-arranged, same sources (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_rearranged" --data "$DATA" --soundfont fluidr3_gm \
       --soundfont musescore_general --soundfont opl3 --composer varied --n "$N_SYNTH" --seconds 6 \
-      --seed 10 --vary-seed 20
+      --seed 10 --vary-seed 20 --any-pool "$ANY_POOL"
   fi
 }
 
