@@ -50,6 +50,8 @@ N_SONIVOX=${N_SONIVOX:-0}
 SYNTH_TWIN=${SYNTH_TWIN:-0}
 SYNTH_REARRANGED=${SYNTH_REARRANGED:-0}
 ANY_POOL=${ANY_POOL:-0}
+# every render of synth_train's compositions (its clips, their twins and re-arrangements) shares these
+SYNTH_COMPOSITIONS=(--composer varied --seconds 6 --seed 10 --any-pool "$ANY_POOL")
 # Opus bitrates of the training audio. The student runs on clean audio, and a codec shifts log-mel
 # by ~3.2 dB on average at 12 kb/s, ~1.7 at 24, ~1.2 at 32 (roundtrip_error on real test tracks);
 # v5 trained on 24/12/16 kb/s lost 10 points of not-music recall on clean audio against the packs.
@@ -90,31 +92,28 @@ corpora() {
     n=$((N_SYNTH - s < 600 ? N_SYNTH - s : 600))
     say "synth_train: clips $s..$((s + n - 1)) of $N_SYNTH (3 soundfonts, composer varied; resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont fluidr3_gm \
-      --soundfont musescore_general --soundfont opl3 --composer varied --n "$n" --start "$s" \
-      --seconds 6 --seed 10 --any-pool "$ANY_POOL"
+      --soundfont musescore_general --soundfont opl3 --n "$n" --start "$s" "${SYNTH_COMPOSITIONS[@]}"
   done
   if ((N_FREEPATS > 0)); then
     say "synth_train: clips $N_SYNTH..$((N_SYNTH + N_FREEPATS - 1)): freepats (TiMidity++; resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont freepats \
-      --composer varied --n "$N_FREEPATS" --start "$N_SYNTH" --seconds 6 --seed 10 --any-pool "$ANY_POOL"
+      --n "$N_FREEPATS" --start "$N_SYNTH" "${SYNTH_COMPOSITIONS[@]}"
   fi
   if ((N_SONIVOX > 0)); then
     local s0=$((N_SYNTH + N_FREEPATS))
     say "synth_train: clips $s0..$((s0 + N_SONIVOX - 1)): Sonivox EAS (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont sonivox \
-      --composer varied --n "$N_SONIVOX" --start "$s0" --seconds 6 --seed 10 --any-pool "$ANY_POOL"
+      --n "$N_SONIVOX" --start "$s0" "${SYNTH_COMPOSITIONS[@]}"
   fi
   if ((SYNTH_TWIN)); then  # clip i in turn: Sonivox, OPL-3, Sonivox (synth_train's: FluidR3, MuseScore, OPL-3)
     say "synth_twin: the $N_SYNTH clips by other sample families (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_twin" --data "$DATA" --soundfont sonivox \
-      --soundfont opl3 --soundfont sonivox --composer varied --n "$N_SYNTH" --seconds 6 --seed 10 \
-      --any-pool "$ANY_POOL"
+      --soundfont opl3 --soundfont sonivox --n "$N_SYNTH" "${SYNTH_COMPOSITIONS[@]}"
   fi
   if ((SYNTH_REARRANGED)); then
     say "synth_rearranged: the $N_SYNTH clips re-arranged, same sources (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_rearranged" --data "$DATA" --soundfont fluidr3_gm \
-      --soundfont musescore_general --soundfont opl3 --composer varied --n "$N_SYNTH" --seconds 6 \
-      --seed 10 --vary-seed 20 --any-pool "$ANY_POOL"
+      --soundfont musescore_general --soundfont opl3 --n "$N_SYNTH" "${SYNTH_COMPOSITIONS[@]}" --vary-seed 20
   fi
 }
 
