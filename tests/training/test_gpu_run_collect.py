@@ -103,3 +103,35 @@ def test_train_labels_are_carried_and_staged_for_the_run(tmp_path: Path):
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert (data / "labels" / labels.name).read_bytes() == labels.read_bytes()
+
+
+def test_calls_split_a_pack_too_large_for_one_call_and_train_with_this_checkouts_code(tmp_path: Path):
+    """``prepare.sh calls`` plans device calls of at most 64 MiB each with the tracked tree: a pack
+    larger than what a call leaves beside the tree travels as its files (``stage`` gathers them
+    again), the copies of gpu_run.sh in each folder stay behind, mt_4 goes with the last call, and
+    mt_4's code is made again from HEAD (a run never trains with an older pack's code)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    tree = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+    room = 63 * 1048576 - tree
+    carry = tmp_path / ".carry"
+    pack = carry / "mt_3" / "packs" / "synth_train"
+    pack.mkdir(parents=True)
+    (carry / "mt_3" / "gpu_run.sh").write_text("#\n")
+    for name, size in (("audio.bin.part00", room - 1048576), ("table.csv", 2 * 1048576)):
+        with open(pack / name, "wb") as f:
+            f.truncate(size)  # sparse: the plan counts apparent sizes, as the device's limit does
+    (carry / "mt_4" / "packs").mkdir(parents=True)
+    (carry / "mt_4" / "COMMIT").write_text("an older commit\n")
+    p = subprocess.run(["bash", "training/multitask/prepare.sh", "calls"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "CARRY": str(carry), "PY": sys.executable})  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    calls = [line for line in p.stdout.splitlines() if line.startswith("call ")]
+    carried = [line.split("carry ", 1)[1] for line in calls]
+    assert any("'.carry/mt_3/packs/synth_train/audio.bin.part00'" in c for c in carried), p.stdout
+    assert any("'.carry/mt_3/packs/synth_train/table.csv'" in c for c in carried), p.stdout
+    lines = p.stdout.splitlines()
+    assert "'.carry/mt_4'" in carried[-1] and "then label / train" in lines[lines.index(calls[-1]) + 1]
+    assert "gpu_run.sh'" not in p.stdout and all(float(c.split()[2]) <= 64 for c in calls)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert (carry / "mt_4" / "COMMIT").read_text() == head.stdout
+    assert (carry / "mt_4" / "code" / "training" / "multitask" / "pipeline.py").is_file()

@@ -5,7 +5,7 @@
 #   bash training/multitask/prepare.sh wheels    # wheels the GPU machine lacks -> $CARRY/mt_1/whl
 #   bash training/multitask/prepare.sh labels    # teachers on the original audio (CPU, ~75 min on 2 cores)
 #   bash training/multitask/prepare.sh pack      # Opus packs, labels + this checkout's code -> $CARRY/mt_1..mt_4
-#   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders
+#   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders (refreshes mt_4's code)
 #   bash training/multitask/prepare.sh teacher B # bundle B for distill.bundle (fp16-rounded) -> $CARRY/mt_7
 #   bash training/multitask/prepare.sh train-labels F # an earlier GPU "label real_train" file -> $CARRY/mt_8
 #   bash training/multitask/prepare.sh all
@@ -194,6 +194,16 @@ pack_split() {
   say "split pack $name: ${#parts[@]} part(s), $base … $(basename "$folder")"
 }
 
+# this checkout's HEAD -> mt_4/code, the code the run call trains with; "calls" does it again, so a
+# run never trains with the code of an older pack
+code() {
+  say "code of $(git rev-parse --short HEAD) -> $CARRY/mt_4/code"
+  rm -rf "$CARRY/mt_4/code" && mkdir -p "$CARRY/mt_4/code"
+  # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
+  git archive HEAD training configs engines ':!training/teachers/weights' | tar -x -C "$CARRY/mt_4/code"
+  git rev-parse HEAD >"$CARRY/mt_4/COMMIT"
+}
+
 pack() {
   # Each device call carries the tracked tree (~39 MiB in 2026-12) and its carry folder: 64 MiB in
   # all, so each folder stays under PART_MIB (+ its table). mt_1: wheels (~16 MiB) + real_valid, real_test (centre 45 s);
@@ -209,11 +219,7 @@ pack() {
   pack1 "$CARRY/mt_4/packs" 0 "$NM_KBPS" "$DATA/not_music"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
   cp "$DATA"/labels_orig/labels_*.npz "$CARRY/mt_4/labels/" 2>/dev/null || say "no labels of the original audio: the GPU run labels the packs"
-  say "code of $(git rev-parse --short HEAD) -> $CARRY/mt_4/code"
-  rm -rf "$CARRY/mt_4/code" && mkdir -p "$CARRY/mt_4/code"
-  # the teacher weights travel with the tracked tree: gpu_run.sh copies them in
-  git archive HEAD training configs engines ':!training/teachers/weights' | tar -x -C "$CARRY/mt_4/code"
-  git rev-parse HEAD >"$CARRY/mt_4/COMMIT"
+  code
   # the backbone training starts from: the SSL-pretrained, fine-tuned model shipped before the
   # multi-task one (the shipped bundle is itself a multi-task model now), in a folder of its own
   rm -rf "$CARRY/mt_0" && mkdir -p "$CARRY/mt_0/init"
@@ -247,10 +253,12 @@ train_labels() {
 
 # The device calls that stage the carry folders, back to back (a machine stays warm 30 s): each
 # call carries the tracked tree plus folders, 64 MiB in all. Folders are grouped largest first;
-# one too large for a call goes as its sub-folders (mt_1: whl/ and packs/); mt_4 goes last, with
-# what fits beside it, and that call goes on to label / train.
+# one too large for a call goes as what is in it (mt_1: whl/ and packs/; a pack as its files, which
+# "stage" gathers again); mt_4 goes last, with what fits beside it, and that call goes on to label /
+# train.
 calls() {
   local tree
+  if [[ -d $CARRY/mt_4 ]]; then code; fi
   tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   $PY - "$CARRY" "$tree" <<'PYEOF'
 import subprocess, sys
@@ -259,10 +267,12 @@ from pathlib import Path
 carry, tree = Path(sys.argv[1]), int(sys.argv[2])
 room = (64 - 1) * 1048576 - tree  # 1 MiB spare: results committed between planning and staging grow the tree
 size = lambda p: int(subprocess.run(["du", "-sb", str(p)], capture_output=True, text=True).stdout.split()[0])
-units = []
-for d in sorted(carry.glob("mt_*")):
-    parts = [d] if size(d) <= room else [p for p in sorted(d.iterdir()) if p.is_dir()]
-    units += [(size(p), p) for p in parts]
+def parts(p):  # p, or what is in it when p does not fit one call (a pack's files travel apart)
+    if size(p) <= room or not p.is_dir():
+        return [(size(p), p)]
+    inside = sorted(c for c in p.iterdir() if c.is_dir() or p.parent != carry)  # not mt_N/gpu_run.sh
+    return [u for c in inside for u in parts(c)]
+units = [u for d in sorted(carry.glob("mt_*")) for u in parts(d)]
 if any(s > room for s, _ in units):
     sys.exit(f"error: {[str(p) for s, p in units if s > room]} do not fit one call ({room} bytes beside the tree)")
 last = [u for u in units if u[1].parts[-1] == "mt_4"]
