@@ -561,6 +561,7 @@ def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_
                  "--out", str(out)]) == 0  # fmt: skip
     doc = json.loads(out.read_text())
     assert doc["bundle"].startswith("rt-tagger-multitask") and list(doc["results"]) == ["a", "b"]
+    assert doc["machine"]["cores"] == os.cpu_count() and doc["git_commit"]  # where the numbers came from
     a = doc["results"]["a"]
     assert (
         a["clips"] == 8 and 0 <= a["instrument_macro_roc_auc"] <= 1 and 0 <= a["objective_macro_roc_auc"] <= 1
@@ -810,7 +811,9 @@ def test_robustness_scores_channels_against_the_clean_labels(tmp_path: Path, cap
     out = tmp_path / "rob.json"
     args = ["--corpus", str(corpus), "--labels", str(labels), "--out", str(out)]
     assert main([*args, "--channel", "clean", "--channel", "band_limit", "--teacher"]) == 0
-    res = json.loads(out.read_text())["results"]
+    doc = json.loads(out.read_text())
+    res = doc["results"]
+    assert doc["machine"]["cores"] == os.cpu_count() and doc["git_commit"]
     assert (
         list(res) == ["clean", "band_limit"] and res["clean"]["windows"] == res["band_limit"]["windows"] > 4
     )

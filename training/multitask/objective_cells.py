@@ -89,6 +89,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import predict
+    from training.provenance import git_commit, machine
 
     bundles = [Bundle.load(b) for b in a.bundle]
     specs = _units(bundles)
@@ -142,7 +143,12 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     names = [b.manifest.name for b in bundles]
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
            "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
-    doc |= {"probe_folds": a.probe_folds, "refit_on": a.refit_on}
+    doc |= {
+        "probe_folds": a.probe_folds,
+        "refit_on": a.refit_on,
+        "machine": machine(),
+        "git_commit": git_commit(),
+    }
     write_json(a.out, doc)
     print(f"wrote {a.out}")
     return 0

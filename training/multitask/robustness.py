@@ -100,6 +100,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
     from training.multitask import data as mt_data
     from training.multitask.evaluate import _teacher_agreement, _vocals_auc, predict, track_decisions
     from training.multitask.vocab import bundle_units
+    from training.provenance import git_commit, machine
 
     bundle, specs = bundle_units(a.bundle)
     names = [s.name for s in specs]
@@ -169,7 +170,7 @@ def _run(a: argparse.Namespace, channels: list[str]) -> int:
         "mode": "channel_robustness", "created": time.strftime("%Y-%m-%d"), "bundle": bundle.manifest.name,
         "settings": {"corpus": str(a.corpus), "labels": str(a.labels), "centre_seconds": a.centre_seconds,
                      "torch_threads": torch.get_num_threads()},
-        "results": results,
+        "results": results, "machine": machine(), "git_commit": git_commit(),
     }  # fmt: skip
     write_json(a.out, doc)
     print(f"wrote {a.out}")
