@@ -185,6 +185,7 @@ def test_pipeline_end_to_end(corpora: Path, tmp_path: Path):
     assert len(tags) == len(groups) == len(thr) and groups.count("music") == 1
     assert np.isfinite(thr).all() and (thr > 0).all() and (thr < 1).all()
     assert set(result["calibration"]) == set(tags)
+    assert result["machine"]["cores"] == os.cpu_count() and result["git_commit"]  # where it was scored
 
     # masking as built: real windows label teacher units, not objective-only ones; non-music masks tempo
     specs = build_vocab(result["vocab"]["kept"])

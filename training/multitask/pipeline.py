@@ -689,6 +689,8 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         k: {"tracks": len(c.waves), "hours": sum(map(len, c.waves)) / 16000 / 3600}
         for k, c in corpora.items()
     }
+    from training.provenance import git_commit, machine
+
     result = {
         "recipe": recipe.model_dump(mode="json"),
         "model": model.spec.model_dump(mode="json"),
@@ -698,6 +700,8 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         "calibration": how,
         "vocab": vocab,
         "metrics": metrics,
+        "machine": machine(),  # where it was scored: the GPU machine, or the CPU of eval_original.sh
+        "git_commit": git_commit(),
     }
     _write_json(result, run_dir / "result.json")
     _write_json(metrics, run_dir / "metrics.json")

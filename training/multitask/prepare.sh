@@ -37,6 +37,8 @@
 #                    another arrangement (voicings, octaves, articulation, mix, reverb, EQ, codec)
 #   synth_calib      csound sf_GMbank (held out), composer heldout, 96 clips, seed 12
 #   synth_heldout    TimGM6mb (held out), composer heldout, 160 clips, seed 11
+#   synth_heldout_anypool  the same compositions (640 clips), instruments drawn from every instrument
+#                    (--any-pool 1.0): what the instrument units hear apart from the style (not trained on)
 #   not_music        600 clips of 4 s, seed 0;  not_music_test  240 clips of 4 s, seed 1
 # (The first run did not record the synthetic seeds; these are the ones used from the v2 run on.)
 set -euo pipefail
@@ -87,6 +89,9 @@ corpora() {
   say "synth_heldout: TimGM6mb, heldout composer, 160 clips (resumable)"
   $RUN -m training.corpora.synth --out "$DATA/synth_heldout" --data "$DATA" --soundfont timgm6mb \
     --composer heldout --n 160 --seconds 6 --seed 11 --test
+  say "synth_heldout_anypool: the same, 640 clips, every clip's instruments drawn apart from its style (resumable)"
+  $RUN -m training.corpora.synth --out "$DATA/synth_heldout_anypool" --data "$DATA" --soundfont timgm6mb \
+    --composer heldout --n 640 --seconds 6 --seed 11 --any-pool 1.0 --test
   # in chunks of 600 so that an interrupted build keeps a usable table
   for ((s = 0; s < N_SYNTH; s += 600)); do
     n=$((N_SYNTH - s < 600 ? N_SYNTH - s : 600))
