@@ -599,6 +599,8 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
     """Every step that has not run yet; returns the metrics."""
     from safetensors.torch import save_file
 
+    from training.provenance import git_commit, machine
+
     run_dir.mkdir(parents=True, exist_ok=True)
     d = recipe.data
     device = "cuda" if recipe.device == "auto" and torch.cuda.is_available() else recipe.device
@@ -689,8 +691,6 @@ def run(recipe: MultitaskRecipe, run_dir: Path, export_to: Path | None = None, p
         k: {"tracks": len(c.waves), "hours": sum(map(len, c.waves)) / 16000 / 3600}
         for k, c in corpora.items()
     }
-    from training.provenance import git_commit, machine
-
     result = {
         "recipe": recipe.model_dump(mode="json"),
         "model": model.spec.model_dump(mode="json"),
