@@ -7,7 +7,6 @@ git commit, seeds, machine) so a shipped model says how it was made.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def export_bundle(
     """Write the bundle for ``result_dir`` (``model.safetensors`` + ``result.json``) at ``out``."""
     from safetensors.torch import load_file
 
-    from training.provenance import git_commit
+    from training.provenance import git_commit, machine
 
     result_dir = Path(result_dir)
     rpath, wpath = result_dir / "result.json", result_dir / "model.safetensors"
@@ -54,7 +53,7 @@ def export_bundle(
         "seeds": {"recipe_seed": recipe.get("seed")},
         "stages": {k: result[k] for k in ("pretrain", "probe", "finetune") if k in result},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": platform.node() or "unknown",
+        "machine": machine()["host"],
         **(extra_provenance or {}),
     }
     manifest = Manifest(

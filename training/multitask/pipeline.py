@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 import tomllib
 from pathlib import Path
@@ -559,7 +558,7 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
     from safetensors.torch import load_file
 
     from engines.bundle import Manifest, save_bundle
-    from training.provenance import git_commit
+    from training.provenance import git_commit, machine
 
     result = json.loads((run_dir / "result.json").read_text())
     spec = ModelSpec.model_validate(result["model"])
@@ -578,7 +577,7 @@ def export(run_dir: Path, out: Path, overwrite: bool = False):
             "calibration": result["calibration"],
             "git_commit": git_commit(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": platform.node() or "unknown",
+            "machine": machine()["host"],
         },
     }
     weights_from = run_dir / "weights_from.json"  # eval_original.sh: the result folder and runs averaged
