@@ -621,7 +621,7 @@ def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: 
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
     from training.multitask.evaluate import predict
-    from training.multitask.objective_cells import _cv_probe, _fit_head, main
+    from training.multitask.objective_cells import _cv_probe, _fit_head, main, window_features
     from training.multitask.vocab import TagSpec, bundle_units
 
     bundle, specs = bundle_units(Path("rt_tagger/default_model"))
@@ -633,6 +633,20 @@ def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: 
     probs, emb = predict(model, logmel, source, embeddings=True)
     np.testing.assert_array_equal(probs, predict(model, logmel, source))  # the same probabilities
     assert emb.shape == (len(source), model.spec.embed_dim) and emb.std() > 0
+    np.testing.assert_array_equal(window_features(model, logmel, source), emb)
+    c = model.feature_dim  # the last stage's channels: its means and deviations, or mean and max over time
+    for kind, dim in (
+        ("pooled", 2 * c),
+        ("stage3", 2 * c),
+        ("stage2", c),
+        ("stage2+stage3+embedding", 3 * c + emb.shape[1]),
+    ):
+        f = window_features(model, logmel, source, kind)
+        assert f.shape == (len(source), dim) and np.isfinite(f).all() and f.std() > 0, kind
+    hidden = window_features(model, logmel, source, "pooled")  # what the embedding layer reads
+    with torch.no_grad():
+        np.testing.assert_allclose(model.embed(torch.from_numpy(hidden)).numpy(), emb, rtol=1e-4, atol=1e-4)
+    assert not model.stages[2]._forward_hooks and not model.stages[3]._forward_hooks  # hooks removed
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)
@@ -657,9 +671,9 @@ def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: 
         "--out",
         str(out),
     ]
-    assert main([*args, "--probe-folds", "2", "--refit-on", "b"]) == 0
+    assert main([*args, "--probe-folds", "2", "--refit-on", "b", "--features", "stage3"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["probe_folds"] == 2 and doc["refit_on"] == "b"
+    assert doc["probe_folds"] == 2 and doc["refit_on"] == "b" and doc["head_features"] == "stage3"
     assert {"probe", "refit"} <= set(doc["results"]["a"]) and "refit" not in doc["results"]["b"]
     assert 0 <= doc["results"]["a"]["refit"]["objective_macro_roc_auc"] <= 1
     out.unlink()

@@ -20,6 +20,10 @@ logistic probe per unit on the first bundle's embeddings of that corpus's centre
 linear head fitted on the test soundfont itself would reach (a ceiling, never a model to ship).
 ``--refit-on NAME`` fits that head on corpus NAME's embeddings instead (a training-soundfont
 corpus) and scores it on every other corpus: a head re-fitted with no access to the test sounds.
+``--features`` fits those heads on other features of the same windows than the embedding: the
+pooled last stage the embedding layer reads (``pooled``), a stage's channel means and standard
+deviations over frequency and time (``stage2``, ``stage3``), or those and the embedding together
+(``stage2+stage3+embedding``): whether what the embedding drops would carry to unheard sounds.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 # the shipped model, by the repository's layout (training sits below the runtime package's layer)
 SHIPPED = Path(__file__).resolve().parents[2] / "rt_tagger" / "default_model"
+FEATURES = ("embedding", "pooled", "stage2", "stage3", "stage2+stage3+embedding")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-folds", type=int, default=0, metavar="K", help="add a K-fold linear probe per corpus"
     )
     ap.add_argument("--refit-on", metavar="NAME", help="add a linear head fitted on corpus NAME")
+    ap.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="embedding",
+        help="what the --probe-folds / --refit-on heads read (default: the embedding)",
+    )
     a = ap.parse_args(argv)
     if a.windows < 1:
         ap.error("--windows takes a count of at least 1")
@@ -88,7 +99,6 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
     from engines.bundle import Bundle
     from engines.logmel_torch import LogMel
     from training.multitask import data as mt_data
-    from training.multitask.evaluate import predict
     from training.provenance import git_commit, machine
 
     bundles = [Bundle.load(b) for b in a.bundle]
@@ -117,7 +127,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
         y = source.target.numpy()
         results[name] = {"corpus": path, **_cell(specs, probs, y, name)}
         if a.probe_folds or a.refit_on:
-            embedded[name] = (predict(models[0], logmel, source, embeddings=True)[1], y)
+            embedded[name] = (window_features(models[0], logmel, source, a.features), y)
         if a.probe_folds > len(y):
             print(
                 f"error: {path} has {len(y)} clips, fewer than --probe-folds {a.probe_folds}", file=sys.stderr
@@ -145,6 +155,7 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
            "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
     doc |= {
         "probe_folds": a.probe_folds,
+        "head_features": a.features,
         "refit_on": a.refit_on,
         "machine": machine(),
         "git_commit": git_commit(),
@@ -186,6 +197,38 @@ def _clip_probs(model, logmel, source, windows: int) -> np.ndarray:
     room = (source.bank.lengths[source.tracks] - logmel.spec.window_samples).clamp(min=0).cpu()
     fractions = np.linspace(0.0, 1.0, windows)
     return np.mean([predict(model, logmel, source, starts=(room * f).long()) for f in fractions], axis=0)
+
+
+def window_features(model, logmel, source, kind: str = "embedding") -> np.ndarray:
+    """``(N, D)`` features of each example's evaluation window (see ``--features``), read from the
+    network's stages by forward hooks while :func:`~training.multitask.evaluate.predict` runs."""
+    import torch
+
+    from training.multitask.evaluate import predict
+
+    parts: dict[str, list] = {"stage2": [], "stage3": [], "pooled": []}
+
+    def keep(stage: int):
+        def hook(_module, _inputs, out: torch.Tensor) -> None:
+            x = out.float()
+            parts[f"stage{stage}"].append(torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).cpu())
+            if stage == len(model.stages) - 1:  # the backbone's own pooling, before the embedding layer
+                f = x.mean(2)
+                parts["pooled"].append(torch.cat([f.mean(2), f.amax(2)], 1).cpu())
+
+        return hook
+
+    last = len(model.stages) - 1
+    hooks = [model.stages[i].register_forward_hook(keep(i)) for i in sorted({2, last})]
+    try:
+        emb = predict(model, logmel, source, embeddings=True)[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    got = {k: torch.cat(v).numpy() for k, v in parts.items() if v} | {"embedding": emb}
+    if kind == "stage2+stage3+embedding":
+        return np.concatenate([got["stage2"], got["stage3"], emb], axis=1)
+    return got[kind]
 
 
 def _fit_head(specs: list, emb: np.ndarray, y: np.ndarray):
