@@ -646,7 +646,7 @@ def test_objective_cells_linear_heads_on_the_embedding(corpora: Path, tmp_path: 
     hidden = window_features(model, logmel, source, "pooled")  # what the embedding layer reads
     with torch.no_grad():
         np.testing.assert_allclose(model.embed(torch.from_numpy(hidden)).numpy(), emb, rtol=1e-4, atol=1e-4)
-    assert not model.stages[2]._forward_hooks and not model.stages[3]._forward_hooks  # hooks removed
+    assert not model.stages[3]._forward_hooks and not model.embed._forward_pre_hooks  # hooks removed
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)

@@ -208,18 +208,19 @@ def window_features(model, logmel, source, kind: str = "embedding") -> np.ndarra
 
     parts: dict[str, list] = {"stage2": [], "stage3": [], "pooled": []}
 
-    def keep(stage: int):
+    def keep_stage(stage: int):
         def hook(_module, _inputs, out: torch.Tensor) -> None:
             x = out.float()
             parts[f"stage{stage}"].append(torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).cpu())
-            if stage == len(model.stages) - 1:  # the backbone's own pooling, before the embedding layer
-                f = x.mean(2)
-                parts["pooled"].append(torch.cat([f.mean(2), f.amax(2)], 1).cpu())
 
         return hook
 
-    last = len(model.stages) - 1
-    hooks = [model.stages[i].register_forward_hook(keep(i)) for i in sorted({2, last})]
+    def keep_pooled(_module, inputs: tuple) -> None:
+        parts["pooled"].append(inputs[0].float().cpu())  # the backbone's pooling, as the embedding reads it
+
+    # every bundle so far has four stages (blocks 2-2-2-2, the lite model included)
+    hooks = [model.stages[i].register_forward_hook(keep_stage(i)) for i in (2, 3)]
+    hooks.append(model.embed.register_forward_pre_hook(keep_pooled))
     try:
         emb = predict(model, logmel, source, embeddings=True)[1]
     finally:
