@@ -218,18 +218,18 @@ def window_features(model, logmel, source, kind: str = "embedding") -> np.ndarra
     def keep_pooled(_module, inputs: tuple) -> None:
         parts["pooled"].append(inputs[0].float().cpu())  # the backbone's pooling, as the embedding reads it
 
+    wanted = kind.split("+")  # only the parts this kind reads are hooked
     # every bundle so far has four stages (blocks 2-2-2-2, the lite model included)
-    hooks = [model.stages[i].register_forward_hook(keep_stage(i)) for i in (2, 3)]
-    hooks.append(model.embed.register_forward_pre_hook(keep_pooled))
+    hooks = [model.stages[i].register_forward_hook(keep_stage(i)) for i in (2, 3) if f"stage{i}" in wanted]
+    if "pooled" in wanted:
+        hooks.append(model.embed.register_forward_pre_hook(keep_pooled))
     try:
         emb = predict(model, logmel, source, embeddings=True)[1]
     finally:
         for h in hooks:
             h.remove()
     got = {k: torch.cat(v).numpy() for k, v in parts.items() if v} | {"embedding": emb}
-    if kind == "stage2+stage3+embedding":
-        return np.concatenate([got["stage2"], got["stage3"], emb], axis=1)
-    return got[kind]
+    return np.concatenate([got[part] for part in wanted], axis=1)
 
 
 def _fit_head(specs: list, emb: np.ndarray, y: np.ndarray):
