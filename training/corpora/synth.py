@@ -20,7 +20,10 @@ package is not installed) or given as files. Held-out soundfonts and the ``heldo
 refused without ``--test``. Most are SoundFont files played by FluidSynth (:class:`Renderer`);
 ``freepats`` is a GUS patch set played by the ``timidity`` binary (:class:`TimidityRenderer`, needs
 ``apt-get install timidity``); a ``.cfg`` file given by path is played by timidity too;
-``sonivox`` is the Sonivox EAS library with its built-in wavetable (:class:`SonivoxRenderer`).
+``sonivox`` is the Sonivox EAS library with its built-in wavetable (:class:`SonivoxRenderer`);
+``tonejs`` plays recordings of real instruments from npm packages (:class:`TonejsRenderer`), and
+only some programs: ``--fallback NAME`` plays the stems it cannot with training soundfont NAME
+(recorded per stem in ``stem_soundfonts``) instead of leaving them silent.
 
 ``--stem-mix`` plays each stem with a soundfont drawn from the ``--soundfont`` list (a clip then
 mixes sample families) and ``--stem-eq P`` gives each stem a training EQ move with probability P;
@@ -56,6 +59,7 @@ from engines.atomic import atomic_path, write_atomic
 from training.corpora.sonivox import SonivoxRenderer
 from training.corpora.synth_compose import COMPOSERS, FACTORS, TAGS, Clip, compose, vary
 from training.corpora.timidity import NO_TIMIDITY, TimidityRenderer
+from training.corpora.tonejs import TonejsRenderer, fetch_tonejs
 
 __all__ = [
     "SOUNDFONTS",
@@ -84,7 +88,8 @@ class SoundFont:
     path: str  # inside the package (and where it lies when the package is installed)
     family: str  # soundfonts of one family share samples: never split one family across train/test
     use: str  # "train" or "test" (held out: never rendered for training)
-    # "fluidsynth" (path: .sf2/.sf3), "timidity" (path: a timidity .cfg) or "sonivox" (path: the library)
+    # "fluidsynth" (path: .sf2/.sf3), "timidity" (path: a timidity .cfg), "sonivox" (path: the library)
+    # or "tonejs" (package: npm, path: the folder of recordings under --data)
     renderer: str = "fluidsynth"
     extra: tuple[str, ...] = ()  # more files of the package the renderer reads (fnmatch patterns)
 
@@ -119,6 +124,9 @@ SOUNDFONTS: dict[str, SoundFont] = {
         "train",
         renderer="sonivox",
     ),
+    # Recordings of real instruments (tonejs-instruments, npm): a fifth training family, and the
+    # only one not made for a General MIDI synthesiser. Plays 18 of the composer's programs.
+    "tonejs": SoundFont("npm:tonejs-instrument-*-mp3", "npm/tonejs", "tonejs", "train", renderer="tonejs"),
 }
 
 
@@ -150,6 +158,8 @@ def resolve_soundfont(name_or_path: str, data: str | os.PathLike = "data") -> tu
     if path is not None:
         return name, path
     sf_ = SOUNDFONTS[name]
+    if sf_.renderer == "tonejs":
+        return name, fetch_tonejs(data)
     installed = Path("/") / sf_.path
     if installed.is_file():
         return name_or_path, installed
@@ -166,7 +176,7 @@ def check_renderer(name: str, path: str | os.PathLike) -> None:
     with one line (RuntimeError), not in every pool worker, which would be restarted without end."""
     try:
         make_renderer(name, path).close()
-    except (ImportError, OSError, RuntimeError) as e:
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
         raise RuntimeError(f"cannot play soundfont {name} ({path}): {e}") from None
 
 
@@ -240,11 +250,21 @@ class Renderer:
         self.synth.delete()
 
 
-def make_renderer(name: str, path: str | os.PathLike) -> Renderer | TimidityRenderer | SonivoxRenderer:
+AnyRenderer = Renderer | TimidityRenderer | SonivoxRenderer | TonejsRenderer
+
+
+def plays(renderer: AnyRenderer, program: int, is_drum: bool) -> bool:
+    """Whether ``renderer`` has a sound for this program (only the recordings lack some)."""
+    return renderer.plays(program, is_drum) if isinstance(renderer, TonejsRenderer) else True
+
+
+def make_renderer(name: str, path: str | os.PathLike) -> AnyRenderer:
     """The renderer that plays soundfont ``name`` (a :data:`SOUNDFONTS` name or a file's stem) from ``path``."""
     kind = _renderer_kind(name, path)
     if kind == "sonivox":
         return SonivoxRenderer(path, SAMPLE_RATE)
+    if kind == "tonejs":
+        return TonejsRenderer(path, SAMPLE_RATE)
     return TimidityRenderer(path, SAMPLE_RATE) if kind == "timidity" else Renderer(path)
 
 
@@ -357,7 +377,6 @@ class SilentClipError(RuntimeError):
     """Every stem of a clip came out silent (a patch set that lacks all of its programs)."""
 
 
-AnyRenderer = Renderer | TimidityRenderer | SonivoxRenderer
 STEM_EQS = ("peak", "low_shelf", "high_shelf")  # the training EQ moves; band_limit and tilt stay held out
 
 
@@ -447,6 +466,8 @@ def _init_worker(args: dict) -> None:
         os.nice(args["nice"])
     _ARGS = args
     _R = {name: make_renderer(name, path) for name, path in args["soundfonts"]}
+    if args["fallback"] and args["fallback"] not in _R:
+        _R[args["fallback"]] = make_renderer(args["fallback"], args["fallback_path"])
 
 
 def stem_choices(
@@ -481,12 +502,20 @@ def _work(index: int) -> dict | None:
     if _ARGS["composer"] != "default":
         vary(clip, _ARGS["composer"], _ARGS["vary_seed"], frozenset(_ARGS["skip"]))
     stems = stem_choices(clip, _ARGS["seed"], index, [n for n, _ in _ARGS["soundfonts"]], _ARGS["stem_eq"])
+    players = [n for n, _ in stems] if _ARGS["stem_mix"] else [sf_name] * len(stems)
+    fallback = _ARGS["fallback"]
+    if fallback:  # a stem the clip's source has no sound for is played by the fallback soundfont
+        insts = clip.midi.instruments
+        players = [
+            n if plays(_R[n], i.program, i.is_drum) else fallback for n, i in zip(players, insts, strict=True)
+        ]
+    per_stem = _ARGS["stem_mix"] or bool(fallback)
     try:
         audio, tags, info = render_clip(
             _R[sf_name],
             clip,
             _ARGS["seconds"],
-            [_R[n] for n, _ in stems] if _ARGS["stem_mix"] else None,
+            [_R[n] for n in players] if per_stem else None,
             [e for _, e in stems],
         )
     except SilentClipError:  # freepats lacks every program of the clip: no clip (tried again on resume)
@@ -508,7 +537,7 @@ def _work(index: int) -> dict | None:
         "index": str(index),
         **clip.meta,
         "silent_stems": ";".join(info["silent"]),
-        "stem_soundfonts": ";".join(name for name, _ in stems) if _ARGS["stem_mix"] else "",
+        "stem_soundfonts": ";".join(players) if per_stem else "",
         "stem_eqs": ";".join(eq for _, (eq, _) in stems) if _ARGS["stem_eq"] else "",
         "render_s": f"{time.perf_counter() - t0:.3f}",
     }
@@ -578,6 +607,13 @@ def main(argv: list[str] | None = None) -> int:
         help="each stem gets a random EQ move (" + ", ".join(STEM_EQS) + ") with probability P",
     )
     p.add_argument(
+        "--fallback",
+        default="",
+        metavar="NAME",
+        help="a stem the clip's soundfont has no sound for (tonejs lacks many programs) is played by "
+        "this training soundfont instead of coming out silent; recorded per stem in stem_soundfonts",
+    )
+    p.add_argument(
         "--any-pool",
         type=float,
         default=0.0,
@@ -611,18 +647,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.vary_seed is not None and a.composer == "default":
         print("error: --vary-seed draws a composer configuration's choices: give --composer", file=sys.stderr)
         return 2
-    if not a.test and _held_out(a.soundfont, a.composer):  # before any download
-        print(f"error: {_held_out(a.soundfont, a.composer)}", file=sys.stderr)
+    sources = [*a.soundfont, *([a.fallback] if a.fallback else [])]
+    if not a.test and _held_out(sources, a.composer):  # before any download
+        print(f"error: {_held_out(sources, a.composer)}", file=sys.stderr)
         return 2
     try:
         soundfonts = [resolve_soundfont(x, a.data) for x in a.soundfont]
+        fallback = resolve_soundfont(a.fallback, a.data) if a.fallback else None
+        if fallback is not None:
+            check_renderer(*fallback)
         for name, path in soundfonts:
             check_renderer(name, path)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not a.test and _held_out([n for n, _ in soundfonts], a.composer):  # a held-out font given by path
-        print(f"error: {_held_out([n for n, _ in soundfonts], a.composer)}", file=sys.stderr)
+    named = [n for n, _ in soundfonts] + ([fallback[0]] if fallback else [])
+    if not a.test and _held_out(named, a.composer):  # a held-out font given by path
+        print(f"error: {_held_out(named, a.composer)}", file=sys.stderr)
         return 2
     for sub in ("audio", "midi", "meta"):
         (a.out / sub).mkdir(parents=True, exist_ok=True)
@@ -630,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     args = {
         "out": str(a.out),
         "soundfonts": [(n, str(p)) for n, p in soundfonts],
+        "fallback": fallback[0] if fallback else "",
+        "fallback_path": str(fallback[1]) if fallback else "",
         "composer": a.composer,
         "skip": sorted(a.skip),
         "seed": a.seed,

@@ -8,6 +8,8 @@
 #   bash training/multitask/prepare.sh calls     # the device calls that stage the carry folders (refreshes mt_4's code)
 #   bash training/multitask/prepare.sh teacher B # bundle B for distill.bundle (fp16-rounded) -> $CARRY/mt_7
 #   bash training/multitask/prepare.sh train-labels F # an earlier GPU "label real_train" file -> $CARRY/mt_8
+#   bash training/multitask/prepare.sh pack-extra DIR  # another synthetic training set -> $CARRY/mt_9 (a
+#                                                      # run points data.synth_train at /root/mtdata/<DIR's name>)
 #   bash training/multitask/prepare.sh all
 #
 # Run from a checkout's root (the code packed is this checkout's HEAD). Every step is idempotent:
@@ -16,7 +18,8 @@
 # extras), DATA (corpora, outside git), CARRY (carry folders; the device copies /work/main's tree,
 # so they go under /work/main/.carry), NICE, N_SYNTH (training clips; 1200 in the first run),
 # N_FREEPATS (freepats clips after them, a third sample family: 0 up to v10), N_SONIVOX (Sonivox EAS
-# clips after those, a fourth family: 0 up to v11), SYNTH_TWIN (1: synth_twin too, for consistency.twin),
+# clips after those, a fourth family: 0 up to v11), N_TONEJS (clips of recorded instruments after those,
+# tonejs with FluidR3 for the programs it lacks: 0 up to v21), SYNTH_TWIN (1: synth_twin too, for consistency.twin),
 # SYNTH_REARRANGED (1: synth_rearranged too, the arrangement twins for consistency.twin),
 # ANY_POOL (a training clip's melodic instruments from every instrument, not its style's pool, with
 # this probability: 0 up to v19; synth_train is kept when its table exists, so render it afresh),
@@ -28,7 +31,7 @@
 #                                packed: centre 60 s (train) / 45 s (valid, test) of each track
 #   synth_train      FluidR3_GM, MuseScore_General, OPL-3 in turn, composer varied, 6-s clips, seed 10;
 #                    then N_FREEPATS clips of freepats (TiMidity++), then N_SONIVOX of Sonivox EAS,
-#                    same composer and seed
+#                    then N_TONEJS of the tonejs recordings (FluidR3 for the rest), same composer and seed
 #   synth_twin       (SYNTH_TWIN=1) synth_train's first N_SYNTH clips played by other sources: Sonivox
 #                    EAS for the FluidR3 and OPL-3 clips, OPL-3 for the MuseScore ones (a sample family
 #                    other than the clip's own); the second views of the recipe's consistency.twin
@@ -49,6 +52,7 @@ NICE=${NICE:-15}
 N_SYNTH=${N_SYNTH:-2400}
 N_FREEPATS=${N_FREEPATS:-0}
 N_SONIVOX=${N_SONIVOX:-0}
+N_TONEJS=${N_TONEJS:-0}
 SYNTH_TWIN=${SYNTH_TWIN:-0}
 SYNTH_REARRANGED=${SYNTH_REARRANGED:-0}
 ANY_POOL=${ANY_POOL:-0}
@@ -109,6 +113,12 @@ corpora() {
     say "synth_train: clips $s0..$((s0 + N_SONIVOX - 1)): Sonivox EAS (resumable)"
     $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont sonivox \
       --n "$N_SONIVOX" --start "$s0" "${SYNTH_COMPOSITIONS[@]}"
+  fi
+  if ((N_TONEJS > 0)); then
+    local s1=$((N_SYNTH + N_FREEPATS + N_SONIVOX))
+    say "synth_train: clips $s1..$((s1 + N_TONEJS - 1)): tonejs recordings, FluidR3 for the programs they lack (resumable)"
+    $RUN -m training.corpora.synth --out "$DATA/synth_train" --data "$DATA" --soundfont tonejs \
+      --fallback fluidr3_gm --n "$N_TONEJS" --start "$s1" "${SYNTH_COMPOSITIONS[@]}"
   fi
   if ((SYNTH_TWIN)); then  # clip i in turn: Sonivox, OPL-3, Sonivox (synth_train's: FluidR3, MuseScore, OPL-3)
     say "synth_twin: the $N_SYNTH clips by other sample families (resumable)"
@@ -307,7 +317,11 @@ pack) pack ;;
 calls) calls ;;
 teacher) teacher "${2:-}" ;;
 train-labels) train_labels "${2:-}" ;;
+pack-extra)
+  [[ -f ${2:-}/tags.csv ]] || { echo "usage: prepare.sh pack-extra DIR (a synthetic corpus with tags.csv)" >&2; exit 2; }
+  pack_split "$(basename "$2")" "$2" 0 "$SYNTH_KBPS" mt_9
+  for d in "$CARRY"/mt_9*; do cp training/multitask/gpu_run.sh "$d"/; done ;;
 all) corpora && wheels && labels && pack ;;
-*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all|teacher BUNDLE|train-labels FILE" >&2; exit 2 ;;
+*) echo "usage: prepare.sh corpora|wheels|labels|pack|calls|all|teacher BUNDLE|train-labels FILE|pack-extra DIR" >&2; exit 2 ;;
 esac
 say done
