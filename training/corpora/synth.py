@@ -176,7 +176,7 @@ def check_renderer(name: str, path: str | os.PathLike) -> None:
     with one line (RuntimeError), not in every pool worker, which would be restarted without end."""
     try:
         make_renderer(name, path).close()
-    except (ImportError, OSError, RuntimeError, ValueError) as e:
+    except (ImportError, OSError, RuntimeError) as e:
         raise RuntimeError(f"cannot play soundfont {name} ({path}): {e}") from None
 
 
