@@ -254,7 +254,8 @@ AnyRenderer = Renderer | TimidityRenderer | SonivoxRenderer | TonejsRenderer
 
 
 def plays(renderer: AnyRenderer, program: int, is_drum: bool) -> bool:
-    """Whether ``renderer`` has a sound for this program (only the recordings lack some)."""
+    """Whether ``renderer`` has a sound for this program: only the recordings say they lack one (the
+    synthesisers are taken to play every program; a program freepats lacks comes out silent)."""
     return renderer.plays(program, is_drum) if isinstance(renderer, TonejsRenderer) else True
 
 

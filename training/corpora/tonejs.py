@@ -138,7 +138,7 @@ class TonejsRenderer:
         if missing:
             raise RuntimeError(f"{self.root}: no recordings of {', '.join(missing)} (fetch_tonejs)")
         self._banks: dict[str, dict[int, np.ndarray]] = {}
-        self.reverb = (0.5, 0.5, 0.2)  # room, damp, level
+        self.set_reverb(0.5, 0.5, 0.0, 0.2)
 
     def plays(self, program: int, is_drum: bool) -> bool:
         return not is_drum and program in PROGRAMS
@@ -196,25 +196,28 @@ class TonejsRenderer:
         return self._reverberate(out)
 
     def set_reverb(self, room: float, damp: float, width: float, level: float) -> None:
-        """Reverb for the next stems, from FluidSynth's parameters (0-1); ``width`` is not used (mono)."""
+        """Reverb for the next stems, from FluidSynth's parameters (0-1); ``width`` is not used (mono).
+
+        The tail is a decaying noise (RT60 0.3-2.5 s by room, darker with damp), made here once for
+        all the stems of a clip; ``level`` is its wet gain.
+        """
+        from scipy.signal import lfilter
+
         del width
-        self.reverb = (float(room), float(damp), float(level))
-
-    def _reverberate(self, x: np.ndarray) -> np.ndarray:
-        """``x`` plus a decaying noise tail (RT60 0.3-2.5 s by room, darker with damp, wet by level)."""
-        from scipy.signal import fftconvolve, lfilter
-
-        room, damp, level = self.reverb
-        if level <= 0.0 or not np.any(x):
-            return x
-        rt60 = 0.3 + 2.2 * np.clip(room, 0.0, 1.0)
+        self.wet = float(np.clip(level, 0.0, 1.0))
+        rt60 = 0.3 + 2.2 * float(np.clip(room, 0.0, 1.0))
         t = np.arange(int(min(rt60, 2.5) * self.sr)) / self.sr
         ir = np.random.default_rng(0).standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
-        a = 0.2 + 0.7 * np.clip(damp, 0.0, 1.0)  # one-pole low-pass: damping dulls the tail
+        a = 0.2 + 0.7 * float(np.clip(damp, 0.0, 1.0))  # one-pole low-pass: damping dulls the tail
         ir = lfilter([1.0 - a], [1.0, -a], ir)
-        ir /= np.sqrt(np.sum(ir**2)) + 1e-12
-        wet = fftconvolve(x, ir.astype(np.float32))[: len(x)]
-        return (x + np.clip(level, 0.0, 1.0) * wet).astype(np.float32)
+        self.ir = (ir / (np.sqrt(np.sum(ir**2)) + 1e-12)).astype(np.float32)
+
+    def _reverberate(self, x: np.ndarray) -> np.ndarray:
+        from scipy.signal import fftconvolve
+
+        if self.wet <= 0.0 or not np.any(x):
+            return x
+        return (x + self.wet * fftconvolve(x, self.ir)[: len(x)]).astype(np.float32)
 
     def close(self) -> None:
         self._banks.clear()
