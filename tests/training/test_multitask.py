@@ -325,6 +325,22 @@ def test_labels_must_fit_the_corpus_they_train_on(corpora: Path):
     assert mt_data.check_labels(old, full, grid) is not None
 
 
+def test_label_cli_takes_the_window_of_a_recipe_override(capsys):
+    """``label --set frontend.window_frames=N`` labels the windows a model of that window trains on;
+    a misspelt key is one line and exit 2, before any teacher runs."""
+    from training.multitask.label import main as label_main
+    from training.multitask.pipeline import label_grid, load_multitask_recipe
+
+    recipe = ROOT / "configs" / "train_multitask.toml"
+    shipped = label_grid(load_multitask_recipe(recipe))
+    longer = label_grid(load_multitask_recipe(recipe, ["frontend.window_frames=248"]))
+    assert longer.hop == shipped.hop
+    assert longer.length - shipped.length == (248 - 192) * 256
+    rc = label_main(["--corpus", "x", "--out", "x.npz", "--set", "frontend.window_frame=248"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "did you mean frontend.window_frames" in err[0]
+
+
 def _labels(n: int, rng: np.random.Generator, electronic: np.ndarray) -> dict[str, np.ndarray]:
     """Teacher label arrays as label_windows writes them, with MTT/MSD 'electronic' set."""
     from training.teachers.musicnn import load_musicnn

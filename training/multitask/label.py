@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", type=Path, default=Path("configs/train_multitask.toml"), help="window and hop"
     )
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override, as training takes it (frontend.window_frames=248: labels for that window)",
+    )
+    ap.add_argument(
         "--reuse",
         type=Path,
         default=None,
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.multitask.pipeline import label_grid, load_multitask_recipe
 
     try:
-        grid = label_grid(load_multitask_recipe(a.recipe))
+        grid = label_grid(load_multitask_recipe(a.recipe, a.set))
         corpus = mt_data.load_corpus(a.corpus, centre_seconds=a.centre_seconds)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@
 # SYNTH_REARRANGED (1: synth_rearranged too, the arrangement twins for consistency.twin),
 # ANY_POOL (a training clip's melodic instruments from every instrument, not its style's pool, with
 # this probability: 0 up to v19; synth_train is kept when its table exists, so render it afresh),
+# WINDOW_FRAMES (the model's window when not the shipped 192 frames: labels for it, in labels_orig_wN),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -71,6 +72,11 @@ TRACKED_MIB=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | awk '{pr
 PART_MIB=${PART_MIB:-$((64 - TRACKED_MIB - 2))}
 INIT_COMMIT=${INIT_COMMIT:-76ce575}  # the commit whose default model starts the backbone (mt_0)
 RUN="nice -n $NICE $PY"
+# the teachers label the model's windows: another window, other labels (in a folder of their own)
+LABELS=$DATA/labels_orig WINDOW_SET=()
+if [[ -n ${WINDOW_FRAMES:-} && $WINDOW_FRAMES != 192 ]]; then
+  LABELS=$DATA/labels_orig_w$WINDOW_FRAMES WINDOW_SET=(--set "frontend.window_frames=$WINDOW_FRAMES")
+fi
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
 
 corpora() {
@@ -154,15 +160,15 @@ wheels() {
 # The teachers label the original tracks, cropped as the packs crop them: on the 12 kb/s packs
 # they disagree with themselves (training/multitask/label.py). Labels ride with mt_4.
 labels() {
-  mkdir -p "$DATA/labels_orig"
+  mkdir -p "$LABELS"
   for spec in "real_valid real_valid 45" "real_test real_test 45" "real_train real 60"; do
     read -r split corpus secs <<<"$spec"
-    local out=$DATA/labels_orig/labels_$split.npz
+    local out=$LABELS/labels_$split.npz
     # packages added to a split since: python -m training.multitask.label … --reuse OLD.npz labels
     # only their tracks (labels made before 2026-12-03 do not name their tracks: label again)
     if [[ -f $out ]]; then say "labels $split: kept ($out)"; continue; fi
     say "labels $split: teachers on the original audio of $corpus (centre $secs s)"
-    $RUN -m training.multitask.label --corpus "$DATA/$corpus" --centre-seconds "$secs" --out "$out"
+    $RUN -m training.multitask.label --corpus "$DATA/$corpus" --centre-seconds "$secs" --out "$out" "${WINDOW_SET[@]}"
   done
 }
 
@@ -233,7 +239,7 @@ pack() {
   pack1 "$CARRY/mt_4/packs" 0 16 "$DATA/synth_calib" "$DATA/synth_heldout" "$DATA/not_music_test"
   pack1 "$CARRY/mt_4/packs" 0 "$NM_KBPS" "$DATA/not_music"
   rm -rf "$CARRY/mt_4/labels" && mkdir -p "$CARRY/mt_4/labels"
-  cp "$DATA"/labels_orig/labels_*.npz "$CARRY/mt_4/labels/" 2>/dev/null || say "no labels of the original audio: the GPU run labels the packs"
+  cp "$LABELS"/labels_*.npz "$CARRY/mt_4/labels/" 2>/dev/null || say "no labels of the original audio: the GPU run labels the packs"
   code
   # the backbone training starts from: the SSL-pretrained, fine-tuned model shipped before the
   # multi-task one (the shipped bundle is itself a multi-task model now), in a folder of its own
