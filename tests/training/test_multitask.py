@@ -588,7 +588,8 @@ def test_objective_cells_scores_the_shipped_model_per_corpus(corpora: Path, tmp_
         set(a["per_tag"]) <= {"bass", "flute", "drums", "no_drums", "slow", "fast"} and "bass" in a["per_tag"]
     )
     assert main(["--corpus", f"a={corpora / 'synth_test'}", "--out", str(out), "--windows", "3"]) == 0
-    assert json.loads(out.read_text())["windows_per_clip"] == 3
+    doc = json.loads(out.read_text())
+    assert doc["windows_per_clip"] == 3 and doc["window_frames"] == 192  # the shipped model's window
     with pytest.raises(SystemExit) as e:
         main(["--corpus", f"a={corpora / 'synth_test'}", "--out", str(out), "--windows", "0"])
     assert e.value.code == 2 and "--windows takes a count" in capsys.readouterr().err

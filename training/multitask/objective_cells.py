@@ -152,7 +152,8 @@ def _run(a: argparse.Namespace, corpora: list[tuple[str, str]]) -> int:
                 results[name]["refit"] = _cell(specs, head(emb), y, f"  {name}, head re-fit on {a.refit_on}")
     names = [b.manifest.name for b in bundles]
     doc = {"mode": "objective_cells", "created": time.strftime("%Y-%m-%d"), "bundle": " + ".join(names),
-           "bundles": names, "windows_per_clip": a.windows, "results": results}  # fmt: skip
+           "bundles": names, "windows_per_clip": a.windows,
+           "window_frames": bundles[0].manifest.frontend.window_frames, "results": results}  # fmt: skip
     doc |= {
         "probe_folds": a.probe_folds,
         "head_features": a.features,
