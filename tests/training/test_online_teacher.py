@@ -582,3 +582,24 @@ def test_distill_refuses_a_teacher_of_other_units(demo, tmp_path):
             batch_size=10,
             distill=ModelDistill(bundle=str(tmp_path / "nope"), weight=1.0),
         )
+    # a teacher of another window teaches on the run's windows; one of another log-mel is refused
+    from engines.bundle import save_bundle
+    from engines.frontend import FrontEndSpec
+    from tests.conftest import make_random_bundle
+
+    short = make_random_bundle(tmp_path / "short", tags=[s.name for s in SPECS], seed=3, window_frames=64)
+    _train_two_steps(
+        demo, tmp_path / "run_short", batch_size=10, distill=ModelDistill(bundle=str(short.path), weight=1.0)
+    )
+    narrow = save_bundle(
+        tmp_path / "narrow",
+        short.build_model(),
+        short.manifest.model_copy(update={"frontend": FrontEndSpec(f_max=4000.0), "manifest_sha256": ""}),
+    )
+    with pytest.raises(MultitaskError, match="another log-mel front end"):
+        _train_two_steps(
+            demo,
+            tmp_path / "run_narrow",
+            batch_size=10,
+            distill=ModelDistill(bundle=str(narrow.path), weight=1.0),
+        )

@@ -381,8 +381,11 @@ def _distill_teacher(recipe: MultitaskRecipe, specs: list[TagSpec]) -> ResNetTag
             f"distill.bundle {recipe.distill.bundle}: its tags are not this run's units in order "
             f"({len(bundle.tags)} against {len(specs)})"
         )
-    if bundle.frontend != recipe.frontend:
-        raise MultitaskError(f"distill.bundle {recipe.distill.bundle}: another front end than the recipe's")
+    # its window may differ (the network pools over time, so it runs on the run's windows); its log-mel may not
+    if bundle.frontend.model_copy(update={"window_frames": recipe.frontend.window_frames}) != recipe.frontend:
+        raise MultitaskError(
+            f"distill.bundle {recipe.distill.bundle}: another log-mel front end than the recipe's"
+        )
     groups = sorted({s.group for s in specs})
     unknown = [g for g in recipe.distill.skip_groups if g not in groups]
     if unknown:
