@@ -42,15 +42,11 @@ else  # result.json holds the vocabulary too
   $PY -c "import json, sys; json.dump(json.load(open(sys.argv[1]))['vocab'], open(sys.argv[2], 'w'), indent=2)" \
     "$res/result.json" "$run/vocab.json"
 fi
-# another window than the shipped 192 frames (WINDOW_FRAMES, as prepare.sh labels took it): its labels
-labels=$DATA/labels_orig window=()
-if [[ -n ${WINDOW_FRAMES:-} && $WINDOW_FRAMES != 192 ]]; then
-  labels=$DATA/labels_orig_w$WINDOW_FRAMES window=(--set "frontend.window_frames=$WINDOW_FRAMES")
-fi
-cp "$labels"/labels_real_valid.npz "$labels"/labels_real_test.npz "$run/"
+source "$(dirname "${BASH_SOURCE[0]}")/window_labels.sh"  # LABELS, WINDOW_SET (WINDOW_FRAMES)
+cp "$LABELS"/labels_real_valid.npz "$LABELS"/labels_real_test.npz "$run/"
 rm -f "$run/result.json" "$run/metrics.json"
 $PY -m training.multitask --recipe configs/train_multitask.toml --out "$run" --no-progress --set device=\"cpu\" \
   --set "data.real_train=\"$DATA/real\"" --set data.real_train_seconds=60 \
   --set "data.real_valid=\"$DATA/real_valid\"" --set "data.real_test=\"$DATA/real_test\"" --set data.real_eval_seconds=45 \
   --set "data.synth_calib=\"$DATA/synth_calib\"" --set "data.synth_test=\"$DATA/synth_heldout\"" \
-  --set "data.not_music_test=\"$DATA/not_music_test\"" "${window[@]}" "$@"
+  --set "data.not_music_test=\"$DATA/not_music_test\"" "${WINDOW_SET[@]}" "$@"

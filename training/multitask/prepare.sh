@@ -23,7 +23,7 @@
 # SYNTH_REARRANGED (1: synth_rearranged too, the arrangement twins for consistency.twin),
 # ANY_POOL (a training clip's melodic instruments from every instrument, not its style's pool, with
 # this probability: 0 up to v19; synth_train is kept when its table exists, so render it afresh),
-# WINDOW_FRAMES (the model's window when not the shipped 192 frames: labels for it, in labels_orig_wN),
+# WINDOW_FRAMES (the model's window when not the recipe's: labels for it, in labels_orig_wN),
 # REAL_KBPS, SYNTH_KBPS, NM_KBPS (Opus bitrates of the training audio; 12/12/16 up to v4, 24/12/16
 # in v5), PART_MIB (largest carried part; by default what a 64-MiB call leaves beside the tree).
 #
@@ -73,10 +73,7 @@ PART_MIB=${PART_MIB:-$((64 - TRACKED_MIB - 2))}
 INIT_COMMIT=${INIT_COMMIT:-76ce575}  # the commit whose default model starts the backbone (mt_0)
 RUN="nice -n $NICE $PY"
 # the teachers label the model's windows: another window, other labels (in a folder of their own)
-LABELS=$DATA/labels_orig WINDOW_SET=()
-if [[ -n ${WINDOW_FRAMES:-} && $WINDOW_FRAMES != 192 ]]; then
-  LABELS=$DATA/labels_orig_w$WINDOW_FRAMES WINDOW_SET=(--set "frontend.window_frames=$WINDOW_FRAMES")
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/window_labels.sh"
 say() { echo "[prepare $(date +%H:%M:%S)] $*"; }
 
 corpora() {
